@@ -1,0 +1,364 @@
+"""InferenceService: a model, the AMD GPU pools that serve it, how it scales and its SLA."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, model_validator
+
+from tokenscale.api.base import (
+    DNS_LABEL,
+    MAX_POOL_NAME_LENGTH,
+    ObjectMeta,
+    StrictModel,
+    cel,
+)
+from tokenscale.api.sla import SLASpec
+from tokenscale.api.status import InferenceServiceStatus
+
+GPUModel = Literal["MI210", "MI250X", "MI300A", "MI300X", "MI325X", "MI350X", "MI355X", "CPU"]
+DType = Literal["bf16", "fp16", "fp32", "fp8", "mxfp4", "fp6"]
+PartitionProfile = Literal["spx_nps1", "cpx_nps1", "cpx_nps4", "dpx_nps2", "qpx_nps1"]
+ScalingMetric = Literal[
+    "generationTokensPerSecond", "totalTokensPerSecond", "requestsInFlight", "kvCacheUsage"
+]
+INT_OR_STRING: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+
+
+class PVCSource(StrictModel):
+    """Weights on a PersistentVolumeClaim."""
+
+    claim_name: str = Field(pattern=DNS_LABEL, description="Name of the PVC in the namespace.")
+    path: str = Field(
+        default="",
+        pattern=r"^[^.][^:]*$|^$",
+        description="Directory inside the PVC holding the model (config.json, weights).",
+    )
+
+
+class S3Source(StrictModel):
+    """Weights streamed from S3 with vLLM's Run:ai streamer."""
+
+    uri: str = Field(pattern=r"^s3://[^/]+/.+", description="s3://bucket/prefix of the model.")
+    credentials_secret: str | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and optionally "
+        "AWS_ENDPOINT_URL), exposed to the engine as environment variables.",
+    )
+
+
+class ModelSource(StrictModel):
+    """Where the weights come from: exactly one of huggingFace, pvc or s3."""
+
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "[has(self.huggingFace), has(self.pvc), has(self.s3)].filter(x, x).size() == 1",
+                "set exactly one of huggingFace, pvc, s3",
+            )
+        )
+    }
+
+    hugging_face: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$",
+        description="Hugging Face model id, e.g. meta-llama/Llama-2-70b-chat-hf.",
+    )
+    pvc: PVCSource | None = Field(default=None, description="Load weights from a PVC.")
+    s3: S3Source | None = Field(default=None, description="Stream weights from S3.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [n for n in ("hugging_face", "pvc", "s3") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"set exactly one of huggingFace, pvc, s3 (got {len(given)}); "
+                "fix: keep a single source"
+            )
+        return self
+
+
+class SecretKeyRef(StrictModel):
+    """A key in a Secret of the same namespace; the value is never copied into objects."""
+
+    name: str = Field(pattern=DNS_LABEL, description="Secret name.")
+    key: str = Field(min_length=1, description="Key inside the Secret.")
+
+
+class ModelSpec(StrictModel):
+    """The model to serve and the numbers the capacity planner needs."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][\w.:/-]*$",
+        description="Served model name (what clients put in the OpenAI 'model' field).",
+    )
+    source: ModelSource = Field(description="Where the weights come from.")
+    architecture: str | None = Field(
+        default=None,
+        description="Key in the built-in model catalogue (e.g. llama-2-70b, llama-3.1-405b, "
+        "gpt-oss-120b) that gives layers/heads for KV-cache sizing. Inferred from the name "
+        "when omitted.",
+    )
+    parameters_billions: float | None = Field(
+        default=None,
+        gt=0,
+        le=10000,
+        description="Parameter count in billions; overrides the catalogue value.",
+    )
+    dtype: DType = Field(
+        default="bf16",
+        description="Weight precision: bf16 (2 B/param), fp8 (1 B), mxfp4 (0.5 B, MI350X/"
+        "MI355X only), fp6 (0.75 B, MI350X/MI355X only), fp16, fp32 (CPU).",
+    )
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        default="auto", description="KV-cache precision; fp8 halves KV memory."
+    )
+    max_model_len: int = Field(
+        default=4096, ge=16, le=1_048_576, description="Maximum context length in tokens."
+    )
+    hf_token_secret: SecretKeyRef | None = Field(
+        default=None, description="Hugging Face token for gated models (Secret reference)."
+    )
+
+
+class EnvVar(StrictModel):
+    """An environment variable for the engine container."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
+    value: str = Field(default="", description="Literal value (use secrets for credentials).")
+
+
+class EngineSpec(StrictModel):
+    """How the engine runs: real vLLM, or tokenscale's vLLM-compatible simulator."""
+
+    mode: Literal["vllm", "simulated"] = Field(
+        default="vllm",
+        description="vllm runs the real engine; simulated runs `tokenscale sim engine`, which "
+        "exports vLLM's metrics with a per-GPU performance model (dashboards, policy tuning, "
+        "tests) while still requesting real GPU resources for placement.",
+    )
+    image: str | None = Field(
+        default=None,
+        description="Image override; by default chosen per gfx target from operator config.",
+    )
+    args: list[str] = Field(
+        default_factory=list, description="Extra vLLM arguments appended after ours."
+    )
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
+    shutdown_timeout_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="vLLM --shutdown-timeout: how long in-flight requests drain on SIGTERM.",
+    )
+    startup_timeout_seconds: int = Field(
+        default=1800,
+        ge=60,
+        le=14400,
+        description="Budget for model load before the startup probe gives up.",
+    )
+
+
+class GPUPool(StrictModel):
+    """A set of identical replicas on one GPU model; each pool scales on its own."""
+
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": cel(
+            ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas")
+        )
+    }
+
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_POOL_NAME_LENGTH,
+        pattern=DNS_LABEL,
+        description=f"Pool name (DNS label, at most {MAX_POOL_NAME_LENGTH} characters).",
+    )
+    gpu: GPUModel = Field(description="AMD Instinct model, or CPU for the vLLM CPU backend.")
+    gpus_per_replica: Annotated[int | Literal["auto"], Field(json_schema_extra=INT_OR_STRING)] = (
+        Field(
+            default="auto",
+            description="GPUs (or partitions) per replica, or auto to let the planner decide.",
+        )
+    )
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Lower replica bound.")
+    max_replicas: int = Field(default=4, ge=1, le=1000, description="Upper replica bound.")
+    partition: PartitionProfile | None = Field(
+        default=None,
+        description="Run on partitioned GPUs (mixed naming strategy resource amd.com/<profile>)"
+        ", e.g. cpx_nps4.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) must be <= maxReplicas "
+                f"({self.max_replicas}); fix: raise maxReplicas or lower minReplicas"
+            )
+        if isinstance(self.gpus_per_replica, int) and self.gpus_per_replica < 1:
+            raise ValueError("gpusPerReplica must be >= 1 or 'auto'; fix: use auto")
+        return self
+
+
+class ParallelismSpec(StrictModel):
+    """Explicit parallelism; anything left out is decided by the capacity planner."""
+
+    tensor: int | None = Field(default=None, ge=1, le=64, description="Tensor-parallel size.")
+    pipeline: int = Field(default=1, ge=1, le=16, description="Pipeline-parallel size.")
+    nodes: int | None = Field(default=None, ge=1, le=16, description="Nodes per replica.")
+
+
+class ScalingSpec(StrictModel):
+    """The built-in autoscaler's policy (or hand-off to an external scaler)."""
+
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.targetFromBenchmark || has(self.targetPerReplica) || self.mode != 'builtin'",
+                "set targetPerReplica or targetFromBenchmark when mode is builtin",
+            )
+        )
+    }
+
+    mode: Literal["builtin", "external", "off"] = Field(
+        default="builtin",
+        description="builtin: tokenscale scales pools; external: HPA/KEDA drive /scale and "
+        "tokenscale only publishes metrics; off: replicas stay at spec.replicas/minReplicas.",
+    )
+    metric: ScalingMetric = Field(
+        default="generationTokensPerSecond",
+        description="Signal from vLLM's own counters that is compared with the target.",
+    )
+    target_per_replica: float | None = Field(
+        default=None,
+        gt=0,
+        description="Target value of the metric per replica (e.g. 2500 tokens/s).",
+    )
+    target_from_benchmark: bool = Field(
+        default=False,
+        description="Use the capacity measured by the latest passing benchmark x headroom.",
+    )
+    headroom: float = Field(
+        default=0.8, gt=0, le=1, description="Fraction of benchmarked capacity to target."
+    )
+    window_seconds: int = Field(
+        default=60, ge=5, le=3600, description="Averaging window of the stable signal."
+    )
+    panic_window_seconds: int = Field(
+        default=6, ge=1, le=600, description="Short window used to react to bursts."
+    )
+    panic_threshold: float = Field(
+        default=2.0,
+        gt=1,
+        le=10,
+        description="Enter panic mode when the short-window load exceeds this multiple of "
+        "current capacity; panic mode only scales up.",
+    )
+    scale_up_stabilization_seconds: int = Field(
+        default=0, ge=0, le=3600, description="Scale up to the lowest recommendation in it."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=300, ge=0, le=7200, description="Scale down to the highest recommendation in it."
+    )
+    tolerance: float = Field(
+        default=0.1, ge=0, lt=1, description="Ignore load/capacity ratios within 1 ± tolerance."
+    )
+    max_scale_up_step: int = Field(
+        default=4, ge=1, le=1000, description="Most replicas added per decision and pool."
+    )
+    max_scale_down_step: int = Field(
+        default=1, ge=1, le=1000, description="Most replicas removed per decision and pool."
+    )
+    scale_to_zero: bool = Field(
+        default=False, description="Allow zero replicas after the idle grace period."
+    )
+    scale_to_zero_grace_seconds: int = Field(
+        default=600, ge=0, le=86400, description="Idle time before scaling to zero."
+    )
+
+    @model_validator(mode="after")
+    def _has_target(self) -> Self:
+        if (
+            self.mode == "builtin"
+            and not self.target_from_benchmark
+            and (self.target_per_replica is None)
+        ):
+            raise ValueError(
+                "builtin scaling needs a target; fix: set targetPerReplica (e.g. 2500) or "
+                "targetFromBenchmark: true"
+            )
+        return self
+
+
+class BenchmarkOnRollout(StrictModel):
+    """Run a benchmark automatically after each completed rollout."""
+
+    enabled: bool = Field(default=False, description="Create a benchmark after each rollout.")
+    scenario: Literal["offline", "server", "interactive"] = Field(
+        default="server", description="Scenario of the automatic benchmark."
+    )
+    qps: float | None = Field(default=None, gt=0, description="Server/interactive QPS.")
+    duration_seconds: int = Field(default=120, ge=10, le=86400, description="Run length.")
+
+
+class InferenceServiceSpec(StrictModel):
+    """Desired state of an InferenceService."""
+
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "self.pools.all(p, self.pools.exists_one(q, q.name == p.name))",
+                "pool names must be unique",
+            )
+        )
+    }
+
+    model: ModelSpec = Field(description="The model and its sizing facts.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine settings.")
+    pools: list[GPUPool] = Field(
+        min_length=1, max_length=8, description="GPU pools; one Deployment each."
+    )
+    parallelism: ParallelismSpec = Field(
+        default_factory=ParallelismSpec, description="Tensor/pipeline/node parallelism."
+    )
+    scaling: ScalingSpec = Field(
+        default_factory=lambda: ScalingSpec(mode="off"),
+        description="Autoscaling policy.",
+    )
+    sla: SLASpec | None = Field(default=None, description="Latency/throughput objectives.")
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=8000,
+        description="Total replicas across pools, written through the /scale subresource by "
+        "kubectl scale, HPA, KEDA or the built-in autoscaler; split across pools by policy.",
+    )
+    benchmark_on_rollout: BenchmarkOnRollout | None = Field(
+        default=None, description="Automatic benchmark after rollouts."
+    )
+    service_monitor: bool = Field(
+        default=False, description="Also create a Prometheus Operator ServiceMonitor."
+    )
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> Self:
+        names = [p.name for p in self.pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pool names must be unique, repeated: {dupes}; fix: rename them")
+        return self
+
+
+class InferenceService(StrictModel):
+    """A served model (kind InferenceService, group tokenscale.dev)."""
+
+    api_version: Literal["tokenscale.dev/v1alpha1"] = Field(
+        alias="apiVersion", description="tokenscale.dev/v1alpha1"
+    )
+    kind: Literal["InferenceService"] = Field(description="InferenceService")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: InferenceServiceSpec = Field(description="Desired state.")
+    status: InferenceServiceStatus | None = Field(default=None, description="Observed state.")

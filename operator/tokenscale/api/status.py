@@ -1,0 +1,122 @@
+"""Observed state of an InferenceService, written only by the operator (status subresource)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from tokenscale.api.base import Condition, StrictModel
+
+
+class PoolPlan(StrictModel):
+    """The capacity planner's answer for one pool."""
+
+    pool: str = Field(description="Pool name.")
+    gpu: str = Field(description="GPU model.")
+    fits: bool = Field(description="Whether the model fits the requested hardware at all.")
+    gpus_per_replica: int = Field(default=0, description="GPUs (or partitions) per replica.")
+    tensor_parallel: int = Field(default=0, description="Tensor-parallel size.")
+    pipeline_parallel: int = Field(default=1, description="Pipeline-parallel size.")
+    nodes_per_replica: int = Field(default=1, description="Nodes one replica spans.")
+    weights_gib: float = Field(default=0, description="Weight memory per replica (GiB).")
+    kv_cache_gib: float = Field(default=0, description="KV-cache memory needed per replica.")
+    hbm_gib: float = Field(default=0, description="Usable HBM per replica (GiB).")
+    max_concurrent_sequences: int = Field(
+        default=0, description="Sequences at max length the KV cache holds."
+    )
+    message: str = Field(default="", description="Why this plan, or why it does not fit.")
+
+
+class PoolStatus(StrictModel):
+    """Per-pool replica counts."""
+
+    name: str = Field(description="Pool name.")
+    gpu: str = Field(description="GPU model.")
+    desired_replicas: int = Field(default=0, description="Replicas the operator wants.")
+    replicas: int = Field(default=0, description="Replicas that exist.")
+    ready_replicas: int = Field(default=0, description="Replicas that are ready.")
+    tokens_per_second: float | None = Field(
+        default=None, description="Measured generation tokens/s of the pool."
+    )
+    capacity_per_replica: float | None = Field(
+        default=None, description="Measured or configured tokens/s one replica sustains."
+    )
+    message: str = Field(default="", description="Scheduling or rollout problems.")
+
+
+class MetricsStatus(StrictModel):
+    """The latest autoscaling signal, aggregated over ready pods."""
+
+    tokens_per_second: float | None = Field(
+        default=None, description="Generation (output) tokens/s, summed over pods."
+    )
+    prompt_tokens_per_second: float | None = Field(
+        default=None, description="Prompt tokens/s, summed over pods."
+    )
+    requests_running: float | None = Field(default=None, description="Requests running.")
+    requests_waiting: float | None = Field(default=None, description="Requests queued.")
+    kv_cache_usage: float | None = Field(default=None, description="Mean KV-cache use, 0-1.")
+    target_per_replica: float | None = Field(
+        default=None, description="Target value of the scaling metric per replica."
+    )
+    target_source: str | None = Field(
+        default=None, description="Where the target came from: spec or benchmark/<name>."
+    )
+    scrape_errors: int = Field(default=0, description="Failed scrapes in the last pass.")
+    observed_at: datetime | None = Field(default=None, description="Time of the sample.")
+
+
+class ScalingDecision(StrictModel):
+    """One entry of the scaling history."""
+
+    time: datetime = Field(description="When the decision was taken.")
+    pool: str = Field(description="Pool the decision applies to.")
+    from_replicas: int = Field(description="Replicas before.")
+    to_replicas: int = Field(description="Replicas after.")
+    reason: str = Field(description="Why, in words.")
+
+
+class BenchmarkSummary(StrictModel):
+    """Summary of the latest benchmark that targeted this service."""
+
+    name: str = Field(description="InferenceBenchmark name.")
+    verdict: str = Field(description="Pass, Fail, Invalid or Unstable.")
+    tokens_per_second: float | None = Field(default=None, description="Output tokens/s.")
+    ttft_p99_ms: float | None = Field(default=None, description="p99 TTFT (ms).")
+    tpot_p99_ms: float | None = Field(default=None, description="p99 TPOT (ms).")
+    replicas: int | None = Field(default=None, description="Ready replicas during the run.")
+    capacity_per_replica: float | None = Field(
+        default=None, description="Output tokens/s per replica at the SLA."
+    )
+    completed_at: datetime | None = Field(default=None, description="Completion time.")
+    regression: bool = Field(
+        default=False, description="Throughput at the SLA fell by more than the margin."
+    )
+
+
+class InferenceServiceStatus(StrictModel):
+    """Observed state of an InferenceService."""
+
+    observed_generation: int | None = Field(
+        default=None, description="Generation of the spec this status reflects."
+    )
+    replicas: int = Field(default=0, description="Total replicas (the /scale status value).")
+    ready_replicas: int = Field(default=0, description="Total ready replicas.")
+    selector: str = Field(default="", description="Label selector of all engine pods (/scale).")
+    gpu_summary: str = Field(default="", description="GPU models of the pools, for display.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded, Scaling, SLAMet."
+    )
+    pools: list[PoolStatus] = Field(default_factory=list, description="Per-pool state.")
+    plan: list[PoolPlan] = Field(default_factory=list, description="Capacity plan per pool.")
+    metrics: MetricsStatus | None = Field(default=None, description="Latest metrics.")
+    scaling_history: list[ScalingDecision] = Field(
+        default_factory=list, description="The most recent scaling decisions, newest last."
+    )
+    benchmark: BenchmarkSummary | None = Field(
+        default=None, description="Latest benchmark summary."
+    )
+    benchmark_history: list[BenchmarkSummary] = Field(
+        default_factory=list, description="Bounded history of benchmark results."
+    )

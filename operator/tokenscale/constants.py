@@ -1,0 +1,51 @@
+"""Every label, annotation and well-known name the operator writes, in one place.
+
+Selectors, renderers, the autoscaler and tests all import these, so a key is never spelled
+twice and renaming one is a one-line change.
+"""
+
+from typing import Final
+
+from tokenscale import GROUP
+
+FIELD_MANAGER: Final = "tokenscale"
+
+# Labels on every child object and engine pod.
+LABEL_SERVICE: Final = f"{GROUP}/service"
+LABEL_POOL: Final = f"{GROUP}/pool"
+LABEL_BENCHMARK: Final = f"{GROUP}/benchmark"
+LABEL_ROLE: Final = f"{GROUP}/role"  # engine | leader | worker | benchmark
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+MANAGED_BY: Final = "tokenscale"
+
+# Annotations.
+ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
+ANNOTATION_GPU: Final = f"{GROUP}/gpu"
+ANNOTATION_POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
+ANNOTATION_SCALER_STATE: Final = f"{GROUP}/scaler-state"
+
+# AMD device plugin resources and node-labeller labels (see docs/amd.md).
+RESOURCE_GPU: Final = "amd.com/gpu"
+RESOURCE_PREFIX: Final = "amd.com/"
+NODE_LABEL_PREFIX: Final = "amd.com/gpu."
+NODE_LABEL_PREFIX_LEGACY: Final = "beta.amd.com/gpu."
+NODE_LABEL_DEVICE_ID: Final = "amd.com/gpu.device-id"
+NODE_LABEL_PRODUCT_NAME: Final = "amd.com/gpu.product-name"
+NODE_LABEL_PARTITION: Final = "amd.com/gpu.compute-memory-partition"
+NODE_LABEL_PARTITION_DOCS: Final = "amd.com/compute-memory-partition"
+NODE_LABEL_NFD_AMD_GPU: Final = "feature.node.kubernetes.io/amd-gpu"
+
+# Engine container.
+ENGINE_CONTAINER: Final = "engine"
+ENGINE_PORT: Final = 8000
+ENGINE_PORT_NAME: Final = "http"
+
+# Condition types.
+COND_READY: Final = "Ready"
+COND_PROGRESSING: Final = "Progressing"
+COND_DEGRADED: Final = "Degraded"
+COND_SCALING: Final = "Scaling"
+COND_SLA_MET: Final = "SLAMet"
