@@ -1,0 +1,181 @@
+"""Declarative pools of fake AMD Instinct GPU nodes (and CPU nodes) for the test bed.
+
+Why: the operator's placement logic keys on the labels AMD's node labeller and GPU
+operator publish, and on ``amd.com/*`` extended resources.  Creating Node objects with
+exactly those labels and capacities lets the *real* scheduler decide placement, while
+KWOK (annotation ``kwok.x-k8s.io/node: fake``) keeps them Ready with heartbeats and leases.
+Label rules follow ../shared/facts/amd-gpus.md §2-§5 (KDP ``cmd/k8s-node-labeller``):
+single-valued properties get ``amd.com/gpu.<name>=<v>`` plus the legacy
+``beta.amd.com/gpu.<name>=<v>`` and counter form ``beta.amd.com/gpu.<name>.<v>=<count>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+POOL_LABEL = "testbed.tokenscale.dev/pool"
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    """What the node labeller reads from sysfs/KFD for one GPU model."""
+
+    name: str
+    device_id: str
+    product_name: str
+    vram: str
+    cu_count: int
+    simd_count: int
+    family: str = "AI"
+
+
+MI300X = GpuModel("MI300X", "74a1", "AMD_Instinct_MI300X_OAM", "192G", 304, 1216)
+MI325X = GpuModel("MI325X", "74a5", "AMD_Instinct_MI325_OAM", "256G", 304, 1216)
+MI355X = GpuModel("MI355X", "75a3", "AMD_Instinct_MI355X_OAM", "288G", 256, 1024)
+GPU_MODELS = {m.name: m for m in (MI300X, MI325X, MI355X)}
+
+
+@dataclass(frozen=True)
+class NodePool:
+    """``count`` identical nodes named ``<name>-<i>``.
+
+    ``partition`` (e.g. ``"cpx_nps4"``) models the device plugin's *mixed* naming strategy:
+    the node advertises ``amd.com/<partition>`` (``partitions_per_gpu`` per GPU) and no
+    ``amd.com/gpu``.
+    """
+
+    name: str
+    count: int
+    gpu: GpuModel | None = None
+    gpus_per_node: int = 8
+    partition: str | None = None
+    partitions_per_gpu: int = 8
+    instance_type: str = ""
+    cpu: str = "64"
+    memory: str = "512Gi"
+    pods: str = "110"
+    extra_labels: dict[str, str] = field(default_factory=dict)
+    taints: tuple[dict[str, str], ...] = ()
+
+
+DEFAULT_POOLS: tuple[NodePool, ...] = (
+    NodePool("mi300x", 2, MI300X, instance_type="testbed.mi300x.8"),
+    NodePool("mi325x", 2, MI325X, instance_type="testbed.mi325x.8"),
+    NodePool("mi355x", 2, MI355X, instance_type="testbed.mi355x.8"),
+    NodePool("mi300x-cpx", 1, MI300X, partition="cpx_nps4", instance_type="testbed.mi300x.8"),
+    NodePool("cpu", 2, None, instance_type="testbed.cpu.64"),
+)
+
+
+def scale_pools(n: int, pools: Sequence[NodePool] = DEFAULT_POOLS) -> tuple[NodePool, ...]:
+    """Spread ``n`` GPU nodes over the whole-GPU pools (for scheduling benchmarks)."""
+    gpu_pools = [p for p in pools if p.gpu is not None and p.partition is None]
+    base, extra = divmod(n, len(gpu_pools))
+    scaled = [replace(p, count=base + (1 if i < extra else 0)) for i, p in enumerate(gpu_pools)]
+    return tuple(p for p in scaled if p.count > 0)
+
+
+def gpu_labels(model: GpuModel, count: int, partition: str | None = None) -> dict[str, str]:
+    """Labels of a homogeneous node with ``count`` GPUs of ``model``."""
+    props = {
+        "family": model.family,
+        "device-id": model.device_id,
+        "product-name": model.product_name,
+        "vram": model.vram,
+        "cu-count": str(model.cu_count),
+        "simd-count": str(model.simd_count),
+    }
+    labels = {"feature.node.kubernetes.io/amd-gpu": "true"}
+    for name, value in props.items():
+        labels[f"amd.com/gpu.{name}"] = value
+        labels[f"beta.amd.com/gpu.{name}"] = value
+        labels[f"beta.amd.com/gpu.{name}.{value}"] = str(count)
+    if partition:
+        # The labeller emits the first spelling; AMD's docs/GPU operator use the second.
+        labels["amd.com/gpu.compute-memory-partition"] = partition
+        labels["amd.com/compute-memory-partition"] = partition
+        labels["amd.com/gpu.compute-partitioning-supported"] = "true"
+        labels["amd.com/gpu.memory-partitioning-supported"] = "true"
+        labels["amd.com/compute-partitioning-supported"] = "true"
+        labels["amd.com/memory-partitioning-supported"] = "true"
+    return labels
+
+
+def node_manifest(pool: NodePool, index: int) -> dict[str, Any]:
+    name = f"{pool.name}-{index}"
+    labels = {
+        "type": "kwok",
+        POOL_LABEL: pool.name,
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "node.kubernetes.io/instance-type": pool.instance_type or f"testbed.{pool.name}",
+    }
+    capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": pool.pods}
+    if pool.gpu is not None:
+        labels.update(gpu_labels(pool.gpu, pool.gpus_per_node, pool.partition))
+        if pool.partition:
+            capacity[f"amd.com/{pool.partition}"] = str(
+                pool.gpus_per_node * pool.partitions_per_gpu
+            )
+        else:
+            capacity["amd.com/gpu"] = str(pool.gpus_per_node)
+    labels.update(pool.extra_labels)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": {"taints": [dict(t) for t in pool.taints]} if pool.taints else {},
+        "status": {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": name},
+            ],
+        },
+    }
+
+
+def manifests(pools: Iterable[NodePool] = DEFAULT_POOLS) -> list[dict[str, Any]]:
+    return [node_manifest(p, i) for p in pools for i in range(p.count)]
+
+
+def create_nodes(
+    api_client: client.ApiClient, pools: Iterable[NodePool] = DEFAULT_POOLS
+) -> list[str]:
+    """Create (or leave in place) one Node per pool member; returns the node names.
+
+    ``status`` is accepted on create; KWOK's node-initialize stage keeps capacity and
+    addresses and adds the Ready condition, nodeInfo and daemon endpoints.
+    """
+    core = client.CoreV1Api(api_client)
+    names = []
+    for manifest in manifests(pools):
+        try:
+            core.create_node(manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        names.append(manifest["metadata"]["name"])
+    return names
+
+
+def delete_nodes(api_client: client.ApiClient, names: Iterable[str]) -> None:
+    core = client.CoreV1Api(api_client)
+    for name in names:
+        try:
+            core.delete_node(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
