@@ -1,0 +1,112 @@
+"""The ``tokenscale`` command: one entry point for users, the operator image and benchmark Jobs.
+
+Subcommands from other areas (render, plan, sim, bench, run) are attached lazily so that
+``tokenscale validate`` does not import the operator runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import click
+
+from tokenscale import __version__
+
+#: name → (module, attribute) of subcommands that live next to their area.
+_LAZY: dict[str, tuple[str, str]] = {
+    "render": ("tokenscale.render.cli", "render_command"),
+    "plan": ("tokenscale.render.cli", "plan_command"),
+    "sim": ("tokenscale.sim.cli", "sim_group"),
+    "bench": ("tokenscale.bench.cli", "bench_command"),
+    "run": ("tokenscale.controller.cli", "run_command"),
+}
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        available = [n for n, (mod, _) in _LAZY.items() if importlib.util.find_spec(mod)]
+        return sorted([*super().list_commands(ctx), *available])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY:
+            module, attr = _LAZY[cmd_name]
+            cmd: click.Command = getattr(importlib.import_module(module), attr)
+            return cmd
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """tokenscale: vLLM on AMD Instinct GPUs, autoscaled on tokens/s, SLAs proven."""
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(__version__)
+
+
+@main.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write one file per CRD here instead of printing them.",
+)
+@click.option("--check", is_flag=True, help="Fail if the files in --out differ (drift check).")
+def crds(out_dir: Path | None, check: bool) -> None:
+    """Generate the CustomResourceDefinitions from the API models."""
+    from tokenscale.crdgen import all_crds, dump
+
+    generated = {name: dump(crd) for name, crd in all_crds().items()}
+    if out_dir is None:
+        click.echo("---\n".join(generated.values()), nl=False)
+        return
+    stale = [n for n, text in generated.items() if _read(out_dir / n) != text]
+    if check:
+        if stale:
+            raise click.ClickException(
+                f"CRDs out of date in {out_dir}: {', '.join(stale)}; fix: run `make crds`"
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in generated.items():
+        (out_dir / name).write_text(text)
+    click.echo(f"wrote {len(generated)} CRDs to {out_dir}")
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def validate(files: tuple[Path, ...]) -> None:
+    """Validate manifests against the API models; print field-named errors."""
+    from tokenscale.validation import InvalidManifest, load_documents, parse_manifest
+
+    failed = 0
+    for path in files:
+        try:
+            docs = load_documents(path.read_text())
+        except InvalidManifest as exc:
+            failed += 1
+            click.echo(f"{path}: {exc}", err=True)
+            continue
+        for index, doc in enumerate(docs):
+            name = (doc.get("metadata") or {}).get("name", f"#{index}")
+            label = f"{path}: {doc.get('kind', '?')}/{name}"
+            try:
+                parse_manifest(doc)
+            except InvalidManifest as exc:
+                failed += 1
+                for problem in exc.problems:
+                    click.echo(f"{label}: {problem}", err=True)
+            else:
+                click.echo(f"{label}: valid")
+    if failed:
+        sys.exit(1)

@@ -1,0 +1,118 @@
+"""Turn manifests into API models, and pydantic errors into messages people can act on.
+
+Each message names the field in the manifest's own spelling (``spec.pools[0].maxReplicas``)
+and says how to fix it; the same text ends up in ``tokenscale validate``, in status
+conditions and in Events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from tokenscale.api.benchmark import InferenceBenchmark
+from tokenscale.api.service import InferenceService
+
+KINDS: dict[str, type[BaseModel]] = {
+    "InferenceService": InferenceService,
+    "InferenceBenchmark": InferenceBenchmark,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One invalid field: where, what and how to fix it."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def field_path(loc: Iterable[int | str]) -> str:
+    """``('spec', 'pools', 0, 'gpu')`` → ``spec.pools[0].gpu``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "literal[")) or part in ("tagged-union", "int", "str"):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out or "(root)"
+
+
+def _hint(err: ErrorDetails) -> str:
+    kind, ctx = err["type"], err.get("ctx", {})
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return "unknown field; fix: remove it or correct its spelling (see kubectl explain)"
+    if kind == "missing":
+        return "required field is missing; fix: add it"
+    if kind == "literal_error":
+        return f"{msg}; fix: use one of the listed values"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return f"{msg}; fix: change the value to satisfy the bound"
+    if kind == "string_pattern_mismatch":
+        return f"invalid format (must match {ctx.get('pattern')}); fix: correct the value"
+    if kind == "string_too_long":
+        return f"{msg}; fix: shorten it"
+    if kind in ("too_short", "too_long"):
+        return f"{msg}; fix: change the number of entries"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"wrong type: {msg}; fix: use the documented type"
+    if "fix:" in msg:
+        return msg
+    return f"{msg}; fix: see `kubectl explain` for this field"
+
+
+def problems_from(error: ValidationError) -> list[FieldProblem]:
+    """Flatten a pydantic error into field problems, one per distinct field.
+
+    A union such as ``int | "auto"`` fails once per branch; the branch messages are joined so
+    the reader sees every accepted form.
+    """
+    hints: dict[str, list[str]] = {}
+    for err in error.errors():
+        hint = _hint(err)
+        bucket = hints.setdefault(field_path(err["loc"]), [])
+        if hint not in bucket:
+            bucket.append(hint)
+    return [FieldProblem(path, " | ".join(found)) for path, found in hints.items()]
+
+
+class InvalidManifest(ValueError):
+    """A manifest that does not validate; ``problems`` name each field."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def parse_manifest(doc: dict[str, Any]) -> BaseModel:
+    """Validate one manifest into its model, raising :class:`InvalidManifest`."""
+    if not isinstance(doc, dict):
+        raise InvalidManifest([FieldProblem("(root)", "a manifest must be a mapping")])
+    kind = doc.get("kind")
+    model = KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        known = ", ".join(KINDS)
+        raise InvalidManifest([FieldProblem("kind", f"unknown kind {kind!r}; fix: use {known}")])
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise InvalidManifest(problems_from(exc)) from None
+
+
+def load_documents(text: str) -> list[dict[str, Any]]:
+    """All non-empty YAML documents of a file."""
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise InvalidManifest([FieldProblem("(file)", f"not valid YAML: {exc}")]) from None
