@@ -37,6 +37,7 @@ CACHE_ROOT = Path(
 RECIPE_VERSION = "1"
 
 K8S_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+# Stock KWOK stages copied next to the binary (see nodes.write_kwok_config).
 KWOK_STAGES = (
     "node/fast/node-initialize.yaml",
     "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",

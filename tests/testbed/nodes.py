@@ -13,13 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from .build import KWOK_STAGES
+
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 POOL_LABEL = "testbed.tokenscale.dev/pool"
+# Pods carrying this label are run for real by the process kubelet; KWOK must skip them.
+PROCESS_LABEL = "testbed.tokenscale.dev/run"
+PROCESS_LABEL_VALUE = "process"
+_POD_STAGES = {"pod-ready", "pod-complete", "pod-delete"}
 
 
 @dataclass(frozen=True)
@@ -179,3 +187,33 @@ def delete_nodes(api_client: client.ApiClient, names: Iterable[str]) -> None:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def write_kwok_config(path: Path, stages_dir: Path) -> Path:
+    """KwokConfiguration + KWOK's stock stages; the pod stages skip process-run pods.
+
+    Standalone ``kwok`` has no built-in stages ("no stages found"), so we feed it the
+    stock YAMLs of the pinned KWOK version (extracted from the module cache by
+    :mod:`.build`) plus one selector term: KWOK selector keys are jq expressions, and
+    ``NotIn`` also matches when the label is absent (kwok ``pkg/utils/expression``).
+    """
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "kind": "KwokConfiguration",
+            "options": {"nodeLeaseDurationSeconds": 40, "nodeIP": "127.0.0.1"},
+        }
+    ]
+    for rel in KWOK_STAGES:
+        stage = yaml.safe_load((stages_dir / rel).read_text())
+        if stage["metadata"]["name"] in _POD_STAGES:
+            stage["spec"]["selector"].setdefault("matchExpressions", []).append(
+                {
+                    "key": f'.metadata.labels["{PROCESS_LABEL}"]',
+                    "operator": "NotIn",
+                    "values": [PROCESS_LABEL_VALUE],
+                }
+            )
+        docs.append(stage)
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return path
