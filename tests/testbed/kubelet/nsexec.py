@@ -1,0 +1,109 @@
+"""Exec a pod's process in its own private mount namespace (stdlib only, run with ``python -I``).
+
+Why a wrapper process: mounts must be made after ``unshare(CLONE_NEWNS)`` in the child and before
+``exec``; doing that in a ``preexec_fn`` of a threaded asyncio program is unsafe. This script reads
+a JSON spec, unshares, makes ``/`` private (nothing leaks back to the host), bind-mounts the pod's
+files (``/etc/hosts``, ``/etc/resolv.conf``, the ServiceAccount dir, volumes) or tmpfs, then
+``execvpe``s the container's argv with the pod's env and working dir. The pid stays the same, so
+the kubelet signals the real process (group).
+
+Usage: ``python -I nsexec.py SPEC.json``. Exit codes: 125 mount failure, 126 exec failure,
+127 command not found.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+from pathlib import Path
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+
+def _fail(code: int, msg: str) -> None:
+    sys.stderr.write(f"[process-kubelet] {msg}\n")
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _mount(
+    libc: ctypes.CDLL,
+    src: str | None,
+    dst: str,
+    fstype: str | None,
+    flags: int,
+    data: str | None = None,
+) -> None:
+    rc = libc.mount(
+        src.encode() if src else None,
+        dst.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {src} -> {dst}: {os.strerror(err)}")
+
+
+def _ensure_target(src: str | None, dst: str) -> None:
+    """Create a missing mount point (on the shared filesystem: mount namespaces share files)."""
+    target = Path(dst)
+    if target.exists() or target.is_symlink():
+        return
+    if src and Path(src).is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch()
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+
+
+def setup_mounts(mounts: list[dict[str, object]]) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
+    for m in mounts:
+        dst = str(m["dst"])
+        if m.get("kind") == "tmpfs":
+            _ensure_target(None, dst)
+            size = m.get("size")
+            _mount(libc, "tmpfs", dst, "tmpfs", 0, f"size={size}" if size else None)
+            continue
+        src = str(m["src"])
+        _ensure_target(src, dst)
+        _mount(libc, src, dst, None, MS_BIND | MS_REC)
+        if m.get("ro"):
+            _mount(libc, None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(Path(argv[1]).read_text())
+    try:
+        setup_mounts(spec.get("mounts", []))
+    except OSError as exc:
+        _fail(125, f"mount namespace setup failed: {exc}")
+    env = {str(k): str(v) for k, v in spec["env"].items()}
+    try:
+        os.chdir(spec.get("cwd") or "/")
+    except OSError as exc:
+        _fail(126, f"cannot chdir to {spec.get('cwd')!r}: {exc}")
+    args = [str(a) for a in spec["argv"]]
+    try:
+        os.execvpe(args[0], args, env)
+    except FileNotFoundError:
+        _fail(127, f"executable {args[0]!r} not found in PATH={env.get('PATH')}")
+    except OSError as exc:
+        _fail(126, f"exec {args[0]!r} failed: {exc}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,532 @@
+"""One pod's lifecycle: prepare files, run init containers, run containers, probe, report, stop.
+
+Why one asyncio task per pod: the kubelet's job per pod is a small state machine (Pending ->
+Running -> Succeeded/Failed, restarts per restartPolicy, graceful deletion) and keeping it in one
+place makes "every process we started is stopped" easy to guarantee.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import process
+from .api import Api, ApiError, pod_path
+from .imagemap import ImageMap, ImageMapError
+from .probes import ProbeTracker, run_probe
+from .spec import SpecError, build_env, referenced_objects, resolve_argv, restart_wanted
+from .volumes import PodVolumes, render_hosts, render_resolv, write_in_place
+
+log = logging.getLogger(__name__)
+Obj = Mapping[str, Any]
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Host(Protocol):
+    api: Api
+    image_map: ImageMap
+    work_dir: Path
+    api_port: int
+    ca_pem: bytes
+    inject_pod_ip: bool
+
+    def hosts_services(self) -> list[tuple[str, str, str]]: ...
+    def service_env(self, namespace: str) -> dict[str, str]: ...
+
+
+@dataclass
+class Container:
+    spec: Obj
+    init: bool = False
+    sidecar: bool = False
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: str | None = None
+    ready: bool = False
+    started: bool = False
+    terminated: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    waiting: tuple[str, str] = ("ContainerCreating", "")
+    done: bool = False  # terminated and will not be restarted
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
+
+    def status(self) -> dict[str, Any]:
+        if self.proc is not None and self.proc.returncode is None and self.started_at:
+            state: dict[str, Any] = {"running": {"startedAt": self.started_at}}
+        elif self.terminated is not None:
+            state = {"terminated": self.terminated}
+        else:
+            reason, msg = self.waiting
+            state = {
+                "waiting": {
+                    "reason": reason or "ContainerCreating",
+                    **({"message": msg} if msg else {}),
+                }
+            }
+        image = str(self.spec.get("image", ""))
+        st: dict[str, Any] = {
+            "name": self.name,
+            "image": image,
+            "imageID": f"testbed-process://{image}",
+            "ready": self.ready,
+            "restartCount": self.restarts,
+            "state": state,
+            "started": self.started if "running" in state else False,
+            "lastState": {"terminated": self.last} if self.last else {},
+        }
+        if self.proc is not None:
+            st["containerID"] = f"process://{self.proc.pid}"
+        return st
+
+
+@dataclass
+class PodWorker:
+    host: Host
+    pod: dict[str, Any]
+    ip: str
+    containers: list[Container] = field(default_factory=list)
+    inits: list[Container] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    phase: str = "Pending"
+    initialized: bool = False
+    message: str = ""
+    _transitions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _last_sent: dict[str, Any] | None = None
+    _push_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        spec = self.pod["spec"]
+        for c in spec.get("initContainers", []) or []:
+            self.inits.append(Container(c, init=True, sidecar=c.get("restartPolicy") == "Always"))
+        self.containers = [Container(c) for c in spec["containers"]]
+        meta = self.pod["metadata"]
+        self.ns, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
+        self.root = self.host.work_dir / "pods" / f"{self.ns}_{self.name}_{self.uid[:8]}"
+        self.log_path = self.host.work_dir / "logs" / f"{self.ns}_{self.name}.log"
+        self.volumes = PodVolumes(
+            self.host.api,
+            self.pod,
+            self.root,
+            self.ip,
+            self.host.work_dir / "pvc",
+            self.host.ca_pem,
+        )
+        self.logf = process.open_log(self.log_path)
+        self.env_data: dict[tuple[str, str], dict[str, str] | None] = {}
+
+    @property
+    def policy(self) -> str:
+        return str(self.pod["spec"].get("restartPolicy", "Always"))
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.pod["metadata"].get("labels", {}) or {}
+
+    def update(self, pod: dict[str, Any]) -> None:
+        self.pod = pod
+
+    # ---- files -------------------------------------------------------------------------------
+    def write_hosts(self) -> None:
+        spec = self.pod["spec"]
+        text = render_hosts(
+            namespace=self.ns,
+            pod_name=self.name,
+            pod_ip=self.ip,
+            hostname=spec.get("hostname", ""),
+            subdomain=spec.get("subdomain", ""),
+            services=self.host.hosts_services(),
+        )
+        write_in_place(self.root / "etc" / "hosts", text)
+
+    async def _fetch_env_refs(self) -> None:
+        import base64
+
+        for kind, name in referenced_objects(self.pod):
+            plural = "configmaps" if kind == "configmap" else "secrets"
+            obj = await self.host.api.get(f"/api/v1/namespaces/{self.ns}/{plural}/{name}")
+            if obj is None:
+                self.env_data[(kind, name)] = None
+            elif kind == "configmap":
+                self.env_data[(kind, name)] = dict(obj.get("data") or {})
+            else:
+                self.env_data[(kind, name)] = {
+                    k: base64.b64decode(v).decode(errors="replace")
+                    for k, v in (obj.get("data") or {}).items()
+                }
+
+    def _exec_plan(self, c: Container) -> tuple[list[str], dict[str, str], str, list[Any]]:
+        """argv, env, cwd, mounts of a container (raises SpecError / ImageMapError)."""
+        entry = self.host.image_map.lookup(str(c.spec.get("image", "")))
+        bin_dir = entry.bin_dir()
+        base = {
+            "PATH": f"{bin_dir}:{DEFAULT_PATH}" if bin_dir else DEFAULT_PATH,
+            "HOME": str(self.root / "home"),
+            "TMPDIR": str(self.root / "tmp"),
+            "HOSTNAME": self.pod["spec"].get("hostname") or self.name,
+            "LANG": "C.UTF-8",
+        }
+        if self.pod["spec"].get("enableServiceLinks", True) is not False:
+            base.update(self.host.service_env(self.ns))
+        port = str(self.host.api_port)
+        base.update(
+            {
+                "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                "KUBERNETES_SERVICE_PORT": port,
+                "KUBERNETES_SERVICE_PORT_HTTPS": port,
+                "KUBERNETES_PORT": f"tcp://127.0.0.1:{port}",
+            }
+        )
+        if self.host.inject_pod_ip:
+            base["POD_IP"] = self.ip
+        base.update(entry.env)
+        env = build_env(
+            self.pod, c.spec, pod_ip=self.ip, host_ip="127.0.0.1", data=self.env_data, base=base
+        )
+        env[process.MARKER] = self.uid
+        argv = resolve_argv(
+            c.spec, env, entrypoint=entry.entrypoint, default_args=entry.cmd, rewrites=entry.rewrite
+        )
+        mounts = [
+            {"src": str(self.root / "etc" / "hosts"), "dst": "/etc/hosts"},
+            {"src": str(self.root / "etc" / "resolv.conf"), "dst": "/etc/resolv.conf"},
+            *self.volumes.mounts(c.spec),
+        ]
+        cwd = str(c.spec.get("workingDir") or self.root / "home")
+        return argv, env, cwd, mounts
+
+    # ---- status ------------------------------------------------------------------------------
+    def _cond(self, ctype: str, ok: bool, reason: str = "") -> dict[str, Any]:
+        status = "True" if ok else "False"
+        prev = self._transitions.get(ctype)
+        if prev is None or prev[0] != status:
+            self._transitions[ctype] = (status, now())
+        cond = {"type": ctype, "status": status, "lastTransitionTime": self._transitions[ctype][1]}
+        if reason and not ok:
+            cond["reason"] = reason
+        return cond
+
+    def status(self) -> dict[str, Any]:
+        ready = all(c.ready for c in self.containers) and self.phase == "Running"
+        ours = {
+            "PodScheduled",
+            "PodReadyToStartContainers",
+            "Initialized",
+            "ContainersReady",
+            "Ready",
+        }
+        others = [
+            c
+            for c in (self.pod.get("status", {}).get("conditions") or [])
+            if c.get("type") not in ours
+        ]
+        st: dict[str, Any] = {
+            "phase": self.phase,
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "startTime": self.pod.get("status", {}).get("startTime") or now(),
+            "conditions": [
+                self._cond("PodScheduled", True),
+                self._cond("PodReadyToStartContainers", True),
+                self._cond("Initialized", self.initialized, "ContainersNotInitialized"),
+                self._cond("ContainersReady", ready, "ContainersNotReady"),
+                self._cond("Ready", ready, "ContainersNotReady"),
+                *others,
+            ],
+            "containerStatuses": [c.status() for c in self.containers],
+        }
+        if self.pod.get("status", {}).get("qosClass"):
+            st["qosClass"] = self.pod["status"]["qosClass"]
+        if self.inits:
+            st["initContainerStatuses"] = [c.status() for c in self.inits]
+        if self.message:
+            st["message"] = self.message
+        return st
+
+    async def push(self) -> None:
+        async with self._push_lock:
+            st = self.status()
+            comparable = {k: v for k, v in st.items() if k != "startTime"}
+            if comparable == self._last_sent:
+                return
+            try:
+                updated = await self.host.api.merge_patch(
+                    pod_path(self.ns, self.name, "status"), {"status": st}
+                )
+                self.pod["status"] = updated.get("status", st)
+                self._last_sent = comparable
+            except ApiError as exc:
+                if exc.status != 404:
+                    log.warning("pod %s/%s: status update failed: %s", self.ns, self.name, exc)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except (OSError, ApiError, SpecError, ImageMapError, ValueError, KeyError) as exc:
+            log.exception("pod %s/%s: worker failed", self.ns, self.name)
+            process.log_line(self.logf, f"worker failed: {exc!r}")
+
+    async def _run(self) -> None:
+        for sub in ("home", "tmp", "etc"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.write_hosts()
+        write_in_place(self.root / "etc" / "resolv.conf", render_resolv(self.ns))
+        await self.push()
+        while not self.stopping.is_set():  # config errors: retry like the kubelet does
+            try:
+                await self.volumes.prepare()
+                await self._fetch_env_refs()
+                for c in [*self.inits, *self.containers]:
+                    self._exec_plan(c)
+                break
+            except (SpecError, ImageMapError, ApiError) as exc:
+                for c in [*self.inits, *self.containers]:
+                    c.waiting = ("CreateContainerConfigError", str(exc))
+                process.log_line(self.logf, f"cannot start yet: {exc}")
+                await self.push()
+                await self._sleep(3)
+        self._tasks.append(asyncio.create_task(self._refresh_tokens()))
+        for c in self.inits:
+            if self.stopping.is_set():
+                return
+            if c.sidecar:
+                self._tasks.append(asyncio.create_task(self._supervise(c)))
+                continue
+            await self._supervise(c)
+            if not (c.terminated and c.terminated["exitCode"] == 0):
+                if not self.stopping.is_set():
+                    self.phase = "Failed"
+                    await self.push()
+                return
+        self.initialized = True
+        if self.stopping.is_set():
+            return
+        self.phase = "Running"
+        await asyncio.gather(*(self._supervise(c) for c in self.containers))
+        if not self.stopping.is_set():
+            ok = all(c.terminated and c.terminated["exitCode"] == 0 for c in self.containers)
+            self.phase = "Succeeded" if ok else "Failed"
+            for c in self.inits:
+                if c.sidecar and c.proc is not None:
+                    await process.stop(c.proc, 5)
+            await self.push()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+
+    async def _supervise(self, c: Container) -> None:
+        backoff = 0.0
+        while not self.stopping.is_set():
+            argv, env, cwd, mounts = self._exec_plan(c)
+            process.log_line(self.logf, f"start {c.name} (restart {c.restarts}): {argv}")
+            c.proc = await process.spawn(
+                self.root / f"{c.name}.exec.json",
+                argv=argv,
+                env=env,
+                cwd=cwd,
+                mounts=mounts,
+                log_file=self.logf,
+            )
+            c.started_at, c.ready, c.started, c.waiting = now(), False, False, ("", "")
+            c.terminated = None
+            await self.push()
+            prober = asyncio.create_task(self._probe(c))
+            rc = await c.proc.wait()
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober
+            reason = "Completed" if rc == 0 else "Error"
+            c.terminated = {
+                "exitCode": rc if rc >= 0 else 128 - rc,
+                "reason": reason,
+                "startedAt": c.started_at,
+                "finishedAt": now(),
+                "containerID": f"process://{c.proc.pid}",
+            }
+            c.ready = c.started = False
+            process.log_line(self.logf, f"{c.name} exited with {rc}")
+            policy = (
+                "Always"
+                if c.sidecar
+                else ("OnFailure" if c.init and self.policy == "Always" else self.policy)
+            )
+            if self.stopping.is_set() or not restart_wanted(policy, rc):
+                c.done = True
+                await self.push()
+                return
+            backoff = min(max(backoff * 2, 1.0), 20.0)
+            c.last, c.terminated = c.terminated, None
+            c.waiting = ("CrashLoopBackOff", f"back-off {backoff:.0f}s restarting {c.name}")
+            await self.push()
+            await self._sleep(backoff)
+            c.restarts += 1
+
+    async def _exec_in(self, c: Container, command: list[str], limit: float) -> int:
+        _, env, cwd, mounts = self._exec_plan(c)
+        proc = await process.spawn(
+            self.root / f"{c.name}.probe.json",
+            argv=command,
+            env=env,
+            cwd=cwd,
+            mounts=mounts,
+            log_file=self.logf,
+        )
+        try:
+            return await asyncio.wait_for(proc.wait(), limit)
+        except TimeoutError:
+            await process.stop(proc, 0)
+            return -1
+
+    async def _probe(self, c: Container) -> None:
+        spec = c.spec
+
+        async def check(tracker: ProbeTracker) -> bool:
+            ok, msg = await run_probe(
+                tracker.spec,
+                pod_ip=self.ip,
+                containers=[x.spec for x in self.containers],
+                exec_runner=lambda cmd, t: self._exec_in(c, cmd, t),
+                limit=tracker.timeout,
+            )
+            return tracker.record(ok, msg)
+
+        assert c.proc is not None
+        t0 = asyncio.get_running_loop().time()
+        if spec.get("startupProbe"):
+            st = ProbeTracker("startup", spec["startupProbe"])
+            await asyncio.sleep(st.initial_delay)
+            while not await check(st):
+                if st.failures >= st.failure_threshold:
+                    process.log_line(
+                        self.logf, f"{c.name} startup probe failed: {st.last_message}; killing"
+                    )
+                    await process.stop(c.proc, self._grace())
+                    return
+                await asyncio.sleep(st.period)
+        c.started = True
+        await self.push()
+
+        async def readiness() -> None:
+            if not spec.get("readinessProbe"):
+                c.ready = True
+                await self.push()
+                return
+            rt = ProbeTracker("readiness", spec["readinessProbe"])
+            await asyncio.sleep(
+                max(0.0, rt.initial_delay - (asyncio.get_running_loop().time() - t0))
+            )
+            while True:
+                before = c.ready
+                c.ready = await check(rt)
+                if c.ready != before:
+                    process.log_line(self.logf, f"{c.name} ready={c.ready}: {rt.last_message}")
+                    await self.push()
+                await asyncio.sleep(rt.period)
+
+        async def liveness() -> None:
+            if not spec.get("livenessProbe"):
+                return
+            lt = ProbeTracker("liveness", spec["livenessProbe"])
+            await asyncio.sleep(lt.initial_delay)
+            while True:
+                if not await check(lt):
+                    break
+                await asyncio.sleep(lt.period)
+            process.log_line(self.logf, f"{c.name} liveness failed: {lt.last_message}; killing")
+            assert c.proc is not None
+            await process.stop(c.proc, self._grace())
+
+        await asyncio.gather(readiness(), liveness())
+
+    def _grace(self) -> float:
+        meta_grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
+        if meta_grace is not None:
+            return float(meta_grace)
+        return float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
+
+    async def _refresh_tokens(self) -> None:
+        while not self.stopping.is_set():
+            await self._sleep(600)
+            if self.stopping.is_set():
+                return
+            try:
+                await self.volumes.refresh_tokens()
+            except (ApiError, OSError, SpecError) as exc:
+                log.warning("pod %s/%s: token refresh failed: %s", self.ns, self.name, exc)
+
+    async def _pre_stop(self, c: Container, deadline: float) -> None:
+        hook = ((c.spec.get("lifecycle") or {}).get("preStop")) or {}
+        loop = asyncio.get_running_loop()
+        remaining = max(0.0, deadline - loop.time())
+        if "sleep" in hook:
+            await asyncio.sleep(min(float(hook["sleep"].get("seconds", 0)), remaining))
+        elif "exec" in hook:
+            cmd = [str(x) for x in hook["exec"].get("command", [])]
+            m = re.fullmatch(r"(?:/bin/)?(?:sh -c )?(?:/bin/)?sleep (\d+(?:\.\d+)?)", " ".join(cmd))
+            if m:  # the common "sleep N" hook: just wait
+                await asyncio.sleep(min(float(m.group(1)), remaining))
+            elif remaining > 0:
+                await self._exec_in(c, cmd, remaining)
+        elif "httpGet" in hook:
+            await run_probe(
+                {"httpGet": hook["httpGet"]},
+                pod_ip=self.ip,
+                containers=[x.spec for x in self.containers],
+                exec_runner=lambda cmd, t: self._exec_in(c, cmd, t),
+                limit=remaining,
+            )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: preStop hooks, SIGTERM, wait ``grace``, SIGKILL, sweep strays."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        grace = self._grace() if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        running = [
+            c
+            for c in [*self.containers, *self.inits]
+            if c.proc is not None and c.proc.returncode is None
+        ]
+
+        async def stop_one(c: Container) -> None:
+            try:
+                await asyncio.wait_for(self._pre_stop(c, deadline), timeout=max(grace, 0.1))
+            except (TimeoutError, OSError, SpecError, ImageMapError) as exc:
+                process.log_line(self.logf, f"{c.name} preStop: {exc!r}")
+            assert c.proc is not None
+            process.log_line(self.logf, f"stopping {c.name} (pid {c.proc.pid})")
+            await process.stop(c.proc, max(0.0, deadline - loop.time()))
+
+        await asyncio.gather(*(stop_one(c) for c in running))
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        process.sweep(self.uid)
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(OSError):
+            self.logf.close()
+        shutil.rmtree(self.root, ignore_errors=True)
