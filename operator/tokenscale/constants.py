@@ -19,7 +19,15 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_NAME: Final = "app.kubernetes.io/name"
 LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+#: "true" on pods that serve HTTP (single-node engines and multi-node leaders, not headless
+#: workers); the Service selects on it because a selector cannot say role in (engine, leader).
+LABEL_ENDPOINT: Final = f"{GROUP}/endpoint"
 MANAGED_BY: Final = "tokenscale"
+APP_NAME: Final = "vllm"
+COMPONENT_ENGINE: Final = "engine"
+ROLE_ENGINE: Final = "engine"
+ROLE_LEADER: Final = "leader"
+ROLE_WORKER: Final = "worker"
 
 # Annotations.
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
@@ -34,9 +42,19 @@ NODE_LABEL_PREFIX: Final = "amd.com/gpu."
 NODE_LABEL_PREFIX_LEGACY: Final = "beta.amd.com/gpu."
 NODE_LABEL_DEVICE_ID: Final = "amd.com/gpu.device-id"
 NODE_LABEL_PRODUCT_NAME: Final = "amd.com/gpu.product-name"
+NODE_LABEL_DEVICE_ID_LEGACY: Final = "beta.amd.com/gpu.device-id"
 NODE_LABEL_PARTITION: Final = "amd.com/gpu.compute-memory-partition"
 NODE_LABEL_PARTITION_DOCS: Final = "amd.com/compute-memory-partition"
 NODE_LABEL_NFD_AMD_GPU: Final = "feature.node.kubernetes.io/amd-gpu"
+
+# LeaderWorkerSet (multi-node replicas) and Prometheus Operator.
+LWS_API_VERSION: Final = "leaderworkerset.x-k8s.io/v1"
+LWS_LABEL_WORKER_INDEX: Final = "leaderworkerset.sigs.k8s.io/worker-index"
+SERVICEMONITOR_API_VERSION: Final = "monitoring.coreos.com/v1"
+
+# Environment variables the ROCm runtime reads to hide GPUs; the device plugin already limits
+# the container to its GPUs, and vLLM raises on inconsistent values, so engines never get them.
+VISIBLE_DEVICES_ENV: Final = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 
 # Engine container.
 ENGINE_CONTAINER: Final = "engine"

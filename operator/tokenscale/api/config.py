@@ -115,6 +115,11 @@ class PodSettings(StrictModel):
     hf_cache_pvc: str | None = Field(
         default=None, description="PVC for the Hugging Face cache shared by engines."
     )
+    bind_address: str = Field(
+        default="0.0.0.0",  # noqa: S104 - engines must accept traffic from the Service
+        description="vLLM --host. $(POD_IP) binds to the pod IP only (the env var is always "
+        "injected); the test bed, whose pods share the host network, needs that.",
+    )
 
 
 class BenchmarkSettings(StrictModel):
