@@ -1,0 +1,285 @@
+"""The autoscaling decision: a pure function from signal, policy, pools and state to replicas.
+
+``decide`` does no I/O and reads no clock; the loop passes ``now`` (wall-clock seconds, so state
+persisted in an annotation survives restarts). Everything the policy promises is here and
+table-tested in ``tests/unit/test_autoscale_decision.py``:
+
+1. Load is the policy metric summed over pools. Token metrics are *queue-adjusted*: a pool that
+   makes ``G`` tokens/s with ``R`` requests running and ``W`` waiting needs ``G * (R + W) / R``
+   to serve everything present, because served tokens/s saturates at capacity and would hide an
+   overload (the same reason Knative scales on concurrency, not throughput).
+2. HPA ratio rule on the stable window average, with a tolerance band around the ready capacity.
+3. Knative panic mode: when the short-window load is ``panic_threshold`` x the ready capacity,
+   scale on the larger of both windows and never scale down until a stable window passes calm.
+4. HPA stabilisation: scale up to the lowest, down to the highest recommendation in the windows;
+   then step limits, never below what the current (short-window) load needs, never down on
+   missing data, min/max clamps, and at most what the cluster can place (``InsufficientGPU``).
+5. Several pools: needed capacity fills pools cheapest-per-token first, each up to its max and
+   what the cluster can place, after every pool has its ``minReplicas``.
+6. Scale to zero only when enabled and the load was zero for the whole grace period; otherwise
+   at least one replica is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from tokenscale.api.service import ScalingMetric, ScalingSpec
+from tokenscale.autoscale.rates import PoolSignal, Sample
+from tokenscale.autoscale.state import Decision, PoolDecision, PoolInput, ReasonCode, ScalerState
+
+_EPS = 1e-9
+UNITS: dict[str, str] = {
+    "generationTokensPerSecond": "tok/s",
+    "totalTokensPerSecond": "tok/s",
+    "requestsInFlight": "requests",
+    "kvCacheUsage": "KV fraction",
+}
+
+
+def _queue_adjusted(tps: float, running: float, waiting: float) -> float:
+    if running > 0 and waiting > 0:
+        return tps * (running + waiting) / running
+    return tps
+
+
+def signal_value(signal: PoolSignal, metric: ScalingMetric) -> float:
+    """One pool's load in the policy metric's unit (see the module docstring, point 1)."""
+    if metric == "generationTokensPerSecond":
+        return _queue_adjusted(
+            signal.generation_tps, signal.requests_running, signal.requests_waiting
+        )
+    if metric == "totalTokensPerSecond":
+        return _queue_adjusted(
+            signal.generation_tps + signal.prompt_tps,
+            signal.requests_running,
+            signal.requests_waiting,
+        )
+    if metric == "requestsInFlight":
+        return signal.requests_running + signal.requests_waiting
+    return signal.kv_cache_usage_sum
+
+
+def _load(sample: Sample, names: Sequence[str], metric: ScalingMetric) -> float:
+    return sum(signal_value(sample.pools[n], metric) for n in names if n in sample.pools)
+
+
+def _has_data(sample: Sample, names: Sequence[str]) -> bool:
+    return any(sample.pools[n].pods_reporting > 0 for n in names if n in sample.pools)
+
+
+def _complete(sample: Sample, pools: Sequence[PoolInput]) -> bool:
+    """Every ready pod of every pool reported: the load is exact, not a lower bound."""
+    for pool in pools:
+        signal = sample.pools.get(pool.name)
+        if signal is None:
+            if pool.ready_replicas > 0:
+                return False
+        elif not signal.complete or signal.pods_reporting < pool.ready_replicas:
+            return False
+    return True
+
+
+def split(capacity: float, pools: Sequence[PoolInput]) -> tuple[dict[str, int], float, bool]:
+    """Replicas per pool that provide ``capacity``, cheapest per token first.
+
+    Every pool first gets ``minReplicas``; the rest fills pools in order of cost per unit of
+    capacity (ties by name), each up to :attr:`PoolInput.placeable_max`. Returns the replicas,
+    the capacity still missing after every pool is full, and whether the cluster's allocatable
+    GPUs (not ``maxReplicas``) were what stopped it.
+    """
+    replicas = {p.name: p.min_replicas for p in pools}
+    remaining = capacity - sum(p.min_replicas * p.target_per_replica for p in pools)
+    gpu_limited = False
+    for pool in sorted(pools, key=lambda p: (p.cost_per_unit, p.name)):
+        if remaining <= _EPS:
+            break
+        need = math.ceil(remaining / pool.target_per_replica - _EPS)
+        room = max(0, pool.placeable_max - replicas[pool.name])
+        add = min(need, room)
+        replicas[pool.name] += add
+        remaining -= add * pool.target_per_replica
+        if add < need and pool.placeable_max < pool.max_replicas:
+            gpu_limited = True
+    return replicas, max(0.0, remaining), gpu_limited
+
+
+def _stabilise(
+    history: list[tuple[float, int]], current: int, now: float, policy: ScalingSpec
+) -> int:
+    """HPA: up to the lowest recommendation in the up window, down to the highest in the down."""
+    up = [r for t, r in history if t > now - policy.scale_up_stabilization_seconds]
+    down = [r for t, r in history if t > now - policy.scale_down_stabilization_seconds]
+    value = current
+    up_rec = min(up) if up else history[-1][1]
+    down_rec = max(down) if down else history[-1][1]
+    if value < up_rec:
+        value = up_rec
+    if value > down_rec:
+        value = down_rec
+    return value
+
+
+def _hold(
+    pools: Sequence[PoolInput],
+    policy: ScalingSpec,
+    state: ScalerState,
+    code: ReasonCode,
+    why: str,
+) -> Decision:
+    """Keep current replicas (clamped to min/max), e.g. without metrics or a target."""
+    desired = {p.name: min(max(p.replicas, p.min_replicas), p.max_replicas) for p in pools}
+    _ensure_one(desired, pools, policy, allow_zero=False)
+    decisions = tuple(
+        PoolDecision(p.name, p.replicas, desired[p.name], code, f"{p.name}: {why}") for p in pools
+    )
+    return Decision(pools=decisions, state=state, reason=why)
+
+
+def _ensure_one(
+    desired: dict[str, int],
+    pools: Sequence[PoolInput],
+    policy: ScalingSpec,
+    *,
+    allow_zero: bool,
+) -> str | None:
+    """Keep one replica in the cheapest pool unless scaling to zero is allowed right now."""
+    if sum(desired.values()) > 0 or (policy.scale_to_zero and allow_zero):
+        return None
+    if policy.scale_to_zero and all(p.replicas == 0 for p in pools):
+        return None  # already at zero: waking up needs demand from outside the engines
+    for pool in sorted(pools, key=lambda p: (p.cost_per_unit, p.name)):
+        if pool.max_replicas >= 1:
+            desired[pool.name] = 1
+            return pool.name
+    return None
+
+
+def decide(
+    window: Sequence[Sample],
+    policy: ScalingSpec,
+    pools: Sequence[PoolInput],
+    state: ScalerState,
+    now: float,
+) -> Decision:
+    """Desired replicas per pool with reasons, and the state to persist for the next pass."""
+    state = state.model_copy(deep=True)
+    names = [p.name for p in pools]
+    if policy.mode != "builtin":
+        return _hold(pools, policy, state, "Hold", f"scaling mode is {policy.mode}")
+    if any(p.target_per_replica <= 0 for p in pools):
+        return _hold(pools, policy, state, "NoTarget", "no target per replica; holding")
+    unit = UNITS[policy.metric]
+    current = [s for s in window if s.time <= now]
+    stable = [s for s in current if s.time > now - policy.window_seconds and _has_data(s, names)]
+    if not stable:
+        return _hold(pools, policy, state, "NoMetrics", "no metrics in the window; holding")
+    latest = max(current, key=lambda s: s.time)
+    complete = _complete(latest, pools)
+    stable_load = sum(_load(s, names, policy.metric) for s in stable) / len(stable)
+    short = [s for s in stable if s.time > now - policy.panic_window_seconds] or [stable[-1]]
+    panic_load = sum(_load(s, names, policy.metric) for s in short) / len(short)
+
+    idle = stable_load <= _EPS and panic_load <= _EPS and complete
+    state.idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+    allow_zero = state.idle_since is not None and (
+        now - state.idle_since >= policy.scale_to_zero_grace_seconds
+    )
+
+    ready_capacity = sum(p.ready_replicas * p.target_per_replica for p in pools)
+    if ready_capacity > 0:
+        panic_ratio = panic_load / ready_capacity
+    else:
+        panic_ratio = math.inf if panic_load > _EPS else 0.0
+    if panic_ratio >= policy.panic_threshold:
+        state.panic_until = now + policy.window_seconds
+    panicking = state.panic_until is not None and now < state.panic_until
+    if not panicking:
+        state.panic_until = None
+        state.panic_replicas = {}
+
+    ratio = stable_load / ready_capacity if ready_capacity > 0 else None
+    within = ratio is not None and abs(ratio - 1) <= policy.tolerance and not panicking
+    needed = max(stable_load, panic_load) if panicking else stable_load
+    recommended, shortage, gpu_limited = split(needed, pools)
+    if within:
+        recommended = {p.name: p.replicas for p in pools}
+    floor, _, _ = split(panic_load, pools)
+
+    keep = max(policy.scale_up_stabilization_seconds, policy.scale_down_stabilization_seconds)
+    desired: dict[str, int] = {}
+    codes: dict[str, ReasonCode] = {}
+    for pool in pools:
+        history = [(t, r) for t, r in state.recommendations.get(pool.name, []) if t > now - keep]
+        history.append((now, recommended[pool.name]))
+        state.recommendations[pool.name] = history
+        cur = pool.replicas
+        rec = recommended[pool.name]
+        value = _stabilise(history, cur, now, policy)
+        code: ReasonCode = "WithinTolerance" if within else "Hold"
+        if value != rec and not within:
+            code = "Stabilizing"
+        value = min(value, cur + policy.max_scale_up_step)
+        value = max(value, cur - policy.max_scale_down_step)
+        if panicking:
+            value = max(value, cur, state.panic_replicas.get(pool.name, 0))
+            state.panic_replicas[pool.name] = value
+            code = "Panic"
+        if value < cur and value < floor[pool.name]:
+            value, code = min(cur, floor[pool.name]), "LoadFloor"
+        if value < cur and not complete:
+            value, code = cur, "MissingData"
+        if value > pool.max_replicas:
+            value, code = pool.max_replicas, "AtMax"
+        if value < pool.min_replicas:
+            value, code = pool.min_replicas, "AtMin"
+        if value > pool.placeable_max and value > cur:
+            value, code = max(cur, pool.placeable_max), "InsufficientGPU"
+        desired[pool.name] = value
+        codes[pool.name] = code
+    kept = _ensure_one(desired, pools, policy, allow_zero=allow_zero)
+    if kept is not None:
+        codes[kept] = "AtMin"
+
+    insufficient = gpu_limited and shortage > _EPS
+    decisions = []
+    for pool in pools:
+        value, code = desired[pool.name], codes[pool.name]
+        if code in ("Hold", "Stabilizing", "WithinTolerance") and value != pool.replicas:
+            code = "ScaleUp" if value > pool.replicas else "ScaleDown"
+        if value == 0 and pool.replicas > 0 and sum(desired.values()) == 0:
+            code = "ScaleToZero"
+        if insufficient and value >= pool.placeable_max and recommended[pool.name] >= value:
+            code = "InsufficientGPU"
+        why = (
+            f"{pool.name} {pool.replicas}->{value} ({code}): load {stable_load:.4g} {unit} "
+            f"({policy.window_seconds}s avg), {panic_load:.4g} ({policy.panic_window_seconds}s)"
+            f", target {pool.target_per_replica:.4g}/replica"
+        )
+        decisions.append(PoolDecision(pool.name, pool.replicas, value, code, why))
+    summary = "; ".join(f"{d.pool} {d.current}->{d.desired} {d.code}" for d in decisions)
+    if insufficient:
+        summary += f"; InsufficientGPU: {shortage:.4g} {unit} of capacity cannot be placed"
+    if panicking:
+        summary += "; panic mode"
+    return Decision(
+        pools=tuple(decisions),
+        state=state,
+        reason=summary,
+        load=stable_load,
+        target_capacity=sum(desired[p.name] * p.target_per_replica for p in pools),
+        panic=panicking,
+        insufficient_gpu=insufficient,
+        details={
+            "stable_load": stable_load,
+            "panic_load": panic_load,
+            "ready_capacity": ready_capacity,
+            "needed": needed,
+        },
+    )
+
+
+def sample_of(time: float, pools: Mapping[str, PoolSignal]) -> Sample:
+    """Convenience constructor used by tests and simulations."""
+    return Sample(time=time, pools=dict(pools))
