@@ -1,0 +1,149 @@
+"""``tokenscale sim engine``: run one or many simulated vLLM engines in this process.
+
+Flag names follow ``vllm serve`` where a vLLM flag exists (``--host``, ``--port``,
+``--served-model-name``, ``--tensor-parallel-size``, ``--max-num-seqs``, ``--max-model-len``,
+``--max-num-batched-tokens``, ``--seed``) so the operator can render the same argument list for a
+simulated pool as for a real one. Other vLLM flags (``--dtype``, ``--enforce-eager``, ...) are
+ignored with a warning, because the operator passes them through; ``--strict-args`` turns that
+into an error for humans who want typos caught.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from .model import Engine
+from .profiles import ProfileError, get_profile
+from .server import Endpoint, EngineHost, Fleet, SimClock
+
+log = logging.getLogger("tokenscale.sim")
+
+
+@click.group("sim")
+def sim_group() -> None:
+    """Simulated vLLM engines on modelled AMD Instinct GPUs (no GPU needed)."""
+
+
+@sim_group.command(
+    "engine", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.option("--gpu", default="MI355X", show_default=True, help="GPU model of the profile.")
+@click.option("--model", default="llama-2-70b", show_default=True, help="Model of the profile.")
+@click.option(
+    "--profiles",
+    "profiles_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Profile YAML to use instead of the packaged one.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, help="Port (first port with --engines).")
+@click.option("--engines", default=1, show_default=True, help="Engines per host address.")
+@click.option("--port-base", type=int, help="First port for --engines (default: --port).")
+@click.option("--hosts", help="Comma-separated addresses, --engines engines on each.")
+@click.option("--speed", default=1.0, show_default=True, help="Simulated seconds per wall second.")
+@click.option("--seed", default=0, show_default=True, help="Seed of output-length draws.")
+@click.option("--served-model-name", help="Name in the API and metrics (default: --model).")
+@click.option("--tensor-parallel-size", "-tp", default=1, show_default=True, help="GPUs/engine.")
+@click.option("--max-num-seqs", type=int, help="Override the profile's max_num_seqs.")
+@click.option("--max-num-batched-tokens", type=int, help="Override the step token budget.")
+@click.option("--max-model-len", type=int, help="Override the context length.")
+@click.option("--kv-cache-tokens", type=int, help="Override the KV-cache capacity (tokens).")
+@click.option(
+    "--stream-flush-ms",
+    default=50.0,
+    show_default=True,
+    help="Wall ms between coalesced stream writes (first/last token are always immediate).",
+)
+@click.option(
+    "--startup-seconds",
+    default=0.0,
+    show_default=True,
+    help="Simulated model-load time before the port listens (like vLLM, probes fail meanwhile).",
+)
+@click.option("--strict-args", is_flag=True, help="Reject unknown (vLLM-only) arguments.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_context
+def engine_command(
+    ctx: click.Context,
+    gpu: str,
+    model: str,
+    profiles_path: Path | None,
+    host: str,
+    port: int,
+    engines: int,
+    port_base: int | None,
+    hosts: str | None,
+    speed: float,
+    seed: int,
+    served_model_name: str | None,
+    tensor_parallel_size: int,
+    max_num_seqs: int | None,
+    max_num_batched_tokens: int | None,
+    max_model_len: int | None,
+    kv_cache_tokens: int | None,
+    stream_flush_ms: float,
+    startup_seconds: float,
+    strict_args: bool,
+    log_level: str,
+) -> None:
+    """Serve simulated engines until SIGINT/SIGTERM."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    if ctx.args:
+        if strict_args:
+            raise click.UsageError(f"unknown arguments: {' '.join(ctx.args)}")
+        log.warning("ignoring arguments the simulator does not model: %s", " ".join(ctx.args))
+    if engines < 1 or speed <= 0 or tensor_parallel_size < 1:
+        raise click.BadParameter("--engines and --tensor-parallel-size must be >= 1, --speed > 0")
+    try:
+        profile = get_profile(gpu, model, profiles_path).scaled(tensor_parallel_size)
+    except ProfileError as err:
+        raise click.ClickException(str(err)) from err
+    addresses = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else [host]
+    first_port = port if port_base is None else port_base
+    name = served_model_name or model
+
+    async def main() -> None:
+        clock = SimClock(speed)
+        fleet_hosts = []
+        for a, address in enumerate(addresses):
+            for i in range(engines):
+                index = a * engines + i
+                try:
+                    engine = Engine(
+                        profile,
+                        max_num_seqs=max_num_seqs,
+                        max_num_batched_tokens=max_num_batched_tokens,
+                        max_model_len=max_model_len,
+                        kv_cache_tokens=kv_cache_tokens,
+                        seed=seed * 100_003 + index,
+                    )
+                except ValueError as err:
+                    raise click.ClickException(str(err)) from err
+                endpoint = Endpoint(address, first_port + i, name, model)
+                fleet_hosts.append(EngineHost(engine, clock, endpoint, stream_flush_ms / 1000))
+        if startup_seconds > 0:
+            await asyncio.sleep(startup_seconds / speed)
+        fleet = Fleet(fleet_hosts)
+        await fleet.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "%d engine(s) %s/%s tp=%d on %s ports %d..%d speed=%g seed=%d",
+            len(fleet_hosts), profile.gpu, profile.model, tensor_parallel_size,
+            ",".join(addresses), first_port, first_port + engines - 1, speed, seed,
+        )  # fmt: skip
+        try:
+            await stop.wait()
+        finally:
+            await fleet.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())

@@ -1,0 +1,275 @@
+"""The HTTP side: many simulated engines, one aiohttp server each, in one asyncio process.
+
+Why aiohttp (not raw asyncio): measured on the 2-core dev box, aiohttp's C HTTP parser keeps the
+per-request cost low enough that 88 engines plus a load generator fit (numbers in
+docs/simulator.md and benchmarks/results/fleet-scale.json), and it gives correct HTTP/1.1
+keep-alive, chunked streaming and back-pressure for free.
+
+Time: the engine model runs in *simulated* seconds; ``SimClock`` maps them to wall time divided by
+``--speed``. Every latency the metrics and responses report is simulated, so an autoscaler or a
+benchmark sees realistic values whatever the speed. If the process falls behind (CPU-bound), the
+next step starts at the current simulated time: throughput is lost rather than time compressed,
+and latencies stay consistent with what clients observe.
+
+Streaming: each token is its own SSE chunk (as vLLM), but chunks are *written* on the first token,
+at the finish, and otherwise at most every ``stream_flush_s`` wall seconds. The first and last
+token therefore arrive on time (client-side TTFT and MLPerf TPOT are exact), while the per-token
+wake-ups that would dominate CPU at fleet scale are coalesced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from . import openai
+from .metrics import EngineCollector, exposition, new_registry
+from .model import Engine, RequestError, Seq
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.33.0+tokenscale.sim"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class SimClock:
+    """Simulated seconds since start = wall seconds since start x speed."""
+
+    def __init__(self, speed: float = 1.0) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        self.speed = speed
+        self._wall0 = time.monotonic()
+
+    def now(self) -> float:
+        """Current simulated time."""
+        return (time.monotonic() - self._wall0) * self.speed
+
+    async def sleep_until(self, sim_t: float) -> None:
+        """Sleep until simulated time ``sim_t``; always yields to the event loop."""
+        await asyncio.sleep(max(0.0, sim_t / self.speed - (time.monotonic() - self._wall0)))
+
+
+class _Waiter:
+    __slots__ = ("event", "seq")
+
+    def __init__(self, seq: Seq) -> None:
+        self.seq = seq
+        self.event = asyncio.Event()
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where one engine listens and under which names it serves."""
+
+    host: str
+    port: int
+    served_model_name: str
+    model: str
+
+
+class EngineHost:
+    """One engine: its model, its stepping task and its aiohttp application."""
+
+    def __init__(
+        self, engine: Engine, clock: SimClock, endpoint: Endpoint, stream_flush_s: float = 0.05
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.endpoint = endpoint
+        self.stream_flush_s = stream_flush_s
+        self.in_flight = 0
+        self._waiters: dict[int, _Waiter] = {}
+        self._streams: set[_Waiter] = set()
+        self._wake = asyncio.Event()
+        self._created = int(time.time())
+        collector = EngineCollector(engine.metrics, engine, endpoint.served_model_name)
+        self._registry = new_registry(collector)
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.post("/v1/completions", self._completions),
+                web.post("/v1/chat/completions", self._chat),
+                web.get("/v1/models", self._models),
+                web.get("/health", self._health),
+                web.get("/ping", self._health),
+                web.get("/load", self._load),
+                web.get("/version", self._version),
+                web.get("/metrics", self._metrics),
+            ]
+        )
+
+    # -- stepping --------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Step the engine while it has work, sleeping each step's simulated duration."""
+        loop = asyncio.get_running_loop()
+        last_flush = loop.time()
+        while True:
+            if not self.engine.has_work():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            result = self.engine.step(self.clock.now())
+            if result is None:
+                continue
+            await self.clock.sleep_until(result.end)
+            for seq in result.first_tokens:
+                self._notify(seq)
+            for seq in result.finished:
+                self._notify(seq)
+            if self._streams and loop.time() - last_flush >= self.stream_flush_s:
+                last_flush = loop.time()
+                for waiter in self._streams:
+                    waiter.event.set()
+
+    def _notify(self, seq: Seq) -> None:
+        waiter = self._waiters.get(seq.rid)
+        if waiter is not None:
+            waiter.event.set()
+
+    # -- handlers --------------------------------------------------------------------------
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    def _error(self, message: str, status: int, kind: str = "BadRequestError") -> web.Response:
+        return web.json_response(openai.error_body(message, status, kind), status=status)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        try:
+            params = openai.parse(await request.json(), chat)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return self._error(f"invalid JSON: {err}", 400)
+        except openai.BadRequest as err:
+            return self._error(str(err), 400)
+        name = self.endpoint.served_model_name
+        if params.model is not None and params.model != name:
+            return self._error(f"The model `{params.model}` does not exist.", 404, "NotFoundError")
+        try:
+            seq = self.engine.submit(
+                params.prompt_tokens,
+                params.max_tokens,
+                self.clock.now(),
+                ignore_eos=params.ignore_eos,
+                min_tokens=params.min_tokens,
+            )
+        except RequestError as err:
+            return self._error(str(err), 400)
+        waiter = _Waiter(seq)
+        self._waiters[seq.rid] = waiter
+        self.in_flight += 1
+        self._wake.set()
+        prefix = "chatcmpl-" if chat else "cmpl-"
+        request_id = prefix + uuid.uuid4().hex
+        try:
+            if params.stream:
+                return await self._stream(request, params, waiter, request_id)
+            while not seq.done:
+                await waiter.event.wait()
+                waiter.event.clear()
+            body = openai.completion_body(
+                params, request_id, self._created, name, seq.rid, seq.generated, seq.finish_reason
+            )
+            return web.json_response(body)
+        finally:
+            self.in_flight -= 1
+            self._waiters.pop(seq.rid, None)
+            self._streams.discard(waiter)
+            if not seq.done:
+                self.engine.abort(seq, self.clock.now())
+
+    async def _stream(
+        self, request: web.Request, params: openai.Params, waiter: _Waiter, request_id: str
+    ) -> web.StreamResponse:
+        seq = waiter.seq
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        fmt = openai.StreamFormatter(
+            params.chat, request_id, self._created, self.endpoint.served_model_name, seq.rid
+        )
+        if params.chat:
+            await response.write(fmt.role().encode())
+        self._streams.add(waiter)
+        sent = 0
+        while True:
+            await waiter.event.wait()
+            waiter.event.clear()
+            done = seq.done
+            n = seq.generated if done else self.engine.generated(seq)
+            out = fmt.tokens(sent, n, seq.finish_reason if done else None) if n > sent else ""
+            sent = n
+            if done:
+                if params.include_usage:
+                    out += fmt.usage(params.prompt_tokens, n)
+                out += openai.DONE
+            if out:
+                await response.write(out.encode())
+            if done:
+                await response.write_eof()
+                return response
+
+    async def _models(self, _: web.Request) -> web.Response:
+        card = {
+            "id": self.endpoint.served_model_name,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "vllm",
+            "root": self.endpoint.model,
+            "parent": None,
+            "max_model_len": self.engine.max_model_len,
+            "permission": [],
+        }
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _load(self, _: web.Request) -> web.Response:
+        return web.json_response({"server_load": self.in_flight})
+
+    async def _version(self, _: web.Request) -> web.Response:
+        return web.json_response({"version": VERSION})
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(
+            body=exposition(self._registry), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        )
+
+
+class Fleet:
+    """All engine hosts of one process: start them, serve, stop them."""
+
+    def __init__(self, hosts: Sequence[EngineHost]) -> None:
+        self.hosts = list(hosts)
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Bind every endpoint and start the stepping tasks."""
+        for host in self.hosts:
+            runner = web.AppRunner(host.app, access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, host.endpoint.host, host.endpoint.port, backlog=1024)
+            await site.start()
+            self._runners.append(runner)
+            self._tasks.append(asyncio.create_task(host.run(), name=f"engine:{host.endpoint}"))
+        log.info("serving %d simulated engine(s)", len(self.hosts))
+
+    async def stop(self) -> None:
+        """Close listeners and cancel the stepping tasks."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in self._runners:
+            await runner.cleanup()
+        self._tasks.clear()
+        self._runners.clear()
