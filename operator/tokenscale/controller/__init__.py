@@ -1,0 +1,1 @@
+"""The operator: Kopf handlers (thin) over reconcile functions (plan, render, apply, status)."""

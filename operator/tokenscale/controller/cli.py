@@ -1,0 +1,77 @@
+"""``tokenscale run``: start the operator with our settings (wraps ``kopf.run``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+import kopf
+
+
+@click.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="TOKENSCALE_CONFIG",
+    default=None,
+    help="Operator config YAML (GPU catalogue, images, pod settings); defaults built in.",
+)
+@click.option(
+    "--namespace",
+    "-n",
+    "namespaces",
+    multiple=True,
+    envvar="TOKENSCALE_NAMESPACES",
+    help="Watch only these namespaces (repeatable); default: all namespaces.",
+)
+@click.option("--metrics-port", type=int, default=9090, show_default=True, help="0 disables.")
+@click.option(
+    "--health",
+    default="http://0.0.0.0:8080/healthz",
+    show_default=True,
+    help="Liveness endpoint URL to serve ('' disables).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["plain", "full", "json"]),
+    default="full",
+    show_default=True,
+)
+@click.option("--verbose", is_flag=True, help="Debug logging.")
+@click.option(
+    "--peering",
+    default="",
+    help="Kopf peering name: replicas sharing it never act at once (needs Kopf's peering CRD).",
+)
+@click.option("--workers", type=int, default=8, show_default=True, help="Handler threads.")
+def run_command(
+    config_path: Path | None,
+    namespaces: tuple[str, ...],
+    metrics_port: int,
+    health: str,
+    log_format: str,
+    verbose: bool,
+    peering: str,
+    workers: int,
+) -> None:
+    """Run the tokenscale operator against the current kubeconfig or in-cluster account."""
+    from tokenscale.controller import handlers  # noqa: F401 - registers the handlers
+
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format.upper()])
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    ns_list = [n for item in namespaces for n in item.split(",") if n]
+    memo = kopf.Memo(
+        config_path=str(config_path) if config_path else None,
+        metrics_port=metrics_port or None,
+        workers=workers,
+    )
+    kopf.run(
+        clusterwide=not ns_list,
+        namespaces=ns_list,
+        liveness_endpoint=health or None,
+        standalone=not peering,
+        peering_name=peering or None,
+        memo=memo,
+    )

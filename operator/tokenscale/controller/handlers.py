@@ -1,0 +1,108 @@
+"""Kopf wiring: thin handlers that call the reconcile functions and write what they return.
+
+Nothing here decides anything; it translates Kopf's callbacks into calls of pure-ish
+functions in :mod:`reconcile` and turns their outcome into status patches and Events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from tokenscale import GROUP, VERSION
+from tokenscale import constants as c
+from tokenscale.api.config import OperatorConfig
+from tokenscale.controller import metrics
+from tokenscale.controller.kube import Kube, KubeError
+from tokenscale.controller.reconcile import Outcome, reconcile_service
+
+log = logging.getLogger(__name__)
+
+SERVICES = "inferenceservices"
+STATUS_TIMER_SECONDS = 30.0
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Load operator config, create the API client, tune Kopf for a fleet-sized operator."""
+    memo.config = OperatorConfig.load(memo.get("config_path"))
+    memo.kube = Kube()
+    memo.last_refresh = {}
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = int(memo.get("workers") or 8)
+    settings.batching.worker_limit = 100
+    port = memo.get("metrics_port")
+    if port:
+        metrics.serve(int(port))
+
+
+def _write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome, kube: Kube) -> None:
+    patch.status.update(outcome.status)
+    meta = body["metadata"]
+    metrics.record_pools(meta["namespace"], meta["name"], outcome.status.get("pools", []))
+    for reason, message, type_ in outcome.events:
+        kube.event(dict(body), reason, message, type_)
+
+
+def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
+    started = time.perf_counter()
+    try:
+        outcome = reconcile_service(dict(body), memo.kube, memo.config)
+    except KubeError as exc:
+        metrics.RECONCILES.labels("InferenceService", "error").inc()
+        raise kopf.TemporaryError(f"API error: {exc}", delay=10) from exc
+    metrics.RECONCILE_SECONDS.labels("InferenceService").observe(time.perf_counter() - started)
+    metrics.RECONCILES.labels("InferenceService", "invalid" if outcome.invalid else "ok").inc()
+    _write(body, patch, outcome, memo.kube)
+    return outcome
+
+
+@kopf.on.resume(GROUP, VERSION, SERVICES)
+@kopf.on.create(GROUP, VERSION, SERVICES)
+@kopf.on.update(GROUP, VERSION, SERVICES, field="spec")
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Spec changed (or the operator restarted): converge children and status."""
+    outcome = _run(body, patch, memo)
+    if outcome.invalid:
+        raise kopf.PermanentError(outcome.events[0][1])
+
+
+@kopf.timer(GROUP, VERSION, SERVICES, interval=STATUS_TIMER_SECONDS, initial_delay=5)
+def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Low-frequency safety net: level-based resync catches anything the watches missed."""
+    _run(body, patch, memo)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY})
+def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A child Deployment's status moved: refresh the owner's status promptly (throttled)."""
+    labels = body["metadata"].get("labels") or {}
+    name, namespace = labels.get(c.LABEL_SERVICE), body["metadata"].get("namespace")
+    if not name or not namespace or labels.get(c.LABEL_ROLE) == "benchmark":
+        return
+    key = (namespace, name)
+    now = time.monotonic()
+    if now - memo.last_refresh.get(key, 0.0) < 1.0:
+        return
+    memo.last_refresh[key] = now
+    kube: Kube = memo.kube
+    owner = kube.get("InferenceService", namespace, name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    outcome = reconcile_service(owner, kube, memo.config)
+    try:
+        kube.patch_merge("InferenceService", namespace, name, {"status": outcome.status}, "status")
+    except KubeError as exc:
+        log.info("status refresh of %s/%s failed: %s", namespace, name, exc)
+        return
+    for reason, message, type_ in outcome.events:
+        kube.event(owner, reason, message, type_)

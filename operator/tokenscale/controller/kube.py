@@ -1,0 +1,195 @@
+"""The operator's only door to the API server: server-side apply, list, delete, events.
+
+Raw REST calls through the official client's ``ApiClient`` keep this small and predictable:
+we know every kind we write, so a fixed path table replaces the dynamic client's discovery
+round-trips (which cost seconds per start on a busy API server).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from tokenscale.constants import FIELD_MANAGER
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """Where a kind lives in the REST API."""
+
+    api_version: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        ns = f"/namespaces/{namespace}" if self.namespaced and namespace else ""
+        tail = f"/{name}" if name else ""
+        return f"{prefix}{ns}/{self.plural}{tail}"
+
+
+KINDS: dict[str, Kind] = {
+    "Deployment": Kind("apps/v1", "deployments"),
+    "Service": Kind("v1", "services"),
+    "ConfigMap": Kind("v1", "configmaps"),
+    "Pod": Kind("v1", "pods"),
+    "Node": Kind("v1", "nodes", namespaced=False),
+    "Event": Kind("v1", "events"),
+    "Job": Kind("batch/v1", "jobs"),
+    "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
+    "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),
+    "LeaderWorkerSet": Kind("leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
+    "InferenceService": Kind("tokenscale.dev/v1alpha1", "inferenceservices"),
+    "InferenceBenchmark": Kind("tokenscale.dev/v1alpha1", "inferencebenchmarks"),
+    "CustomResourceDefinition": Kind(
+        "apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False
+    ),
+}
+
+
+class KubeError(RuntimeError):
+    """An API call failed; ``status`` is the HTTP status (0 when no response)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class Kube:
+    """A thin synchronous client; Kopf runs sync handlers in its thread pool."""
+
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self.api = api or _default_client()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        try:
+            data, _status, _headers = self.api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                response_type="object",
+                _return_http_data_only=False,
+                _preload_content=True,
+            )
+        except ApiException as exc:
+            raise KubeError(exc.status or 0, _reason(exc)) from None
+        return data
+
+    def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+        """Server-side apply under the operator's single field manager."""
+        kind = KINDS[obj["kind"]]
+        meta = obj["metadata"]
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")]
+        path = kind.path(meta.get("namespace"), meta["name"])
+        result: dict[str, Any] = self._call(
+            "PATCH", path, json.dumps(obj), query, "application/apply-patch+yaml"
+        )
+        return result
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self._call("GET", KINDS[kind].path(namespace, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
+
+    def list(
+        self, kind: str, namespace: str | None, selector: str = "", field: str = ""
+    ) -> list[dict[str, Any]]:
+        query = [("labelSelector", selector)] if selector else []
+        if field:
+            query.append(("fieldSelector", field))
+        items: list[dict[str, Any]] = self._call("GET", KINDS[kind].path(namespace), None, query)[
+            "items"
+        ]
+        return items
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        body = {"propagationPolicy": "Background"}
+        try:
+            self._call("DELETE", KINDS[kind].path(namespace, name), body)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_merge(
+        self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], sub: str = ""
+    ) -> dict[str, Any]:
+        path = KINDS[kind].path(namespace, name) + (f"/{sub}" if sub else "")
+        result: dict[str, Any] = self._call(
+            "PATCH", path, patch, None, "application/merge-patch+json"
+        )
+        return result
+
+    def crd_exists(self, name: str) -> bool:
+        try:
+            return self.get("CustomResourceDefinition", None, name) is not None
+        except KubeError as exc:
+            if exc.status == 403:
+                return False
+            raise
+
+    def event(
+        self, involved: dict[str, Any], reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        """Post a core/v1 Event; failures are logged, never raised (events are best effort)."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1000],
+            "type": type_,
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self._call("POST", KINDS["Event"].path(meta["namespace"]), body)
+        except KubeError as exc:
+            log.warning("could not post event %s: %s", reason, exc)
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def _default_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()

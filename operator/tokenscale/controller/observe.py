@@ -1,0 +1,142 @@
+"""Status from observed state: pure functions over the objects the API server returned.
+
+Level-based on purpose: every pass recomputes conditions from what exists now (Deployments,
+pods, the plan), so a restarted operator or a missed event can never leave status stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tokenscale import constants as c
+from tokenscale.api.base import Condition
+
+_BAD_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError"}
+
+
+@dataclass(slots=True)
+class PoolObservation:
+    """What exists for one pool."""
+
+    name: str
+    gpu: str
+    desired: int
+    replicas: int = 0
+    ready: int = 0
+    updated: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def observe_workload(
+    pool: str, gpu: str, desired: int, workload: dict[str, Any] | None
+) -> PoolObservation:
+    """Replica counts of a pool's Deployment or LeaderWorkerSet (None: not created yet)."""
+    obs = PoolObservation(pool, gpu, desired)
+    if workload is None:
+        return obs
+    status = workload.get("status") or {}
+    obs.replicas = int(status.get("replicas") or 0)
+    obs.ready = int(status.get("readyReplicas") or 0)
+    obs.updated = int(status.get("updatedReplicas") or 0)
+    return obs
+
+
+def pod_problems(pods: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per pool: unschedulable pods (with the scheduler's message), crash loops, pull errors."""
+    found: dict[str, list[str]] = {}
+    for pod in pods:
+        if (pod["metadata"].get("deletionTimestamp")) is not None:
+            continue
+        pool = (pod["metadata"].get("labels") or {}).get(c.LABEL_POOL, "")
+        status = pod.get("status") or {}
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                msg = cond.get("message") or cond.get("reason") or "unschedulable"
+                _add(found, pool, f"Unschedulable: {msg}")
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _BAD_WAITING:
+                _add(found, pool, f"{waiting['reason']}: {waiting.get('message', '')}".strip())
+    return found
+
+
+def _add(found: dict[str, list[str]], pool: str, message: str) -> None:
+    bucket = found.setdefault(pool, [])
+    if message not in bucket:
+        bucket.append(message)
+
+
+def condition(
+    type_: str, ok: bool | None, reason: str, message: str, generation: int | None
+) -> Condition:
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+    )
+
+
+def merge_conditions(
+    old: Sequence[dict[str, Any]], new: Sequence[Condition], now: datetime
+) -> list[dict[str, Any]]:
+    """Keep lastTransitionTime unless the status flipped; keep condition types we don't own."""
+    previous = {c_["type"]: c_ for c_ in old}
+    out: list[dict[str, Any]] = []
+    for cond in new:
+        before = previous.pop(cond.type, None)
+        same = before is not None and before.get("status") == cond.status
+        when = before.get("lastTransitionTime") if same and before else None
+        cond = cond.model_copy(update={"last_transition_time": when or now})
+        out.append(cond.to_k8s())
+    out.extend(previous.values())
+    return sorted(out, key=lambda x: str(x["type"]))
+
+
+def service_conditions(
+    pools: Sequence[PoolObservation],
+    plan_problems: Sequence[str],
+    render_problems: Sequence[str],
+    generation: int | None,
+) -> list[Condition]:
+    """Ready / Progressing / Degraded from pools, plan and rendering."""
+    desired = sum(p.desired for p in pools)
+    ready = sum(p.ready for p in pools)
+    serving = [p for p in pools if p.desired > 0]
+    blocking = list(plan_problems) + list(render_problems)
+    pod_trouble = [f"pool {p.name}: {m}" for p in pools for m in p.problems]
+    conds: list[Condition] = []
+
+    if blocking:
+        conds.append(condition(c.COND_READY, False, "PlanFailed", "; ".join(blocking), generation))
+    elif desired == 0:
+        conds.append(condition(c.COND_READY, True, "ScaledToZero", "no replicas", generation))
+    elif serving and all(p.ready >= 1 for p in serving):
+        msg = f"{ready}/{desired} replicas ready"
+        conds.append(condition(c.COND_READY, True, "ReplicasReady", msg, generation))
+    else:
+        msg = f"{ready}/{desired} replicas ready"
+        conds.append(condition(c.COND_READY, False, "ReplicasNotReady", msg, generation))
+
+    rolling = [p for p in pools if p.ready < p.desired or p.updated < p.replicas]
+    if rolling and not blocking:
+        parts = ", ".join(f"{p.name} {p.ready}/{p.desired}" for p in rolling)
+        conds.append(condition(c.COND_PROGRESSING, True, "RollingOut", parts, generation))
+    else:
+        conds.append(condition(c.COND_PROGRESSING, False, "Stable", "", generation))
+
+    if blocking:
+        conds.append(
+            condition(c.COND_DEGRADED, True, "PlanFailed", "; ".join(blocking), generation)
+        )
+    elif pod_trouble:
+        reason = "Unschedulable" if any("Unschedulable" in t for t in pod_trouble) else "PodErrors"
+        conds.append(condition(c.COND_DEGRADED, True, reason, "; ".join(pod_trouble), generation))
+    else:
+        conds.append(condition(c.COND_DEGRADED, False, "Healthy", "", generation))
+    return conds

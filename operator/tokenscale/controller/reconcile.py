@@ -1,0 +1,245 @@
+"""One idempotent, level-based reconcile for an InferenceService.
+
+validate → plan → split replicas → render → apply (server-side, one field manager, owned by
+the service so deletion is garbage-collected) → prune children the spec no longer wants →
+status from what is observed now. Create, update, resume and a slow timer all call this.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from tokenscale import constants as c
+from tokenscale.api.base import ObjectMeta
+from tokenscale.api.config import OperatorConfig
+from tokenscale.api.service import InferenceService, InferenceServiceSpec
+from tokenscale.api.status import PoolPlan, PoolStatus
+from tokenscale.controller import observe
+from tokenscale.controller.kube import Kube, KubeError
+from tokenscale.controller.split import split_replicas
+from tokenscale.plan import plan_service
+from tokenscale.render import render_all
+from tokenscale.validation import problems_from
+
+log = logging.getLogger(__name__)
+
+#: Child kinds the operator may create for a service, and so may have to prune.
+CHILD_KINDS = ("Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget", "ServiceMonitor")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one pass decided: the status patch and the Events to post."""
+
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    invalid: bool = False
+
+
+def selector_for(name: str) -> str:
+    return f"{c.LABEL_SERVICE}={name},{c.LABEL_ROLE}!=benchmark"
+
+
+def parse_spec(body: dict[str, Any]) -> InferenceService:
+    """The object as a model; raises ValidationError for operator-judged problems."""
+    meta = body["metadata"]
+    return InferenceService(
+        api_version="tokenscale.dev/v1alpha1",
+        kind="InferenceService",
+        metadata=ObjectMeta(name=meta["name"], namespace=meta.get("namespace")),
+        spec=InferenceServiceSpec.model_validate(body.get("spec") or {}),
+    )
+
+
+def _invalid(body: dict[str, Any], exc: ValidationError, now: datetime) -> Outcome:
+    text = "; ".join(str(p) for p in problems_from(exc))
+    gen = body["metadata"].get("generation")
+    conds = [
+        observe.condition(c.COND_READY, False, "InvalidSpec", text, gen),
+        observe.condition(c.COND_DEGRADED, True, "InvalidSpec", text, gen),
+    ]
+    old = (body.get("status") or {}).get("conditions") or []
+    status = {"observedGeneration": gen, "conditions": observe.merge_conditions(old, conds, now)}
+    return Outcome(status, [("InvalidSpec", text, "Warning")], invalid=True)
+
+
+def cost_per_token(cfg: OperatorConfig, svc: InferenceService, plans: Sequence[PoolPlan]) -> dict:
+    """Relative cost of a token per pool: GPU-hour price x GPUs / tokens/s per replica."""
+    out: dict[str, float] = {}
+    by_pool = {p.pool: p for p in plans}
+    for pool in svc.spec.pools:
+        gpu = cfg.gpus.get(pool.gpu)
+        plan = by_pool.get(pool.name)
+        if gpu is None or plan is None or not plan.fits:
+            out[pool.name] = float("inf")
+            continue
+        gpus = max(plan.gpus_per_replica, 1)
+        tps = (gpu.tokens_per_second_per_gpu or 1.0) * gpus
+        out[pool.name] = gpu.cost_per_gpu_hour * gpus / tps
+    return out
+
+
+def _split_hint(body: dict[str, Any]) -> dict[str, int] | None:
+    raw = (body["metadata"].get("annotations") or {}).get(c.ANNOTATION_SCALER_STATE)
+    if not raw:
+        return None
+    try:
+        split = json.loads(raw).get("split")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(split, dict):
+        return None
+    return {str(k): int(v) for k, v in split.items()}
+
+
+def reconcile_service(
+    body: dict[str, Any], kube: Kube, cfg: OperatorConfig, now: datetime | None = None
+) -> Outcome:
+    """Make the children match the spec and compute the status patch."""
+    now = now or datetime.now(UTC)
+    meta = body["metadata"]
+    name, namespace, gen = meta["name"], meta["namespace"], meta.get("generation")
+    try:
+        svc = parse_spec(body)
+    except ValidationError as exc:
+        return _invalid(body, exc, now)
+
+    plans = plan_service(svc, cfg)
+    plan_problems = [p.message for p in plans if not p.fits]
+    replicas = split_replicas(
+        svc.spec.replicas, svc.spec.pools, cost_per_token(cfg, svc, plans), _split_hint(body)
+    )
+    rendered = render_all(svc, cfg, plans, replicas)
+    owner = _owner_reference(body)
+    existing = {
+        (kind, o["metadata"]["name"]): o
+        for kind in CHILD_KINDS
+        if _kind_available(kube, cfg, kind)
+        for o in kube.list(kind, namespace, f"{c.LABEL_SERVICE}={name}")
+    }
+    events: list[tuple[str, str, str]] = []
+    applied: dict[tuple[str, str], dict[str, Any]] = {}
+    for obj in rendered.objects:
+        obj["metadata"]["namespace"] = namespace
+        obj["metadata"]["ownerReferences"] = [owner]
+        key = (obj["kind"], obj["metadata"]["name"])
+        try:
+            applied[key] = kube.apply(obj)
+        except KubeError as exc:
+            events.append(("ApplyFailed", f"{key[0]} {key[1]}: {exc}", "Warning"))
+            continue
+        if key not in existing:
+            events.append(("Created", f"created {key[0]} {key[1]}", "Normal"))
+    for key in sorted(set(existing) - set(applied)):
+        if any(ref.get("uid") == meta.get("uid") for ref in _owners(existing[key])):
+            kube.delete(key[0], namespace, key[1])
+            events.append(("Deleted", f"deleted {key[0]} {key[1]} (no longer in spec)", "Normal"))
+
+    status = _status(body, svc, plans, replicas, applied, kube, rendered.problems, now)
+    old_degraded = _condition(body, c.COND_DEGRADED)
+    new_degraded = _condition({"status": status}, c.COND_DEGRADED)
+    if new_degraded and new_degraded.get("status") == "True":
+        changed = not old_degraded or old_degraded.get("message") != new_degraded.get("message")
+        if changed:
+            reason = str(new_degraded.get("reason"))
+            events.append((reason, str(new_degraded.get("message")), "Warning"))
+    status["observedGeneration"] = gen
+    return Outcome(status, events)
+
+
+def _status(
+    body: dict[str, Any],
+    svc: InferenceService,
+    plans: Sequence[PoolPlan],
+    replicas: dict[str, int],
+    applied: dict[tuple[str, str], dict[str, Any]],
+    kube: Kube,
+    render_problems: Sequence[str],
+    now: datetime,
+) -> dict[str, Any]:
+    meta = body["metadata"]
+    pods = kube.list("Pod", meta["namespace"], selector_for(meta["name"]))
+    trouble = observe.pod_problems(pods)
+    by_name = {k[1]: v for k, v in applied.items() if k[0] in ("Deployment", "LeaderWorkerSet")}
+    pools = []
+    for pool in svc.spec.pools:
+        workload = by_name.get(f"{meta['name']}-{pool.name}")
+        obs = observe.observe_workload(pool.name, pool.gpu, replicas[pool.name], workload)
+        obs.problems = trouble.get(pool.name, [])
+        pools.append(obs)
+    plan_problems = [p.message for p in plans if not p.fits]
+    conds = observe.service_conditions(
+        pools, plan_problems, render_problems, meta.get("generation")
+    )
+    old = (body.get("status") or {}).get("conditions") or []
+    old_pools = {p.get("name"): p for p in (body.get("status") or {}).get("pools") or []}
+    pool_status = [
+        PoolStatus(
+            name=o.name,
+            gpu=o.gpu,
+            desired_replicas=o.desired,
+            replicas=o.replicas,
+            ready_replicas=o.ready,
+            tokens_per_second=old_pools.get(o.name, {}).get("tokensPerSecond"),
+            capacity_per_replica=old_pools.get(o.name, {}).get("capacityPerReplica"),
+            message="; ".join(o.problems),
+        ).to_k8s()
+        for o in pools
+    ]
+    return {
+        "replicas": sum(replicas.values()),
+        "readyReplicas": sum(o.ready for o in pools),
+        "selector": selector_for(meta["name"]),
+        "gpuSummary": ",".join(dict.fromkeys(p.gpu for p in svc.spec.pools)),
+        "pools": pool_status,
+        "plan": [p.to_k8s() for p in plans],
+        "conditions": observe.merge_conditions(old, conds, now),
+    }
+
+
+def _condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            found: dict[str, Any] = cond
+            return found
+    return None
+
+
+def _owners(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    refs: list[dict[str, Any]] = obj["metadata"].get("ownerReferences") or []
+    return refs
+
+
+def _owner_reference(body: dict[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", "tokenscale.dev/v1alpha1"),
+        "kind": body.get("kind", "InferenceService"),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+_OPTIONAL_CRDS = {
+    "ServiceMonitor": "servicemonitors.monitoring.coreos.com",
+    "LeaderWorkerSet": "leaderworkersets.leaderworkerset.x-k8s.io",
+}
+
+
+def _kind_available(kube: Kube, cfg: OperatorConfig, kind: str) -> bool:
+    """Skip listing kinds whose CRD the cluster lacks (a 404 would fail the pass)."""
+    crd = _OPTIONAL_CRDS.get(kind)
+    if crd is None:
+        return True
+    if kind == "LeaderWorkerSet" and not cfg.leader_worker_set:
+        return False
+    return kube.crd_exists(crd)
