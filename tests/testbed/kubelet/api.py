@@ -41,7 +41,9 @@ class KubeConfig:
         ctx_name = cfg.get("current-context") or cfg["contexts"][0]["name"]
         ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
         cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-        user = next((u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {})
+        user: dict[str, Any] = next(
+            (u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {}
+        )
         self.server = (api_url or cluster["server"]).rstrip("/")
         host = urlsplit(self.server).hostname or ""
         if not (host.startswith("127.") or host == "localhost"):

@@ -130,7 +130,7 @@ class Kubelet:
         worker = self.workers.get(uid)
         if worker is None:
             return
-        await worker.stop(grace=min(worker._grace(), 2.0))
+        await worker.stop(grace=min(worker.grace(), 2.0))
         self._forget(worker)
 
     def _forget(self, worker: PodWorker) -> None:
@@ -210,7 +210,7 @@ class Kubelet:
         """Stop every process we started (pods stay in the API; the cluster is going away)."""
         workers = list(self.workers.values())
         await asyncio.gather(
-            *(w.stop(grace=min(w._grace(), self.shutdown_grace)) for w in workers),
+            *(w.stop(grace=min(w.grace(), self.shutdown_grace)) for w in workers),
             return_exceptions=True,
         )
         for task in self.tasks.values():

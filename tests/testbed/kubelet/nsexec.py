@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
 
 
 def _fail(code: int, msg: str) -> None:
@@ -87,6 +89,8 @@ def setup_mounts(mounts: list[dict[str, object]]) -> None:
 
 def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[1]).read_text())
+    # If the kubelet itself is SIGKILLed, the pod's main process must not outlive it.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     try:
         setup_mounts(spec.get("mounts", []))
     except OSError as exc:

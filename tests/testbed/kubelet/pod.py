@@ -8,30 +8,25 @@ place makes "every process we started is stopped" easy to guarantee.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
-import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import process
 from .api import Api, ApiError, pod_path
+from .container import Container, now, pre_stop, probe_loop
 from .imagemap import ImageMap, ImageMapError
-from .probes import ProbeTracker, run_probe
 from .spec import SpecError, build_env, referenced_objects, resolve_argv, restart_wanted
 from .volumes import PodVolumes, render_hosts, render_resolv, write_in_place
 
 log = logging.getLogger(__name__)
 Obj = Mapping[str, Any]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Host(Protocol):
@@ -44,54 +39,6 @@ class Host(Protocol):
 
     def hosts_services(self) -> list[tuple[str, str, str]]: ...
     def service_env(self, namespace: str) -> dict[str, str]: ...
-
-
-@dataclass
-class Container:
-    spec: Obj
-    init: bool = False
-    sidecar: bool = False
-    proc: asyncio.subprocess.Process | None = None
-    restarts: int = 0
-    started_at: str | None = None
-    ready: bool = False
-    started: bool = False
-    terminated: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
-    waiting: tuple[str, str] = ("ContainerCreating", "")
-    done: bool = False  # terminated and will not be restarted
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    def status(self) -> dict[str, Any]:
-        if self.proc is not None and self.proc.returncode is None and self.started_at:
-            state: dict[str, Any] = {"running": {"startedAt": self.started_at}}
-        elif self.terminated is not None:
-            state = {"terminated": self.terminated}
-        else:
-            reason, msg = self.waiting
-            state = {
-                "waiting": {
-                    "reason": reason or "ContainerCreating",
-                    **({"message": msg} if msg else {}),
-                }
-            }
-        image = str(self.spec.get("image", ""))
-        st: dict[str, Any] = {
-            "name": self.name,
-            "image": image,
-            "imageID": f"testbed-process://{image}",
-            "ready": self.ready,
-            "restartCount": self.restarts,
-            "state": state,
-            "started": self.started if "running" in state else False,
-            "lastState": {"terminated": self.last} if self.last else {},
-        }
-        if self.proc is not None:
-            st["containerID"] = f"process://{self.proc.pid}"
-        return st
 
 
 @dataclass
@@ -155,7 +102,6 @@ class PodWorker:
         write_in_place(self.root / "etc" / "hosts", text)
 
     async def _fetch_env_refs(self) -> None:
-        import base64
 
         for kind, name in referenced_objects(self.pod):
             plural = "configmaps" if kind == "configmap" else "secrets"
@@ -351,7 +297,7 @@ class PodWorker:
             c.started_at, c.ready, c.started, c.waiting = now(), False, False, ("", "")
             c.terminated = None
             await self.push()
-            prober = asyncio.create_task(self._probe(c))
+            prober = asyncio.create_task(probe_loop(self, c))
             rc = await c.proc.wait()
             prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -382,7 +328,7 @@ class PodWorker:
             await self._sleep(backoff)
             c.restarts += 1
 
-    async def _exec_in(self, c: Container, command: list[str], limit: float) -> int:
+    async def exec_in(self, c: Container, command: list[str], limit: float) -> int:
         _, env, cwd, mounts = self._exec_plan(c)
         proc = await process.spawn(
             self.root / f"{c.name}.probe.json",
@@ -398,68 +344,7 @@ class PodWorker:
             await process.stop(proc, 0)
             return -1
 
-    async def _probe(self, c: Container) -> None:
-        spec = c.spec
-
-        async def check(tracker: ProbeTracker) -> bool:
-            ok, msg = await run_probe(
-                tracker.spec,
-                pod_ip=self.ip,
-                containers=[x.spec for x in self.containers],
-                exec_runner=lambda cmd, t: self._exec_in(c, cmd, t),
-                limit=tracker.timeout,
-            )
-            return tracker.record(ok, msg)
-
-        assert c.proc is not None
-        t0 = asyncio.get_running_loop().time()
-        if spec.get("startupProbe"):
-            st = ProbeTracker("startup", spec["startupProbe"])
-            await asyncio.sleep(st.initial_delay)
-            while not await check(st):
-                if st.failures >= st.failure_threshold:
-                    process.log_line(
-                        self.logf, f"{c.name} startup probe failed: {st.last_message}; killing"
-                    )
-                    await process.stop(c.proc, self._grace())
-                    return
-                await asyncio.sleep(st.period)
-        c.started = True
-        await self.push()
-
-        async def readiness() -> None:
-            if not spec.get("readinessProbe"):
-                c.ready = True
-                await self.push()
-                return
-            rt = ProbeTracker("readiness", spec["readinessProbe"])
-            await asyncio.sleep(
-                max(0.0, rt.initial_delay - (asyncio.get_running_loop().time() - t0))
-            )
-            while True:
-                before = c.ready
-                c.ready = await check(rt)
-                if c.ready != before:
-                    process.log_line(self.logf, f"{c.name} ready={c.ready}: {rt.last_message}")
-                    await self.push()
-                await asyncio.sleep(rt.period)
-
-        async def liveness() -> None:
-            if not spec.get("livenessProbe"):
-                return
-            lt = ProbeTracker("liveness", spec["livenessProbe"])
-            await asyncio.sleep(lt.initial_delay)
-            while True:
-                if not await check(lt):
-                    break
-                await asyncio.sleep(lt.period)
-            process.log_line(self.logf, f"{c.name} liveness failed: {lt.last_message}; killing")
-            assert c.proc is not None
-            await process.stop(c.proc, self._grace())
-
-        await asyncio.gather(readiness(), liveness())
-
-    def _grace(self) -> float:
+    def grace(self) -> float:
         meta_grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
         if meta_grace is not None:
             return float(meta_grace)
@@ -475,34 +360,12 @@ class PodWorker:
             except (ApiError, OSError, SpecError) as exc:
                 log.warning("pod %s/%s: token refresh failed: %s", self.ns, self.name, exc)
 
-    async def _pre_stop(self, c: Container, deadline: float) -> None:
-        hook = ((c.spec.get("lifecycle") or {}).get("preStop")) or {}
-        loop = asyncio.get_running_loop()
-        remaining = max(0.0, deadline - loop.time())
-        if "sleep" in hook:
-            await asyncio.sleep(min(float(hook["sleep"].get("seconds", 0)), remaining))
-        elif "exec" in hook:
-            cmd = [str(x) for x in hook["exec"].get("command", [])]
-            m = re.fullmatch(r"(?:/bin/)?(?:sh -c )?(?:/bin/)?sleep (\d+(?:\.\d+)?)", " ".join(cmd))
-            if m:  # the common "sleep N" hook: just wait
-                await asyncio.sleep(min(float(m.group(1)), remaining))
-            elif remaining > 0:
-                await self._exec_in(c, cmd, remaining)
-        elif "httpGet" in hook:
-            await run_probe(
-                {"httpGet": hook["httpGet"]},
-                pod_ip=self.ip,
-                containers=[x.spec for x in self.containers],
-                exec_runner=lambda cmd, t: self._exec_in(c, cmd, t),
-                limit=remaining,
-            )
-
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: preStop hooks, SIGTERM, wait ``grace``, SIGKILL, sweep strays."""
         if self.stopping.is_set():
             return
         self.stopping.set()
-        grace = self._grace() if grace is None else grace
+        grace = self.grace() if grace is None else grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         running = [
@@ -513,7 +376,7 @@ class PodWorker:
 
         async def stop_one(c: Container) -> None:
             try:
-                await asyncio.wait_for(self._pre_stop(c, deadline), timeout=max(grace, 0.1))
+                await asyncio.wait_for(pre_stop(self, c, deadline), timeout=max(grace, 0.1))
             except (TimeoutError, OSError, SpecError, ImageMapError) as exc:
                 process.log_line(self.logf, f"{c.name} preStop: {exc!r}")
             assert c.proc is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import itertools
 import logging
@@ -118,7 +119,7 @@ class ServiceProxy:
         for port in wanted - set(current.servers):
             try:
                 current.servers[port] = await asyncio.start_server(
-                    lambda r, w, s=current, p=port: self._accept(s, p, r, w),
+                    functools.partial(self._accept, current, port),
                     host=current.address,
                     port=port,
                     reuse_address=True,
