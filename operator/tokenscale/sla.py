@@ -39,3 +39,33 @@ PRESETS: Final[dict[str, SLALimits]] = {
 }
 
 PRESET_NAMES: Final[tuple[str, ...]] = tuple(sorted(PRESETS))
+
+
+def limits_for(
+    preset: str | None = None,
+    *,
+    ttft_p99_s: float | None = None,
+    tpot_p99_s: float | None = None,
+) -> SLALimits | None:
+    """Limits from a preset name, with explicit values overriding it; None when neither given.
+
+    Raises KeyError naming the known presets for a typo, since a silently missing SLA would
+    turn every verdict into "no SLA".
+    """
+    if preset is not None:
+        if preset not in PRESETS:
+            raise KeyError(f"unknown SLA preset {preset!r}; known: {', '.join(PRESET_NAMES)}")
+        base = PRESETS[preset]
+        return SLALimits(
+            ttft_p99_s if ttft_p99_s is not None else base.ttft_p99_s,
+            tpot_p99_s if tpot_p99_s is not None else base.tpot_p99_s,
+            base.min_tokens_per_s,
+            base.percentile,
+            base.e2e_limit_s,
+        )
+    if ttft_p99_s is None and tpot_p99_s is None:
+        return None
+    return SLALimits(
+        ttft_p99_s if ttft_p99_s is not None else float("inf"),
+        tpot_p99_s if tpot_p99_s is not None else float("inf"),
+    )

@@ -1,0 +1,335 @@
+"""A minimal keep-alive HTTP/1.1 client on raw ``asyncio.Protocol``, for streamed POSTs only.
+
+Why not aiohttp or httpx: measured on one core against the same fake server (docs/benchmarks.md,
+benchmarks/results/loadgen-per-core.json) the per-request and per-chunk overhead of a general
+client (StreamReader, header multidicts, per-request coroutines and timeouts) dominates once the
+server streams ~1,000 requests/s x 128 chunks. Here a request is a callback chain instead: write
+pre-encoded bytes, decode ``Transfer-Encoding: chunked`` in ``data_received`` and feed the body
+straight into :class:`~tokenscale.bench.sse.SSEStream`. No task per request on a warm connection.
+
+Scope is deliberately narrow: ``POST`` with a JSON body, response bodies chunked, sized or
+read-to-close; TLS via ``ssl=``; no redirects, no proxies, no compression.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl as _ssl
+import time
+from collections.abc import Callable
+from typing import Final
+from urllib.parse import urlsplit
+
+from tokenscale.bench.sse import SSEStream
+
+_HEAD, _CHUNKED, _SIZED, _TO_EOF = range(4)
+_MAX_HEAD: Final = 64 * 1024
+
+
+class Exchange:
+    """One request's outcome, filled in by the connection as bytes arrive."""
+
+    __slots__ = ("end", "error_kind", "error_text", "status", "stream", "t_sent")
+
+    def __init__(self, t_sent: float) -> None:
+        self.t_sent = t_sent
+        self.status = 0
+        self.stream = SSEStream()
+        self.end = 0.0
+        self.error_kind: str | None = None
+        self.error_text: str | None = None
+
+
+DoneCallback = Callable[[Exchange], None]
+
+
+class Endpoint:
+    """Where requests go: parsed once so the hot path only concatenates bytes."""
+
+    def __init__(self, url: str, api_key: str | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"unsupported URL {url!r}: need http(s)://host[:port]")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl: _ssl.SSLContext | None = (
+            _ssl.create_default_context() if parts.scheme == "https" else None
+        )
+        self.base_path = parts.path.rstrip("/")
+        host_header = self.host if parts.port is None else f"{self.host}:{parts.port}"
+        auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
+        self._head_tail = (
+            f"Host: {host_header}\r\nContent-Type: application/json\r\n"
+            f"Accept: text/event-stream\r\nUser-Agent: tokenscale-bench\r\n{auth}"
+        ).encode()
+
+    def request_bytes(self, path: str, body: bytes) -> bytes:
+        """Encode a complete ``POST`` request (done ahead of the run, not per send)."""
+        start = f"POST {self.base_path}{path} HTTP/1.1\r\n".encode()
+        return b"%s%sContent-Length: %d\r\n\r\n%s" % (start, self._head_tail, len(body), body)
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; serves one exchange at a time."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self.transport: asyncio.Transport | None = None
+        self._ex: Exchange | None = None
+        self._done: DoneCallback | None = None
+        self._state = _HEAD
+        self._raw = b""
+        self._left = 0
+        self._skip = 0
+        self._keep_alive = True
+        self._error_body = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def start(self, request: bytes, ex: Exchange, done: DoneCallback) -> None:
+        assert self.transport is not None
+        self._ex, self._done = ex, done
+        self._state, self._raw, self._left, self._skip = _HEAD, b"", 0, 0
+        self._error_body = b""
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self._ex
+        if ex is None:
+            if self._skip:  # the CRLF closing the previous chunked body, late
+                data = data[self._skip :]
+                self._skip = 0
+            if data and self.transport is not None:
+                self.transport.close()  # unsolicited bytes: connection is unusable
+            return
+        now = time.perf_counter()
+        state = self._state
+        if state == _CHUNKED:
+            self._chunked(data, now, ex)
+        elif state == _HEAD:
+            self._head(data, now, ex)
+        elif state == _SIZED:
+            self._left -= len(data)
+            self._body(data, now, ex)
+            if self._left <= 0:
+                self._finish(now)
+        else:
+            self._body(data, now, ex)
+
+    def _head(self, data: bytes, now: float, ex: Exchange) -> None:
+        buf = self._raw + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > _MAX_HEAD:
+                self._fail("protocol_error", "response head too large")
+            else:
+                self._raw = buf
+            return
+        head, rest = buf[:end].lower(), buf[end + 4 :]
+        self._raw = b""
+        try:
+            ex.status = int(head[9:12])
+        except ValueError:
+            self._fail("protocol_error", "bad status line")
+            return
+        self._keep_alive = b"\r\nconnection: close" not in head and head.startswith(b"http/1.1")
+        if b"\r\ntransfer-encoding: chunked" in head:
+            self._state = _CHUNKED
+            if rest:
+                self._chunked(rest, now, ex)
+            return
+        idx = head.find(b"\r\ncontent-length:")
+        if idx >= 0:
+            self._state = _SIZED
+            line_end = head.find(b"\r\n", idx + 2)
+            self._left = int(head[idx + 17 : line_end if line_end > 0 else None].strip())
+            self._left -= len(rest)
+            self._body(rest, now, ex)
+            if self._left <= 0:
+                self._finish(now)
+            return
+        self._state, self._keep_alive = _TO_EOF, False
+        if rest:
+            self._body(rest, now, ex)
+
+    def _chunked(self, data: bytes, now: float, ex: Exchange) -> None:
+        buf = self._raw + data if self._raw else data
+        pos, n = 0, len(buf)
+        left, skip = self._left, self._skip
+        out: list[bytes] = []
+        final = False
+        while pos < n:
+            if left:
+                take = min(left, n - pos)
+                out.append(buf[pos : pos + take])
+                pos += take
+                left -= take
+                if left:
+                    break
+                skip = 2
+            if skip:
+                step = min(skip, n - pos)
+                pos += step
+                skip -= step
+                if skip:
+                    break
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            try:
+                size = int(buf[pos:eol].split(b";", 1)[0], 16)
+            except ValueError:
+                self._fail("protocol_error", "bad chunk size")
+                return
+            pos = eol + 2
+            if size == 0:
+                final = True
+                skip = max(0, 2 - (n - pos))  # the empty trailer's CRLF may come later
+                break
+            left = size
+        self._left, self._skip = left, skip
+        self._raw = b"" if final else buf[pos:]
+        if out:
+            self._body(out[0] if len(out) == 1 else b"".join(out), now, ex)
+        if final:
+            self._finish(now)
+
+    def _body(self, data: bytes, now: float, ex: Exchange) -> None:
+        if ex.status == 200:
+            ex.stream.feed(data, now)
+        elif len(self._error_body) < 4096:
+            self._error_body += data
+
+    def _finish(self, now: float) -> None:
+        ex, done = self._ex, self._done
+        assert ex is not None and done is not None
+        self._ex = self._done = None
+        ex.end = now
+        ex.stream.finish(now)
+        if ex.status != 200:
+            ex.error_kind = f"http_{ex.status}"
+            ex.error_text = self._error_body[:512].decode("utf-8", "replace")
+        elif ex.stream.error is not None:
+            ex.error_kind, ex.error_text = "stream_error", ex.stream.error
+        if self._keep_alive and self.transport is not None and not self.transport.is_closing():
+            self._pool.release(self)
+        elif self.transport is not None:
+            self.transport.close()
+        done(ex)
+
+    def _fail(self, kind: str, text: str) -> None:
+        ex, done = self._ex, self._done
+        self._ex = self._done = None
+        if self.transport is not None:
+            self.transport.close()
+        if ex is not None and done is not None:
+            ex.end = time.perf_counter()
+            ex.error_kind, ex.error_text = kind, text
+            done(ex)
+
+    def owns(self, ex: Exchange) -> bool:
+        """Whether ``ex`` is the exchange this connection is serving."""
+        return self._ex is ex
+
+    def abort(self, kind: str, text: str) -> None:
+        """Give up on the current exchange (timeout); the connection is not reused."""
+        self._fail(kind, text)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pool.forget(self)
+        if self._ex is None:
+            return
+        if self._state == _TO_EOF and exc is None:
+            self._finish(time.perf_counter())
+        else:
+            self._fail("disconnected", str(exc) if exc else "connection closed mid-response")
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to one endpoint; opens more on demand (no upper bound:
+    the caller's scenario bounds concurrency, exactly as a real client fleet would)."""
+
+    def __init__(self, endpoint: Endpoint, timeout_s: float = 600.0) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._idle: list[_Conn] = []
+        self._all: set[_Conn] = set()
+        self._pending: set[asyncio.Task[None]] = set()
+        self.opened = 0
+
+    def submit(self, request: bytes, done: DoneCallback) -> Exchange:
+        """Send ``request`` now; ``done`` is called exactly once with the filled exchange."""
+        ex = Exchange(time.perf_counter())
+        loop = asyncio.get_running_loop()
+
+        def finished(ex: Exchange) -> None:
+            timer.cancel()
+            done(ex)
+
+        timer = loop.call_at(loop.time() + self.timeout_s, self._on_timeout, ex, finished)
+
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.start(request, ex, finished)
+                return ex
+        task = loop.create_task(self._open_and_start(request, ex, finished))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return ex
+
+    async def _open_and_start(self, request: bytes, ex: Exchange, done: DoneCallback) -> None:
+        ep = self.endpoint
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(
+                lambda: _Conn(self), ep.host, ep.port, ssl=ep.ssl
+            )
+        except OSError as exc:
+            if ex.error_kind is not None:
+                return  # already reported as a timeout
+            ex.end = time.perf_counter()
+            ex.error_kind, ex.error_text = "connect_error", str(exc)
+            done(ex)
+            return
+        self.opened += 1
+        self._all.add(conn)
+        if ex.error_kind is None:  # not timed out while connecting
+            conn.start(request, ex, done)
+        else:
+            self.release(conn)
+
+    def _on_timeout(self, ex: Exchange, done: DoneCallback) -> None:
+        text = f"no complete response within {self.timeout_s:g} s"
+        for conn in self._all:
+            if conn.owns(ex):
+                conn.abort("timeout", text)
+                return
+        # Still connecting: report now; _open_and_start sees error_kind and stands down.
+        ex.end = time.perf_counter()
+        ex.error_kind, ex.error_text = "timeout", text
+        done(ex)
+
+    def release(self, conn: _Conn) -> None:
+        self._idle.append(conn)
+
+    def forget(self, conn: _Conn) -> None:
+        self._all.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    async def close(self) -> None:
+        """Close every connection and wait for in-flight connects to settle."""
+        for task in list(self._pending):
+            task.cancel()
+        for conn in list(self._all):
+            if conn.transport is not None:
+                conn.transport.close()
+        self._idle.clear()
+        await asyncio.sleep(0)
