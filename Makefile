@@ -35,13 +35,14 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint images/operator/Dockerfile
 
 fmt: $(STAMP) ## Format and auto-fix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 crds: $(STAMP) ## Regenerate crds/ from the API models
-	$(VENV)/bin/tokenscale crds --out crds
+	$(VENV)/bin/tokenscale crds --out crds --chart charts/tokenscale
 
 testbed-up: testbed-build ## Start a local control plane with fake AMD GPU nodes (prints the kubeconfig)
 	$(PY) -m tests.testbed up

@@ -57,26 +57,37 @@ def version() -> None:
     default=None,
     help="Write one file per CRD here instead of printing them.",
 )
-@click.option("--check", is_flag=True, help="Fail if the files in --out differ (drift check).")
-def crds(out_dir: Path | None, check: bool) -> None:
-    """Generate the CustomResourceDefinitions from the API models."""
+@click.option(
+    "--chart",
+    "chart_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write the chart's files/crds/ and values.schema.json into this chart.",
+)
+@click.option("--check", is_flag=True, help="Fail if the written files differ (drift check).")
+def crds(out_dir: Path | None, chart_dir: Path | None, check: bool) -> None:
+    """Generate the CustomResourceDefinitions (and chart schema) from the API models."""
+    from tokenscale.chartgen import dump_values_schema
     from tokenscale.crdgen import all_crds, dump
 
     generated = {name: dump(crd) for name, crd in all_crds().items()}
-    if out_dir is None:
+    if out_dir is None and chart_dir is None:
         click.echo("---\n".join(generated.values()), nl=False)
         return
-    stale = [n for n, text in generated.items() if _read(out_dir / n) != text]
+    targets: dict[Path, str] = {}
+    for root in [d for d in (out_dir, chart_dir and chart_dir / "files" / "crds") if d]:
+        targets.update({root / name: text for name, text in generated.items()})
+    if chart_dir is not None:
+        targets[chart_dir / "values.schema.json"] = dump_values_schema()
+    stale = sorted(str(p) for p, text in targets.items() if _read(p) != text)
     if check:
         if stale:
-            raise click.ClickException(
-                f"CRDs out of date in {out_dir}: {', '.join(stale)}; fix: run `make crds`"
-            )
+            raise click.ClickException(f"out of date: {', '.join(stale)}; fix: run `make crds`")
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in generated.items():
-        (out_dir / name).write_text(text)
-    click.echo(f"wrote {len(generated)} CRDs to {out_dir}")
+    for path, text in targets.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    click.echo(f"wrote {len(targets)} files")
 
 
 def _read(path: Path) -> str | None:
