@@ -1,0 +1,120 @@
+"""Pure render functions: an InferenceService + operator config + plan in, plain dicts out.
+
+No Kubernetes client and no I/O here: the reconciler applies exactly what :func:`render_all`
+returns (server-side apply), and ``tokenscale render`` prints the same objects offline. Output is
+deterministic (stable object order, sorted labels and env) so golden files and the spec hash
+only change when the spec does.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenscale import constants as c
+from tokenscale.api.config import OperatorConfig
+from tokenscale.api.service import GPUPool, InferenceService
+from tokenscale.api.status import PoolPlan
+from tokenscale.render import deployment as deployment_mod
+from tokenscale.render import leaderworkerset as lws_mod
+from tokenscale.render import names, pdb, pod, servicemonitor
+from tokenscale.render import service as service_mod
+
+Obj = dict[str, Any]
+
+
+@dataclass
+class RenderResult:
+    """The objects to apply, in apply order, and what kept parts of the spec from rendering."""
+
+    objects: list[Obj] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def lws_missing_problem(pool: str, nodes: int) -> str:
+    """The condition text when a pool needs multi-node replicas but LWS is not enabled."""
+    return (
+        f"pool {pool} needs {nodes} nodes per replica; install LeaderWorkerSet and set "
+        "leaderWorkerSet: true in operator config"
+    )
+
+
+def render_pool(
+    service: InferenceService,
+    pool: GPUPool,
+    plan: PoolPlan,
+    config: OperatorConfig,
+    replicas: int,
+) -> RenderResult:
+    """The workload of one pool: a Deployment, a LeaderWorkerSet, or nothing plus a problem."""
+    svc = service.metadata.name
+    name = names.pool_workload(svc, pool.name)
+    labels = {**names.common_labels(svc), c.LABEL_POOL: pool.name}
+    if not plan.fits:
+        return RenderResult(problems=[plan.message or f"pool {pool.name} does not fit"])
+    if plan.nodes_per_replica <= 1:
+        tpl = pod.pod_template(service, pool, plan, config, c.ROLE_ENGINE)
+        obj = deployment_mod.deployment(
+            service, pool, name, labels, names.pool_selector(svc, pool.name), tpl.template, replicas
+        )
+        return RenderResult([obj], tpl.problems)
+    if not config.leader_worker_set:
+        return RenderResult(problems=[lws_missing_problem(pool.name, plan.nodes_per_replica)])
+    leader = pod.pod_template(service, pool, plan, config, c.ROLE_LEADER)
+    worker = pod.pod_template(service, pool, plan, config, c.ROLE_WORKER)
+    obj = lws_mod.leader_worker_set(
+        service,
+        pool,
+        name,
+        labels,
+        plan.nodes_per_replica,
+        leader.template,
+        worker.template,
+        replicas,
+    )
+    return RenderResult([obj], sorted(set(leader.problems + worker.problems)))
+
+
+def render_all(
+    service: InferenceService,
+    config: OperatorConfig,
+    plans: Sequence[PoolPlan],
+    replicas: Mapping[str, int] | None = None,
+) -> RenderResult:
+    """Every child object of a service: Service, PDB, optional ServiceMonitor, one per pool.
+
+    ``replicas`` maps pool name to the desired count (the autoscaler's decision); a pool that is
+    not in it gets its ``minReplicas``. A pool without a fitting plan renders no workload and
+    adds a problem, so an impossible spec yields no pods and a clear condition.
+    """
+    svc = service.metadata.name
+    by_pool = {p.pool: p for p in plans}
+    labels = names.common_labels(svc)
+    result = RenderResult()
+    result.objects.append(
+        service_mod.service(service, names.service(svc), labels, names.service_selector(svc))
+    )
+    result.objects.append(
+        pdb.pod_disruption_budget(service, names.service(svc), labels, names.all_pods_selector(svc))
+    )
+    if service.spec.service_monitor:
+        result.objects.append(
+            servicemonitor.service_monitor(service, names.service(svc), labels, labels, config)
+        )
+    for pool in service.spec.pools:
+        plan = by_pool.get(pool.name)
+        if plan is None:
+            result.problems.append(f"pool {pool.name}: no capacity plan")
+            continue
+        count = (replicas or {}).get(pool.name, pool.min_replicas)
+        part = render_pool(service, pool, plan, config, count)
+        result.objects += part.objects
+        result.problems += part.problems
+    # No shared sub-dicts between objects: callers mutate them (namespace, ownerReferences).
+    result.objects = copy.deepcopy(result.objects)
+    return result
+
+
+__all__ = ["RenderResult", "lws_missing_problem", "render_all", "render_pool"]

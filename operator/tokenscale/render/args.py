@@ -1,0 +1,162 @@
+"""Engine command lines: vLLM (ROCm or CPU backend) or tokenscale's simulator, from the plan.
+
+Our flags come first and ``spec.engine.args`` last, so a user flag overrides ours (vLLM's
+argument parser keeps the last value). The model is passed as ``--model`` rather than
+positionally: ``vllm serve --model X`` is accepted (vLLM moves it to the front), and the module
+entry points (``python -m vllm.entrypoints...``) that CPU images and the test bed use only
+understand ``--model``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenscale import constants as c
+from tokenscale.api.config import OperatorConfig
+from tokenscale.api.service import GPUPool, InferenceService, ModelSpec
+from tokenscale.api.status import PoolPlan
+from tokenscale.plan import catalog
+
+#: Mount point of a PVC holding the weights.
+MODELS_MOUNT = "/models"
+#: vLLM's default port for the multi-node rendezvous (``--master-port``).
+MASTER_PORT = 29501
+#: Env vars the multi-node flags reference; NODE_RANK comes from the LWS worker-index label.
+ENV_NODE_RANK = "NODE_RANK"
+ENV_LEADER_ADDRESS = "LWS_LEADER_ADDRESS"
+SIM_COMMAND = ["tokenscale", "sim", "engine"]
+
+_DTYPE_FLAG = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_PREQUANTIZED_MARKERS = {
+    "fp8": ("fp8",),
+    "mxfp4": ("mxfp4", "fp4", "gpt-oss"),
+    "fp6": ("fp6", "mxfp6"),
+}
+
+
+@dataclass
+class EngineCommand:
+    """Container command, args, and notes for the service's problems list."""
+
+    command: list[str]
+    args: list[str]
+    problems: list[str] = field(default_factory=list)
+
+
+def model_path(model: ModelSpec) -> str:
+    """What vLLM loads: the HF id, the directory on the mounted PVC, or the S3 URI."""
+    src = model.source
+    if src.pvc is not None:
+        return f"{MODELS_MOUNT}/{src.pvc.path}".rstrip("/")
+    return catalog.model_reference(model)
+
+
+def is_prequantized(model: ModelSpec) -> bool:
+    """Whether the checkpoint already carries the requested quantization.
+
+    Rule: the model reference (HF id, PVC path or S3 URI) names it, as AMD's published
+    checkpoints do (``amd/Llama-3.1-70B-Instruct-FP8-KV``, ``*-MXFP4-*``); gpt-oss ships MXFP4.
+    """
+    ref = catalog.model_reference(model).lower()
+    return any(marker in ref for marker in _PREQUANTIZED_MARKERS.get(model.dtype, ()))
+
+
+def precision_args(model: ModelSpec) -> tuple[list[str], list[str]]:
+    """``--dtype``/``--quantization`` for the weight precision, plus problems.
+
+    bf16/fp16/fp32 set ``--dtype``. fp8 quantizes on load (``--quantization fp8``) unless the
+    checkpoint is already FP8, whose own config vLLM then follows. mxfp4/fp6 cannot be produced
+    on load, so they need a pre-quantized checkpoint and add no flag.
+    """
+    if model.dtype in _DTYPE_FLAG:
+        return ["--dtype", _DTYPE_FLAG[model.dtype]], []
+    if is_prequantized(model):
+        return [], []
+    if model.dtype == "fp8":
+        return ["--quantization", "fp8"], []
+    return [], [
+        f"dtype {model.dtype} needs a pre-quantized checkpoint (e.g. amd/*-MXFP4-*); vLLM cannot "
+        f"quantize {catalog.model_reference(model)} to {model.dtype} on load"
+    ]
+
+
+def _common(service: InferenceService, plan: PoolPlan, config: OperatorConfig) -> list[str]:
+    spec = service.spec
+    args = [
+        "--served-model-name",
+        spec.model.name,
+        "--host",
+        config.pods.bind_address,
+        "--port",
+        str(c.ENGINE_PORT),
+        "--tensor-parallel-size",
+        str(plan.tensor_parallel),
+    ]
+    if plan.pipeline_parallel > 1:
+        args += ["--pipeline-parallel-size", str(plan.pipeline_parallel)]
+    return args
+
+
+def multinode_args(plan: PoolPlan, leader: bool) -> list[str]:
+    """vLLM's own multi-node launch (mp backend, no Ray): one process group per node.
+
+    Every pod gets ``--nnodes/--node-rank/--master-addr``; workers run ``--headless`` (no API
+    server). The rank comes from the LeaderWorkerSet worker-index label via NODE_RANK.
+    """
+    args = [
+        "--distributed-executor-backend",
+        "mp",
+        "--nnodes",
+        str(plan.nodes_per_replica),
+        "--node-rank",
+        f"$({ENV_NODE_RANK})",
+        "--master-addr",
+        f"$({ENV_LEADER_ADDRESS})",
+        "--master-port",
+        str(MASTER_PORT),
+    ]
+    return args if leader else [*args, "--headless"]
+
+
+def vllm_command(
+    service: InferenceService,
+    pool: GPUPool,
+    plan: PoolPlan,
+    config: OperatorConfig,
+    role: str = c.ROLE_ENGINE,
+) -> EngineCommand:
+    """The real engine: ``gpu_command`` (or ``cpu_command`` for the CPU profile) plus flags."""
+    model = service.spec.model
+    command = list(config.images.cpu_command if pool.gpu == "CPU" else config.images.gpu_command)
+    args = ["--model", model_path(model), *_common(service, plan, config)]
+    precision, problems = precision_args(model)
+    args += precision
+    args += ["--max-model-len", str(model.max_model_len)]
+    if model.kv_cache_dtype == "fp8":
+        args += ["--kv-cache-dtype", "fp8"]
+    if model.source.s3 is not None:
+        args += ["--load-format", "runai_streamer"]
+    args += ["--shutdown-timeout", str(service.spec.engine.shutdown_timeout_seconds)]
+    if role in (c.ROLE_LEADER, c.ROLE_WORKER):
+        args += multinode_args(plan, leader=role == c.ROLE_LEADER)
+    args += service.spec.engine.args
+    return EngineCommand(command, args, problems)
+
+
+def simulated_command(
+    service: InferenceService, pool: GPUPool, plan: PoolPlan, config: OperatorConfig
+) -> EngineCommand:
+    """``tokenscale sim engine``: vLLM's HTTP API and metrics from a per-GPU performance model."""
+    model = service.spec.model
+    arch = catalog.resolve(model)
+    args = [
+        "--gpu",
+        pool.gpu,
+        "--model",
+        arch.key if arch else (model.architecture or model.name),
+        *_common(service, plan, config),
+        "--max-model-len",
+        str(model.max_model_len),
+        *service.spec.engine.args,
+    ]
+    return EngineCommand(list(SIM_COMMAND), args)

@@ -1,0 +1,160 @@
+"""``tokenscale render`` and ``tokenscale plan``: the operator's view of a manifest, offline.
+
+The commands run the same planner and renderer as the reconciler, so what they print is exactly
+what the operator would create (render) or report in ``status.plan`` (plan). File reading and
+printing live here, keeping ``plan``/``render`` free of I/O.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import pydantic
+import yaml
+
+from tokenscale import plan as planner
+from tokenscale import render
+from tokenscale.api.config import OperatorConfig
+from tokenscale.api.service import InferenceService
+from tokenscale.api.status import PoolPlan
+
+
+def load_services(path: Path) -> list[InferenceService]:
+    """Every InferenceService document of a (multi-document) YAML file, validated."""
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+    services = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "InferenceService":
+            try:
+                services.append(InferenceService.model_validate(doc))
+            except pydantic.ValidationError as exc:
+                raise click.ClickException(f"{path}: invalid InferenceService: {exc}") from exc
+    if not services:
+        raise click.ClickException(f"{path}: no InferenceService in the file")
+    return services
+
+
+def load_config(path: Path | None) -> OperatorConfig:
+    """The operator config file (same format as the Helm-rendered ConfigMap), or defaults."""
+    try:
+        return OperatorConfig.load(path)
+    except (OSError, yaml.YAMLError, pydantic.ValidationError) as exc:
+        raise click.ClickException(f"{path}: invalid operator config: {exc}") from exc
+
+
+def parse_replicas(values: tuple[str, ...]) -> dict[str, int]:
+    """``pool=N`` pairs."""
+    out: dict[str, int] = {}
+    for item in values:
+        pool, sep, count = item.partition("=")
+        if not sep or not count.isdigit():
+            raise click.BadParameter(f"expected POOL=N, got {item!r}", param_hint="--replicas")
+        out[pool] = int(count)
+    return out
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Repeated values are written out in full: manifests for people, not anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_objects(objects: list[dict[str, Any]]) -> str:
+    """Multi-document YAML in render order (keys kept in rendered order)."""
+    return yaml.dump_all(
+        objects, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False, width=100
+    )
+
+
+def render_text(
+    svc: InferenceService, config: OperatorConfig, replicas: dict[str, int]
+) -> tuple[str, list[str]]:
+    """The YAML the operator would apply for one service, and its problems."""
+    result = render.render_all(svc, config, planner.plan_service(svc, config), replicas)
+    return dump_objects(result.objects), result.problems
+
+
+COLUMNS = ("POOL", "GPU", "FITS", "TP", "PP", "GPUS/REPLICA", "NODES/REPLICA",
+           "WEIGHTS GiB", "KV GiB", "HBM GiB", "MESSAGE")  # fmt: skip
+
+
+def plan_rows(plans: list[PoolPlan]) -> list[tuple[str, ...]]:
+    """One row per pool, as strings."""
+    return [
+        (
+            p.pool,
+            p.gpu,
+            "yes" if p.fits else "no",
+            str(p.tensor_parallel),
+            str(p.pipeline_parallel),
+            str(p.gpus_per_replica),
+            str(p.nodes_per_replica),
+            f"{p.weights_gib:.1f}",
+            f"{p.kv_cache_gib:.1f}",
+            f"{p.hbm_gib:.1f}",
+            p.message,
+        )
+        for p in plans
+    ]
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns; the last (message) column is not padded."""
+    table = [COLUMNS, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS) - 1)]
+    lines = []
+    for row in table:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+FILE_ARG = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Operator config YAML (defaults built in).",
+)
+
+
+@click.command("render")
+@FILE_ARG
+@CONFIG_OPTION
+@click.option("--replicas", multiple=True, metavar="POOL=N",
+              help="Replicas of a pool (default: its minReplicas). Repeatable.")  # fmt: skip
+def render_command(file: Path, config_path: Path | None, replicas: tuple[str, ...]) -> None:
+    """Print the Kubernetes objects the operator would create for FILE, as YAML."""
+    config = load_config(config_path)
+    counts = parse_replicas(replicas)
+    chunks = []
+    for svc in load_services(file):
+        text, problems = render_text(svc, config, counts)
+        chunks.append(text)
+        for problem in problems:
+            click.echo(f"{svc.metadata.name}: {problem}", err=True)
+    click.echo("---\n".join(chunks), nl=False)
+
+
+@click.command("plan")
+@FILE_ARG
+@CONFIG_OPTION
+def plan_command(file: Path, config_path: Path | None) -> None:
+    """Print the capacity plan of every pool in FILE; exit 1 if a pool does not fit."""
+    config = load_config(config_path)
+    fits = True
+    services = load_services(file)
+    for i, svc in enumerate(services):
+        plans = planner.plan_service(svc, config)
+        fits = fits and all(p.fits for p in plans)
+        if len(services) > 1:
+            click.echo(("\n" if i else "") + f"# {svc.metadata.name}")
+        click.echo(format_table(plan_rows(plans)))
+    if not fits:
+        raise SystemExit(1)

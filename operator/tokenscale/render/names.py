@@ -1,0 +1,75 @@
+"""Child names, labels and selectors: every rendered object takes them from here.
+
+Selectors only use labels that never change for the life of a child (service, pool, role), so a
+spec change can never orphan pods; everything else (extra pod labels from operator config,
+versions) goes into labels only.
+"""
+
+from __future__ import annotations
+
+from tokenscale import constants as c
+from tokenscale.api.base import MAX_NAME_LENGTH, MAX_POOL_NAME_LENGTH
+
+#: "<service>-<pool>" is the longest child name (Deployment, LeaderWorkerSet).
+MAX_CHILD_NAME_LENGTH = MAX_NAME_LENGTH + 1 + MAX_POOL_NAME_LENGTH
+
+
+def _checked(name: str) -> str:
+    if len(name) > MAX_CHILD_NAME_LENGTH:
+        raise ValueError(
+            f"child name {name!r} is longer than {MAX_CHILD_NAME_LENGTH} characters; the API "
+            f"limits service names to {MAX_NAME_LENGTH} and pool names to {MAX_POOL_NAME_LENGTH}"
+        )
+    return name
+
+
+def pool_workload(service: str, pool: str) -> str:
+    """Deployment or LeaderWorkerSet of one pool."""
+    return _checked(f"{service}-{pool}")
+
+
+def service(service: str) -> str:
+    """The Service in front of every pool (also the PDB and ServiceMonitor name)."""
+    return _checked(service)
+
+
+def common_labels(service: str) -> dict[str, str]:
+    """Labels on every child object of a service."""
+    return {
+        c.LABEL_NAME: c.APP_NAME,
+        c.LABEL_INSTANCE: service,
+        c.LABEL_COMPONENT: c.COMPONENT_ENGINE,
+        c.LABEL_MANAGED_BY: c.MANAGED_BY,
+        c.LABEL_SERVICE: service,
+    }
+
+
+def pool_selector(service: str, pool: str) -> dict[str, str]:
+    """Selector of one pool's pods (Deployment .spec.selector)."""
+    return {c.LABEL_SERVICE: service, c.LABEL_POOL: pool}
+
+
+def service_selector(service: str) -> dict[str, str]:
+    """Selector of every pod that serves HTTP, in every pool (Service, ServiceMonitor)."""
+    return {c.LABEL_SERVICE: service, c.LABEL_ENDPOINT: "true"}
+
+
+def all_pods_selector(service: str) -> dict[str, str]:
+    """Selector of every engine pod of the service (PDB, /scale status selector)."""
+    return {c.LABEL_SERVICE: service}
+
+
+def pod_labels(service: str, pool: str, role: str, extra: dict[str, str]) -> dict[str, str]:
+    """Labels of an engine pod; operator-config extras never override ours."""
+    labels = dict(extra)
+    labels.update(common_labels(service))
+    labels[c.LABEL_POOL] = pool
+    labels[c.LABEL_ROLE] = role
+    if role != c.ROLE_WORKER:
+        labels[c.LABEL_ENDPOINT] = "true"
+    return dict(sorted(labels.items()))
+
+
+def selector_string(labels: dict[str, str]) -> str:
+    """``k=v,k=v`` form (status.selector for the /scale subresource)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))

@@ -1,0 +1,130 @@
+"""The engine pod template: a plain base container, then one patch per cross-cutting concern.
+
+Shared by the Deployment (role engine) and the LeaderWorkerSet (leader and worker templates),
+so single- and multi-node pods can only differ where a role really requires it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenscale import constants as c
+from tokenscale.api.config import GPUSpec, OperatorConfig
+from tokenscale.api.service import GPUPool, InferenceService
+from tokenscale.api.status import PoolPlan
+from tokenscale.render import args as vargs
+from tokenscale.render import names, patches
+
+Obj = dict[str, Any]
+
+#: Data-plane interface of a pod on common CNIs; collectives bind to it across nodes.
+POD_INTERFACE = "eth0"
+
+
+@dataclass
+class PodTemplate:
+    """A rendered pod template and any notes for the service's problems list."""
+
+    template: Obj
+    problems: list[str] = field(default_factory=list)
+
+
+def spec_hash(template: Obj) -> str:
+    """Stable hash of a pod template (sorted-key JSON), so a spec change is visible at a glance."""
+    blob = json.dumps(template, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def image_for(
+    service: InferenceService, pool: GPUPool, gpu: GPUSpec, config: OperatorConfig
+) -> str:
+    """``spec.engine.image``, else the simulator image, else the image of the GPU's gfx target."""
+    engine = service.spec.engine
+    if engine.image:
+        return engine.image
+    if engine.mode == "simulated":
+        return config.images.operator
+    image: str = getattr(config.images, gpu.arch)
+    return image
+
+
+def _builtin_env(service: InferenceService, role: str) -> dict[str, Obj]:
+    env: dict[str, Obj] = {
+        "POD_IP": {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    }
+    if service.spec.engine.mode == "vllm":
+        # vLLM's own engine-start timeout (600 s) would fire before the startup-probe budget.
+        timeout = str(service.spec.engine.startup_timeout_seconds)
+        env["VLLM_ENGINE_READY_TIMEOUT_S"] = {
+            "name": "VLLM_ENGINE_READY_TIMEOUT_S",
+            "value": timeout,
+        }
+    if role in (c.ROLE_LEADER, c.ROLE_WORKER):
+        label = f"metadata.labels['{c.LWS_LABEL_WORKER_INDEX}']"
+        env[vargs.ENV_NODE_RANK] = {
+            "name": vargs.ENV_NODE_RANK,
+            "valueFrom": {"fieldRef": {"fieldPath": label}},
+        }
+        for name, value in (
+            ("VLLM_HOST_IP", "$(POD_IP)"),
+            ("NCCL_SOCKET_IFNAME", POD_INTERFACE),
+            ("GLOO_SOCKET_IFNAME", POD_INTERFACE),
+        ):
+            env[name] = {"name": name, "value": value}
+    return env
+
+
+def pod_template(
+    service: InferenceService,
+    pool: GPUPool,
+    plan: PoolPlan,
+    config: OperatorConfig,
+    role: str = c.ROLE_ENGINE,
+) -> PodTemplate:
+    """The pod template of one pool and role, with the spec-hash annotation."""
+    spec = service.spec
+    gpu = config.gpus[pool.gpu]
+    is_gpu = pool.gpu != "CPU"
+    if spec.engine.mode == "simulated":
+        cmd = vargs.simulated_command(service, pool, plan, config)
+    else:
+        cmd = vargs.vllm_command(service, pool, plan, config, role)
+    container: Obj = {
+        "name": c.ENGINE_CONTAINER,
+        "image": image_for(service, pool, gpu, config),
+        "imagePullPolicy": "IfNotPresent",
+        "command": cmd.command,
+        "args": cmd.args,
+        "ports": [{"name": c.ENGINE_PORT_NAME, "containerPort": c.ENGINE_PORT, "protocol": "TCP"}],
+    }
+    pod: Obj = {"containers": [container], "restartPolicy": "Always"}
+    env = _builtin_env(service, role)
+    patches.model_source(pod, container, env, spec.model, config)
+    patches.hf_token(env, spec.model)
+    container["env"], env_problems = patches.merge_env(env, spec.engine.env)
+    devices_per_pod = plan.gpus_per_replica // max(1, plan.nodes_per_replica)
+    patches.resources(container, pool, devices_per_pod, config)
+    if role != c.ROLE_WORKER:  # headless workers serve no HTTP
+        patches.probes(container, spec.engine)
+    patches.drain(pod, container, spec.engine, config)
+    patches.rocm_security(pod, container, config, gpu=is_gpu)
+    patches.shared_memory(pod, container, config)
+    patches.placement(pod, pool, gpu, config)
+    if role == c.ROLE_WORKER:
+        del container["ports"]
+    annotations = dict(sorted(config.pods.annotations.items()))
+    annotations[c.ANNOTATION_GPU] = pool.gpu
+    template: Obj = {
+        "metadata": {
+            "labels": names.pod_labels(service.metadata.name, pool.name, role, config.pods.labels),
+            "annotations": annotations,
+        },
+        "spec": pod,
+    }
+    template["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH] = spec_hash(template)
+    template["metadata"]["annotations"] = dict(sorted(template["metadata"]["annotations"].items()))
+    problems = [f"pool {pool.name}: {p}" for p in (*cmd.problems, *env_problems)]
+    return PodTemplate(template, problems)

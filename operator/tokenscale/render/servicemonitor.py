@@ -1,0 +1,32 @@
+"""Prometheus Operator ServiceMonitor for the engines' /metrics (optional, spec.serviceMonitor)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenscale import constants as c
+from tokenscale.api.config import OperatorConfig
+from tokenscale.api.service import InferenceService
+from tokenscale.render.deployment import metadata
+
+Obj = dict[str, Any]
+
+
+def service_monitor(
+    svc: InferenceService,
+    name: str,
+    labels: dict[str, str],
+    service_labels: dict[str, str],
+    config: OperatorConfig,
+) -> Obj:
+    """Scrape every endpoint of the Service at the operator's own scrape interval."""
+    interval = f"{max(1, round(config.scrape_interval_seconds))}s"
+    return {
+        "apiVersion": c.SERVICEMONITOR_API_VERSION,
+        "kind": "ServiceMonitor",
+        "metadata": metadata(svc, name, labels),
+        "spec": {
+            "selector": {"matchLabels": dict(sorted(service_labels.items()))},
+            "endpoints": [{"port": c.ENGINE_PORT_NAME, "path": "/metrics", "interval": interval}],
+        },
+    }
