@@ -82,6 +82,11 @@ class FakeServer:
     def start_ticker(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
+    def stop(self) -> None:
+        """Cancel the ticker (call before closing the loop)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+
     def add(self, stream: _Stream) -> None:
         self.active.append(stream)
         self._wake.set()

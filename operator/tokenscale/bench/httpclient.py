@@ -95,17 +95,20 @@ class _Conn(asyncio.Protocol):
     def start(self, request: bytes, ex: Exchange, done: DoneCallback) -> None:
         assert self.transport is not None
         self._ex, self._done = ex, done
-        self._state, self._raw, self._left, self._skip = _HEAD, b"", 0, 0
+        self._state, self._raw, self._left = _HEAD, b"", 0  # _skip may carry a late CRLF
         self._error_body = b""
         self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
         ex = self._ex
+        if self._skip and (ex is None or self._state == _HEAD):
+            # The CRLF that ends the previous chunked body arrived late.
+            step = min(self._skip, len(data))
+            data, self._skip = data[step:], self._skip - step
+            if not data:
+                return
         if ex is None:
-            if self._skip:  # the CRLF closing the previous chunked body, late
-                data = data[self._skip :]
-                self._skip = 0
-            if data and self.transport is not None:
+            if self.transport is not None:
                 self.transport.close()  # unsolicited bytes: connection is unusable
             return
         now = time.perf_counter()
@@ -284,13 +287,14 @@ class ConnectionPool:
         task.add_done_callback(self._pending.discard)
         return ex
 
+    def _conn_factory(self) -> _Conn:
+        return _Conn(self)
+
     async def _open_and_start(self, request: bytes, ex: Exchange, done: DoneCallback) -> None:
         ep = self.endpoint
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(
-                lambda: _Conn(self), ep.host, ep.port, ssl=ep.ssl
-            )
+            _, conn = await loop.create_connection(self._conn_factory, ep.host, ep.port, ssl=ep.ssl)
         except OSError as exc:
             if ex.error_kind is not None:
                 return  # already reported as a timeout

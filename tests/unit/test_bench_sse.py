@@ -1,0 +1,143 @@
+"""SSE and chunked-transfer parsing at every possible split point.
+
+TCP delivers bytes, not events: a read can end mid-line, mid-"data:", between the CR and LF of a
+CRLF or inside a chunk-size line. Parsing must give the same tokens, usage and [DONE] whatever
+the split, and only output-bearing events may count as tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tokenscale.bench.httpclient import ConnectionPool, Endpoint, Exchange
+from tokenscale.bench.sse import SSEStream
+
+COMPLETIONS = (
+    b'data: {"choices":[{"index":0,"text":" Hello","finish_reason":null}]}\n\n'
+    b'data: {"choices":[{"index":0,"text":"","finish_reason":null}]}\n\n'
+    b'data: {"choices":[{"index":0,"text":" wor\\"ld","finish_reason":null}]}\n\n'
+    b": keep-alive comment\n\n"
+    b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\n'
+    b"data: [DONE]\n\n"
+)
+CHAT = (
+    b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{"content": "Hi"}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"hmm"}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def parse(chunks: list[bytes]) -> SSEStream:
+    s = SSEStream()
+    for k, c in enumerate(chunks):
+        s.feed(c, float(k))
+    s.finish(float(len(chunks)))
+    return s
+
+
+@pytest.mark.parametrize("payload", [COMPLETIONS, COMPLETIONS.replace(b"\n", b"\r\n")])
+def test_every_two_way_split_gives_the_same_result(payload: bytes) -> None:
+    whole = parse([payload])
+    assert len(whole.arrivals) == 2
+    assert (whole.prompt_tokens, whole.completion_tokens, whole.done) == (5, 2, True)
+    for cut in range(1, len(payload)):
+        s = parse([payload[:cut], payload[cut:]])
+        assert len(s.arrivals) == 2, cut
+        assert (s.prompt_tokens, s.completion_tokens, s.done, s.error) == (5, 2, True, None)
+
+
+def test_byte_at_a_time_stamps_each_event_with_its_completing_read() -> None:
+    s = parse([bytes([b]) for b in COMPLETIONS])
+    first_end = COMPLETIONS.index(b"\n\n") + 1  # index of the read that completed event 1
+    assert s.arrivals[0] == float(first_end)
+    assert s.done
+
+
+def test_chat_role_preamble_is_not_a_token_but_reasoning_and_tools_are() -> None:
+    s = parse([CHAT])
+    assert len(s.arrivals) == 3  # "Hi", reasoning, tool call
+    assert s.done and s.completion_tokens is None
+
+
+def test_multiline_data_error_event_and_missing_final_blank_line() -> None:
+    s = parse([b'data: {"error":\ndata: {"message":"boom","code":500}}\n\n', b"data: [DONE]"])
+    assert s.error == "boom"
+    assert s.done  # flushed by finish()
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def chunked(payload: bytes, size: int) -> bytes:
+    out = b""
+    for k in range(0, len(payload), size):
+        part = payload[k : k + size]
+        out += b"%x;ext=1\r\n%s\r\n" % (len(part), part)
+    return out + b"0\r\n\r\n"
+
+
+RESPONSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+async def exchange_over(raw: bytes, split: int) -> tuple[Exchange, FakeTransport]:
+    pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+    conn = pool._conn_factory()
+    tr = FakeTransport()
+    conn.connection_made(tr)
+    done: list[Exchange] = []
+    ex = Exchange(0.0)
+    conn.start(b"REQ", ex, done.append)
+    for k in range(0, len(raw), split):
+        conn.data_received(raw[k : k + split])
+    assert len(done) == 1
+    return done[0], tr
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 7, 50, 10_000])
+async def test_chunked_body_split_anywhere(split: int) -> None:
+    raw = RESPONSE_HEAD + chunked(COMPLETIONS, 37)
+    ex, tr = await exchange_over(raw, split)
+    assert ex.status == 200 and ex.error_kind is None
+    assert len(ex.stream.arrivals) == 2 and ex.stream.completion_tokens == 2 and ex.stream.done
+    assert tr.written == [b"REQ"] and not tr.closed
+
+
+async def test_sized_error_response_is_reported_with_status() -> None:
+    body = b'{"error":{"message":"overloaded"}}'
+    raw = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    ex, _ = await exchange_over(raw, 5)
+    assert (
+        ex.error_kind == "http_503" and ex.error_text is not None and "overloaded" in ex.error_text
+    )
+
+
+def test_endpoint_request_bytes() -> None:
+    ep = Endpoint("http://127.0.0.1:8000/base/", api_key="k")
+    req = ep.request_bytes("/v1/completions", b"{}")
+    assert req.startswith(b"POST /base/v1/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n")
+    assert b"Authorization: Bearer k\r\n" in req and req.endswith(b"Content-Length: 2\r\n\r\n{}")
+    with pytest.raises(ValueError):
+        Endpoint("ftp://x")
