@@ -11,7 +11,7 @@ from tokenscale.api.base import Condition, ObjectMeta, StrictModel, cel
 from tokenscale.api.sla import SLASpec
 
 Scenario = Literal["offline", "server", "interactive", "concurrencySweep", "replicaSweep"]
-Verdict = Literal["Pass", "Fail", "Invalid", "Unstable"]
+Verdict = Literal["Pass", "Fail", "Invalid", "Unstable", "NoSLA"]
 Phase = Literal["Pending", "WaitingForTarget", "Running", "Succeeded", "Failed"]
 
 
@@ -174,7 +174,9 @@ class InferenceBenchmarkStatus(StrictModel):
     start_time: datetime | None = Field(default=None, description="When load started.")
     completion_time: datetime | None = Field(default=None, description="When it finished.")
     results: BenchmarkResults | None = Field(default=None, description="Headline results.")
-    verdict: Verdict | None = Field(default=None, description="SLA verdict.")
+    verdict: Verdict | None = Field(
+        default=None, description="SLA verdict (NoSLA: no limits to judge against)."
+    )
     reasons: list[str] = Field(default_factory=list, description="Why the verdict.")
     report: str | None = Field(
         default=None, description="Where the HTML report is (ConfigMap/key or path)."

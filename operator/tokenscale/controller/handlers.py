@@ -16,6 +16,7 @@ from tokenscale import GROUP, VERSION
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.controller import metrics
+from tokenscale.controller.benchmark import reconcile_benchmark
 from tokenscale.controller.kube import Kube, KubeError
 from tokenscale.controller.reconcile import Outcome, reconcile_service
 
@@ -94,11 +95,15 @@ def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if now - memo.last_refresh.get(key, 0.0) < 1.0:
         return
     memo.last_refresh[key] = now
-    kube: Kube = memo.kube
+    refresh_service(memo.kube, memo.config, namespace, name)
+
+
+def refresh_service(kube: Kube, cfg: OperatorConfig, namespace: str, name: str) -> None:
+    """Re-run the service's reconcile outside its own handler and patch its status."""
     owner = kube.get("InferenceService", namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
-    outcome = reconcile_service(owner, kube, memo.config)
+    outcome = reconcile_service(owner, kube, cfg)
     try:
         kube.patch_merge("InferenceService", namespace, name, {"status": outcome.status}, "status")
     except KubeError as exc:
@@ -106,3 +111,51 @@ def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         return
     for reason, message, type_ in outcome.events:
         kube.event(owner, reason, message, type_)
+
+
+BENCHMARKS = "inferencebenchmarks"
+
+
+def _bench(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    kube: Kube = memo.kube
+    try:
+        outcome = reconcile_benchmark(dict(body), kube, memo.config)
+    except KubeError as exc:
+        metrics.RECONCILES.labels("InferenceBenchmark", "error").inc()
+        raise kopf.TemporaryError(f"API error: {exc}", delay=10) from exc
+    metrics.RECONCILES.labels("InferenceBenchmark", "ok").inc()
+    if outcome.status:
+        patch.status.update(outcome.status)
+    for reason, message, type_ in outcome.events:
+        kube.event(dict(body), reason, message, type_)
+    target = (body.get("spec") or {}).get("target") or {}
+    if outcome.service_status is not None and target.get("service"):
+        namespace, service = body["metadata"]["namespace"], target["service"]
+        kube.patch_merge(
+            "InferenceService", namespace, service, {"status": outcome.service_status}, "status"
+        )
+        verdict = str(outcome.status.get("verdict"))
+        metrics.BENCHMARK_VERDICTS.labels(namespace, service, verdict).inc()
+        tps = (outcome.status.get("results") or {}).get("tokensPerSecond") or 0.0
+        metrics.BENCHMARK_TOKENS_PER_SECOND.labels(namespace, service).set(float(tps))
+        refresh_service(kube, memo.config, namespace, service)
+
+
+@kopf.on.resume(GROUP, VERSION, BENCHMARKS)
+@kopf.on.create(GROUP, VERSION, BENCHMARKS)
+def benchmark_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """A benchmark appeared (or the operator restarted): take its first step."""
+    _bench(body, patch, memo)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    BENCHMARKS,
+    interval=3.0,
+    initial_delay=2.0,
+    when=lambda status, **_: (status or {}).get("phase") not in ("Succeeded", "Failed"),
+)
+def benchmark_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Poll the run: target readiness, Job completion, results."""
+    _bench(body, patch, memo)

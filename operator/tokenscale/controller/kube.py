@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -44,6 +45,9 @@ KINDS: dict[str, Kind] = {
     "Node": Kind("v1", "nodes", namespaced=False),
     "Event": Kind("v1", "events"),
     "Job": Kind("batch/v1", "jobs"),
+    "ServiceAccount": Kind("v1", "serviceaccounts"),
+    "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
     "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),
     "LeaderWorkerSet": Kind("leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
@@ -68,6 +72,7 @@ class Kube:
 
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.api = api or _default_client()
+        self._crds: dict[str, bool] = {}
 
     def _call(
         self,
@@ -77,21 +82,24 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        method_, url, headers, payload, _post = self.api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         try:
-            data, _status, _headers = self.api.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                response_type="object",
-                _return_http_data_only=False,
-                _preload_content=True,
+            response = self.api.call_api(
+                method_, url, header_params=headers, body=payload, _request_timeout=30
             )
-        except ApiException as exc:
-            raise KubeError(exc.status or 0, _reason(exc)) from None
-        return data
+            raw: bytes = response.read()  # type: ignore[no-untyped-call]
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+            raise KubeError(0, f"{method} {path}: {exc}") from None
+        if response.status >= 400:
+            raise KubeError(response.status, _reason(raw, response.reason))
+        return json.loads(raw) if raw else None
 
     def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
         """Server-side apply under the operator's single field manager."""
@@ -142,12 +150,16 @@ class Kube:
         return result
 
     def crd_exists(self, name: str) -> bool:
+        if name in self._crds:
+            return self._crds[name]
         try:
-            return self.get("CustomResourceDefinition", None, name) is not None
+            found = self.get("CustomResourceDefinition", None, name) is not None
         except KubeError as exc:
-            if exc.status == 403:
-                return False
-            raise
+            if exc.status != 403:
+                raise
+            found = False
+        self._crds[name] = found
+        return found
 
     def event(
         self, involved: dict[str, Any], reason: str, message: str, type_: str = "Normal"
@@ -180,16 +192,16 @@ class Kube:
             log.warning("could not post event %s: %s", reason, exc)
 
 
-def _reason(exc: ApiException) -> str:
+def _reason(raw: bytes | None, fallback: str | None) -> str:
     try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+        return str(json.loads(raw or b"{}").get("message") or fallback)
     except (ValueError, AttributeError):
-        return str(exc.reason)
+        return str(fallback)
 
 
 def _default_client() -> client.ApiClient:
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     return client.ApiClient()

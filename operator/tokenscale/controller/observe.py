@@ -12,7 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from tokenscale import constants as c
-from tokenscale.api.base import Condition
+from tokenscale.api.base import Condition, ConditionStatus
+
+__all__ = ["Condition", "PoolObservation", "condition", "merge_conditions"]
 
 _BAD_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError"}
 
@@ -72,7 +74,7 @@ def _add(found: dict[str, list[str]], pool: str, message: str) -> None:
 def condition(
     type_: str, ok: bool | None, reason: str, message: str, generation: int | None
 ) -> Condition:
-    status = "Unknown" if ok is None else ("True" if ok else "False")
+    status: ConditionStatus = "Unknown" if ok is None else ("True" if ok else "False")
     return Condition(
         type=type_,
         status=status,

@@ -70,7 +70,9 @@ def _invalid(body: dict[str, Any], exc: ValidationError, now: datetime) -> Outco
     return Outcome(status, [("InvalidSpec", text, "Warning")], invalid=True)
 
 
-def cost_per_token(cfg: OperatorConfig, svc: InferenceService, plans: Sequence[PoolPlan]) -> dict:
+def cost_per_token(
+    cfg: OperatorConfig, svc: InferenceService, plans: Sequence[PoolPlan]
+) -> dict[str, float]:
     """Relative cost of a token per pool: GPU-hour price x GPUs / tokens/s per replica."""
     out: dict[str, float] = {}
     by_pool = {p.pool: p for p in plans}
@@ -112,7 +114,6 @@ def reconcile_service(
         return _invalid(body, exc, now)
 
     plans = plan_service(svc, cfg)
-    plan_problems = [p.message for p in plans if not p.fits]
     replicas = split_replicas(
         svc.spec.replicas, svc.spec.pools, cost_per_token(cfg, svc, plans), _split_hint(body)
     )
@@ -178,6 +179,7 @@ def _status(
     conds = observe.service_conditions(
         pools, plan_problems, render_problems, meta.get("generation")
     )
+    conds.append(_sla_condition(body, svc))
     old = (body.get("status") or {}).get("conditions") or []
     old_pools = {p.get("name"): p for p in (body.get("status") or {}).get("pools") or []}
     pool_status = [
@@ -202,6 +204,22 @@ def _status(
         "plan": [p.to_k8s() for p in plans],
         "conditions": observe.merge_conditions(old, conds, now),
     }
+
+
+def _sla_condition(body: dict[str, Any], svc: InferenceService) -> observe.Condition:
+    """SLAMet from the latest benchmark summary (written by the benchmark controller)."""
+    gen = body["metadata"].get("generation")
+    latest = (body.get("status") or {}).get("benchmark")
+    if svc.spec.sla is None:
+        return observe.condition(c.COND_SLA_MET, None, "NoSLA", "spec.sla is not set", gen)
+    if not latest:
+        msg = "no benchmark has run yet; apply an InferenceBenchmark targeting this service"
+        return observe.condition(c.COND_SLA_MET, None, "NotBenchmarked", msg, gen)
+    verdict = latest.get("verdict")
+    reason = "BenchmarkPassed" if verdict == "Pass" else f"Benchmark{verdict}"
+    return observe.condition(
+        c.COND_SLA_MET, verdict == "Pass", reason, f"benchmark {latest.get('name')}: {verdict}", gen
+    )
 
 
 def _condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:

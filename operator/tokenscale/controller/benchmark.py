@@ -1,0 +1,306 @@
+"""Reconcile an InferenceBenchmark: wait for the target, run the Job, collect, judge, report.
+
+The phase in status is the state machine (Pending → WaitingForTarget → Running → Succeeded or
+Failed); each pass reads the world and moves at most one step, so a restarted operator simply
+continues.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from tokenscale import constants as c
+from tokenscale.api.benchmark import BenchmarkResults, InferenceBenchmarkSpec, LatencySummary
+from tokenscale.api.config import OperatorConfig
+from tokenscale.api.service import InferenceServiceSpec
+from tokenscale.api.status import BenchmarkSummary
+from tokenscale.bench.models import BenchResult
+from tokenscale.controller import benchjob, resultchannel
+from tokenscale.controller.kube import Kube
+from tokenscale.controller.observe import condition, merge_conditions
+from tokenscale.validation import problems_from
+
+log = logging.getLogger(__name__)
+
+VERDICTS = {
+    "pass": "Pass",
+    "fail": "Fail",
+    "invalid": "Invalid",
+    "unstable": "Unstable",
+    "no_sla": "NoSLA",
+}
+REPORT_LIMIT = 900_000
+
+
+@dataclass(slots=True)
+class BenchOutcome:
+    """Status patch for the benchmark, Events, and an optional patch of the target's status."""
+
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    service_status: dict[str, Any] | None = None
+    finished: bool = False
+
+
+def _ms(p: float | None) -> float | None:
+    return None if p is None else round(p * 1000.0, 3)
+
+
+def results_from(result: BenchResult) -> BenchmarkResults:
+    """The CRD's headline results from the load generator's contract model."""
+    s = result.summary()
+    sc = result.self_check
+    lag = sc.schedule_lag.p99 if sc.schedule_lag else None
+    eff = None
+    if result.replica_sweep:
+        eff = result.replica_sweep[-1].scaling_efficiency
+    return BenchmarkResults(
+        tokens_per_second=round(s.tokens_per_s, 3),
+        requests_per_second=round(s.requests_per_s, 4),
+        goodput=round(s.goodput_requests_per_s or 0.0, 4),
+        requests=result.metrics.requests_ok,
+        errors=result.metrics.requests_failed,
+        ttft_ms=LatencySummary(p50=_ms(s.ttft_p50_s), p90=_ms(s.ttft_p90_s), p99=_ms(s.ttft_p99_s)),
+        tpot_ms=LatencySummary(p50=_ms(s.tpot_p50_s), p90=_ms(s.tpot_p90_s), p99=_ms(s.tpot_p99_s)),
+        itl_ms=LatencySummary(p50=_ms(s.itl_p50_s), p90=_ms(s.itl_p90_s), p99=_ms(s.itl_p99_s)),
+        e2e_ms=LatencySummary(p50=_ms(s.e2e_p50_s), p90=_ms(s.e2e_p90_s), p99=_ms(s.e2e_p99_s)),
+        client_cpu_fraction=round(sc.cpu_fraction, 4),
+        schedule_lag_p99_ms=_ms(lag),
+        scaling_efficiency=eff,
+    )
+
+
+def _now(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def reconcile_benchmark(
+    body: dict[str, Any], kube: Kube, cfg: OperatorConfig, now: datetime | None = None
+) -> BenchOutcome:
+    """Move the benchmark one step forward."""
+    now = now or datetime.now(UTC)
+    meta, status = body["metadata"], dict(body.get("status") or {})
+    name, namespace, gen = meta["name"], meta["namespace"], meta.get("generation")
+    phase = status.get("phase") or "Pending"
+    if phase in ("Succeeded", "Failed"):
+        return BenchOutcome({}, finished=True)
+    try:
+        spec = InferenceBenchmarkSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        text = "; ".join(str(p) for p in problems_from(exc))
+        return _fail(body, "InvalidSpec", text, now)
+
+    svc_body = None
+    svc_spec: InferenceServiceSpec | None = None
+    if spec.target.service:
+        svc_body = kube.get("InferenceService", namespace, spec.target.service)
+        if svc_body is None:
+            return _wait(body, f"InferenceService {spec.target.service} not found", now)
+        svc_spec = InferenceServiceSpec.model_validate(svc_body["spec"])
+        ready = next(
+            (
+                x
+                for x in (svc_body.get("status") or {}).get("conditions") or []
+                if x["type"] == "Ready"
+            ),
+            None,
+        )
+        if not ready or ready.get("status") != "True":
+            return _wait(
+                body, f"waiting for InferenceService {spec.target.service} to be Ready", now
+            )
+
+    job_name = f"{name}-run"
+    job = kube.get("Job", namespace, job_name)
+    if job is None:
+        model = spec.target.model or (svc_spec.model.name if svc_spec else None)
+        sla = spec.sla or (svc_spec.sla if svc_spec else None)
+        args = benchjob.bench_args(spec, benchjob.target_url(spec, namespace), model or "", sla)
+        if not model:
+            args = [a for a in args if a not in ("--model", "")]
+        for obj in benchjob.rbac(namespace, cfg):
+            kube.apply(obj)
+        obj = benchjob.job(job_name, body, spec, cfg, args)
+        obj["metadata"]["ownerReferences"] = [_owner(body)]
+        kube.apply(obj)
+        status.update(phase="Running", jobName=job_name, startTime=_now(now))
+        msg = f"started Job {job_name} ({spec.scenario}, {spec.shards} shard(s))"
+        return BenchOutcome(
+            _with_conditions(body, status, "Running", msg, gen, now), [("Started", msg, "Normal")]
+        )
+
+    js = job.get("status") or {}
+    done = {x["type"]: x for x in js.get("conditions") or [] if x.get("status") == "True"}
+    if "Failed" in done:
+        return _fail(
+            body, "JobFailed", done["Failed"].get("message") or "benchmark Job failed", now
+        )
+    if "Complete" not in done:
+        return BenchOutcome({})
+    shards = resultchannel.collect(kube, namespace, name, spec.shards)
+    if shards is None:
+        return BenchOutcome({})  # results still arriving; the timer comes back
+    from tokenscale.bench import scenarios
+
+    merged = shards[0] if len(shards) == 1 else scenarios.merge(shards)
+    return _finish(body, spec, merged, svc_body, kube, cfg, now)
+
+
+def _finish(
+    body: dict[str, Any],
+    spec: InferenceBenchmarkSpec,
+    merged: BenchResult,
+    svc_body: dict[str, Any] | None,
+    kube: Kube,
+    cfg: OperatorConfig,
+    now: datetime,
+) -> BenchOutcome:
+    meta = body["metadata"]
+    results = results_from(merged)
+    verdict = VERDICTS[merged.verdict.status]
+    reasons = list(merged.verdict.reasons)
+    report = _store_report(kube, body, merged)
+    status = {
+        "phase": "Succeeded",
+        "completionTime": _now(now),
+        "results": results.to_k8s(),
+        "verdict": verdict,
+        "reasons": reasons,
+        "report": report,
+    }
+    message = (
+        f"{verdict}: {results.tokens_per_second:,.0f} tok/s, p99 TTFT "
+        f"{results.ttft_ms.p99} ms, p99 TPOT {results.tpot_ms.p99} ms"
+    )
+    events = [("Finished", message, "Normal" if verdict in ("Pass", "NoSLA") else "Warning")]
+    outcome = BenchOutcome(
+        _with_conditions(body, status, "Finished", message, meta.get("generation"), now),
+        events,
+        finished=True,
+    )
+    if svc_body is not None:
+        outcome.service_status = service_summary(svc_body, meta["name"], results, verdict, cfg, now)
+    return outcome
+
+
+def service_summary(
+    svc_body: dict[str, Any],
+    bench: str,
+    results: BenchmarkResults,
+    verdict: str,
+    cfg: OperatorConfig,
+    now: datetime,
+) -> dict[str, Any]:
+    """The target's status.benchmark and bounded history with a regression flag.
+
+    SLAMet itself is derived from status.benchmark by the service's reconcile, in one place.
+    """
+    status = svc_body.get("status") or {}
+    ready = max(int(status.get("readyReplicas") or 0), 1)
+    history = list(status.get("benchmarkHistory") or [])
+    best_before = max(
+        (h.get("tokensPerSecond") or 0.0 for h in history if h.get("verdict") == "Pass"),
+        default=0.0,
+    )
+    regression = (
+        verdict == "Pass"
+        and best_before > 0
+        and results.tokens_per_second < best_before * (1 - cfg.benchmark.regression_margin)
+    )
+    summary = BenchmarkSummary(
+        name=bench,
+        verdict=verdict,
+        tokens_per_second=results.tokens_per_second,
+        ttft_p99_ms=results.ttft_ms.p99,
+        tpot_p99_ms=results.tpot_ms.p99,
+        replicas=ready,
+        capacity_per_replica=round(results.tokens_per_second / ready, 3),
+        completed_at=now,
+        regression=regression,
+    ).to_k8s()
+    history = [*history, summary][-cfg.benchmark.history_limit :]
+    return {"benchmark": summary, "benchmarkHistory": history}
+
+
+def _store_report(kube: Kube, body: dict[str, Any], merged: BenchResult) -> str | None:
+    """The merged HTML report in a ConfigMap (gzip when large); returns where it is."""
+    from tokenscale.bench import report
+
+    meta = body["metadata"]
+    html = report.render(merged)
+    name = f"{meta['name']}-report"
+    cm: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_ROLE: "benchmark-report"},
+            "ownerReferences": [_owner(body)],
+        },
+        "data": {"result.json": merged.model_copy(update={"records": []}).model_dump_json()},
+    }
+    key = "report.html"
+    if len(html) < REPORT_LIMIT:
+        cm["data"][key] = html
+    else:
+        import base64
+
+        key = "report.html.gz"
+        cm["binaryData"] = {key: base64.b64encode(gzip.compress(html.encode())).decode()}
+    kube.apply(cm)
+    return f"configmap/{name}/{key}"
+
+
+def _owner(body: dict[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": "tokenscale.dev/v1alpha1",
+        "kind": "InferenceBenchmark",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _with_conditions(
+    body: dict[str, Any],
+    status: dict[str, Any],
+    reason: str,
+    message: str,
+    gen: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    done = status.get("phase") in ("Succeeded", "Failed")
+    ok = status.get("phase") == "Succeeded"
+    conds = [
+        condition("Complete", done and ok, reason, message, gen),
+        condition("Failed", status.get("phase") == "Failed", reason, message, gen),
+    ]
+    old = (body.get("status") or {}).get("conditions") or []
+    return {**status, "observedGeneration": gen, "conditions": merge_conditions(old, conds, now)}
+
+
+def _wait(body: dict[str, Any], message: str, now: datetime) -> BenchOutcome:
+    status = {"phase": "WaitingForTarget"}
+    gen = body["metadata"].get("generation")
+    prior = (body.get("status") or {}).get("phase")
+    events = [] if prior == "WaitingForTarget" else [("Waiting", message, "Normal")]
+    return BenchOutcome(_with_conditions(body, status, "Waiting", message, gen, now), events)
+
+
+def _fail(body: dict[str, Any], reason: str, message: str, now: datetime) -> BenchOutcome:
+    status = {"phase": "Failed", "completionTime": _now(now), "reasons": [message]}
+    gen = body["metadata"].get("generation")
+    return BenchOutcome(
+        _with_conditions(body, status, reason, message, gen, now),
+        [(reason, message, "Warning")],
+        finished=True,
+    )

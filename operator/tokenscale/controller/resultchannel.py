@@ -1,0 +1,85 @@
+"""How a benchmark pod hands its result to the operator without pod logs.
+
+Each shard writes its full result (per-request records included, so merging stays exact) as
+gzip in ConfigMaps owned by the InferenceBenchmark, split into parts below the 1 MiB object
+limit. The pod's narrow ServiceAccount may only create/patch ConfigMaps in its namespace.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+from typing import Any
+
+from tokenscale import constants as c
+from tokenscale.bench.models import BenchResult
+from tokenscale.controller.kube import Kube
+
+PART_BYTES = 700_000  # base64 grows data by 4/3: stays well under the 1 MiB object limit
+KEY = "result.json.gz"
+
+
+def _name(bench: str, shard: int, part: int) -> str:
+    return f"{bench}-r{shard}-{part}"
+
+
+def publish(
+    kube: Kube, namespace: str, bench: str, uid: str | None, shard: int, result_json: str
+) -> int:
+    """Write one shard's result; returns the number of ConfigMaps written."""
+    blob = gzip.compress(result_json.encode(), compresslevel=6)
+    parts = [blob[i : i + PART_BYTES] for i in range(0, len(blob), PART_BYTES)] or [b""]
+    for index, chunk in enumerate(parts):
+        meta: dict[str, Any] = {
+            "name": _name(bench, shard, index),
+            "namespace": namespace,
+            "labels": {
+                c.LABEL_BENCHMARK: bench,
+                c.LABEL_ROLE: "benchmark-result",
+                c.LABEL_MANAGED_BY: c.MANAGED_BY,
+            },
+            "annotations": {
+                f"{c.LABEL_BENCHMARK}-shard": str(shard),
+                f"{c.LABEL_BENCHMARK}-parts": str(len(parts)),
+            },
+        }
+        if uid:
+            meta["ownerReferences"] = [
+                {
+                    "apiVersion": "tokenscale.dev/v1alpha1",
+                    "kind": "InferenceBenchmark",
+                    "name": bench,
+                    "uid": uid,
+                }
+            ]
+        kube.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": meta,
+                "binaryData": {KEY: base64.b64encode(chunk).decode()},
+            }
+        )
+    return len(parts)
+
+
+def collect(kube: Kube, namespace: str, bench: str, shards: int) -> list[BenchResult] | None:
+    """All shards' results, or None while any shard has not published completely."""
+    found = kube.list("ConfigMap", namespace, f"{c.LABEL_BENCHMARK}={bench}")
+    by_shard: dict[int, dict[int, bytes]] = {}
+    expected: dict[int, int] = {}
+    for cm in found:
+        ann = cm["metadata"].get("annotations") or {}
+        shard = int(ann.get(f"{c.LABEL_BENCHMARK}-shard", -1))
+        expected[shard] = int(ann.get(f"{c.LABEL_BENCHMARK}-parts", 1))
+        part = int(cm["metadata"]["name"].rsplit("-", 1)[1])
+        data = (cm.get("binaryData") or {}).get(KEY, "")
+        by_shard.setdefault(shard, {})[part] = base64.b64decode(data)
+    results = []
+    for shard in range(shards):
+        parts = by_shard.get(shard, {})
+        if shard not in expected or len(parts) != expected[shard]:
+            return None
+        blob = b"".join(parts[i] for i in range(expected[shard]))
+        results.append(BenchResult.model_validate_json(gzip.decompress(blob)))
+    return results
