@@ -89,13 +89,15 @@ def merge_conditions(
 ) -> list[dict[str, Any]]:
     """Keep lastTransitionTime unless the status flipped; keep condition types we don't own."""
     previous = {c_["type"]: c_ for c_ in old}
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     out: list[dict[str, Any]] = []
     for cond in new:
         before = previous.pop(cond.type, None)
         same = before is not None and before.get("status") == cond.status
-        when = before.get("lastTransitionTime") if same and before else None
-        cond = cond.model_copy(update={"last_transition_time": when or now})
-        out.append(cond.to_k8s())
+        item = cond.to_k8s()
+        item["lastTransitionTime"] = (before or {}).get("lastTransitionTime") if same else None
+        item["lastTransitionTime"] = item["lastTransitionTime"] or stamp
+        out.append(item)
     out.extend(previous.values())
     return sorted(out, key=lambda x: str(x["type"]))
 

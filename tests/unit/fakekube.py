@@ -1,0 +1,91 @@
+"""An in-memory stand-in for :class:`tokenscale.controller.kube.Kube` (unit tests only).
+
+It stores objects by kind/namespace/name and understands equality label selectors — enough
+to exercise reconcile logic; the e2e tests run the same code against a real API server.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+from tokenscale.controller.kube import KubeError
+
+_uids = itertools.count(1)
+
+
+def _matches(labels: dict[str, str], selector: str) -> bool:
+    for term in filter(None, selector.split(",")):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        else:
+            key, value = term.split("=", 1)
+            if labels.get(key) != value:
+                return False
+    return True
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.events: list[tuple[str, str, str]] = []
+        self.crds: set[str] = set()
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        meta.setdefault("uid", f"uid-{next(_uids)}")
+        meta.setdefault("generation", 1)
+        self.objects[(obj["kind"], meta.get("namespace"), meta["name"])] = obj
+        return obj
+
+    def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+        key = (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        old = self.objects.get(key)
+        new = copy.deepcopy(obj)
+        if old is not None:
+            new["metadata"]["uid"] = old["metadata"]["uid"]
+            new.setdefault("status", old.get("status"))
+        return self.put(new)
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        found = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    def list(
+        self, kind: str, namespace: str | None, selector: str = "", field: str = ""
+    ) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(o)
+            for (k, ns, _), o in sorted(self.objects.items(), key=lambda kv: str(kv[0]))
+            if k == kind
+            and (namespace is None or ns == namespace)
+            and _matches(o["metadata"].get("labels") or {}, selector)
+        ]
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        self.objects.pop((kind, namespace, name), None)
+
+    def patch_merge(
+        self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], sub: str = ""
+    ) -> dict[str, Any]:
+        obj = self.objects.get((kind, namespace, name))
+        if obj is None:
+            raise KubeError(404, "not found")
+        for key, value in patch.items():
+            if isinstance(value, dict) and isinstance(obj.get(key), dict):
+                obj[key].update(value)
+            else:
+                obj[key] = value
+        return copy.deepcopy(obj)
+
+    def crd_exists(self, name: str) -> bool:
+        return name in self.crds
+
+    def event(
+        self, involved: dict[str, Any], reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        self.events.append((reason, message, type_))
