@@ -4,8 +4,9 @@ Why: the rendered objects are what the operator applies to clusters, so any chan
 be a visible, reviewed diff. Each example under ``examples/`` (and each extra input under
 ``tests/golden/inputs/``, with an optional ``<name>.config.yaml`` operator config) is rendered
 with the default config and compared with ``tests/golden/<name>.yaml``; examples whose replicas
-span nodes are also rendered with ``leaderWorkerSet: true`` into ``<name>.lws.yaml``. Problems
-are recorded as ``# problem:`` comments at the top. Regenerate on purpose only::
+span nodes are also rendered with ``leaderWorkerSet: true`` into ``<name>.lws.yaml``. Notes
+(``# plan:``, ``# problem:``, ``# warning:``, as ``tokenscale render`` prints them) head the file.
+Regenerate on purpose only::
 
     UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_render_golden.py
 
@@ -67,14 +68,14 @@ def _cases() -> list[tuple[str, Path, bool]]:
 CASES = _cases()
 
 
-def _render(path: Path, lws: bool) -> render.RenderResult:
+def _render(path: Path, lws: bool) -> tuple[render.RenderResult, list[str]]:
     config = _config(path, lws)
     svc = render_cli.load_services(path)[0]
-    return render.render_all(svc, config, plan.plan_service(svc, config))
+    return render_cli.render_service(svc, config, {})
 
 
-def golden_text(result: render.RenderResult) -> str:
-    header = "".join(f"# problem: {p}\n" for p in result.problems)
+def golden_text(result: render.RenderResult, notes: list[str]) -> str:
+    header = "".join(f"# {note}\n" for note in notes)
     return header + render_cli.dump_objects(result.objects)
 
 
@@ -86,7 +87,7 @@ def test_every_example_has_a_case() -> None:
 
 @pytest.mark.parametrize(("name", "path", "lws"), CASES, ids=[c[0] for c in CASES])
 def test_golden(name: str, path: Path, lws: bool) -> None:
-    text = golden_text(_render(path, lws))
+    text = golden_text(*_render(path, lws))
     golden = GOLDEN / f"{name}.yaml"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_text(text)
@@ -138,7 +139,7 @@ def _check_service_monitor(obj: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(("name", "path", "lws"), CASES, ids=[c[0] for c in CASES])
 def test_objects_pass_kubernetes_schemas(name: str, path: Path, lws: bool) -> None:
-    result = _render(path, lws)
+    result, _ = _render(path, lws)
     assert result.objects
     for obj in result.objects:
         assert (

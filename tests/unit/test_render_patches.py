@@ -93,8 +93,9 @@ def test_visible_devices_stripped_with_problem() -> None:
     ctr = engine(result.objects[-1])
     assert not set(c.VISIBLE_DEVICES_ENV) & set(env_names(ctr))
     assert "VLLM_ROCM_USE_AITER" in env_names(ctr)
-    assert len(result.problems) == 3
-    assert all("removed" in p and "pool a" in p for p in result.problems)
+    assert result.problems == []
+    assert len(result.warnings) == 3
+    assert all("removed" in w and "pool a" in w for w in result.warnings)
 
 
 def test_env_order_pod_ip_first_then_sorted() -> None:
@@ -311,7 +312,8 @@ def test_mxfp4_needs_prequantized_checkpoint() -> None:
     )
     config = OperatorConfig()
     result = render_all(svc, config, plan_service(svc, config))
-    assert any("pre-quantized" in p for p in result.problems)
+    assert any("pre-quantized" in w for w in result.warnings)
+    assert result.problems == []
     ok = make(
         model={
             "name": "m",
@@ -320,7 +322,7 @@ def test_mxfp4_needs_prequantized_checkpoint() -> None:
         },
         pools=[{"name": "a", "gpu": "MI355X"}],
     )
-    assert render_all(ok, config, plan_service(ok, config)).problems == []
+    assert render_all(ok, config, plan_service(ok, config)).warnings == []
 
 
 def test_vllm_args_order_and_user_args_last() -> None:
@@ -496,7 +498,7 @@ def test_not_fitting_pool_renders_no_workload() -> None:
     config = OperatorConfig()
     result = render_all(svc, config, plan_service(svc, config))
     assert [o["metadata"]["name"] for o in result.objects if o["kind"] == "Deployment"] == ["svc-b"]
-    assert any("pool a" in p and "FP4" in p for p in result.problems)
+    assert result.problems == []  # the plan carries the reason
 
 
 def test_names_respect_length_budget() -> None:

@@ -27,10 +27,18 @@ Obj = dict[str, Any]
 
 @dataclass
 class RenderResult:
-    """The objects to apply, in apply order, and what kept parts of the spec from rendering."""
+    """The objects to apply, in apply order, plus notes.
+
+    ``problems`` block a pool (it renders no workload although its plan fits, e.g. multi-node
+    without LeaderWorkerSet): the service cannot become Ready. ``warnings`` do not block (a
+    stripped ``*_VISIBLE_DEVICES`` variable, an mxfp4 model id that does not look
+    pre-quantized). Pools whose plan does not fit are skipped without a note here: the plan's
+    own message already says why, and callers report plans themselves.
+    """
 
     objects: list[Obj] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def lws_missing_problem(pool: str, nodes: int) -> str:
@@ -53,13 +61,13 @@ def render_pool(
     name = names.pool_workload(svc, pool.name)
     labels = {**names.common_labels(svc), c.LABEL_POOL: pool.name}
     if not plan.fits:
-        return RenderResult(problems=[plan.message or f"pool {pool.name} does not fit"])
+        return RenderResult()
     if plan.nodes_per_replica <= 1:
         tpl = pod.pod_template(service, pool, plan, config, c.ROLE_ENGINE)
         obj = deployment_mod.deployment(
             service, pool, name, labels, names.pool_selector(svc, pool.name), tpl.template, replicas
         )
-        return RenderResult([obj], tpl.problems)
+        return RenderResult([obj], warnings=tpl.warnings)
     if not config.leader_worker_set:
         return RenderResult(problems=[lws_missing_problem(pool.name, plan.nodes_per_replica)])
     leader = pod.pod_template(service, pool, plan, config, c.ROLE_LEADER)
@@ -74,7 +82,7 @@ def render_pool(
         worker.template,
         replicas,
     )
-    return RenderResult([obj], sorted(set(leader.problems + worker.problems)))
+    return RenderResult([obj], warnings=sorted(set(leader.warnings + worker.warnings)))
 
 
 def render_all(
@@ -86,8 +94,8 @@ def render_all(
     """Every child object of a service: Service, PDB, optional ServiceMonitor, one per pool.
 
     ``replicas`` maps pool name to the desired count (the autoscaler's decision); a pool that is
-    not in it gets its ``minReplicas``. A pool without a fitting plan renders no workload and
-    adds a problem, so an impossible spec yields no pods and a clear condition.
+    not in it gets its ``minReplicas``. A pool without a fitting plan renders no workload (its
+    plan message is the condition), so an impossible spec yields no pods.
     """
     svc = service.metadata.name
     by_pool = {p.pool: p for p in plans}
@@ -112,6 +120,7 @@ def render_all(
         part = render_pool(service, pool, plan, config, count)
         result.objects += part.objects
         result.problems += part.problems
+        result.warnings += part.warnings
     # No shared sub-dicts between objects: callers mutate them (namespace, ownerReferences).
     result.objects = copy.deepcopy(result.objects)
     return result

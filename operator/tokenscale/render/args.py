@@ -36,11 +36,11 @@ _PREQUANTIZED_MARKERS = {
 
 @dataclass
 class EngineCommand:
-    """Container command, args, and notes for the service's problems list."""
+    """Container command, args, and non-blocking notes."""
 
     command: list[str]
     args: list[str]
-    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def model_path(model: ModelSpec) -> str:
@@ -62,7 +62,7 @@ def is_prequantized(model: ModelSpec) -> bool:
 
 
 def precision_args(model: ModelSpec) -> tuple[list[str], list[str]]:
-    """``--dtype``/``--quantization`` for the weight precision, plus problems.
+    """``--dtype``/``--quantization`` for the weight precision, plus warnings.
 
     bf16/fp16/fp32 set ``--dtype``. fp8 quantizes on load (``--quantization fp8``) unless the
     checkpoint is already FP8, whose own config vLLM then follows. mxfp4/fp6 cannot be produced
@@ -129,7 +129,7 @@ def vllm_command(
     model = service.spec.model
     command = list(config.images.cpu_command if pool.gpu == "CPU" else config.images.gpu_command)
     args = ["--model", model_path(model), *_common(service, plan, config)]
-    precision, problems = precision_args(model)
+    precision, warnings = precision_args(model)
     args += precision
     args += ["--max-model-len", str(model.max_model_len)]
     if model.kv_cache_dtype == "fp8":
@@ -140,7 +140,7 @@ def vllm_command(
     if role in (c.ROLE_LEADER, c.ROLE_WORKER):
         args += multinode_args(plan, leader=role == c.ROLE_LEADER)
     args += service.spec.engine.args
-    return EngineCommand(command, args, problems)
+    return EngineCommand(command, args, warnings)
 
 
 def simulated_command(

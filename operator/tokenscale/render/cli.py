@@ -72,12 +72,20 @@ def dump_objects(objects: list[dict[str, Any]]) -> str:
     )
 
 
-def render_text(
+def render_service(
     svc: InferenceService, config: OperatorConfig, replicas: dict[str, int]
-) -> tuple[str, list[str]]:
-    """The YAML the operator would apply for one service, and its problems."""
-    result = render.render_all(svc, config, planner.plan_service(svc, config), replicas)
-    return dump_objects(result.objects), result.problems
+) -> tuple[render.RenderResult, list[str]]:
+    """What the operator would apply for one service, and every note about it.
+
+    Notes are ``plan: …`` for pools that do not fit (no workload), ``problem: …`` for pools
+    that fit but cannot be rendered, and ``warning: …`` for non-blocking adjustments.
+    """
+    plans = planner.plan_service(svc, config)
+    result = render.render_all(svc, config, plans, replicas)
+    notes = [f"plan: {p.message}" for p in plans if not p.fits]
+    notes += [f"problem: {p}" for p in result.problems]
+    notes += [f"warning: {w}" for w in result.warnings]
+    return result, notes
 
 
 COLUMNS = ("POOL", "GPU", "FITS", "TP", "PP", "GPUS/REPLICA", "NODES/REPLICA",
@@ -135,10 +143,10 @@ def render_command(file: Path, config_path: Path | None, replicas: tuple[str, ..
     counts = parse_replicas(replicas)
     chunks = []
     for svc in load_services(file):
-        text, problems = render_text(svc, config, counts)
-        chunks.append(text)
-        for problem in problems:
-            click.echo(f"{svc.metadata.name}: {problem}", err=True)
+        result, notes = render_service(svc, config, counts)
+        chunks.append(dump_objects(result.objects))
+        for note in notes:
+            click.echo(f"{svc.metadata.name}: {note}", err=True)
     click.echo("---\n".join(chunks), nl=False)
 
 

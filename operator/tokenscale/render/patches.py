@@ -162,17 +162,17 @@ def merge_env(builtin: dict[str, Obj], user: list[EnvVar]) -> tuple[list[Obj], l
     the list, and other values (VLLM_HOST_IP) refer to it.
     """
     env = dict(builtin)
-    problems = []
+    warnings = []
     for var in user:
         if var.name in c.VISIBLE_DEVICES_ENV:
-            problems.append(
+            warnings.append(
                 f"removed {var.name} from spec.engine.env: the device plugin already limits "
                 "the container to its GPUs and vLLM rejects inconsistent visibility variables"
             )
             continue
         env[var.name] = {"name": var.name, "value": var.value}
     first = [env.pop(n) for n in ("POD_IP",) if n in env]
-    return first + [env[k] for k in sorted(env)], problems
+    return first + [env[k] for k in sorted(env)], warnings
 
 
 def resource_name(pool: GPUPool) -> str:

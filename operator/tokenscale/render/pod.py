@@ -26,10 +26,10 @@ POD_INTERFACE = "eth0"
 
 @dataclass
 class PodTemplate:
-    """A rendered pod template and any notes for the service's problems list."""
+    """A rendered pod template and non-blocking notes about it."""
 
     template: Obj
-    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def spec_hash(template: Obj) -> str:
@@ -104,7 +104,7 @@ def pod_template(
     env = _builtin_env(service, role)
     patches.model_source(pod, container, env, spec.model, config)
     patches.hf_token(env, spec.model)
-    container["env"], env_problems = patches.merge_env(env, spec.engine.env)
+    container["env"], env_warnings = patches.merge_env(env, spec.engine.env)
     devices_per_pod = plan.gpus_per_replica // max(1, plan.nodes_per_replica)
     patches.resources(container, pool, devices_per_pod, config)
     if role != c.ROLE_WORKER:  # headless workers serve no HTTP
@@ -126,5 +126,5 @@ def pod_template(
     }
     template["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH] = spec_hash(template)
     template["metadata"]["annotations"] = dict(sorted(template["metadata"]["annotations"].items()))
-    problems = [f"pool {pool.name}: {p}" for p in (*cmd.problems, *env_problems)]
-    return PodTemplate(template, problems)
+    warnings = [f"pool {pool.name}: {w}" for w in (*cmd.warnings, *env_warnings)]
+    return PodTemplate(template, warnings)
