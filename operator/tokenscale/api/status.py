@@ -77,6 +77,18 @@ class ScalingDecision(StrictModel):
     reason: str = Field(description="Why, in words.")
 
 
+class ScalingStatus(StrictModel):
+    """What the built-in autoscaler last concluded (mapped to the Scaling condition)."""
+
+    able: bool = Field(default=True, description="False when scaling is blocked.")
+    reason: str = Field(default="", description="CamelCase reason, e.g. InsufficientGPU.")
+    message: str = Field(default="", description="Why, in words.")
+    desired: dict[str, int] = Field(default_factory=dict, description="Desired replicas by pool.")
+    panic: bool = Field(default=False, description="Panic mode (burst) is active.")
+    last_scale_time: datetime | None = Field(default=None, description="Last replica change.")
+    observed_at: datetime | None = Field(default=None, description="Time of the decision.")
+
+
 class BenchmarkSummary(StrictModel):
     """Summary of the latest benchmark that targeted this service."""
 
@@ -111,6 +123,7 @@ class InferenceServiceStatus(StrictModel):
     pools: list[PoolStatus] = Field(default_factory=list, description="Per-pool state.")
     plan: list[PoolPlan] = Field(default_factory=list, description="Capacity plan per pool.")
     metrics: MetricsStatus | None = Field(default=None, description="Latest metrics.")
+    scaling: ScalingStatus | None = Field(default=None, description="Autoscaler state.")
     scaling_history: list[ScalingDecision] = Field(
         default_factory=list, description="The most recent scaling decisions, newest last."
     )

@@ -10,12 +10,15 @@ import logging
 import time
 from typing import Any
 
+import httpx
 import kopf
 
 from tokenscale import GROUP, VERSION
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
+from tokenscale.autoscale.collector import ScrapeCollector
 from tokenscale.controller import metrics
+from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark
 from tokenscale.controller.kube import Kube, KubeError
 from tokenscale.controller.reconcile import Outcome, reconcile_service
@@ -32,6 +35,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.config = OperatorConfig.load(memo.get("config_path"))
     memo.kube = Kube()
     memo.last_refresh = {}
+    memo.http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=128)
+    )
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -111,6 +117,22 @@ def refresh_service(kube: Kube, cfg: OperatorConfig, namespace: str, name: str) 
         return
     for reason, message, type_ in outcome.events:
         kube.event(owner, reason, message, type_)
+
+
+@kopf.daemon(GROUP, VERSION, SERVICES, initial_delay=2.0, cancellation_timeout=5.0)
+async def autoscale(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    """Per-service autoscaling loop: scrape engines, decide, write /scale (never raises)."""
+    cfg: OperatorConfig = memo.config
+    source = ScrapeCollector(client=memo.http, timeout_seconds=cfg.scrape_timeout_seconds)
+    loop = LoopState()
+    while not stopped:
+        try:
+            await run_pass(dict(body), memo.kube, cfg, source, loop, time.monotonic())
+        except KubeError as exc:
+            log.warning("autoscaler pass for %s failed: %s", body["metadata"]["name"], exc)
+        await stopped.wait(cfg.scrape_interval_seconds)
 
 
 BENCHMARKS = "inferencebenchmarks"

@@ -180,6 +180,7 @@ def _status(
         pools, plan_problems, render_problems, meta.get("generation")
     )
     conds.append(_sla_condition(body, svc))
+    conds.append(_scaling_condition(body, svc))
     old = (body.get("status") or {}).get("conditions") or []
     old_pools = {p.get("name"): p for p in (body.get("status") or {}).get("pools") or []}
     pool_status = [
@@ -204,6 +205,24 @@ def _status(
         "plan": [p.to_k8s() for p in plans],
         "conditions": observe.merge_conditions(old, conds, now),
     }
+
+
+def _scaling_condition(body: dict[str, Any], svc: InferenceService) -> observe.Condition:
+    """Scaling from the autoscaler's last conclusion (status.scaling) and the policy mode."""
+    gen = body["metadata"].get("generation")
+    mode = svc.spec.scaling.mode
+    if mode == "off":
+        return observe.condition(c.COND_SCALING, False, "Disabled", "scaling.mode is off", gen)
+    latest = (body.get("status") or {}).get("scaling")
+    if not latest:
+        return observe.condition(c.COND_SCALING, None, "Starting", "no decision yet", gen)
+    return observe.condition(
+        c.COND_SCALING,
+        bool(latest.get("able", True)),
+        str(latest.get("reason") or "Active"),
+        str(latest.get("message") or ""),
+        gen,
+    )
 
 
 def _sla_condition(body: dict[str, Any], svc: InferenceService) -> observe.Condition:
