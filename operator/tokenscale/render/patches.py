@@ -3,7 +3,7 @@
 Each takes the pod spec and/or the engine container (plain dicts, mutated in place) and adds one
 concern, so a concern is reviewed, tested and changed in one place: the ROCm security context,
 /dev/shm, the model volume, the HF token, probes, drain timing, GPU resources and placement.
-Facts behind them: /work/shared/facts/amd-gpus.md §2, §6, §7 and vllm.md §2, §6, §7.
+The rules and their sources are in docs/rendering.md.
 """
 
 from __future__ import annotations
