@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .api import Api
-from .spec import SpecError, field_ref
+from .spec import SpecError, field_ref, parse_quantity
 
 log = logging.getLogger(__name__)
 Obj = Mapping[str, Any]
@@ -181,7 +181,9 @@ class PodVolumes:
         if "emptyDir" in vol:
             ed = vol["emptyDir"] or {}
             if ed.get("medium") == "Memory":
-                return VolumeSource(None, tmpfs_size=str(ed.get("sizeLimit") or "64Mi"))
+                limit = ed.get("sizeLimit")  # tmpfs wants bytes (or k/m/g), not "64Mi"
+                size = str(int(parse_quantity(limit))) if limit else None
+                return VolumeSource(None, tmpfs_size=size)
             target.mkdir(parents=True, exist_ok=True)
             return VolumeSource(str(target))
         if "hostPath" in vol:
