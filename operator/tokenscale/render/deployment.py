@@ -6,20 +6,12 @@ from typing import Any
 
 from tokenscale import constants as c
 from tokenscale.api.service import GPUPool, InferenceService
+from tokenscale.render import names
 
 Obj = dict[str, Any]
 
 #: Extra time, beyond the startup budget, before a rollout is reported as stalled.
 PROGRESS_SLACK_SECONDS = 600
-
-
-def metadata(service: InferenceService, name: str, labels: dict[str, str]) -> Obj:
-    """Object metadata in the service's namespace (omitted when the manifest has none)."""
-    meta: Obj = {"name": name}
-    if service.metadata.namespace:
-        meta["namespace"] = service.metadata.namespace
-    meta["labels"] = dict(sorted(labels.items()))
-    return meta
 
 
 def deployment(
@@ -37,7 +29,7 @@ def deployment(
     an engine takes minutes to load, and dropping a serving replica first would break the SLA.
     The price is one spare replica's worth of GPUs during a rollout.
     """
-    meta = metadata(service, name, labels)
+    meta = names.object_meta(service, name, labels)
     meta["annotations"] = {c.ANNOTATION_GPU: pool.gpu}
     return {
         "apiVersion": "apps/v1",

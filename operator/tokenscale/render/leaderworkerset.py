@@ -11,7 +11,7 @@ from typing import Any
 
 from tokenscale import constants as c
 from tokenscale.api.service import GPUPool, InferenceService
-from tokenscale.render.deployment import metadata
+from tokenscale.render import names
 
 Obj = dict[str, Any]
 
@@ -27,7 +27,7 @@ def leader_worker_set(
     replicas: int,
 ) -> Obj:
     """``size`` pods per replica (one per node); workers start after the leader exists."""
-    meta = metadata(service, name, labels)
+    meta = names.object_meta(service, name, labels)
     meta["annotations"] = {c.ANNOTATION_GPU: pool.gpu}
     return {
         "apiVersion": c.LWS_API_VERSION,

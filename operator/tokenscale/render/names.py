@@ -7,8 +7,11 @@ versions) goes into labels only.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tokenscale import constants as c
 from tokenscale.api.base import MAX_NAME_LENGTH, MAX_POOL_NAME_LENGTH
+from tokenscale.api.service import InferenceService
 
 #: "<service>-<pool>" is the longest child name (Deployment, LeaderWorkerSet).
 MAX_CHILD_NAME_LENGTH = MAX_NAME_LENGTH + 1 + MAX_POOL_NAME_LENGTH
@@ -73,3 +76,12 @@ def pod_labels(service: str, pool: str, role: str, extra: dict[str, str]) -> dic
 def selector_string(labels: dict[str, str]) -> str:
     """``k=v,k=v`` form (status.selector for the /scale subresource)."""
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def object_meta(owner: InferenceService, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """Child metadata in the owner's namespace (omitted when the manifest has none)."""
+    meta: dict[str, Any] = {"name": name}
+    if owner.metadata.namespace:
+        meta["namespace"] = owner.metadata.namespace
+    meta["labels"] = dict(sorted(labels.items()))
+    return meta

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenscale.api.service import InferenceService
-from tokenscale.render.deployment import metadata
+from tokenscale.render import names
 
 Obj = dict[str, Any]
 
@@ -17,7 +17,7 @@ def pod_disruption_budget(
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": metadata(svc, name, labels),
+        "metadata": names.object_meta(svc, name, labels),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": dict(sorted(selector.items()))},

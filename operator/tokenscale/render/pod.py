@@ -102,8 +102,9 @@ def pod_template(
     }
     pod: Obj = {"containers": [container], "restartPolicy": "Always"}
     env = _builtin_env(service, role)
-    patches.model_source(pod, container, env, spec.model, config)
-    patches.hf_token(env, spec.model)
+    if spec.engine.mode == "vllm":  # the simulator reads no weights: no volume to wait for
+        patches.model_source(pod, container, env, spec.model, config)
+        patches.hf_token(env, spec.model)
     container["env"], env_warnings = patches.merge_env(env, spec.engine.env)
     devices_per_pod = plan.gpus_per_replica // max(1, plan.nodes_per_replica)
     patches.resources(container, pool, devices_per_pod, config)

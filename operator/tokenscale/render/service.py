@@ -6,7 +6,7 @@ from typing import Any
 
 from tokenscale import constants as c
 from tokenscale.api.service import InferenceService
-from tokenscale.render.deployment import metadata
+from tokenscale.render import names
 
 Obj = dict[str, Any]
 
@@ -18,7 +18,7 @@ def service(
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(svc, name, labels),
+        "metadata": names.object_meta(svc, name, labels),
         "spec": {
             "type": "ClusterIP",
             "selector": dict(sorted(selector.items())),

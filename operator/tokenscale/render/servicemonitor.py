@@ -7,7 +7,7 @@ from typing import Any
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
-from tokenscale.render.deployment import metadata
+from tokenscale.render import names
 
 Obj = dict[str, Any]
 
@@ -24,7 +24,7 @@ def service_monitor(
     return {
         "apiVersion": c.SERVICEMONITOR_API_VERSION,
         "kind": "ServiceMonitor",
-        "metadata": metadata(svc, name, labels),
+        "metadata": names.object_meta(svc, name, labels),
         "spec": {
             "selector": {"matchLabels": dict(sorted(service_labels.items()))},
             "endpoints": [{"port": c.ENGINE_PORT_NAME, "path": "/metrics", "interval": interval}],
