@@ -162,42 +162,50 @@ class _Conn(asyncio.Protocol):
             self._body(rest, now, ex)
 
     def _chunked(self, data: bytes, now: float, ex: Exchange) -> None:
+        """Decode ``Transfer-Encoding: chunked``; whole chunks take the short path (one ``find``,
+        one ``int``, one slice each), a chunk cut by the read is carried over with ``_left``."""
         buf = self._raw + data if self._raw else data
-        pos, n = 0, len(buf)
-        left, skip = self._left, self._skip
+        n, pos = len(buf), 0
         out: list[bytes] = []
         final = False
-        while pos < n:
-            if left:
-                take = min(left, n - pos)
-                out.append(buf[pos : pos + take])
-                pos += take
-                left -= take
-                if left:
-                    break
+        left, skip = self._left, self._skip
+        if left:  # finish a chunk whose data was cut by the previous read
+            take = min(left, n)
+            out.append(buf[:take])
+            pos, left = take, left - take
+            if not left:
                 skip = 2
-            if skip:
-                step = min(skip, n - pos)
-                pos += step
-                skip -= step
-                if skip:
-                    break
+        if skip and pos < n:
+            step = min(skip, n - pos)
+            pos, skip = pos + step, skip - step
+        while not left and not skip and pos < n:
             eol = buf.find(b"\r\n", pos)
             if eol < 0:
                 break
             try:
-                size = int(buf[pos:eol].split(b";", 1)[0], 16)
+                size = int(buf[pos:eol], 16)
             except ValueError:
-                self._fail("protocol_error", "bad chunk size")
-                return
-            pos = eol + 2
+                try:
+                    size = int(buf[pos:eol].split(b";", 1)[0], 16)  # chunk extensions
+                except ValueError:
+                    self._fail("protocol_error", "bad chunk size")
+                    return
+            start = eol + 2
             if size == 0:
                 final = True
-                skip = max(0, 2 - (n - pos))  # the empty trailer's CRLF may come later
+                skip = max(0, 2 - (n - start))  # the empty trailer's CRLF may come later
                 break
-            left = size
+            end = start + size
+            if end + 2 <= n:
+                out.append(buf[start:end])
+                pos = end + 2
+                continue
+            out.append(buf[start : min(end, n)])  # partial chunk: keep the rest for later
+            left = max(0, end - n)
+            skip = 2 - max(0, n - end) if not left else 0
+            pos = n
         self._left, self._skip = left, skip
-        self._raw = b"" if final else buf[pos:]
+        self._raw = b"" if final or left or skip else buf[pos:]
         if out:
             self._body(out[0] if len(out) == 1 else b"".join(out), now, ex)
         if final:

@@ -17,10 +17,10 @@ import re
 from array import array
 from typing import Any, Final
 
-#: Matches an output-bearing field whose string value is non-empty. ``reasoning_content`` and
-#: ``reasoning`` count as output: servers bill and time them as generated tokens.
-_TOKEN_RE: Final = re.compile(rb'"(?:text|content|reasoning_content|reasoning)" ?: ?"[^"]')
-_DONE: Final = b"[DONE]"
+#: Matches an output-bearing field whose string value is non-empty, then the rest of its line so
+#: that one event line counts once. ``reasoning_content``/``reasoning`` count as output: servers
+#: bill and time them as generated tokens.
+_TOKEN_RE: Final = re.compile(rb'"(?:text|content|reasoning_content|reasoning)" ?: ?"[^"][^\n]*')
 
 
 class SSEStream:
@@ -48,35 +48,45 @@ class SSEStream:
         self.error: str | None = None
 
     def feed(self, data: bytes, now: float) -> None:
-        """Consume body bytes that arrived at ``now``; parse every event they complete."""
+        """Consume body bytes that arrived at ``now``; count every event they complete.
+
+        Bulk path: one regex ``findall`` over all events completed by this read counts the
+        output-bearing ones (the pattern swallows the rest of its line, so a line counts once);
+        JSON is decoded only for the events that mention usage, errors or tool calls.
+        """
         buf = self._buf + data if self._buf else data
         if b"\r" in buf:
             # CRLF framing is legal SSE; normalise once. A trailing lone "\r" stays in the
             # buffer (it can't end an event by itself), so a CRLF split across reads is safe.
             buf = buf.replace(b"\r\n", b"\n")
-        parts = buf.split(b"\n\n")
-        self._buf = parts.pop()
-        token_re = _TOKEN_RE
-        arrivals = self.arrivals
-        for event in parts:
-            if event.startswith(b"data: ") and b"\n" not in event:
-                payload = event[6:]
-            else:
-                joined = _join_data_lines(event)
-                if joined is None:
-                    continue
-                payload = joined
-            if token_re.search(payload) is not None:
-                arrivals.append(now)
-                if b'"usage":{' in payload:
-                    self._take_usage(payload)
-            elif payload == _DONE:
-                self.done = True
-            else:
-                self._slow_path(payload, now)
+        cut = buf.rfind(b"\n\n")
+        if cut < 0:
+            self._buf = buf
+            return
+        block, self._buf = buf[: cut + 2], buf[cut + 2 :]
+        k = len(_TOKEN_RE.findall(block))
+        if k:
+            self.arrivals.extend([now] * k)
+        if b"[DONE]" in block:
+            self.done = True
+        if b'"error"' in block or b'"tool_calls"' in block:
+            for event in block.split(b"\n\n"):
+                if b'"usage"' in event or b'"error"' in event or b'"tool_calls"' in event:
+                    self._special(event, now)
+        elif b'"usage"' in block:
+            # Usage is cumulative: only the last event that carries it matters.
+            at = block.rfind(b'"usage"')
+            begin = block.rfind(b"\n\n", 0, at)
+            self._special(block[begin + 2 if begin >= 0 else 0 : block.find(b"\n\n", at)], now)
 
-    def _slow_path(self, payload: bytes, now: float) -> None:
-        """Decode the rare non-token events: usage, errors, tool calls, role preambles."""
+    def _special(self, event: bytes, now: float) -> None:
+        payload = _join_data_lines(event)
+        if payload is not None:
+            self._slow_path(payload, now, _TOKEN_RE.search(payload) is not None)
+
+    def _slow_path(self, payload: bytes, now: float, counted: bool) -> None:
+        """Decode the rare special events: usage, errors, tool calls (``counted``: the bulk
+        path already counted this event as output)."""
         try:
             obj = json.loads(payload)
         except ValueError:
@@ -91,20 +101,13 @@ class SSEStream:
         usage = obj.get("usage")
         if isinstance(usage, dict):
             self._set_usage(usage)
+        if counted:
+            return
         for choice in obj.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("tool_calls") or delta.get("function_call"):
                 self.arrivals.append(now)
                 break
-
-    def _take_usage(self, payload: bytes) -> None:
-        try:
-            obj = json.loads(payload)
-        except ValueError:
-            return
-        usage = obj.get("usage") if isinstance(obj, dict) else None
-        if isinstance(usage, dict):
-            self._set_usage(usage)
 
     def _set_usage(self, usage: dict[str, Any]) -> None:
         prompt = usage.get("prompt_tokens")
