@@ -75,6 +75,15 @@ class Layout:
         return self.tp * self.pp
 
 
+def human_gib(gib: float) -> str:
+    """GiB with sensible precision; sub-0.01 GiB amounts (tiny test models) in MiB."""
+    if gib >= 10:
+        return f"{gib:.1f} GiB"
+    if gib >= 0.01 or gib == 0:
+        return f"{gib:.2f} GiB"
+    return f"{gib * 1024:.2f} MiB"
+
+
 def kv_dtype_bytes(model: ModelSpec) -> float:
     """``fp8`` is 1 byte; ``auto`` follows the activation dtype (fp32 → 4, otherwise 2)."""
     if model.kv_cache_dtype == "fp8":
@@ -226,11 +235,11 @@ def _evaluate(
         where += f" over {lay.nodes} nodes"
     if fits:
         kv = (
-            f"{seqs} sequences of {model.max_model_len} tokens ({seq:.2f} GiB each)"
+            f"{seqs} sequences of {model.max_model_len} tokens ({human_gib(seq)} each)"
             if arch
             else "KV cache not sized (architecture unknown; set spec.model.architecture)"
         )
-        message = f"{where}: weights {weights:.1f} GiB of {hbm:.1f} GiB usable; KV holds {kv}"
+        message = f"{where}: weights {human_gib(weights)} of {human_gib(hbm)} usable; KV holds {kv}"
         if arch and seqs < TARGET_CONCURRENT_SEQUENCES:
             message += f" (below the target of {TARGET_CONCURRENT_SEQUENCES})"
     else:

@@ -92,6 +92,10 @@ COLUMNS = ("POOL", "GPU", "FITS", "TP", "PP", "GPUS/REPLICA", "NODES/REPLICA",
            "WEIGHTS GiB", "KV GiB", "HBM GiB", "MESSAGE")  # fmt: skip
 
 
+def _gib(value: float) -> str:
+    return "<0.1" if 0 < value < 0.05 else f"{value:.1f}"
+
+
 def plan_rows(plans: list[PoolPlan]) -> list[tuple[str, ...]]:
     """One row per pool, as strings."""
     return [
@@ -103,9 +107,9 @@ def plan_rows(plans: list[PoolPlan]) -> list[tuple[str, ...]]:
             str(p.pipeline_parallel),
             str(p.gpus_per_replica),
             str(p.nodes_per_replica),
-            f"{p.weights_gib:.1f}",
-            f"{p.kv_cache_gib:.1f}",
-            f"{p.hbm_gib:.1f}",
+            _gib(p.weights_gib),
+            _gib(p.kv_cache_gib),
+            _gib(p.hbm_gib),
             p.message,
         )
         for p in plans
