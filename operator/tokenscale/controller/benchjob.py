@@ -96,8 +96,6 @@ def job(
         c.LABEL_MANAGED_BY: c.MANAGED_BY,
         c.LABEL_COMPONENT: "benchmark",
     }
-    if spec.target.service:
-        labels[c.LABEL_SERVICE] = spec.target.service
     env = [
         {"name": "TOKENSCALE_BENCH_SHARDS", "value": str(spec.shards)},
         {"name": "TOKENSCALE_BENCHMARK", "value": meta["name"]},

@@ -26,7 +26,8 @@ from tokenscale.controller.reconcile import Outcome, reconcile_service
 log = logging.getLogger(__name__)
 
 SERVICES = "inferenceservices"
-STATUS_TIMER_SECONDS = 30.0
+#: Level-based safety net; child Deployment events refresh status promptly in between.
+RESYNC_SECONDS = 300.0
 
 
 @kopf.on.startup()
@@ -83,7 +84,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> 
         raise kopf.PermanentError(outcome.events[0][1])
 
 
-@kopf.timer(GROUP, VERSION, SERVICES, interval=STATUS_TIMER_SECONDS, initial_delay=5)
+@kopf.timer(GROUP, VERSION, SERVICES, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Low-frequency safety net: level-based resync catches anything the watches missed."""
     _run(body, patch, memo)
@@ -94,7 +95,7 @@ def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A child Deployment's status moved: refresh the owner's status promptly (throttled)."""
     labels = body["metadata"].get("labels") or {}
     name, namespace = labels.get(c.LABEL_SERVICE), body["metadata"].get("namespace")
-    if not name or not namespace or labels.get(c.LABEL_ROLE) == "benchmark":
+    if not name or not namespace:
         return
     key = (namespace, name)
     now = time.monotonic()
@@ -119,7 +120,13 @@ def refresh_service(kube: Kube, cfg: OperatorConfig, namespace: str, name: str) 
         kube.event(owner, reason, message, type_)
 
 
-@kopf.daemon(GROUP, VERSION, SERVICES, initial_delay=2.0, cancellation_timeout=5.0)
+def _scaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
+    return str((spec.get("scaling") or {}).get("mode", "off")) != "off"
+
+
+@kopf.daemon(
+    GROUP, VERSION, SERVICES, initial_delay=2.0, cancellation_timeout=5.0, when=_scaling_enabled
+)
 async def autoscale(
     body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:

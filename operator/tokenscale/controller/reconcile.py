@@ -25,7 +25,7 @@ from tokenscale.controller import observe
 from tokenscale.controller.kube import Kube, KubeError
 from tokenscale.controller.split import split_replicas
 from tokenscale.plan import plan_service
-from tokenscale.render import render_all
+from tokenscale.render import names, render_all
 from tokenscale.validation import problems_from
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,8 @@ class Outcome:
 
 
 def selector_for(name: str) -> str:
-    return f"{c.LABEL_SERVICE}={name},{c.LABEL_ROLE}!=benchmark"
+    """Every engine pod of the service: the /scale selector and what status observes."""
+    return names.selector_string(names.all_pods_selector(name))
 
 
 def parse_spec(body: dict[str, Any]) -> InferenceService:
