@@ -24,6 +24,16 @@ from tokenscale.sim import cli as sim_cli
 
 Obj = dict[str, Any]
 
+#: vLLM >= 0.18, so every flag (--shutdown-timeout) is rendered; the 0.16 defaults are tested
+#: separately.
+NEW_IMAGE = "rocm/vllm:rocm7.14.0_cdna_ubuntu24.04_py3.14_pytorch_2.11.0_vllm_0.23.0"
+
+
+def config(**fields: Any) -> OperatorConfig:
+    """Operator config whose ROCm images are new enough for every flag we render."""
+    images = {"gfx942": NEW_IMAGE, "gfx950": NEW_IMAGE}
+    return OperatorConfig.model_validate({"images": images, **fields})
+
 
 def make(model: Obj | None = None, pools: list[Obj] | None = None, **spec: Any) -> InferenceService:
     return InferenceService.model_validate(
@@ -45,13 +55,13 @@ def make(model: Obj | None = None, pools: list[Obj] | None = None, **spec: Any) 
     )
 
 
-def objects(svc: InferenceService, config: OperatorConfig | None = None, **kw: Any) -> list[Obj]:
-    config = config or OperatorConfig()
-    return render_all(svc, config, plan_service(svc, config), **kw).objects
+def objects(svc: InferenceService, cfg: OperatorConfig | None = None, **kw: Any) -> list[Obj]:
+    cfg = cfg or config()
+    return render_all(svc, cfg, plan_service(svc, cfg), **kw).objects
 
 
-def workloads(svc: InferenceService, config: OperatorConfig | None = None) -> list[Obj]:
-    return [o for o in objects(svc, config) if o["kind"] in ("Deployment", "LeaderWorkerSet")]
+def workloads(svc: InferenceService, cfg: OperatorConfig | None = None) -> list[Obj]:
+    return [o for o in objects(svc, cfg) if o["kind"] in ("Deployment", "LeaderWorkerSet")]
 
 
 def engine(obj: Obj) -> Obj:
@@ -75,8 +85,8 @@ def test_rocm_security_context() -> None:
 
 
 def test_non_root_gets_supplemental_groups() -> None:
-    config = OperatorConfig.model_validate({"pods": {"runAsNonRoot": True}})
-    pod_spec = workloads(make(), config)[0]["spec"]["template"]["spec"]
+    cfg = config(pods={"runAsNonRoot": True})
+    pod_spec = workloads(make(), cfg)[0]["spec"]["template"]["spec"]
     assert pod_spec["securityContext"] == {"runAsNonRoot": True, "supplementalGroups": [44, 110]}
 
 
@@ -88,8 +98,8 @@ def test_visible_devices_stripped_with_problem() -> None:
             ]
         }
     )
-    config = OperatorConfig()
-    result = render_all(svc, config, plan_service(svc, config))
+    cfg = config()
+    result = render_all(svc, cfg, plan_service(svc, cfg))
     ctr = engine(result.objects[-1])
     assert not set(c.VISIBLE_DEVICES_ENV) & set(env_names(ctr))
     assert "VLLM_ROCM_USE_AITER" in env_names(ctr)
@@ -118,9 +128,9 @@ def test_user_env_overrides_builtin() -> None:
 )
 def test_grace_period_arithmetic(prestop: int, shutdown: int, grace: int) -> None:
     """grace = preStop sleep + --shutdown-timeout + 15 s ROCm teardown + 10 s margin."""
-    config = OperatorConfig.model_validate({"pods": {"prestopSleepSeconds": prestop}})
+    cfg = config(pods={"prestopSleepSeconds": prestop})
     svc = make(engine={"shutdownTimeoutSeconds": shutdown})
-    obj = workloads(svc, config)[0]
+    obj = workloads(svc, cfg)[0]
     spec = obj["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] == grace == prestop + shutdown + 15 + 10
     ctr = engine(obj)
@@ -232,7 +242,7 @@ def test_cpu_pool_avoids_gpu_nodes_and_requests_no_gpu() -> None:
     assert set(ctr["resources"]) == {"requests"}
     assert set(ctr["resources"]["requests"]) == {"cpu", "memory"}
     assert "capabilities" not in ctr["securityContext"]
-    assert ctr["image"] == OperatorConfig().images.cpu
+    assert ctr["image"] == config().images.cpu
     assert ctr["args"][:2] == ["--model", "/models/tiny-llama"]
     mounts = {m["name"]: m for m in ctr["volumeMounts"]}
     assert mounts["model"] == {"name": "model", "mountPath": "/models", "readOnly": True}
@@ -264,16 +274,16 @@ def test_hf_token_by_reference_and_cache() -> None:
     }
     assert env["HF_HOME"]["value"] == patches.HF_CACHE_PATH
     assert {"name": "hf-cache", "mountPath": patches.HF_CACHE_PATH} in ctr["volumeMounts"]
-    config = OperatorConfig.model_validate({"pods": {"hfCachePvc": "hf-cache"}})
-    vols = workloads(svc, config)[0]["spec"]["template"]["spec"]["volumes"]
+    cfg = config(pods={"hfCachePvc": "hf-cache"})
+    vols = workloads(svc, cfg)[0]["spec"]["template"]["spec"]["volumes"]
     assert {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in vols
 
 
 def test_shm_volume_or_host_ipc() -> None:
     spec = workloads(make())[0]["spec"]["template"]["spec"]
     assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in spec["volumes"]
-    config = OperatorConfig.model_validate({"pods": {"hostIpc": True}})
-    spec = workloads(make(), config)[0]["spec"]["template"]["spec"]
+    cfg = config(pods={"hostIpc": True})
+    spec = workloads(make(), cfg)[0]["spec"]["template"]["spec"]
     assert spec["hostIPC"] is True
     assert not any(v["name"] == "shm" for v in spec.get("volumes", []))
 
@@ -310,8 +320,8 @@ def test_mxfp4_needs_prequantized_checkpoint() -> None:
         },
         pools=[{"name": "a", "gpu": "MI355X"}],
     )
-    config = OperatorConfig()
-    result = render_all(svc, config, plan_service(svc, config))
+    cfg = config()
+    result = render_all(svc, cfg, plan_service(svc, cfg))
     assert any("pre-quantized" in w for w in result.warnings)
     assert result.problems == []
     ok = make(
@@ -322,7 +332,7 @@ def test_mxfp4_needs_prequantized_checkpoint() -> None:
         },
         pools=[{"name": "a", "gpu": "MI355X"}],
     )
-    assert render_all(ok, config, plan_service(ok, config)).warnings == []
+    assert render_all(ok, cfg, plan_service(ok, cfg)).warnings == []
 
 
 def test_vllm_args_order_and_user_args_last() -> None:
@@ -354,8 +364,8 @@ def test_vllm_args_order_and_user_args_last() -> None:
 
 
 def test_bind_address_from_config() -> None:
-    config = OperatorConfig.model_validate({"pods": {"bindAddress": "$(POD_IP)"}})
-    assert _arg(engine(workloads(make(), config)[0]), "--host") == "$(POD_IP)"
+    cfg = config(pods={"bindAddress": "$(POD_IP)"})
+    assert _arg(engine(workloads(make(), cfg)[0]), "--host") == "$(POD_IP)"
 
 
 def test_s3_source() -> None:
@@ -377,7 +387,7 @@ def test_s3_source() -> None:
 )
 def test_image_per_gfx_target(gpu: str, arch: str) -> None:
     svc = make(pools=[{"name": "a", "gpu": gpu}])
-    assert engine(workloads(svc)[0])["image"] == getattr(OperatorConfig().images, arch)
+    assert engine(workloads(svc)[0])["image"] == getattr(config().images, arch)
     custom = make(pools=[{"name": "a", "gpu": gpu}], engine={"image": "my/vllm:1"})
     assert engine(workloads(custom)[0])["image"] == "my/vllm:1"
 
@@ -394,7 +404,7 @@ def test_simulated_engine_matches_simulator_cli() -> None:
         engine={"mode": "simulated"},
     )
     ctr = engine(workloads(svc)[0])
-    assert ctr["image"] == OperatorConfig().images.operator
+    assert ctr["image"] == config().images.operator
     assert ctr["command"] == vargs.SIM_COMMAND == ["tokenscale", "sim", "engine"]
     assert _arg(ctr, "--gpu") == "MI300X" and _arg(ctr, "--model") == "llama-2-70b"
     assert ctr["resources"]["limits"] == {"amd.com/gpu": "1"}  # placement stays real
@@ -454,8 +464,8 @@ def test_multinode_without_lws_is_a_problem() -> None:
         model={"name": "l", "source": {"huggingFace": "meta-llama/Llama-3.1-405B"}},
         parallelism={"tensor": 8, "pipeline": 2, "nodes": 2},
     )
-    config = OperatorConfig()
-    result = render_all(svc, config, plan_service(svc, config))
+    cfg = config()
+    result = render_all(svc, cfg, plan_service(svc, cfg))
     assert [o["kind"] for o in result.objects] == ["Service", "PodDisruptionBudget"]
     assert result.problems == [
         "pool a needs 2 nodes per replica; install LeaderWorkerSet and set leaderWorkerSet: "
@@ -468,8 +478,8 @@ def test_multinode_leader_and_workers() -> None:
         model={"name": "l", "source": {"huggingFace": "meta-llama/Llama-3.1-405B"}},
         parallelism={"tensor": 8, "pipeline": 2, "nodes": 2},
     )
-    config = OperatorConfig(leader_worker_set=True)
-    lws = workloads(svc, config)[0]
+    cfg = config(leaderWorkerSet=True)
+    lws = workloads(svc, cfg)[0]
     lwt = lws["spec"]["leaderWorkerTemplate"]
     assert lwt["size"] == 2
     leader = lwt["leaderTemplate"]["spec"]["containers"][0]
@@ -495,8 +505,8 @@ def test_not_fitting_pool_renders_no_workload() -> None:
                "architecture": "llama-2-70b"},
         pools=[{"name": "a", "gpu": "MI300X"}, {"name": "b", "gpu": "MI355X"}],
     )  # fmt: skip
-    config = OperatorConfig()
-    result = render_all(svc, config, plan_service(svc, config))
+    cfg = config()
+    result = render_all(svc, cfg, plan_service(svc, cfg))
     assert [o["metadata"]["name"] for o in result.objects if o["kind"] == "Deployment"] == ["svc-b"]
     assert result.problems == []  # the plan carries the reason
 
@@ -513,3 +523,32 @@ def test_render_is_deterministic_and_unshared() -> None:
     assert first == second
     first[-1]["spec"]["template"]["spec"]["affinity"]["nodeAffinity"].clear()
     assert objects(svc) == second
+
+
+@pytest.mark.parametrize(
+    ("image", "version"),
+    [
+        ("rocm/vllm:rocm7.12.0_gfx94X-dcgpu_ubuntu24.04_py3.12_pytorch_2.9.1_vllm_0.16.0", (0, 16)),
+        (NEW_IMAGE, (0, 23)),
+        ("vllm/vllm-openai-rocm:v0.14.1", (0, 14)),
+        ("public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0", (0, 32)),
+        ("rocm/vllm:latest", None),
+        ("my/vllm:1", None),
+    ],
+)
+def test_vllm_version_from_image_tag(image: str, version: tuple[int, int] | None) -> None:
+    assert vargs.image_vllm_version(image) == version
+
+
+def test_old_vllm_image_gets_no_shutdown_timeout() -> None:
+    """vLLM < 0.18 rejects --shutdown-timeout: leave it out and warn (the default 0.16 images)."""
+    cfg = OperatorConfig()
+    svc = make()
+    result = render_all(svc, cfg, plan_service(svc, cfg))
+    ctr = engine(result.objects[-1])
+    assert "--shutdown-timeout" not in ctr["args"]
+    assert any("no --shutdown-timeout" in w for w in result.warnings)
+    assert result.problems == []
+    unknown = make(engine={"image": "my/vllm:1"})
+    assert _arg(engine(render_all(unknown, cfg, plan_service(unknown, cfg)).objects[-1]),
+                "--shutdown-timeout") == "30"  # fmt: skip

@@ -9,6 +9,7 @@ understand ``--model``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from tokenscale import constants as c
@@ -25,6 +26,10 @@ MASTER_PORT = 29501
 ENV_NODE_RANK = "NODE_RANK"
 ENV_LEADER_ADDRESS = "LWS_LEADER_ADDRESS"
 SIM_COMMAND = ["tokenscale", "sim", "engine"]
+#: First vLLM release with ``--shutdown-timeout`` (vllm-project/vllm#34730); older engines exit
+#: with "unrecognized arguments" when given it.
+SHUTDOWN_TIMEOUT_SINCE = (0, 18)
+_VLLM_VERSION_IN_TAG = (re.compile(r"vllm[_-]v?(\d+)\.(\d+)"), re.compile(r":v(\d+)\.(\d+)"))
 
 _DTYPE_FLAG = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _PREQUANTIZED_MARKERS = {
@@ -41,6 +46,15 @@ class EngineCommand:
     command: list[str]
     args: list[str]
     warnings: list[str] = field(default_factory=list)
+
+
+def image_vllm_version(image: str) -> tuple[int, int] | None:
+    """vLLM (major, minor) from tags like ``…_vllm_0.16.0`` or ``…:v0.32.0``; None if unknown."""
+    for pattern in _VLLM_VERSION_IN_TAG:
+        match = pattern.search(image)
+        if match:
+            return int(match.group(1)), int(match.group(2))
+    return None
 
 
 def model_path(model: ModelSpec) -> str:
@@ -123,9 +137,15 @@ def vllm_command(
     pool: GPUPool,
     plan: PoolPlan,
     config: OperatorConfig,
+    image: str,
     role: str = c.ROLE_ENGINE,
 ) -> EngineCommand:
-    """The real engine: ``gpu_command`` (or ``cpu_command`` for the CPU profile) plus flags."""
+    """The real engine: ``gpu_command`` (or ``cpu_command`` for the CPU profile) plus flags.
+
+    ``--shutdown-timeout`` is left out, with a warning, when the image tag names a vLLM older
+    than 0.18: such an engine would refuse to start, and aborting in-flight requests on SIGTERM
+    (its only behaviour) is the lesser evil. Untagged or unknown versions get the flag.
+    """
     model = service.spec.model
     command = list(config.images.cpu_command if pool.gpu == "CPU" else config.images.gpu_command)
     args = ["--model", model_path(model), *_common(service, plan, config)]
@@ -136,7 +156,15 @@ def vllm_command(
         args += ["--kv-cache-dtype", "fp8"]
     if model.source.s3 is not None:
         args += ["--load-format", "runai_streamer"]
-    args += ["--shutdown-timeout", str(service.spec.engine.shutdown_timeout_seconds)]
+    version = image_vllm_version(image)
+    if version is None or version >= SHUTDOWN_TIMEOUT_SINCE:
+        args += ["--shutdown-timeout", str(service.spec.engine.shutdown_timeout_seconds)]
+    else:
+        warnings.append(
+            f"image {image} runs vLLM {version[0]}.{version[1]}, which has no "
+            "--shutdown-timeout (vLLM >= 0.18): in-flight requests are aborted on SIGTERM; "
+            "fix: use a newer engine image to drain them"
+        )
     if role in (c.ROLE_LEADER, c.ROLE_WORKER):
         args += multinode_args(plan, leader=role == c.ROLE_LEADER)
     args += service.spec.engine.args

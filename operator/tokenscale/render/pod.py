@@ -88,13 +88,14 @@ def pod_template(
     spec = service.spec
     gpu = config.gpus[pool.gpu]
     is_gpu = pool.gpu != "CPU"
+    image = image_for(service, pool, gpu, config)
     if spec.engine.mode == "simulated":
         cmd = vargs.simulated_command(service, pool, plan, config)
     else:
-        cmd = vargs.vllm_command(service, pool, plan, config, role)
+        cmd = vargs.vllm_command(service, pool, plan, config, image, role)
     container: Obj = {
         "name": c.ENGINE_CONTAINER,
-        "image": image_for(service, pool, gpu, config),
+        "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": cmd.command,
         "args": cmd.args,
