@@ -302,3 +302,11 @@ def test_plan_is_deterministic() -> None:
     assert planner.plan_service(svc, OperatorConfig()) == planner.plan_service(
         svc, OperatorConfig()
     )
+
+
+def test_pinned_nodes_prefer_pipeline_across_nodes() -> None:
+    """nodes: 2 without tensor/pipeline: one pipeline stage per node, the smallest TP that
+    holds 4 sequences: 405B bf16 needs > 675.2 GiB (TP 4 x PP 2 = 8 GPUs = 1350.4 GiB)."""
+    plan = plan_one(hf("meta-llama/Llama-3.1-405B"), {"gpu": "MI300X"}, parallelism={"nodes": 2})
+    assert plan.fits
+    assert (plan.tensor_parallel, plan.pipeline_parallel, plan.nodes_per_replica) == (4, 2, 2)

@@ -201,9 +201,16 @@ def _explicit_layout(spec: InferenceServiceSpec, pool: GPUPool, dev: Device) -> 
 def _auto_layouts(
     spec: InferenceServiceSpec, arch: catalog.ModelArch | None, dev: Device
 ) -> Iterator[Layout]:
-    """Smallest first: TP 1, 2, 4… on one node, then the widest TP with PP 2, 3… across nodes."""
+    """Smallest first: TP 1, 2, 4… on one node, then the widest TP with PP 2, 3… across nodes.
+
+    With ``parallelism.nodes`` pinned and PP free, PP = nodes comes first (TP inside a node,
+    one pipeline stage per node) rather than TP stretched over the network.
+    """
     par = spec.parallelism
     tps = auto_tps(arch, dev)
+    if par.nodes is not None and par.nodes > 1 and par.pipeline == 1 and not dev.cpu:
+        for tp in tps:
+            yield Layout(tp, par.nodes, par.nodes)
     for tp in tps:
         yield Layout(tp, par.pipeline, _nodes(tp * par.pipeline, dev, par.nodes))
     if par.pipeline == 1 and not dev.cpu:
