@@ -80,7 +80,10 @@ def _resolve_bin(spec: str) -> str:
             provider = getattr(importlib.import_module(module), func)
         except (ImportError, AttributeError) as exc:
             raise ImageMapError(f"bin provider {spec!r} not importable: {exc}") from exc
-        path = Path(provider())
+        try:  # e.g. tests.testbed.vllm_cpu.ensure_venv installs on first use and may fail
+            path = Path(provider())
+        except (RuntimeError, OSError) as exc:
+            raise ImageMapError(f"bin provider {spec!r} failed: {exc}") from exc
     else:
         path = Path(spec)
     if not (path / "python").exists() and (path / "bin").is_dir():
@@ -123,6 +126,10 @@ def default_entries() -> list[ImageEntry]:
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # vLLM otherwise picks the host's first non-loopback address for its internal sockets;
+        # the operator's pods override this with $(POD_IP), which is loopback here too.
+        "VLLM_HOST_IP": "127.0.0.1",
     }
     server = ["python", "-m", VLLM_SERVER_MODULE]
     vllm_rewrites = [

@@ -243,6 +243,9 @@ class PodWorker:
                 await self.volumes.prepare()
                 await self._fetch_env_refs()
                 for c in [*self.inits, *self.containers]:
+                    # a bin provider may build a venv first (minutes): keep the loop responsive
+                    entry = self.host.image_map.lookup(str(c.spec.get("image", "")))
+                    await asyncio.to_thread(entry.bin_dir)
                     self._exec_plan(c)
                 break
             except (SpecError, ImageMapError, ApiError) as exc:
