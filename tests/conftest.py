@@ -20,6 +20,7 @@ from tests.testbed import build
 from tests.testbed.cluster import Cluster, ClusterError
 
 _FAILED_KEY = pytest.StashKey[bool]()
+_BUILD_ERROR = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,8 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A running test bed; skipped only when Go is missing and nothing is cached."""
     if not build.go_available() and not build.is_built():
         pytest.skip("Go toolchain not found (needed once to build the test-bed binaries)")
+    if request.session.stash.get(_BUILD_ERROR, ""):
+        pytest.fail(request.session.stash[_BUILD_ERROR], pytrace=False)
     c = Cluster()
     try:
         c.start()
@@ -68,6 +71,30 @@ def namespace(cluster: Cluster, kube: client.ApiClient) -> Iterator[str]:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing test-bed binaries before any test starts.
+
+    A cold build takes far longer than the per-test timeout, and pytest-timeout counts
+    fixture setup, so it must not happen inside the ``cluster`` fixture.
+    """
+    wants_cluster = any("cluster" in getattr(i, "fixturenames", ()) for i in session.items)
+    if not wants_cluster or session.config.option.collectonly:
+        return
+    if build.is_built() or not build.go_available():
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"test bed: building Kubernetes/etcd/KWOK into {build.bin_dir_for()} "
+            "(cold build: tens of minutes; prebuild with `python -m tests.testbed build`)"
+        )
+    try:
+        build.ensure_binaries()
+    except build.BuildError as exc:
+        # Reported by the cluster fixture for each e2e test; unit tests still run.
+        session.stash[_BUILD_ERROR] = f"test bed build failed: {exc}"
 
 
 @pytest.hookimpl(wrapper=True)

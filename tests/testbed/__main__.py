@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,17 +55,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         STATE_FILE.unlink(missing_ok=True)
     work_dir = RUN_DIR / "cluster"
     if work_dir.exists():
-        import shutil
-
         shutil.rmtree(work_dir)
     pools = scale_pools(args.gpu_nodes) if args.gpu_nodes else DEFAULT_POOLS
-    cluster = Cluster(work_dir, pools=pools, start_kubelet=not args.no_kubelet, keep_work_dir=True)
+    cluster = Cluster(
+        work_dir,
+        pools=pools,
+        start_kubelet=not args.no_kubelet,
+        keep_work_dir=True,
+        state_file=STATE_FILE,
+    )
     try:
         cluster.start(detached=True)
     except ClusterError as exc:
+        STATE_FILE.unlink(missing_ok=True)
         print(exc, file=sys.stderr)
+        print(f"logs kept in {cluster.logs_dir}", file=sys.stderr)
         return 1
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
     STATE_FILE.write_text(json.dumps(cluster.to_state(), indent=2))
     print(f"test bed up: {cluster.api_url}, logs in {cluster.logs_dir}", file=sys.stderr)
     print(f"  export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)

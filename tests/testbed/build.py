@@ -222,6 +222,9 @@ def ensure_binaries(components: Iterable[str] = DEFAULT_COMPONENTS) -> BuildResu
     bin_dir = bin_dir_for(key)
     seconds: dict[str, float] = {}
     wanted = list(dict.fromkeys(components))
+    if all(_stamp(bin_dir, c).exists() for c in wanted):  # warm: no lock, no Go needed
+        _check_versions(bin_dir, wanted)
+        return BuildResult(bin_dir=bin_dir, key=key, seconds={})
     with _lock(CACHE_ROOT / "bin" / f".{key}.lock"):
         missing = [c for c in wanted if not _stamp(bin_dir, c).exists()]
         if missing and not go_available():

@@ -86,6 +86,7 @@ class Cluster:
         extra_components: Sequence[ExtraComponent] = (),
         start_kubelet: bool | None = None,
         keep_work_dir: bool = False,
+        state_file: Path | None = None,
     ) -> None:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="tokenscale-testbed-"))
         self.pools = tuple(pools)
@@ -97,6 +98,7 @@ class Cluster:
         self.ports: dict[str, int] = {}
         self.tokens: dict[str, str] = {}
         self.node_names: list[str] = []
+        self.state_file = state_file
         self._stopped = False
         self._detached = False
         self._lock = threading.Lock()
@@ -226,9 +228,15 @@ class Cluster:
     def _spawn(self, name: str, args: list[str], *, binary: str | None = None) -> Proc:
         argv = [str(self.bin_dir / (binary or name)), *args]
         proc = spawn(name, argv, self.logs_dir / f"{name}.log", die_with_parent=not self._detached)
+        self._record(proc)
+        return proc
+
+    def _record(self, proc: Proc) -> None:
         with self._lock:
             self.procs.append(proc)
-        return proc
+        if self.state_file is not None:  # written at every step: a crash still leaves PIDs
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            self.state_file.write_text(json.dumps(self.to_state(), indent=2))
 
     def _wait_http(self, name: str, url: str, timeout: float, *, auth: bool = False) -> None:
         proc = next(p for p in self.procs if p.name == name)
@@ -266,8 +274,7 @@ class Cluster:
                 extra.name, extra.argv, self.logs_dir / f"{extra.name}.log",
                 env={**env, **extra.env}, cwd=REPO_ROOT, die_with_parent=not self._detached,
             )  # fmt: skip
-            with self._lock:
-                self.procs.append(proc)
+            self._record(proc)
             if extra.health_url:
                 self._wait_http(extra.name, extra.health_url, timeout=60)
         time.sleep(1.0 if extras else 0)
@@ -350,7 +357,7 @@ class Cluster:
             "work_dir": str(self.work_dir),
             "bin_dir": str(self.bin_dir),
             "ports": self.ports,
-            "api_url": self.api_url,
+            "api_url": self.api_url if "apiserver" in self.ports else None,
             "kubeconfig": str(self.kubeconfig),
             "node_names": self.node_names,
             "procs": [p.to_dict() for p in self.procs],

@@ -127,7 +127,9 @@ def node_manifest(pool: NodePool, index: int) -> dict[str, Any]:
     }
     capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": pool.pods}
     if pool.gpu is not None:
-        labels.update(gpu_labels(pool.gpu, pool.gpus_per_node, pool.partition))
+        # A partitioned GPU shows up as several devices, which the labeller counts.
+        devices = pool.gpus_per_node * (pool.partitions_per_gpu if pool.partition else 1)
+        labels.update(gpu_labels(pool.gpu, devices, pool.partition))
         if pool.partition:
             capacity[f"amd.com/{pool.partition}"] = str(
                 pool.gpus_per_node * pool.partitions_per_gpu
@@ -201,7 +203,22 @@ def write_kwok_config(path: Path, stages_dir: Path) -> Path:
         {
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
             "kind": "KwokConfiguration",
-            "options": {"nodeLeaseDurationSeconds": 40, "nodeIP": "127.0.0.1"},
+            # KWOK only defaults these when it builds the config itself, so spell them out.
+            "options": {
+                "nodeLeaseDurationSeconds": 40,
+                "nodeIP": "127.0.0.1",
+                "cidr": "10.244.0.0/16",
+                "manageAllNodes": False,
+                "enableDebuggingHandlers": False,
+                "enableProfilingHandler": False,
+                "enableContentionProfiling": False,
+                "podPlayStageParallelism": 4,
+                "nodePlayStageParallelism": 4,
+                "nodeLeaseParallelism": 4,
+                "podsOnNodeSyncParallelism": 1,
+                "enablePodsOnNodeSyncListPager": True,
+                "enablePodsOnNodeSyncStreamWatch": False,
+            },
         }
     ]
     for rel in KWOK_STAGES:

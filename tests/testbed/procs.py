@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,7 @@ class Proc:
         return self.popen.poll() if self.popen is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("popen")
-        return d
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "popen"}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Proc:
