@@ -13,7 +13,7 @@ import pytest
 
 from tests.testbed.kubelet.imagemap import ImageMap, ImageMapError
 from tests.testbed.kubelet.nsexec import __file__ as NSEXEC
-from tests.testbed.kubelet.proxy import AddressPool, ServiceProxy
+from tests.testbed.kubelet.proxy import AddressPool, ServiceProxy, claim_block
 from tests.testbed.kubelet.volumes import render_hosts, write_in_place
 
 
@@ -81,6 +81,17 @@ def test_address_pool() -> None:
     assert pool.allocate("c") == a
     with pytest.raises(ValueError):
         AddressPool("10.0.0.0/24")
+
+
+def test_claim_block_gives_each_kubelet_its_own_block() -> None:
+    a, sa = claim_block("127.30.0.0/16")
+    b, sb = claim_block("127.30.0.0/16")
+    try:
+        assert a != b and a.endswith("/24") and b.endswith("/24")
+        assert "127.30.0.1" not in AddressPool(a)._hosts
+    finally:
+        sa.close()
+        sb.close()
 
 
 async def test_service_proxy_round_robin_and_loopback_only() -> None:

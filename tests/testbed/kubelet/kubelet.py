@@ -18,7 +18,7 @@ from . import POD_SELECTOR
 from .api import Api, ApiError, pod_path
 from .imagemap import ImageMap
 from .pod import PodWorker
-from .proxy import AddressPool, ServiceProxy
+from .proxy import AddressPool, ServiceProxy, claim_block
 from .spec import resolve_port, service_env
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,11 @@ class Kubelet:
         self.ca_pem = Path(ca).read_bytes() if ca else b""
         self.inject_pod_ip = inject_pod_ip
         self.shutdown_grace = shutdown_grace
-        self.ips = AddressPool(pod_cidr)
-        self.proxy = ServiceProxy(self.backends, self.api_port, service_cidr)
+        pod_block, self._pod_claim = claim_block(pod_cidr)
+        svc_block, self._svc_claim = claim_block(service_cidr)
+        log.info("pod IPs from %s, Service addresses from %s", pod_block, svc_block)
+        self.ips = AddressPool(pod_block)
+        self.proxy = ServiceProxy(self.backends, self.api_port, svc_block)
         self.workers: dict[str, PodWorker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._services_synced = asyncio.Event()
@@ -221,3 +224,5 @@ class Kubelet:
         self.workers.clear()
         await self.proxy.close()
         await self.api.close()
+        self._pod_claim.close()
+        self._svc_claim.close()

@@ -16,6 +16,7 @@ import functools
 import ipaddress
 import itertools
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,29 @@ log = logging.getLogger(__name__)
 Obj = Mapping[str, Any]
 #: (namespace, selector, service port object, publishNotReadyAddresses) -> [(ip, port)]
 BackendResolver = Callable[[str, Mapping[str, str], Obj, bool], list[tuple[str, int]]]
+
+
+CLAIM_PORT = 1
+
+
+def claim_block(cidr: str, prefixlen: int = 24) -> tuple[str, socket.socket]:
+    """Claim a free /24 of ``cidr`` by binding a socket to its ``.1``; returns (block, socket).
+
+    Why: several test beds (a pytest session and a ``testbed up`` for the demo) may share one
+    machine; their kubelets must hand out disjoint pod and Service addresses. The kernel releases
+    the claim when the process exits, even on SIGKILL. ``AddressPool`` never hands out ``.1``.
+    """
+    net = ipaddress.ip_network(cidr)
+    blocks = [net] if net.prefixlen >= prefixlen else list(net.subnets(new_prefix=prefixlen))
+    for block in blocks:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((str(block.network_address + 1), CLAIM_PORT))
+        except OSError:
+            sock.close()
+            continue
+        return str(block), sock
+    raise RuntimeError(f"no free address block left in {cidr}")
 
 
 class AddressPool:
