@@ -541,9 +541,10 @@ def test_vllm_version_from_image_tag(image: str, version: tuple[int, int] | None
 
 
 def test_old_vllm_image_gets_no_shutdown_timeout() -> None:
-    """vLLM < 0.18 rejects --shutdown-timeout: leave it out and warn (the default 0.16 images)."""
+    """vLLM < 0.18 rejects --shutdown-timeout: leave it out and warn (e.g. the 0.16 images)."""
     cfg = OperatorConfig()
-    svc = make()
+    old = "rocm/vllm:rocm7.12.0_gfx950-dcgpu_ubuntu24.04_py3.12_pytorch_2.9.1_vllm_0.16.0"
+    svc = make(engine={"image": old})
     result = render_all(svc, cfg, plan_service(svc, cfg))
     ctr = engine(result.objects[-1])
     assert "--shutdown-timeout" not in ctr["args"]

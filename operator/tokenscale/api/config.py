@@ -54,14 +54,17 @@ class ImageSpec(StrictModel):
     """Engine images per gfx target."""
 
     gfx942: str = Field(
-        default="rocm/vllm:rocm7.12.0_gfx94X-dcgpu_ubuntu24.04_py3.12_pytorch_2.9.1_vllm_0.16.0",
+        default="rocm/vllm:rocm7.14.0_cdna_ubuntu24.04_py3.14_pytorch_2.11.0_vllm_0.23.0",
         description="vLLM ROCm image for MI300X/MI325X (gfx942).",
     )
     gfx950: str = Field(
-        default="rocm/vllm:rocm7.12.0_gfx950-dcgpu_ubuntu24.04_py3.12_pytorch_2.9.1_vllm_0.16.0",
+        default="rocm/vllm:rocm7.14.0_cdna_ubuntu24.04_py3.14_pytorch_2.11.0_vllm_0.23.0",
         description="vLLM ROCm image for MI350X/MI355X (gfx950).",
     )
-    gfx90a: str = Field(default="rocm/vllm:latest", description="Image for MI210/MI250X.")
+    gfx90a: str = Field(
+        default="rocm/vllm:rocm7.14.0_cdna_ubuntu24.04_py3.14_pytorch_2.11.0_vllm_0.23.0",
+        description="Image for MI210/MI250X.",
+    )
     cpu: str = Field(
         default="public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0",
         description="vLLM CPU-backend image.",

@@ -152,6 +152,8 @@ def reconcile_service(
         if changed:
             reason = str(new_degraded.get("reason"))
             events.append((reason, str(new_degraded.get("message")), "Warning"))
+    if gen != (body.get("status") or {}).get("observedGeneration"):
+        events += [("RenderWarning", w, "Warning") for w in rendered.warnings]
     status["observedGeneration"] = gen
     return Outcome(status, events)
 
