@@ -76,6 +76,9 @@ class FakeServer:
         self.config = config
         self.active: list[_Stream] = []
         self.requests = 0
+        #: Streams finished and tokens sent: lets a benchmark harness measure any client.
+        self.completed = 0
+        self.tokens = 0
         self._wake = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -107,6 +110,8 @@ class FakeServer:
                     still.append(s)
                 else:
                     s.transport.write(_final(s))
+                    self.completed += 1
+                    self.tokens += s.total
             self.active = still
             await asyncio.sleep(itl)
 
@@ -151,6 +156,12 @@ class _Conn(asyncio.Protocol):
         assert self.transport is not None
         server, cfg = self.server, self.server.config
         method, path = line[0], line[1] if len(line) > 1 else b"/"
+        if method == b"get" and path.endswith(b"/stats"):
+            self._json(
+                200,
+                b'{"completed":%d,"tokens":%d}' % (server.completed, server.tokens),
+            )
+            return
         if method == b"get" and path.endswith(b"/models"):
             self._json(200, b'{"object":"list","data":[{"id":"fake","object":"model"}]}')
             return

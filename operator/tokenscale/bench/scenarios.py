@@ -27,6 +27,7 @@ from tokenscale.bench.runner import RunOutput, RunPlan, execute, self_check
 
 PromptSource = Callable[[int], list[datasets.Prompt]]
 _OFFLINE_DURATION_CAP = 1_000_000
+_MAX_UNIQUE_PROMPTS = 100_000
 SPREAD_FIGURES = ("tokens_per_s", "requests_per_s", "ttft_p99_s", "tpot_p99_s")
 
 
@@ -63,7 +64,7 @@ def _plan(
             config.scenario,
         )
     n = config.requests or (_OFFLINE_DURATION_CAP if config.duration_s else 1000)
-    prompts = source(min(n, config.requests or 1000))
+    prompts = source(min(n, _MAX_UNIQUE_PROMPTS))  # longer runs cycle through them
     label = f"offline c={concurrency}" if concurrency else "offline"
     return RunPlan(
         ep,
