@@ -4,10 +4,10 @@
 persisted in an annotation survives restarts). Everything the policy promises is here and
 table-tested in ``tests/unit/test_autoscale_decision.py``:
 
-1. Load is the policy metric summed over pools. Token metrics are *queue-adjusted*: a pool that
-   makes ``G`` tokens/s with ``R`` requests running and ``W`` waiting needs ``G * (R + W) / R``
-   to serve everything present, because served tokens/s saturates at capacity and would hide an
-   overload (the same reason Knative scales on concurrency, not throughput).
+1. Load is the policy metric summed over pools and averaged over a window. Served tokens/s
+   saturates at capacity and would hide an overload, so token metrics add the queue: its growth
+   and its drain over one window, converted to tokens with the window's tokens per finished
+   request (:func:`window_load`).
 2. HPA ratio rule on the stable window average, with a tolerance band around the ready capacity.
 3. Knative panic mode: when the short-window load is ``panic_threshold`` x the ready capacity,
    scale on the larger of both windows and never scale down until a stable window passes calm.
@@ -30,6 +30,9 @@ from tokenscale.autoscale.rates import PoolSignal, Sample
 from tokenscale.autoscale.state import Decision, PoolDecision, PoolInput, ReasonCode, ScalerState
 
 _EPS = 1e-9
+TOKEN_METRICS = ("generationTokensPerSecond", "totalTokensPerSecond")
+TREND_SECONDS = 300.0
+"""Span of the load-trend fit; long enough that noise does not look like a ramp."""
 UNITS: dict[str, str] = {
     "generationTokensPerSecond": "tok/s",
     "totalTokensPerSecond": "tok/s",
@@ -38,24 +41,12 @@ UNITS: dict[str, str] = {
 }
 
 
-def _queue_adjusted(tps: float, running: float, waiting: float) -> float:
-    if running > 0 and waiting > 0:
-        return tps * (running + waiting) / running
-    return tps
-
-
 def signal_value(signal: PoolSignal, metric: ScalingMetric) -> float:
-    """One pool's load in the policy metric's unit (see the module docstring, point 1)."""
+    """One pool's instantaneous value of the policy metric (no queue term)."""
     if metric == "generationTokensPerSecond":
-        return _queue_adjusted(
-            signal.generation_tps, signal.requests_running, signal.requests_waiting
-        )
+        return signal.generation_tps
     if metric == "totalTokensPerSecond":
-        return _queue_adjusted(
-            signal.generation_tps + signal.prompt_tps,
-            signal.requests_running,
-            signal.requests_waiting,
-        )
+        return signal.generation_tps + signal.prompt_tps
     if metric == "requestsInFlight":
         return signal.requests_running + signal.requests_waiting
     return signal.kv_cache_usage_sum
@@ -63,6 +54,65 @@ def signal_value(signal: PoolSignal, metric: ScalingMetric) -> float:
 
 def _load(sample: Sample, names: Sequence[str], metric: ScalingMetric) -> float:
     return sum(signal_value(sample.pools[n], metric) for n in names if n in sample.pools)
+
+
+def _queue_term(
+    samples: Sequence[Sample], names: Sequence[str], metric: ScalingMetric, drain_seconds: float
+) -> float:
+    """Token demand that saturation hides: queue growth plus draining the queue.
+
+    Served tokens/s stops at capacity, so an overload shows up only as waiting requests. Each
+    waiting request stands for ``tokens/s / finished requests/s`` tokens (the window's mean
+    tokens per request), so demand = served + growth of the queue (in tokens/s) + the queue
+    itself spread over ``drain_seconds``. Zero when nothing waits; a shrinking queue adds no
+    growth (it does not lower the estimate below what is served).
+    """
+    if metric not in TOKEN_METRICS or not samples:
+        return 0.0
+    first, last = samples[0], samples[-1]
+    span = last.time - first.time
+    extra = 0.0
+    for name in names:
+        end = last.pools.get(name)
+        if end is None or end.requests_waiting <= 0:
+            continue
+        signals = [s.pools[name] for s in samples if name in s.pools]
+        finished = sum(p.finished_per_s for p in signals)
+        if finished <= 0:
+            continue
+        per_request = sum(signal_value(p, metric) for p in signals) / finished
+        start = first.pools.get(name)
+        growth = (end.requests_waiting - start.requests_waiting) / span if start and span else 0.0
+        extra += per_request * (max(0.0, growth) + end.requests_waiting / drain_seconds)
+    return extra
+
+
+def trend(samples: Sequence[Sample], names: Sequence[str], metric: ScalingMetric) -> float:
+    """Least-squares slope of the load (units per second) over ``samples``; 0 if too few."""
+    points = [(s.time, _load(s, names, metric)) for s in samples]
+    if len(points) < 3:
+        return 0.0
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var <= 0:
+        return 0.0
+    return sum((t - mean_t) * (y - mean_y) for t, y in points) / var
+
+
+def history_seconds(policy: ScalingSpec) -> float:
+    """How much sample history the loop should pass to :func:`decide`."""
+    return float(max(policy.window_seconds, TREND_SECONDS))
+
+
+def window_load(
+    samples: Sequence[Sample], names: Sequence[str], metric: ScalingMetric, drain_seconds: float
+) -> float:
+    """Mean load over ``samples`` plus, for token metrics, the hidden queue demand."""
+    if not samples:
+        return 0.0
+    mean = sum(_load(s, names, metric) for s in samples) / len(samples)
+    return mean + _queue_term(samples, names, metric, drain_seconds)
 
 
 def _has_data(sample: Sample, names: Sequence[str]) -> bool:
@@ -177,9 +227,10 @@ def decide(
         return _hold(pools, policy, state, "NoMetrics", "no metrics in the window; holding")
     latest = max(current, key=lambda s: s.time)
     complete = _complete(latest, pools)
-    stable_load = sum(_load(s, names, policy.metric) for s in stable) / len(stable)
+    drain = float(policy.window_seconds)
+    stable_load = window_load(stable, names, policy.metric, drain)
     short = [s for s in stable if s.time > now - policy.panic_window_seconds] or [stable[-1]]
-    panic_load = sum(_load(s, names, policy.metric) for s in short) / len(short)
+    panic_load = window_load(short, names, policy.metric, drain)
 
     idle = stable_load <= _EPS and panic_load <= _EPS and complete
     state.idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
@@ -187,6 +238,10 @@ def decide(
         now - state.idle_since >= policy.scale_to_zero_grace_seconds
     )
 
+    lead = max((p.startup_seconds for p in pools), default=0.0)
+    trend_samples = [s for s in current if s.time > now - TREND_SECONDS and _has_data(s, names)]
+    slope = trend(trend_samples, names, policy.metric) if lead > 0 else 0.0
+    forecast = stable_load + max(0.0, slope) * lead
     ready_capacity = sum(p.ready_replicas * p.target_per_replica for p in pools)
     if ready_capacity > 0:
         panic_ratio = panic_load / ready_capacity
@@ -199,9 +254,9 @@ def decide(
         state.panic_until = None
         state.panic_replicas = {}
 
-    ratio = stable_load / ready_capacity if ready_capacity > 0 else None
+    ratio = forecast / ready_capacity if ready_capacity > 0 else None
     within = ratio is not None and abs(ratio - 1) <= policy.tolerance and not panicking
-    needed = max(stable_load, panic_load) if panicking else stable_load
+    needed = max(forecast, panic_load) if panicking else forecast
     recommended, shortage, gpu_limited = split(needed, pools)
     if within:
         recommended = {p.name: p.replicas for p in pools}
@@ -276,6 +331,8 @@ def decide(
             "panic_load": panic_load,
             "ready_capacity": ready_capacity,
             "needed": needed,
+            "slope_per_s": slope,
+            "forecast": forecast,
         },
     )
 

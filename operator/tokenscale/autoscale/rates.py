@@ -27,10 +27,18 @@ from prometheus_client.parser import text_string_to_metric_families
 GENERATION_TOKENS = "vllm:generation_tokens_total"
 PROMPT_TOKENS = "vllm:prompt_tokens_total"
 PREEMPTIONS = "vllm:num_preemptions_total"
+REQUESTS_FINISHED = "vllm:request_success_total"
 REQUESTS_RUNNING = "vllm:num_requests_running"
 REQUESTS_WAITING = "vllm:num_requests_waiting"
 KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
-_SUMMED = (GENERATION_TOKENS, PROMPT_TOKENS, PREEMPTIONS, REQUESTS_RUNNING, REQUESTS_WAITING)
+_SUMMED = (
+    GENERATION_TOKENS,
+    PROMPT_TOKENS,
+    PREEMPTIONS,
+    REQUESTS_FINISHED,
+    REQUESTS_RUNNING,
+    REQUESTS_WAITING,
+)
 
 
 class MetricsParseError(ValueError):
@@ -44,6 +52,7 @@ class PodScrape:
     generation_tokens: float
     prompt_tokens: float
     preemptions: float
+    requests_finished: float
     requests_running: float
     requests_waiting: float
     kv_cache_usage: float
@@ -79,6 +88,7 @@ def parse_metrics(text: str) -> PodScrape:
         generation_tokens=sums[GENERATION_TOKENS],
         prompt_tokens=sums[PROMPT_TOKENS],
         preemptions=sums[PREEMPTIONS],
+        requests_finished=sums[REQUESTS_FINISHED],
         requests_running=sums[REQUESTS_RUNNING],
         requests_waiting=sums[REQUESTS_WAITING],
         kv_cache_usage=sum(kv) / len(kv) if kv else 0.0,
@@ -99,6 +109,7 @@ class PodRates:
     generation_tps: float | None = None
     prompt_tps: float | None = None
     preemptions_per_s: float | None = None
+    finished_per_s: float | None = None
     requests_running: float | None = None
     requests_waiting: float | None = None
     kv_cache_usage: float | None = None
@@ -121,6 +132,7 @@ class PoolSignal:
     requests_waiting: float = 0.0
     kv_cache_usage_sum: float = 0.0
     preemptions_per_s: float = 0.0
+    finished_per_s: float = 0.0
     pods_reporting: int = 0
     pods_missing: int = 0
     scrape_errors: int = 0
@@ -197,6 +209,7 @@ class RateTracker:
             gen, reset_g = _delta(result.generation_tokens, previous.scrape.generation_tokens)
             prompt, reset_p = _delta(result.prompt_tokens, previous.scrape.prompt_tokens)
             pre, reset_x = _delta(result.preemptions, previous.scrape.preemptions)
+            done, reset_d = _delta(result.requests_finished, previous.scrape.requests_finished)
             out.append(
                 PodRates(
                     pod=pod,
@@ -205,7 +218,8 @@ class RateTracker:
                     generation_tps=gen / elapsed,
                     prompt_tps=prompt / elapsed,
                     preemptions_per_s=pre / elapsed,
-                    counter_reset=reset_g or reset_p or reset_x,
+                    finished_per_s=done / elapsed,
+                    counter_reset=reset_g or reset_p or reset_x or reset_d,
                     requests_running=result.requests_running,
                     requests_waiting=result.requests_waiting,
                     kv_cache_usage=result.kv_cache_usage,
@@ -234,6 +248,7 @@ def aggregate(rates: Iterable[PodRates], pools: Iterable[str]) -> dict[str, Pool
             ("requests_waiting", r.requests_waiting),
             ("kv_cache_usage_sum", r.kv_cache_usage),
             ("preemptions_per_s", r.preemptions_per_s),
+            ("finished_per_s", r.finished_per_s),
         ):
             a[key] = a.get(key, 0.0) + (value or 0.0)
     return {
@@ -244,6 +259,7 @@ def aggregate(rates: Iterable[PodRates], pools: Iterable[str]) -> dict[str, Pool
             requests_waiting=a.get("requests_waiting", 0.0),
             kv_cache_usage_sum=a.get("kv_cache_usage_sum", 0.0),
             preemptions_per_s=a.get("preemptions_per_s", 0.0),
+            finished_per_s=a.get("finished_per_s", 0.0),
             pods_reporting=int(a.get("pods_reporting", 0)),
             pods_missing=int(a.get("pods_missing", 0)),
             scrape_errors=int(a.get("scrape_errors", 0)),

@@ -43,7 +43,8 @@ class PoolInput:
     one replica sustains at the SLA (benchmark or config) and ranks pools by cost per token;
     ``None`` falls back to the target. ``allocatable_replicas`` is how many more replicas the
     cluster can place (:func:`tokenscale.autoscale.capacity.replicas_that_fit`); ``None`` means
-    unknown / unlimited.
+    unknown / unlimited. ``startup_seconds`` is how long a new replica takes to become ready
+    (measured by the loop from recent pods); when rising, the load is forecast that far ahead.
     """
 
     name: str
@@ -55,6 +56,7 @@ class PoolInput:
     capacity_per_replica: float | None = None
     cost_per_replica_hour: float = 1.0
     allocatable_replicas: int | None = None
+    startup_seconds: float = 0.0
 
     @property
     def cost_per_unit(self) -> float:
