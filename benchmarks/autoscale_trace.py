@@ -17,7 +17,8 @@ four policies that see the same simulated engines:
   startup delay + sync / capacity at the SLA); it pays for replicas while they start, too.
 
 HPA and KPA use the same per-replica target as tokenscale, so differences come from the signal
-(tokenscale adds the queue's hidden demand to tokens/s) and the decision, not from a different target. The extra
+(tokenscale adds the queue's hidden demand to tokens/s) and the decision, not from the target. The
+extra
 ``hpa_demand_signal`` row gives HPA tokenscale's signal too, to separate the two effects.
 
 Engine model (fluid, per second; a documented stand-in for ``tokenscale.sim``, whose engine model
@@ -52,10 +53,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-from tokenscale.api.service import ScalingSpec  # noqa: E402
-from tokenscale.autoscale.decision import decide, history_seconds, window_load  # noqa: E402
-from tokenscale.autoscale.rates import PoolSignal, Sample  # noqa: E402
-from tokenscale.autoscale.state import PoolInput, ScalerState  # noqa: E402
+from tokenscale.api.service import ScalingSpec
+from tokenscale.autoscale.decision import decide, history_seconds, window_load
+from tokenscale.autoscale.rates import PoolSignal, Sample
+from tokenscale.autoscale.state import PoolInput, ScalerState
 
 C_SLA = 12_500.0
 RHO_SLA = 0.9
@@ -186,14 +187,17 @@ class Engines:
         return served_tps / TOKENS_PER_RUNNING_REQUEST_S, self.backlog / OUTPUT_TOKENS_PER_REQUEST
 
 
+Point = tuple[int, float, float, float, int]
+"""One second of engine signal: (time, served tok/s, running, waiting, ready replicas)."""
+
+
 class Policy:
     """A replica policy called every ``period`` seconds."""
 
     name = ""
     period = 15
 
-    def desired(self, now: int, engines: Engines, signal: deque[tuple[int, float, float, float]],
-                demand: list[float]) -> int:  # fmt: skip
+    def desired(self, now: int, engines: Engines, signal: deque[Point], demand: list[float]) -> int:
         raise NotImplementedError
 
 
@@ -206,27 +210,46 @@ class Tokenscale(Policy):
         self.target = C_SLA * policy.headroom
         self.lead = float(STARTUP_S)
 
-    def desired(self, now, engines, signal, demand):  # type: ignore[no-untyped-def]
+    def desired(self, now: int, engines: Engines, signal: deque[Point], demand: list[float]) -> int:
         window = _samples(signal, now, int(history_seconds(self.policy)))
-        pool = PoolInput("mi355x", 1, MAX_REPLICAS, len(engines.ready_at), engines.ready(now),
-                         self.target, C_SLA, COST_PER_GPU_HOUR,
-                         startup_seconds=self.lead)  # fmt: skip
+        pool = PoolInput(
+            "mi355x",
+            1,
+            MAX_REPLICAS,
+            len(engines.ready_at),
+            engines.ready(now),
+            self.target,
+            C_SLA,
+            COST_PER_GPU_HOUR,
+            startup_seconds=self.lead,
+        )
         decision = decide(window, self.policy, [pool], self.state, float(now))
         self.state = ScalerState.from_json(decision.state.to_json())  # restart-safe round trip
         return decision.desired()["mi355x"]
 
 
-def _samples(signal, now, window):  # type: ignore[no-untyped-def]
+def _samples(signal: deque[Point], now: int, window: int) -> list[Sample]:
     """What ScrapeCollector would hand to decide: one Sample per 5-second scrape."""
     return [
-        Sample(t, {"mi355x": PoolSignal(generation_tps=s, requests_running=r,
-                                        requests_waiting=w, pods_reporting=max(1, n),
-                                        finished_per_s=s / OUTPUT_TOKENS_PER_REQUEST)})
+        Sample(
+            t,
+            {
+                "mi355x": PoolSignal(
+                    generation_tps=s,
+                    requests_running=r,
+                    requests_waiting=w,
+                    pods_reporting=max(1, n),
+                    finished_per_s=s / OUTPUT_TOKENS_PER_REQUEST,
+                )
+            },
+        )
         for t, s, r, w, n in _scrapes(signal, now, window)
-    ]  # fmt: skip
+    ]
 
 
-def _scrapes(signal, now, window):  # type: ignore[no-untyped-def]
+def _scrapes(
+    signal: deque[Point], now: int, window: int
+) -> list[tuple[float, float, float, float, int]]:
     """5-second scrapes: (time, served tok/s over 5 s, running, waiting, ready pods)."""
     out = []
     for t in range(now - window + 5, now + 1, 5):
@@ -241,15 +264,17 @@ class HPA(Policy):
     name, period = "hpa", 15
 
     def __init__(self, target: float, queue_aware: bool = False) -> None:
-        self.target, self.queue_aware, self.recs = target, queue_aware, deque()  # type: ignore[var-annotated]
+        self.target, self.queue_aware = target, queue_aware
+        self.recs: deque[tuple[int, int]] = deque()
         if queue_aware:
             self.name = "hpa_demand_signal"
 
-    def desired(self, now, engines, signal, demand):  # type: ignore[no-untyped-def]
+    def desired(self, now: int, engines: Engines, signal: deque[Point], demand: list[float]) -> int:
         recent = [x for x in signal if x[0] > now - 60]
         if self.queue_aware:
-            total = window_load(_samples(signal, now, 60), ["mi355x"], "generationTokensPerSecond",
-                                60.0)  # fmt: skip
+            total = window_load(
+                _samples(signal, now, 60), ["mi355x"], "generationTokensPerSecond", 60.0
+            )
         else:
             total = sum(x[1] for x in recent) / max(1, len(recent))
         current, ready = len(engines.ready_at), max(1, engines.ready(now))
@@ -277,10 +302,11 @@ class KPA(Policy):
     name, period = "kpa", 2
 
     def __init__(self, target: float) -> None:
-        self.target, self.panic_since, self.max_panic = target, None, 0
+        self.target, self.max_panic = target, 0
+        self.panic_since: int | None = None
         self.last_over: float = -1e9
 
-    def desired(self, now, engines, signal, demand):  # type: ignore[no-untyped-def]
+    def desired(self, now: int, engines: Engines, signal: deque[Point], demand: list[float]) -> int:
         stable = [x[1] for x in signal if x[0] > now - 60]
         panic = [x[1] for x in signal if x[0] > now - 6]
         ready = max(1, engines.ready(now))
@@ -305,7 +331,7 @@ class KPA(Policy):
 class Oracle(Policy):
     name, period = "oracle", 15
 
-    def desired(self, now, engines, signal, demand):  # type: ignore[no-untyped-def]
+    def desired(self, now: int, engines: Engines, signal: deque[Point], demand: list[float]) -> int:
         horizon = demand[now : now + STARTUP_S + self.period + 1] or [0.0]
         return max(1, min(MAX_REPLICAS, math.ceil(max(horizon) / C_SLA)))
 
@@ -313,7 +339,7 @@ class Oracle(Policy):
 def run(policy: Policy, demand: list[float], initial: int) -> dict[str, float]:
     """Simulate one policy; return SLA-minute fraction and GPU-hours."""
     engines = Engines(ready_at=[-1e9] * initial)
-    signal: deque[tuple[int, float, float, float, int]] = deque()
+    signal: deque[Point] = deque()
     gpu_seconds = 0.0
     bad_minutes = minutes = 0
     minute_demand = minute_bad = 0.0
@@ -326,7 +352,6 @@ def run(policy: Policy, demand: list[float], initial: int) -> dict[str, float]:
                 flips += 1
             direction = step or direction
             engines.scale(want, now)
-            last = want
         served, latency = engines.step(now, d)
         running, waiting = engines.gauges(served)
         signal.append((now, served, running, waiting, engines.ready(now)))
@@ -353,8 +378,13 @@ def compare(spec: TraceSpec, policy: ScalingSpec) -> dict[str, dict[str, float]]
     demand = make_trace(spec)
     target = C_SLA * policy.headroom
     initial = math.ceil(demand[0] / target)
-    policies: list[Policy] = [Tokenscale(policy), HPA(target), KPA(target), Oracle(),
-                              HPA(target, queue_aware=True)]  # fmt: skip
+    policies: list[Policy] = [
+        Tokenscale(policy),
+        HPA(target),
+        KPA(target),
+        Oracle(),
+        HPA(target, queue_aware=True),
+    ]
     return {p.name: run(p, demand, initial) for p in policies}
 
 
@@ -376,13 +406,18 @@ def iso_sla(spec: TraceSpec, goal: float = 0.99) -> dict[str, dict[str, float]]:
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
+    """The printed comparison."""
     oracle = results["oracle"]["gpu_hours"]
-    lines = [f"{'policy':<20} {'SLA minutes':>12} {'GPU-hours':>10} {'x oracle':>9} "
-             f"{'bad min':>8} {'flips':>6}"]  # fmt: skip
+    lines = [
+        f"{'policy':<20} {'SLA minutes':>12} {'GPU-hours':>10} {'x oracle':>9} "
+        f"{'bad min':>8} {'flips':>6}"
+    ]
     for name, r in results.items():
-        lines.append(f"{name:<20} {r['sla_minutes_fraction']:>12.2%} {r['gpu_hours']:>10.2f} "
-                     f"{r['gpu_hours'] / oracle:>9.3f} {r['sla_violated_minutes']:>8} "
-                     f"{r['direction_changes']:>6}")  # fmt: skip
+        lines.append(
+            f"{name:<20} {r['sla_minutes_fraction']:>12.2%} {r['gpu_hours']:>10.2f} "
+            f"{r['gpu_hours'] / oracle:>9.3f} {r['sla_violated_minutes']:>8} "
+            f"{r['direction_changes']:>6}"
+        )
     return "\n".join(lines)
 
 
@@ -390,8 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--hours", type=float, default=TraceSpec.hours)
     parser.add_argument("--seed", type=int, default=TraceSpec.seed)
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).parent / "results" / "autoscale-trace.json")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "autoscale-trace.json"
+    )
     args = parser.parse_args(argv)
     spec = TraceSpec(hours=args.hours, seed=args.seed)
     policy = ScalingSpec(mode="builtin", target_from_benchmark=True)  # the CRD defaults
@@ -404,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(steep_results), "\n")
     iso = iso_sla(spec)
     for name, r in iso.items():
-        print(f"iso-SLA: {name} needs headroom {r['headroom']:.2f} for >= 99% of minutes: "
-              f"{r['gpu_hours']:.2f} GPU-hours")  # fmt: skip
+        print(
+            f"iso-SLA: {name} needs headroom {r['headroom']:.2f} for >= 99% of minutes: "
+            f"{r['gpu_hours']:.2f} GPU-hours"
+        )
     oracle = results["oracle"]["gpu_hours"]
     payload = {
         "trace": spec.describe(),
