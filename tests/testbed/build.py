@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -282,3 +283,26 @@ def prune(keep: str | None = None) -> list[Path]:
             shutil.rmtree(d)
             removed.append(d)
     return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.testbed.build [--no-helm]``: prebuild (``make testbed-build``, CI)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.testbed.build", description=__doc__)
+    parser.add_argument("--no-helm", action="store_true", help="skip helm (chart e2e needs it)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        res = ensure_binaries(DEFAULT_COMPONENTS if args.no_helm else ALL_COMPONENTS)
+    except BuildError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for comp, secs in res.seconds.items():
+        print(f"built {comp} in {secs:.0f}s", file=sys.stderr)
+    print(res.bin_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
