@@ -379,7 +379,8 @@ DEFAULT_ENGINE_ARGS: tuple[str, ...] = (
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
@@ -500,17 +501,29 @@ class EngineHandle:
             time.sleep(0.5)
 
     def stop(self, timeout: float = 30.0, keep_workdir: bool = False) -> int | None:
-        """SIGTERM the whole process group, SIGKILL whatever is left, clean up temp files."""
+        """Stop the server like a kubelet would, then make sure nothing of it is left.
+
+        SIGTERM goes to the API server only (as to a container's PID 1): it shuts down its engine
+        core and worker itself, draining in-flight requests for up to ``--shutdown-timeout``
+        seconds. Signalling the whole group at once kills the worker mid-step and turns a drain
+        into "EngineCore encountered a fatal error". After ``timeout`` seconds the remaining
+        group gets SIGTERM, then SIGKILL. Temp files (``vllm_dist_*``) are removed.
+        """
         pgid = self.proc.pid
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
+                os.kill(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
-                self.proc.wait(10)
+                    os.killpg(pgid, signal.SIGTERM)
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pgid, signal.SIGKILL)
+                    self.proc.wait(10)
         # The engine core and its helpers share the group; do not leave any of them behind.
         deadline = time.monotonic() + 10
         while _group_alive(pgid) and time.monotonic() < deadline:
