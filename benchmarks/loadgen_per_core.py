@@ -333,10 +333,37 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("fake server did not start")
 
 
+MAKE_TOKENIZER = r"""
+import json, sys
+from pathlib import Path
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
+words = ["[UNK]", "<s>", "</s>", "[PAD]"] + [f"w{i}" for i in range(4000)] + ["tok", "hello"]
+tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+tok.decoder = decoders.WordPiece(prefix="##")
+tok.save(str(out / "tokenizer.json"))
+(out / "tokenizer_config.json").write_text(json.dumps({
+    "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192, "unk_token": "[UNK]",
+    "bos_token": "<s>", "eos_token": "</s>", "pad_token": "[PAD]",
+    "clean_up_tokenization_spaces": False}))
+(out / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": len(words),
+    "max_position_embeddings": 8192, "architectures": ["LlamaForCausalLM"]}))
+"""
+
+
 def tokenizer_dir() -> Path:
-    """A tiny local HF tokenizer (peers insist on one; no hub access here): word-level, built
-    with the `tokenizers` package of the peer's venv on first use."""
-    return PEERS / "tokenizer"
+    """A tiny local word-level HF tokenizer: every peer insists on a tokenizer to build prompts
+    and there is no hub access here. Built on first use with a peer venv's `tokenizers`."""
+    path = PEERS / "tokenizer"
+    if not (path / "tokenizer.json").exists():
+        for venv in ("inference-perf", "vllm", "guidellm"):
+            python = peer_python(venv)
+            if python is not None:
+                res = subprocess.run([str(python), "-c", MAKE_TOKENIZER, str(path)], check=False)
+                if res.returncode == 0:
+                    break
+    return path
 
 
 def peer_python(venv: str) -> Path | None:
@@ -412,17 +439,114 @@ def run_all(only: set[str] | None, window: float, warmup: int) -> dict[str, Any]
     return {"server": kind, "clients": results}
 
 
+def _ip_config(workdir: Path) -> Path:
+    """inference-perf: one worker (one core), concurrent load, random 16-in/128-out prompts."""
+    fixed = "{{min: {n}, max: {n}, mean: {n}, std_dev: 0, type: fixed}}"
+    cfg = workdir / "inference-perf.yaml"
+    cfg.write_text(
+        "api: {type: completion, streaming: true}\n"
+        f"server: {{type: vllm, model_name: fake, base_url: '{URL}', ignore_eos: true}}\n"
+        f"tokenizer: {{pretrained_model_name_or_path: '{tokenizer_dir()}'}}\n"
+        "data:\n  type: random\n"
+        f"  input_distribution: {fixed.format(n=16)}\n"
+        f"  output_distribution: {fixed.format(n=TOKENS)}\n"
+        f"load:\n  type: concurrent\n  num_workers: 1\n  worker_max_concurrency: {CONCURRENCY}\n"
+        f"  stages: [{{num_requests: 10000000, concurrency_level: {CONCURRENCY}}}]\n"
+        f"storage: {{local_storage: {{path: '{workdir / 'reports'}'}}}}\n"
+    )
+    return cfg
+
+
 def peer_clients(warmup: int, window: float) -> dict[str, Callable[[], dict[str, Any]]]:
-    """Peers from their own venvs; an uninstalled peer yields an explanation, not a number."""
+    """Peers from their own venvs (PEERS/<name>); a missing one explains itself instead."""
     out: dict[str, Callable[[], dict[str, Any]]] = {}
-    for name, venv, dist in (
-        ("vllm-bench-serve", "vllm", "vllm"),
-        ("guidellm", "guidellm", "guidellm"),
-        ("inference-perf", "inference-perf", "inference-perf"),
-    ):
+    work = Path(tempfile.mkdtemp(prefix="p3-peers-"))
+    tok = str(tokenizer_dir())
+    specs: dict[str, tuple[str, str, list[str], dict[str, str]]] = {
+        "vllm-bench-serve": (
+            "vllm",
+            "vllm",
+            [
+                "-m",
+                "vllm.entrypoints.cli.main",
+                "bench",
+                "serve",
+                "--backend",
+                "openai",
+                "--base-url",
+                URL,
+                "--endpoint",
+                "/v1/completions",
+                "--model",
+                "fake",
+                "--tokenizer",
+                tok,
+                "--dataset-name",
+                "random",
+                "--random-input-len",
+                "16",
+                "--random-output-len",
+                str(TOKENS),
+                "--ignore-eos",
+                "--num-prompts",
+                "1000000",
+                "--request-rate",
+                "inf",
+                "--max-concurrency",
+                str(CONCURRENCY),
+                "--disable-tqdm",
+            ],
+            {"VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"},
+        ),
+        "guidellm": (
+            "guidellm",
+            "guidellm",
+            [
+                "-m",
+                "guidellm",
+                "benchmark",
+                "run",
+                "--target",
+                URL,
+                "--model",
+                "fake",
+                "--processor",
+                tok,
+                "--profile",
+                "concurrent",
+                "--rate",
+                str(CONCURRENCY),
+                "--max-seconds",
+                "600",
+                "--data",
+                f"prompt_tokens=16,output_tokens={TOKENS}",
+                "--output-dir",
+                str(work / "guidellm"),
+            ],
+            {"HF_HUB_OFFLINE": "1", "GUIDELLM__MAX_WORKER_PROCESSES": "1"},
+        ),
+        "inference-perf": (
+            "inference-perf",
+            "inference-perf",
+            ["-m", "inference_perf.main", "-c", str(_ip_config(work))],
+            {"HF_HUB_OFFLINE": "1"},
+        ),
+    }
+    for name, (venv, dist, args, env) in specs.items():
         python = peer_python(venv)
-        if python is None or pkg_version(python, dist) is None:
-            out[name] = lambda v=venv: {"error": f"not installed: no venv {PEERS / v}"}
+        version = pkg_version(python, dist) if python else None
+        if python is None or version is None:
+            out[name] = lambda v=venv, d=dist: {
+                "error": f"not installed: {d} missing from venv {PEERS / v} "
+                "(see docs/benchmarks.md for the install commands)"
+            }
+            continue
+        if not tokenizer_dir().joinpath("tokenizer.json").exists():
+            out[name] = lambda: {"error": f"no local tokenizer at {tokenizer_dir()}"}
+            continue
+        out[name] = lambda n=name, py=python, a=args, e=env, v=version: measure(
+            n, [str(py), *a], warmup=warmup, window=window, env=e, version=v
+        )
     return out
 
 
