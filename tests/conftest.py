@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests.testbed import build
 from tests.testbed.cluster import Cluster, ClusterError

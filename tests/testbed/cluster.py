@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -33,7 +32,16 @@ from kubernetes import client
 from kubernetes import config as kube_config
 
 from . import build, nodes, pki
-from .procs import Proc, free_port, spawn, tail, terminate, wait_until
+from .procs import (
+    Proc,
+    add_cleanup,
+    free_port,
+    remove_cleanup,
+    spawn,
+    tail,
+    terminate,
+    wait_until,
+)
 
 log = logging.getLogger("tokenscale.testbed")
 
@@ -55,6 +63,11 @@ class ExtraComponent:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     health_url: str | None = None
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in ("0", "false", "no", "off")
 
 
 def _http_ok(url: str, *, ca: Path | None = None, token: str | None = None) -> bool:
@@ -91,8 +104,10 @@ class Cluster:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="tokenscale-testbed-"))
         self.pools = tuple(pools)
         self.extra_components = list(extra_components)
-        self.start_kubelet = KUBELET_MAIN.exists() if start_kubelet is None else start_kubelet
-        self.keep_work_dir = keep_work_dir or bool(os.environ.get("TOKENSCALE_TESTBED_KEEP"))
+        if start_kubelet is None:  # TOKENSCALE_TESTBED_KUBELET=0 runs KWOK-only
+            start_kubelet = KUBELET_MAIN.exists() and _env_flag("TOKENSCALE_TESTBED_KUBELET", True)
+        self.start_kubelet = start_kubelet
+        self.keep_work_dir = keep_work_dir or _env_flag("TOKENSCALE_TESTBED_KEEP", False)
         self.bin_dir: Path = build.bin_dir_for()
         self.procs: list[Proc] = []
         self.ports: dict[str, int] = {}
@@ -137,8 +152,7 @@ class Cluster:
         self._detached = detached
         if not detached:
             atexit.register(self.stop)
-            _install_signal_handlers()
-            _LIVE.append(self)
+            add_cleanup(self.stop)
         self.bin_dir = build.ensure_binaries(build.DEFAULT_COMPONENTS).bin_dir
         try:
             self._start(timeout)
@@ -292,8 +306,7 @@ class Cluster:
         killed = terminate(procs)
         if killed:
             log.warning("test bed: SIGKILLed %s after grace period", ", ".join(killed))
-        if self in _LIVE:
-            _LIVE.remove(self)
+        remove_cleanup(self.stop)
         if not self.keep_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -375,27 +388,3 @@ class Cluster:
             tokens_csv = (c.work_dir / "pki" / "tokens.csv").read_text()
             c.tokens = {ln.split(",")[1]: ln.split(",")[0] for ln in tokens_csv.splitlines()}
         return c
-
-
-_LIVE: list[Cluster] = []
-_HANDLERS_INSTALLED = False
-
-
-def _install_signal_handlers() -> None:
-    """Turn SIGTERM/SIGHUP into a clean stop of every live cluster, then exit."""
-    global _HANDLERS_INSTALLED
-    if _HANDLERS_INSTALLED or threading.current_thread() is not threading.main_thread():
-        return
-    _HANDLERS_INSTALLED = True
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        previous = signal.getsignal(sig)
-        if previous not in (signal.SIG_DFL, None):
-            continue
-
-        def handler(signum: int, _frame: object, _sig: signal.Signals = sig) -> None:
-            for cluster in list(_LIVE):
-                cluster.stop()
-            signal.signal(_sig, signal.SIG_DFL)
-            os.kill(os.getpid(), _sig)
-
-        signal.signal(sig, handler)

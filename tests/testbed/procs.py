@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_CLEANUPS: list[Callable[[], None]] = []
+_HANDLERS_INSTALLED = False
 
 
 def free_port() -> int:
@@ -171,3 +174,32 @@ def tail(path: str | Path, lines: int = 40) -> str:
     except OSError as exc:
         return f"<cannot read {path}: {exc}>"
     return "\n".join(data.splitlines()[-lines:])
+
+
+def add_cleanup(fn: Callable[[], None]) -> None:
+    """Run ``fn`` when SIGTERM/SIGHUP arrives (then die of that signal as usual).
+
+    Ctrl-C needs nothing extra (KeyboardInterrupt unwinds through fixtures and atexit), but
+    SIGTERM/SIGHUP would otherwise kill Python without running either.
+    """
+    global _HANDLERS_INSTALLED
+    _CLEANUPS.append(fn)
+    if _HANDLERS_INSTALLED or threading.current_thread() is not threading.main_thread():
+        return
+    _HANDLERS_INSTALLED = True
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+            continue  # somebody else owns it
+
+        def handler(_signum: int, _frame: object, _sig: signal.Signals = sig) -> None:
+            for cleanup in list(reversed(_CLEANUPS)):
+                cleanup()
+            signal.signal(_sig, signal.SIG_DFL)
+            os.kill(os.getpid(), _sig)
+
+        signal.signal(sig, handler)
+
+
+def remove_cleanup(fn: Callable[[], None]) -> None:
+    with contextlib.suppress(ValueError):
+        _CLEANUPS.remove(fn)
