@@ -131,7 +131,7 @@ def prom_handler(values: dict[str, dict[str, float]], fail: bool = False) -> htt
 
 
 async def test_promql_source_builds_the_same_signal() -> None:
-    values = {
+    values: dict[str, dict[str, float]] = {
         "rate(vllm:generation_tokens_total": {"a": 9000.0},
         "count by": {"a": 2},
         "vllm:num_requests_running": {"a": 40},

@@ -298,6 +298,7 @@ def decide(
         codes[kept] = "AtMin"
 
     insufficient = gpu_limited and shortage > _EPS
+    min_capacity = sum(p.min_replicas * p.target_per_replica for p in pools)
     decisions = []
     for pool in pools:
         value, code = desired[pool.name], codes[pool.name]
@@ -305,6 +306,10 @@ def decide(
             code = "ScaleUp" if value > pool.replicas else "ScaleDown"
         if value == 0 and pool.replicas > 0 and sum(desired.values()) == 0:
             code = "ScaleToZero"
+        if shortage > _EPS and not gpu_limited and value >= pool.max_replicas:
+            code = "AtMax"
+        if value == pool.min_replicas == pool.replicas and needed < min_capacity - _EPS:
+            code = "AtMin"
         if insufficient and value >= pool.placeable_max and recommended[pool.name] >= value:
             code = "InsufficientGPU"
         why = (
