@@ -287,3 +287,13 @@ def test_forecast_leads_a_ramp_by_the_startup_time() -> None:
     leading = simulate(load, [pool(startup_seconds=180)], duration=600)
     assert leading.of()[-1] >= plain.of()[-1] + 1
     assert leading.of()[-1] <= math.ceil(load(600 + 180) / 1000)
+
+
+def test_state_from_another_clock_is_ignored() -> None:
+    """Times in the future (e.g. a monotonic clock from another process) must not pin windows."""
+    future = ScalerState(recommendations={"a": [(1e12, 9)]}, panic_until=1e12, idle_since=1e12)
+    sample = Sample(100.0, {"a": PoolSignal(generation_tps=1000, pods_reporting=2)})
+    decision = decide([sample], POLICY, [pool()], future, 100.0)
+    assert decision.desired() == {"a": 1}
+    assert not decision.panic
+    assert decision.state.recommendations["a"] == [(100.0, 1)]

@@ -206,6 +206,24 @@ def _ensure_one(
     return None
 
 
+def _sanitise(state: ScalerState, policy: ScalingSpec, now: float) -> ScalerState:
+    """A copy of ``state`` without entries from the future (clock change, other clock base).
+
+    Guards restart safety: if a previous operator used a different clock, stale future times
+    would otherwise pin the stabilisation windows and panic mode indefinitely.
+    """
+    state = state.model_copy(deep=True)
+    state.recommendations = {
+        pool: [(t, r) for t, r in history if t <= now]
+        for pool, history in state.recommendations.items()
+    }
+    if state.panic_until is not None and state.panic_until > now + policy.window_seconds:
+        state.panic_until, state.panic_replicas = None, {}
+    if state.idle_since is not None and state.idle_since > now:
+        state.idle_since = None
+    return state
+
+
 def decide(
     window: Sequence[Sample],
     policy: ScalingSpec,
@@ -214,7 +232,7 @@ def decide(
     now: float,
 ) -> Decision:
     """Desired replicas per pool with reasons, and the state to persist for the next pass."""
-    state = state.model_copy(deep=True)
+    state = _sanitise(state, policy, now)
     names = [p.name for p in pools]
     if policy.mode != "builtin":
         return _hold(pools, policy, state, "Hold", f"scaling mode is {policy.mode}")
