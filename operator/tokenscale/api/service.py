@@ -261,10 +261,10 @@ class ScalingSpec(StrictModel):
         default=0, ge=0, le=3600, description="Scale up to the lowest recommendation in it."
     )
     scale_down_stabilization_seconds: int = Field(
-        default=300, ge=0, le=7200, description="Scale down to the highest recommendation in it."
+        default=120, ge=0, le=7200, description="Scale down to the highest recommendation in it."
     )
     tolerance: float = Field(
-        default=0.1, ge=0, lt=1, description="Ignore load/capacity ratios within 1 ± tolerance."
+        default=0.05, ge=0, lt=1, description="Ignore load/capacity ratios within 1 ± tolerance."
     )
     max_scale_up_step: int = Field(
         default=4, ge=1, le=1000, description="Most replicas added per decision and pool."
