@@ -159,3 +159,43 @@ def test_nsexec_private_hosts_and_env(tmp_path: Path) -> None:
     ).stdout
     assert out.splitlines() == ["127.20.0.5 web.ns.svc", "tok", "y", str(tmp_path)]
     assert "web.ns.svc" not in Path("/etc/hosts").read_text()  # host untouched
+
+
+async def test_backends_are_ready_selected_process_pods_with_resolved_ports(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from tests.testbed.kubelet.imagemap import ImageMap as Map
+    from tests.testbed.kubelet.kubelet import Kubelet
+
+    api = SimpleNamespace(cfg=SimpleNamespace(port=6443, ca_path=None))
+    k = Kubelet(api, Map([]), tmp_path, pod_cidr="127.31.0.0/16", service_cidr="127.32.0.0/16")  # type: ignore[arg-type]
+
+    def worker(ip: str, ns: str, labels: dict[str, str], ready: bool, phase: str = "Running"):
+        return SimpleNamespace(
+            ip=ip,
+            ns=ns,
+            labels=labels,
+            phase=phase,
+            stopping=asyncio.Event(),
+            containers=[SimpleNamespace(ready=ready)],
+            pod={"spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8000}]}]}},
+        )
+
+    k.workers = {
+        "a": worker("127.31.0.2", "ns", {"app": "web"}, True),
+        "b": worker("127.31.0.3", "ns", {"app": "web"}, False),
+        "c": worker("127.31.0.4", "other", {"app": "web"}, True),
+        "d": worker("127.31.0.5", "ns", {"app": "db"}, True),
+        "e": worker("127.31.0.6", "ns", {"app": "web"}, True, phase="Succeeded"),
+    }  # type: ignore[dict-item]
+    port = {"port": 80, "targetPort": "http"}
+    assert k.backends("ns", {"app": "web"}, port, False) == [("127.31.0.2", 8000)]
+    assert k.backends("ns", {"app": "web"}, port, True) == [
+        ("127.31.0.2", 8000),
+        ("127.31.0.3", 8000),
+    ]
+    assert k.backends("ns", {"app": "web"}, {"port": 9000}, False) == [("127.31.0.2", 9000)]
+    k._pod_claim.close()
+    k._svc_claim.close()
