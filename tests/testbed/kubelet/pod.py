@@ -12,6 +12,7 @@ import base64
 import contextlib
 import logging
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ class PodWorker:
         self.ns, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.root = self.host.work_dir / "pods" / f"{self.ns}_{self.name}_{self.uid[:8]}"
         self.log_path = self.host.work_dir / "logs" / f"{self.ns}_{self.name}.log"
+        # Short on purpose: unix socket paths (vLLM's zmq ipc:// in TMPDIR) max out at 107 bytes.
+        self.tmp = Path(tempfile.gettempdir()) / f"tbk-{self.uid[:13]}"
         self.volumes = PodVolumes(
             self.host.api,
             self.pod,
@@ -123,7 +126,7 @@ class PodWorker:
         base = {
             "PATH": f"{bin_dir}:{DEFAULT_PATH}" if bin_dir else DEFAULT_PATH,
             "HOME": str(self.root / "home"),
-            "TMPDIR": str(self.root / "tmp"),
+            "TMPDIR": str(self.tmp),
             "HOSTNAME": self.pod["spec"].get("hostname") or self.name,
             "LANG": "C.UTF-8",
         }
@@ -233,8 +236,9 @@ class PodWorker:
             process.log_line(self.logf, f"worker failed: {exc!r}")
 
     async def _run(self) -> None:
-        for sub in ("home", "tmp", "etc"):
+        for sub in ("home", "etc"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(mode=0o1777, parents=True, exist_ok=True)
         self.write_hosts()
         write_in_place(self.root / "etc" / "resolv.conf", render_resolv(self.ns))
         await self.push()
@@ -396,3 +400,4 @@ class PodWorker:
         with contextlib.suppress(OSError):
             self.logf.close()
         shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
