@@ -223,6 +223,7 @@ def http_level(gpu: str, qps: float, args: argparse.Namespace) -> dict[str, Any]
         "ttft_p99_s": round(http.ttft_p99_s, 3),
         "tpot_p99_s": round(http.tpot_p99_s, 4),
         "issue_lag_p99_s": round(http.issue_lag_p99_s, 4),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "valid": http.meets(TTFT_LIMIT, TPOT_LIMIT),
         "model_same_workload": {
             "tokens_per_s": round(same.tokens_per_s),
@@ -238,8 +239,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", default="MI355X,MI325X,MI300X")
     parser.add_argument("--http-gpu", default="MI355X", help="'' to skip the HTTP run")
-    parser.add_argument("--http-duration", type=float, default=120.0, help="simulated seconds")
-    parser.add_argument("--speed", type=float, default=1.5)
+    parser.add_argument("--http-duration", type=float, default=90.0, help="simulated seconds")
+    parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--iters", type=int, default=7, help="bisection steps per GPU")
     parser.add_argument("--port-base", type=int, default=18100)

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
@@ -150,3 +155,32 @@ async def test_latencies_are_reported_in_simulated_seconds(
     # 200 decode steps of >= 7.6 ms simulated each; the wall time is ~SPEED x shorter.
     assert e2e > 200 * 0.0076
     assert wall < e2e
+
+
+def test_cli_serves_on_several_loopback_addresses_and_exits_on_sigterm() -> None:
+    """The process-level path: flags, --hosts, vLLM-only args ignored, clean SIGTERM exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "tokenscale.sim", "engine", "--hosts", "127.0.1.1,127.0.1.2",
+           "--port", str(port), "--speed", "100", "--served-model-name", "m", "--dtype", "bf16",
+           "--enforce-eager", "--background-qps", "5"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        for host in ("127.0.1.1", "127.0.1.2"):
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=1) as r:
+                        assert r.status == 200
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline, "simulator did not come up"
+                    time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.1.2:{port}/v1/models", timeout=2) as r:
+            assert json.load(r)["data"][0]["id"] == "m"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
+    assert b"--dtype bf16 --enforce-eager" in err

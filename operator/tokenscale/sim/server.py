@@ -288,7 +288,10 @@ class Fleet:
     async def start(self) -> None:
         """Bind every endpoint and start the stepping tasks."""
         for host in self.hosts:
-            runner = web.AppRunner(host.app, access_log=None, handle_signals=False)
+            # Like vLLM's default ``--shutdown-timeout 0`` (abort): do not wait for streams.
+            runner = web.AppRunner(
+                host.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+            )
             await runner.setup()
             site = web.TCPSite(runner, host.endpoint.host, host.endpoint.port, backlog=1024)
             await site.start()
