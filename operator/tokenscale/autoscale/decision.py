@@ -23,7 +23,7 @@ table-tested in ``tests/unit/test_autoscale_decision.py``:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from tokenscale.api.service import ScalingMetric, ScalingSpec
 from tokenscale.autoscale.rates import PoolSignal, Sample
@@ -335,6 +335,8 @@ def decide(
             f"({policy.window_seconds}s avg), {panic_load:.4g} ({policy.panic_window_seconds}s)"
             f", target {pool.target_per_replica:.4g}/replica"
         )
+        if forecast > stable_load + _EPS:
+            why += f", forecast {forecast:.4g} in {lead:.0f}s"
         decisions.append(PoolDecision(pool.name, pool.replicas, value, code, why))
     summary = "; ".join(f"{d.pool} {d.current}->{d.desired} {d.code}" for d in decisions)
     if insufficient:
@@ -358,8 +360,3 @@ def decide(
             "forecast": forecast,
         },
     )
-
-
-def sample_of(time: float, pools: Mapping[str, PoolSignal]) -> Sample:
-    """Convenience constructor used by tests and simulations."""
-    return Sample(time=time, pools=dict(pools))
