@@ -8,7 +8,6 @@ place makes "every process we started is stopped" easy to guarantee.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import shutil
@@ -22,8 +21,8 @@ from . import process
 from .api import Api, ApiError, pod_path
 from .container import Container, now, pre_stop, probe_loop
 from .imagemap import ImageMap, ImageMapError
-from .spec import SpecError, build_env, referenced_objects, resolve_argv, restart_wanted
-from .volumes import PodVolumes, render_hosts, render_resolv, write_in_place
+from .spec import SpecError, build_env, resolve_argv, restart_wanted
+from .volumes import PodVolumes, fetch_env_data, render_hosts, render_resolv, write_in_place
 
 log = logging.getLogger(__name__)
 Obj = Mapping[str, Any]
@@ -103,21 +102,6 @@ class PodWorker:
             services=self.host.hosts_services(),
         )
         write_in_place(self.root / "etc" / "hosts", text)
-
-    async def _fetch_env_refs(self) -> None:
-
-        for kind, name in referenced_objects(self.pod):
-            plural = "configmaps" if kind == "configmap" else "secrets"
-            obj = await self.host.api.get(f"/api/v1/namespaces/{self.ns}/{plural}/{name}")
-            if obj is None:
-                self.env_data[(kind, name)] = None
-            elif kind == "configmap":
-                self.env_data[(kind, name)] = dict(obj.get("data") or {})
-            else:
-                self.env_data[(kind, name)] = {
-                    k: base64.b64decode(v).decode(errors="replace")
-                    for k, v in (obj.get("data") or {}).items()
-                }
 
     def _exec_plan(self, c: Container) -> tuple[list[str], dict[str, str], str, list[Any]]:
         """argv, env, cwd, mounts of a container (raises SpecError / ImageMapError)."""
@@ -245,7 +229,7 @@ class PodWorker:
         while not self.stopping.is_set():  # config errors: retry like the kubelet does
             try:
                 await self.volumes.prepare()
-                await self._fetch_env_refs()
+                self.env_data = await fetch_env_data(self.host.api, self.pod)
                 for c in [*self.inits, *self.containers]:
                     # a bin provider may build a venv first (minutes): keep the loop responsive
                     entry = self.host.image_map.lookup(str(c.spec.get("image", "")))

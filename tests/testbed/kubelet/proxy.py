@@ -37,7 +37,7 @@ def claim_block(cidr: str, prefixlen: int = 24) -> tuple[str, socket.socket]:
     machine; their kubelets must hand out disjoint pod and Service addresses. The kernel releases
     the claim when the process exits, even on SIGKILL. ``AddressPool`` never hands out ``.1``.
     """
-    net = ipaddress.ip_network(cidr)
+    net = ipaddress.IPv4Network(cidr)
     blocks = [net] if net.prefixlen >= prefixlen else list(net.subnets(new_prefix=prefixlen))
     for block in blocks:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -217,7 +217,7 @@ class ServiceProxy:
                         exc,
                     )
         if upstream is None:
-            log.info("service %s/%s:%s: no ready backend", svc.namespace, svc.name, port)
+            log.debug("service %s/%s:%s: no ready backend", svc.namespace, svc.name, port)
             writer.close()
             return
         ureader, uwriter = upstream

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .api import Api
-from .spec import SpecError, field_ref, parse_quantity
+from .spec import SpecError, field_ref, parse_quantity, referenced_objects
 
 log = logging.getLogger(__name__)
 Obj = Mapping[str, Any]
@@ -79,6 +79,25 @@ def render_resolv(namespace: str) -> str:
         f"search {namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
         "options ndots:5 timeout:1 attempts:1\n"
     )
+
+
+async def fetch_env_data(api: Api, pod: Obj) -> dict[tuple[str, str], dict[str, str] | None]:
+    """ConfigMaps/Secrets referenced by env/envFrom, decoded (None for missing ones)."""
+    ns = pod["metadata"]["namespace"]
+    out: dict[tuple[str, str], dict[str, str] | None] = {}
+    for kind, name in referenced_objects(pod):
+        plural = "configmaps" if kind == "configmap" else "secrets"
+        obj = await api.get(f"/api/v1/namespaces/{ns}/{plural}/{name}")
+        if obj is None:
+            out[(kind, name)] = None
+        elif kind == "configmap":
+            out[(kind, name)] = dict(obj.get("data") or {})
+        else:
+            out[(kind, name)] = {
+                k: base64.b64decode(v).decode(errors="replace")
+                for k, v in (obj.get("data") or {}).items()
+            }
+    return out
 
 
 def _mkdir(path: Path) -> str:
