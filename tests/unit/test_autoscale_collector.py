@@ -20,7 +20,7 @@ from tokenscale.autoscale.collector import (
 )
 from tokenscale.constants import LABEL_POOL
 
-REAL = Path("/work/shared/data/vllm-0.32-metrics-under-load.txt").read_text()
+REAL = (Path(__file__).resolve().parents[1] / "fixtures/vllm-0.32-metrics-shared.txt").read_text()
 
 
 def counter_body(gen: float) -> str:

@@ -20,7 +20,8 @@ from tokenscale.autoscale.rates import (
     parse_metrics,
 )
 
-SAMPLE = Path("/work/shared/data/vllm-0.32-metrics-under-load.txt")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SAMPLE = FIXTURES / "vllm-0.32-metrics-shared.txt"  # the shared reference sample, in-repo
 
 
 def real_text() -> str:
@@ -60,6 +61,13 @@ def test_parse_real_vllm_sample() -> None:
     assert scrape.kv_cache_usage == pytest.approx(0.25396825396825395)
     assert scrape.requests_finished == 281.0
     assert scrape.engines == 1
+
+
+def test_parse_our_own_capture() -> None:
+    scrape = parse_metrics((FIXTURES / "vllm-metrics-under-load.txt").read_text())
+    assert scrape.generation_tokens == 2633.0
+    assert scrape.requests_finished == 32.0
+    assert (scrape.requests_running, scrape.requests_waiting) == (16.0, 16.0)
 
 
 def test_parse_sums_counters_over_engines_and_averages_kv() -> None:
