@@ -17,6 +17,7 @@ from tokenscale.autoscale.collector import (
     PromQLSource,
     ScrapeCollector,
     engine_pods,
+    startup_seconds,
 )
 from tokenscale.constants import LABEL_POOL
 
@@ -157,3 +158,21 @@ async def test_promql_errors_mean_missing_data() -> None:
         result = await source.collect([EnginePod("x", "a", "1.1.1.1")], ["a"], now=1.0)
     assert result.scrape_errors == 1
     assert result.sample.pools["a"].pods_missing == 1
+
+
+def test_startup_seconds_is_the_median_creation_to_ready() -> None:
+    def started(created: str, ready: str | None) -> dict[str, Any]:
+        conditions = (
+            [{"type": "Ready", "status": "True", "lastTransitionTime": ready}] if ready else []
+        )
+        return {"metadata": {"creationTimestamp": created}, "status": {"conditions": conditions}}
+
+    pods = [
+        started("2026-11-28T10:00:00Z", "2026-11-28T10:02:00Z"),
+        started("2026-11-28T10:00:00Z", "2026-11-28T10:03:00Z"),
+        started("2026-11-28T10:00:00Z", "2026-11-28T10:10:00Z"),
+        started("2026-11-28T10:00:00Z", None),
+        started("garbage", "2026-11-28T10:02:00Z"),
+    ]
+    assert startup_seconds(pods) == 180.0
+    assert startup_seconds([], default=90.0) == 90.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
@@ -65,6 +66,33 @@ def engine_pods(pods: Iterable[Mapping[str, Any]]) -> list[EnginePod]:
         if ready:
             out.append(EnginePod(name=str(meta.get("name")), pool=str(pool), ip=str(ip)))
     return sorted(out, key=lambda p: p.name)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def startup_seconds(pods: Iterable[Mapping[str, Any]], default: float = 180.0) -> float:
+    """Median time from pod creation to Ready over ready engine pods (``PoolInput`` lead time).
+
+    Measured rather than configured because it depends on image pulls, weight loading and graph
+    capture on this cluster; ``default`` when no pod has become ready yet.
+    """
+    samples: list[float] = []
+    for pod in pods:
+        created = _timestamp((pod.get("metadata") or {}).get("creationTimestamp"))
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "Ready" and cond.get("status") == "True":
+                ready = _timestamp(cond.get("lastTransitionTime"))
+                if created and ready and ready >= created:
+                    samples.append((ready - created).total_seconds())
+    if not samples:
+        return default
+    samples.sort()
+    return samples[len(samples) // 2]
 
 
 @dataclass(frozen=True)
