@@ -88,6 +88,9 @@ async def test_http_pod_becomes_ready_and_stops(tmp_path: Path) -> None:
         "print('token', (sa / 'token').read_text(), (sa / 'namespace').read_text(), flush=True)\n"
         "print('cfg', pathlib.Path('/cfg/greeting').read_text(), flush=True)\n"
         "print('hosts', 'web.ns.svc' in pathlib.Path('/etc/hosts').read_text(), flush=True)\n"
+        "import socket\n"
+        "me = socket.gethostname()\n"
+        "print('me', me, socket.gethostbyname(me), flush=True)\n"
         "s = http.server.HTTPServer((os.environ['POD_IP'], 8080), "
         "http.server.SimpleHTTPRequestHandler)\n"
         "s.serve_forever()\n"
@@ -122,6 +125,7 @@ def _check_stopped(pid: int, log_path: Path) -> None:
     assert not Path(f"/proc/{pid}").exists()
     log = log_path.read_text()
     assert "token TOKEN ns" in log and "cfg hello" in log and "hosts True" in log, log
+    assert "me p 127.10.99.2" in log, log
 
 
 async def test_job_pod_exit_codes_and_restart_policy(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
 MS_RDONLY = 1
 MS_REMOUNT = 32
 MS_BIND = 4096
@@ -67,11 +68,17 @@ def _ensure_target(src: str | None, dst: str) -> None:
         target.mkdir(parents=True, exist_ok=True)
 
 
-def setup_mounts(mounts: list[dict[str, object]]) -> None:
+def setup_mounts(mounts: list[dict[str, object]], hostname: str = "") -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
+    flags = CLONE_NEWNS | (CLONE_NEWUTS if hostname else 0)
+    if libc.unshare(flags) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+        raise OSError(err, f"unshare({flags:#x}): {os.strerror(err)}")
+    if hostname:  # like a pod: gethostname() is the pod's name, which /etc/hosts maps to its IP
+        name = hostname.encode()
+        if libc.sethostname(name, len(name)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sethostname({hostname}): {os.strerror(err)}")
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
     for m in mounts:
         dst = str(m["dst"])
@@ -92,7 +99,7 @@ def main(argv: list[str]) -> None:
     # If the kubelet itself is SIGKILLed, the pod's main process must not outlive it.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     try:
-        setup_mounts(spec.get("mounts", []))
+        setup_mounts(spec.get("mounts", []), str(spec.get("hostname", "")))
     except OSError as exc:
         _fail(125, f"mount namespace setup failed: {exc}")
     env = {str(k): str(v) for k, v in spec["env"].items()}

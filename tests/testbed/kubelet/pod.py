@@ -84,6 +84,10 @@ class PodWorker:
         return str(self.pod["spec"].get("restartPolicy", "Always"))
 
     @property
+    def hostname(self) -> str:
+        return str(self.pod["spec"].get("hostname") or self.name)[:63]
+
+    @property
     def labels(self) -> Mapping[str, str]:
         return self.pod["metadata"].get("labels", {}) or {}
 
@@ -97,7 +101,7 @@ class PodWorker:
             namespace=self.ns,
             pod_name=self.name,
             pod_ip=self.ip,
-            hostname=spec.get("hostname", ""),
+            hostname=self.hostname,
             subdomain=spec.get("subdomain", ""),
             services=self.host.hosts_services(),
         )
@@ -111,7 +115,7 @@ class PodWorker:
             "PATH": f"{bin_dir}:{DEFAULT_PATH}" if bin_dir else DEFAULT_PATH,
             "HOME": str(self.root / "home"),
             "TMPDIR": str(self.tmp),
-            "HOSTNAME": self.pod["spec"].get("hostname") or self.name,
+            "HOSTNAME": self.hostname,
             "LANG": "C.UTF-8",
         }
         if self.pod["spec"].get("enableServiceLinks", True) is not False:
@@ -284,6 +288,7 @@ class PodWorker:
                 cwd=cwd,
                 mounts=mounts,
                 log_file=self.logf,
+                hostname=self.hostname,
             )
             c.started_at, c.ready, c.started, c.waiting = now(), False, False, ("", "")
             c.terminated = None
@@ -328,6 +333,7 @@ class PodWorker:
             cwd=cwd,
             mounts=mounts,
             log_file=self.logf,
+            hostname=self.hostname,
         )
         try:
             return await asyncio.wait_for(proc.wait(), limit)

@@ -33,12 +33,22 @@ async def spawn(
     cwd: str,
     mounts: list[dict[str, object]],
     log_file: IO[bytes],
+    hostname: str = "",
 ) -> asyncio.subprocess.Process:
     """Start ``argv`` in a private mount namespace, in its own session, logging to ``log_file``."""
     spec_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"argv": list(argv), "env": dict(env), "cwd": cwd, "mounts": mounts}, fh)
+        json.dump(
+            {
+                "argv": list(argv),
+                "env": dict(env),
+                "cwd": cwd,
+                "mounts": mounts,
+                "hostname": hostname,
+            },
+            fh,
+        )
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-I",
