@@ -54,6 +54,7 @@ def pool_inputs(
     plans: Sequence[PoolPlan],
     status: dict[str, Any],
     desired: dict[str, int],
+    startup_seconds: float = 180.0,
 ) -> list[PoolInput]:
     """What the decision needs per pool: bounds, current/ready replicas, target, cost."""
     by_plan = {p.pool: p for p in plans}
@@ -78,7 +79,7 @@ def pool_inputs(
                 target_per_replica=target.value or 0.0,
                 capacity_per_replica=target.capacity_per_replica,
                 cost_per_replica_hour=(gpu.cost_per_gpu_hour if gpu else 1.0) * gpus,
-                startup_seconds=120.0,
+                startup_seconds=startup_seconds,
             )
         )
     return out
@@ -134,13 +135,17 @@ async def run_pass(
     cfg: OperatorConfig,
     source: collector.MetricsSource,
     loop: LoopState,
-    mono_now: float,
     wall_now: datetime | None = None,
 ) -> Decision | None:
-    """One scrape-decide-act pass for one service; returns the decision (None: skipped)."""
+    """One scrape-decide-act pass for one service; returns the decision (None: skipped).
+
+    Times are wall-clock seconds because the decision state persisted on the object must
+    stay meaningful across operator restarts.
+    """
     import asyncio
 
     wall_now = wall_now or datetime.now(UTC)
+    now = wall_now.timestamp()
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
@@ -153,23 +158,23 @@ async def run_pass(
     plans = plan_service(svc, cfg)
     pods = await asyncio.to_thread(kube.list, "Pod", namespace, selector_for(name))
     engines = collector.engine_pods(pods)
-    result = await source.collect(engines, [p.name for p in svc.spec.pools], mono_now)
+    result = await source.collect(engines, [p.name for p in svc.spec.pools], now)
     loop.window.append(result.sample)
     horizon = decision.history_seconds(policy)
-    while loop.window and loop.window[0].time < mono_now - horizon:
+    while loop.window and loop.window[0].time < now - horizon:
         loop.window.popleft()
 
     status = dict(body.get("status") or {})
     desired_now = current_split(body) or {p.name: p.min_replicas for p in svc.spec.pools}
-    inputs = pool_inputs(svc, cfg, plans, status, desired_now)
+    inputs = pool_inputs(svc, cfg, plans, status, desired_now, collector.startup_seconds(pods))
     state = _state_of(body)
-    verdict = decision.decide(list(loop.window), policy, inputs, state, mono_now)
+    verdict = decision.decide(list(loop.window), policy, inputs, state, now)
     wants_more = any(p.desired > p.current for p in verdict.pools)
     if wants_more and policy.mode == "builtin":
         nodes = await asyncio.to_thread(kube.list, "Node", None)
         all_pods = await asyncio.to_thread(kube.list, "Pod", None, "", "status.phase!=Succeeded")
         inputs = with_allocatable(inputs, svc, cfg, plans, nodes, all_pods)
-        verdict = decision.decide(list(loop.window), policy, inputs, state, mono_now)
+        verdict = decision.decide(list(loop.window), policy, inputs, state, now)
 
     sig = [result.sample.pools[p.name] for p in svc.spec.pools if p.name in result.sample.pools]
     tokens = sum(s.generation_tps for s in sig)
@@ -203,14 +208,14 @@ async def run_pass(
     patch["scaling"] = _scaling(not blocked, reason, verdict.reason, verdict.desired(), wall_now)
     state_json = verdict.state.to_json()
     persist = verdict.changed or (
-        state_json != loop.last_state_json and mono_now - loop.last_persist >= PERSIST_EVERY_SECONDS
+        state_json != loop.last_state_json and now - loop.last_persist >= PERSIST_EVERY_SECONDS
     )
     if verdict.changed:
-        await _act(kube, body, verdict, result.in_flight(), cfg, patch, wall_now)
+        await _act(kube, body, pods, verdict, result.in_flight(), cfg, patch, wall_now)
     elif persist:
         await asyncio.to_thread(_write_state, kube, namespace, name, verdict, desired_now)
     if persist:
-        loop.last_persist, loop.last_state_json = mono_now, state_json
+        loop.last_persist, loop.last_state_json = now, state_json
     await asyncio.to_thread(
         kube.patch_merge, "InferenceService", namespace, name, {"status": patch}, "status"
     )
@@ -220,6 +225,7 @@ async def run_pass(
 async def _act(
     kube: Kube,
     body: dict[str, Any],
+    pods: list[dict[str, Any]],
     verdict: Decision,
     in_flight: dict[str, float],
     cfg: OperatorConfig,
@@ -232,8 +238,9 @@ async def _act(
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     if any(p.desired < p.current for p in verdict.pools):
-        for pod, cost in capacity.deletion_costs(in_flight).items():
-            annotations = {c.ANNOTATION_POD_DELETION_COST: str(cost)}
+        costs = capacity.deletion_costs(in_flight)
+        for pod, cost in capacity.deletion_cost_patches(pods, costs).items():
+            annotations = {c.ANNOTATION_POD_DELETION_COST: cost}
             await asyncio.to_thread(
                 kube.patch_merge, "Pod", namespace, pod, {"metadata": {"annotations": annotations}}
             )

@@ -136,7 +136,7 @@ async def autoscale(
     loop = LoopState()
     while not stopped:
         try:
-            await run_pass(dict(body), memo.kube, cfg, source, loop, time.monotonic())
+            await run_pass(dict(body), memo.kube, cfg, source, loop)
         except KubeError as exc:
             log.warning("autoscaler pass for %s failed: %s", body["metadata"]["name"], exc)
         await stopped.wait(cfg.scrape_interval_seconds)

@@ -1,0 +1,91 @@
+"""The thin autoscaling loop on a fake API: load above target writes /scale (with the per-pool
+split hint first, then the total), records history and Events; external mode only publishes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.invalid_manifests import service
+from tests.unit.fakekube import FakeKube
+from tokenscale import constants as c
+from tokenscale.api.config import OperatorConfig
+from tokenscale.autoscale.collector import CollectResult, EnginePod
+from tokenscale.autoscale.rates import PoolSignal, Sample
+from tokenscale.controller.autoscaler import LoopState, run_pass
+
+CFG = OperatorConfig()
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+class SteadyLoad:
+    """A metrics source reporting a fixed generation tokens/s per pool."""
+
+    def __init__(self, tokens_per_s: float) -> None:
+        self.tokens_per_s = tokens_per_s
+
+    async def collect(
+        self, pods: Sequence[EnginePod], pools: Sequence[str], now: float
+    ) -> CollectResult:
+        signal = PoolSignal(generation_tps=self.tokens_per_s, pods_reporting=len(pods))
+        return CollectResult(Sample(now, {p: signal for p in pools}), (), 0)
+
+
+def _cluster(mode: str = "builtin") -> tuple[FakeKube, dict[str, Any]]:
+    kube = FakeKube()
+    doc = service(
+        scaling={"mode": mode, "targetPerReplica": 1000, "windowSeconds": 10},
+        pools=[{"name": "mi300x", "gpu": "MI300X", "minReplicas": 1, "maxReplicas": 8}],
+    )
+    doc["metadata"] = {"name": "llm", "namespace": "ns"}
+    doc["status"] = {"pools": [{"name": "mi300x", "desiredReplicas": 1, "readyReplicas": 1}]}
+    body = kube.put(doc)
+    kube.put({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "llm-mi300x-a", "namespace": "ns",
+                     "labels": {c.LABEL_SERVICE: "llm", c.LABEL_POOL: "mi300x"}},
+        "status": {"phase": "Running", "podIP": "127.10.0.1",
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    })  # fmt: skip
+    for i in range(2):
+        kube.put({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": f"n{i}", "labels": {c.NODE_LABEL_DEVICE_ID: "74a1"}},
+            "status": {"allocatable": {c.RESOURCE_GPU: "8"}},
+        })  # fmt: skip
+    return kube, body
+
+
+async def test_load_above_target_scales_up_through_scale_subresource() -> None:
+    kube, body = _cluster()
+    loop, source = LoopState(), SteadyLoad(3500.0)
+    decision = None
+    for second in range(0, 20, 2):
+        body = kube.get("InferenceService", "ns", "llm") or body
+        decision = await run_pass(body, kube, CFG, source, loop, T0 + timedelta(seconds=second))
+        if decision is not None and decision.changed:
+            break
+    assert decision is not None and decision.changed
+    svc = kube.get("InferenceService", "ns", "llm")
+    assert svc is not None
+    assert svc["spec"]["replicas"] >= 4  # ceil(3500 / 1000)
+    hint = json.loads(svc["metadata"]["annotations"][c.ANNOTATION_SCALER_STATE])
+    assert sum(hint["split"].values()) == svc["spec"]["replicas"]
+    history = svc["status"]["scalingHistory"]
+    assert history[-1]["fromReplicas"] == 1 and history[-1]["toReplicas"] >= 4
+    assert svc["status"]["metrics"]["tokensPerSecond"] == 3500.0
+    assert any(reason == "Scaled" for reason, _, _ in kube.events)
+
+
+async def test_external_mode_only_publishes_metrics() -> None:
+    kube, body = _cluster(mode="external")
+    loop = LoopState()
+    for second in range(0, 20, 2):
+        await run_pass(body, kube, CFG, SteadyLoad(9000.0), loop, T0 + timedelta(seconds=second))
+    svc = kube.get("InferenceService", "ns", "llm")
+    assert svc is not None
+    assert "replicas" not in svc["spec"]
+    assert svc["status"]["scaling"]["reason"] == "ExternalScaler"
+    assert svc["status"]["metrics"]["tokensPerSecond"] == 9000.0
