@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import gc
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -139,12 +139,21 @@ async def _one(
 
 
 async def run(
-    urls: Sequence[str], requests: Sequence[Request], *, model: str, speed: float = 1.0
+    urls: Sequence[str],
+    requests: Sequence[Request],
+    *,
+    model: str,
+    speed: float = 1.0,
+    max_in_flight: int = 15_000,
 ) -> list[Outcome]:
-    """Issue ``requests`` at their (simulated) arrival times, round robin over engine base URLs."""
+    """Issue ``requests`` at their (simulated) arrival times, round robin over engine base URLs.
+
+    Requests that would exceed ``max_in_flight`` open streams are not sent and count as errors
+    (each stream is a socket; past the descriptor limit everything fails at once).
+    """
     loop = asyncio.get_running_loop()
     with quiet_gc():
-        return await _run(loop, urls, requests, model, speed)
+        return await _run(loop, urls, requests, model, speed, max_in_flight)
 
 
 @contextlib.contextmanager
@@ -171,6 +180,7 @@ async def _run(
     requests: Sequence[Request],
     model: str,
     speed: float,
+    max_in_flight: int,
 ) -> list[Outcome]:
     targets = [u.rstrip("/") + "/v1/completions" for u in urls]
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -178,11 +188,31 @@ async def _run(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         t0 = loop.time()
         tasks = []
+        in_flight = [0]
         for i, req in enumerate(requests):
             delay = t0 + req.at / speed - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if in_flight[0] >= max_in_flight:
+                skipped = Outcome((loop.time() - t0) * speed, 0.0, 0.0, 0.0, 0, "in-flight cap")
+                tasks.append(asyncio.create_task(_done(skipped)))
+                continue
+            in_flight[0] += 1
+            target = targets[i % len(targets)]
             tasks.append(
-                asyncio.create_task(_one(session, targets[i % len(targets)], model, req, t0, speed))
+                asyncio.create_task(
+                    _counted(in_flight, _one(session, target, model, req, t0, speed))
+                )
             )
         return list(await asyncio.gather(*tasks))
+
+
+async def _counted(in_flight: list[int], request: Awaitable[Outcome]) -> Outcome:
+    try:
+        return await request
+    finally:
+        in_flight[0] -= 1
+
+
+async def _done(outcome: Outcome) -> Outcome:
+    return outcome

@@ -204,7 +204,10 @@ class EngineHost:
         request_id = prefix + uuid.uuid4().hex
         try:
             if params.stream:
-                return await self._stream(request, params, waiter, request_id)
+                try:
+                    return await self._stream(request, params, waiter, request_id)
+                except ConnectionResetError:  # client went away; the finally aborts the request
+                    return web.Response(status=499)
             while not seq.done:
                 await waiter.event.wait()
                 waiter.event.clear()
