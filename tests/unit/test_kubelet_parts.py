@@ -61,6 +61,19 @@ def test_hosts_file_names() -> None:
     assert lines["127.10.0.7"] == ["job-x"]
 
 
+def test_hosts_file_per_pod_names_for_subdomains() -> None:
+    text = render_hosts(
+        namespace="ns1",
+        pod_name="grp-0-1",
+        pod_ip="127.10.0.8",
+        subdomain="grp",
+        peers=[("grp-0", "grp", "ns1", "127.10.0.7"), ("grp-0-1", "grp", "ns1", "127.10.0.8")],
+    )
+    assert "127.10.0.8\tgrp-0-1.grp.ns1.svc.cluster.local grp-0-1.grp.ns1.svc grp-0-1\n" in text
+    assert "127.10.0.7\tgrp-0.grp.ns1.svc.cluster.local grp-0.grp.ns1.svc grp-0.grp\n" in text
+    assert text.count("127.10.0.8") == 1
+
+
 def test_write_in_place_keeps_inode(tmp_path: Path) -> None:
     p = tmp_path / "hosts"
     write_in_place(p, "a long first version\n")

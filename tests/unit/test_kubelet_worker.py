@@ -56,6 +56,9 @@ class StubHost:
     def hosts_services(self) -> list[tuple[str, str, str]]:
         return [("web", "ns", "127.20.0.9")]
 
+    def hosts_peers(self) -> list[tuple[str, str, str, str]]:
+        return [("leader", "grp", "ns", "127.10.99.9")]
+
     def service_env(self, namespace: str) -> dict[str, str]:
         return {}
 
@@ -87,7 +90,8 @@ async def test_http_pod_becomes_ready_and_stops(tmp_path: Path) -> None:
         "sa = pathlib.Path('/var/run/secrets/kubernetes.io/serviceaccount')\n"
         "print('token', (sa / 'token').read_text(), (sa / 'namespace').read_text(), flush=True)\n"
         "print('cfg', pathlib.Path('/cfg/greeting').read_text(), flush=True)\n"
-        "print('hosts', 'web.ns.svc' in pathlib.Path('/etc/hosts').read_text(), flush=True)\n"
+        "h = pathlib.Path('/etc/hosts').read_text()\n"
+        "print('hosts', 'web.ns.svc' in h, '127.10.99.9\\tleader.grp.ns.svc' in h, flush=True)\n"
         "import socket\n"
         "me = socket.gethostname()\n"
         "print('me', me, socket.gethostbyname(me), flush=True)\n"
@@ -124,7 +128,7 @@ async def test_http_pod_becomes_ready_and_stops(tmp_path: Path) -> None:
 def _check_stopped(pid: int, log_path: Path) -> None:
     assert not Path(f"/proc/{pid}").exists()
     log = log_path.read_text()
-    assert "token TOKEN ns" in log and "cfg hello" in log and "hosts True" in log, log
+    assert "token TOKEN ns" in log and "cfg hello" in log and "hosts True True" in log, log
     assert "me p 127.10.99.2" in log, log
 
 

@@ -60,6 +60,18 @@ class Kubelet:
     def hosts_services(self) -> list[tuple[str, str, str]]:
         return self.proxy.entries()
 
+    def hosts_peers(self) -> list[tuple[str, str, str, str]]:
+        return [
+            (w.hostname, w.subdomain, w.ns, w.ip)
+            for w in self.workers.values()
+            if w.subdomain and not w.stopping.is_set()
+        ]
+
+    def _refresh_hosts(self) -> None:
+        for w in list(self.workers.values()):
+            if not w.stopping.is_set():
+                w.write_hosts()
+
     def service_env(self, namespace: str) -> dict[str, str]:
         triples = []
         for (ns, name), svc in sorted(self._service_objs.items()):
@@ -115,6 +127,8 @@ class Kubelet:
         self.workers[uid] = worker
         log.info("pod %s/%s: running as process on %s", worker.ns, worker.name, ip)
         self.tasks[uid] = asyncio.create_task(worker.run())
+        if worker.subdomain:
+            self._refresh_hosts()
 
     async def _delete(self, worker: PodWorker) -> None:
         """Graceful deletion: stop processes, then remove the pod object (grace 0)."""
@@ -144,6 +158,8 @@ class Kubelet:
                 task.cancel()
             self.ips.release(worker.uid)
             worker.cleanup()
+            if worker.subdomain:
+                self._refresh_hosts()
             log.info("pod %s/%s: gone", worker.ns, worker.name)
 
     async def watch_pods(self) -> None:
@@ -185,8 +201,7 @@ class Kubelet:
                         self._service_objs[key] = obj
                         changed = await self.proxy.upsert(obj)
                 if changed:
-                    for w in list(self.workers.values()):
-                        w.write_hosts()
+                    self._refresh_hosts()
             except (OSError, KeyError, ValueError):
                 log.exception("service event %s failed; continuing", kind)
 

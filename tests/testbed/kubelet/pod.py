@@ -38,6 +38,7 @@ class Host(Protocol):
     inject_pod_ip: bool
 
     def hosts_services(self) -> list[tuple[str, str, str]]: ...
+    def hosts_peers(self) -> list[tuple[str, str, str, str]]: ...
     def service_env(self, namespace: str) -> dict[str, str]: ...
 
 
@@ -88,6 +89,10 @@ class PodWorker:
         return str(self.pod["spec"].get("hostname") or self.name)[:63]
 
     @property
+    def subdomain(self) -> str:
+        return str(self.pod["spec"].get("subdomain") or "")
+
+    @property
     def labels(self) -> Mapping[str, str]:
         return self.pod["metadata"].get("labels", {}) or {}
 
@@ -96,14 +101,14 @@ class PodWorker:
 
     # ---- files -------------------------------------------------------------------------------
     def write_hosts(self) -> None:
-        spec = self.pod["spec"]
         text = render_hosts(
             namespace=self.ns,
             pod_name=self.name,
             pod_ip=self.ip,
             hostname=self.hostname,
-            subdomain=spec.get("subdomain", ""),
+            subdomain=self.subdomain,
             services=self.host.hosts_services(),
+            peers=self.host.hosts_peers(),
         )
         write_in_place(self.root / "etc" / "hosts", text)
 

@@ -51,8 +51,11 @@ def render_hosts(
     hostname: str = "",
     subdomain: str = "",
     services: Iterable[tuple[str, str, str]] = (),
+    peers: Iterable[tuple[str, str, str, str]] = (),
 ) -> str:
-    """hosts file: localhost, the pod itself, and every Service (name, namespace, address)."""
+    """hosts file: localhost, the pod itself, every Service (name, namespace, address) and
+    the per-pod names of pods with a subdomain (hostname, subdomain, namespace, ip), which a
+    headless Service gives them in a cluster (StatefulSet / LeaderWorkerSet peers)."""
     lines = [
         "# written by the test bed's process kubelet",
         "127.0.0.1\tlocalhost",
@@ -68,6 +71,12 @@ def render_hosts(
         if ns == namespace:
             names.append(name)
         lines.append(f"{addr}\t{' '.join(names)}")
+    for host, sub, ns, ip in sorted(peers):
+        if ip == pod_ip:
+            continue
+        fqdn = f"{host}.{sub}.{ns}.svc"
+        names = [f"{fqdn}.cluster.local", fqdn, *([f"{host}.{sub}"] if ns == namespace else [])]
+        lines.append(f"{ip}\t{' '.join(names)}")
     return "\n".join(lines) + "\n"
 
 
