@@ -269,6 +269,15 @@ def test_failing_pod_reports_exit_code(cluster: Cluster, namespace: str) -> None
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 3 and term["reason"] == "Error"
     assert "bye" in _log(cluster, namespace, "exit3")
+    events = _wait(
+        lambda: _get(cluster, namespace, "events", "--field-selector=involvedObject.name=exit3")[
+            "items"
+        ],
+        "kubelet events",
+        30,
+    )
+    assert "process-kubelet" in {e["source"].get("component") for e in events}
+    assert "Started" in {e["reason"] for e in events}
 
 
 ENGINE = """

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need
 class StubApi:
     def __init__(self) -> None:
         self.patches: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
 
     async def get(self, path: str, **_: Any) -> dict[str, Any] | None:
         if path.endswith("/configmaps/kube-root-ca.crt"):
@@ -32,8 +33,12 @@ class StubApi:
             return {"data": {"greeting": "hello"}}
         return None
 
-    async def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
-        assert method == "POST" and path.endswith("/serviceaccounts/default/token"), path
+    async def request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        assert method == "POST", (method, path)
+        if path.endswith("/events"):
+            self.events.append(kw["body"])
+            return kw["body"]
+        assert path.endswith("/serviceaccounts/default/token"), path
         return {"status": {"token": "TOKEN"}}
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -142,11 +147,16 @@ async def test_job_pod_exit_codes_and_restart_policy(tmp_path: Path) -> None:
     # OnFailure: fails once (marker file absent), then succeeds -> Succeeded with 1 restart
     marker = tmp_path / "once"
     cmd = ["sh", "-c", f"test -e {marker} && exit 0; touch {marker}; exit 1"]
+    await asyncio.sleep(0.1)
+    seen = len(host.api.events)
     retry = PodWorker(host, _pod(cmd, restartPolicy="OnFailure"), "127.10.99.4")  # type: ignore[arg-type]
     await asyncio.wait_for(retry.run(), 20)
     assert retry.phase == "Succeeded" and retry.containers[0].restarts == 1
     final = host.api.patches[-1]["containerStatuses"][0]
     assert final["lastState"]["terminated"]["exitCode"] == 1
+    await asyncio.sleep(0.1)  # events are posted in the background
+    reasons = [e["reason"] for e in host.api.events[seen:]]
+    assert reasons.count("Started") == 2 and "BackOff" in reasons
     for w in (never, retry):
         w.cleanup()
 

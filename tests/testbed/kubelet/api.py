@@ -194,6 +194,32 @@ class Api:
                         yield kind, obj
 
 
+def event_body(pod: Json, kind: str, reason: str, message: str, when: str) -> Json:
+    """A core/v1 Event about a pod, as the kubelet would post it (``kubectl describe pod``)."""
+    meta = pod["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "reason": reason,
+        "message": message[:1000],
+        "type": kind,
+        "source": {"component": "process-kubelet", "host": pod["spec"].get("nodeName", "")},
+        "reportingComponent": "process-kubelet",
+        "reportingInstance": pod["spec"].get("nodeName", ""),
+        "firstTimestamp": when,
+        "lastTimestamp": when,
+        "count": 1,
+    }
+
+
 def pod_path(ns: str, name: str = "", sub: str = "") -> str:
     p = f"/api/v1/namespaces/{ns}/pods"
     if name:

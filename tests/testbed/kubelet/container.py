@@ -25,6 +25,65 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class Conditions:
+    """Pod conditions whose ``lastTransitionTime`` only moves when their status changes."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, tuple[str, str]] = {}
+
+    def __call__(self, ctype: str, ok: bool, reason: str = "") -> dict[str, Any]:
+        status = "True" if ok else "False"
+        prev = self._since.get(ctype)
+        if prev is None or prev[0] != status:
+            self._since[ctype] = (status, now())
+        cond = {"type": ctype, "status": status, "lastTransitionTime": self._since[ctype][1]}
+        if reason and not ok:
+            cond["reason"] = reason
+        return cond
+
+
+OWN_CONDITIONS = frozenset(
+    {"PodScheduled", "PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"}
+)
+
+
+def pod_status(
+    pod: Obj,
+    phase: str,
+    ip: str,
+    initialized: bool,
+    containers: list[Container],
+    inits: list[Container],
+    cond: Conditions,
+) -> dict[str, Any]:
+    """The full pod status the kubelet reports (conditions of other writers are kept)."""
+    old = pod.get("status", {}) or {}
+    ready = all(c.ready for c in containers) and phase == "Running"
+    others = [c for c in old.get("conditions") or [] if c.get("type") not in OWN_CONDITIONS]
+    st: dict[str, Any] = {
+        "phase": phase,
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "hostIP": "127.0.0.1",
+        "hostIPs": [{"ip": "127.0.0.1"}],
+        "startTime": old.get("startTime") or now(),
+        "conditions": [
+            cond("PodScheduled", True),
+            cond("PodReadyToStartContainers", True),
+            cond("Initialized", initialized, "ContainersNotInitialized"),
+            cond("ContainersReady", ready, "ContainersNotReady"),
+            cond("Ready", ready, "ContainersNotReady"),
+            *others,
+        ],
+        "containerStatuses": [c.status() for c in containers],
+    }
+    if old.get("qosClass"):
+        st["qosClass"] = old["qosClass"]
+    if inits:
+        st["initContainerStatuses"] = [c.status() for c in inits]
+    return st
+
+
 class Worker(Protocol):
     """What the probe loop and hooks need from the pod worker."""
 
@@ -34,6 +93,7 @@ class Worker(Protocol):
     root: Path
 
     async def push(self) -> None: ...
+    def note(self, text: str, reason: str = "", warning: bool = False) -> None: ...
     async def exec_in(self, c: Container, command: list[str], limit: float) -> int: ...
     def grace(self) -> float: ...
 
@@ -107,8 +167,10 @@ async def probe_loop(pod: Worker, c: Container) -> None:
         await asyncio.sleep(st.initial_delay)
         while not await check(st):
             if st.failures >= st.failure_threshold:
-                process.log_line(
-                    pod.logf, f"{c.name} startup probe failed: {st.last_message}; killing"
+                pod.note(
+                    f"Startup probe of {c.name} failed: {st.last_message}; killing",
+                    "Unhealthy",
+                    warning=True,
                 )
                 await process.stop(c.proc, pod.grace())
                 return
@@ -127,7 +189,11 @@ async def probe_loop(pod: Worker, c: Container) -> None:
             before = c.ready
             c.ready = await check(rt)
             if c.ready != before:
-                process.log_line(pod.logf, f"{c.name} ready={c.ready}: {rt.last_message}")
+                pod.note(
+                    f"{c.name} ready={c.ready}: {rt.last_message}",
+                    "" if c.ready else "Unhealthy",
+                    warning=not c.ready,
+                )
                 await pod.push()
             await asyncio.sleep(rt.period)
 
@@ -140,7 +206,11 @@ async def probe_loop(pod: Worker, c: Container) -> None:
             if not await check(lt):
                 break
             await asyncio.sleep(lt.period)
-        process.log_line(pod.logf, f"{c.name} liveness failed: {lt.last_message}; killing")
+        pod.note(
+            f"Liveness probe of {c.name} failed: {lt.last_message}; killing",
+            "Unhealthy",
+            warning=True,
+        )
         assert c.proc is not None
         await process.stop(c.proc, pod.grace())
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
+
 from . import process
-from .api import Api, ApiError, pod_path
-from .container import Container, now, pre_stop, probe_loop
+from .api import Api, ApiError, event_body, pod_path
+from .container import Conditions, Container, now, pod_status, pre_stop, probe_loop
 from .imagemap import ImageMap, ImageMapError
 from .spec import SpecError, build_env, resolve_argv, restart_wanted
 from .volumes import PodVolumes, fetch_env_data, render_hosts, render_resolv, write_in_place
@@ -52,8 +54,7 @@ class PodWorker:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     phase: str = "Pending"
     initialized: bool = False
-    message: str = ""
-    _transitions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _conditions: Conditions = field(default_factory=Conditions)
     _last_sent: dict[str, Any] | None = None
     _push_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -98,6 +99,18 @@ class PodWorker:
 
     def update(self, pod: dict[str, Any]) -> None:
         self.pod = pod
+
+    def note(self, text: str, reason: str = "", warning: bool = False) -> None:
+        """Log to the pod's log file and, with a ``reason``, post an Event (fire and forget)."""
+        process.log_line(self.logf, text)
+        if reason:
+            body = event_body(self.pod, "Warning" if warning else "Normal", reason, text, now())
+            task = asyncio.create_task(self._post_event(body))
+            self._tasks.append(task)
+
+    async def _post_event(self, body: dict[str, Any]) -> None:
+        with contextlib.suppress(ApiError, OSError, aiohttp.ClientError, TimeoutError):
+            await self.host.api.request("POST", f"/api/v1/namespaces/{self.ns}/events", body=body)
 
     # ---- files -------------------------------------------------------------------------------
     def write_hosts(self) -> None:
@@ -153,54 +166,16 @@ class PodWorker:
         return argv, env, cwd, mounts
 
     # ---- status ------------------------------------------------------------------------------
-    def _cond(self, ctype: str, ok: bool, reason: str = "") -> dict[str, Any]:
-        status = "True" if ok else "False"
-        prev = self._transitions.get(ctype)
-        if prev is None or prev[0] != status:
-            self._transitions[ctype] = (status, now())
-        cond = {"type": ctype, "status": status, "lastTransitionTime": self._transitions[ctype][1]}
-        if reason and not ok:
-            cond["reason"] = reason
-        return cond
-
     def status(self) -> dict[str, Any]:
-        ready = all(c.ready for c in self.containers) and self.phase == "Running"
-        ours = {
-            "PodScheduled",
-            "PodReadyToStartContainers",
-            "Initialized",
-            "ContainersReady",
-            "Ready",
-        }
-        others = [
-            c
-            for c in (self.pod.get("status", {}).get("conditions") or [])
-            if c.get("type") not in ours
-        ]
-        st: dict[str, Any] = {
-            "phase": self.phase,
-            "podIP": self.ip,
-            "podIPs": [{"ip": self.ip}],
-            "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}],
-            "startTime": self.pod.get("status", {}).get("startTime") or now(),
-            "conditions": [
-                self._cond("PodScheduled", True),
-                self._cond("PodReadyToStartContainers", True),
-                self._cond("Initialized", self.initialized, "ContainersNotInitialized"),
-                self._cond("ContainersReady", ready, "ContainersNotReady"),
-                self._cond("Ready", ready, "ContainersNotReady"),
-                *others,
-            ],
-            "containerStatuses": [c.status() for c in self.containers],
-        }
-        if self.pod.get("status", {}).get("qosClass"):
-            st["qosClass"] = self.pod["status"]["qosClass"]
-        if self.inits:
-            st["initContainerStatuses"] = [c.status() for c in self.inits]
-        if self.message:
-            st["message"] = self.message
-        return st
+        return pod_status(
+            self.pod,
+            self.phase,
+            self.ip,
+            self.initialized,
+            self.containers,
+            self.inits,
+            self._conditions,
+        )
 
     async def push(self) -> None:
         async with self._push_lock:
@@ -248,7 +223,7 @@ class PodWorker:
             except (SpecError, ImageMapError, ApiError) as exc:
                 for c in [*self.inits, *self.containers]:
                     c.waiting = ("CreateContainerConfigError", str(exc))
-                process.log_line(self.logf, f"cannot start yet: {exc}")
+                self.note(f"cannot start yet: {exc}", "Failed", warning=True)
                 await self.push()
                 await self._sleep(3)
         self._tasks.append(asyncio.create_task(self._refresh_tokens()))
@@ -285,7 +260,7 @@ class PodWorker:
         backoff = 0.0
         while not self.stopping.is_set():
             argv, env, cwd, mounts = self._exec_plan(c)
-            process.log_line(self.logf, f"start {c.name} (restart {c.restarts}): {argv}")
+            self.note(f"start {c.name} (restart {c.restarts}): {argv}")
             c.proc = await process.spawn(
                 self.root / f"{c.name}.exec.json",
                 argv=argv,
@@ -296,6 +271,7 @@ class PodWorker:
                 hostname=self.hostname,
             )
             c.started_at, c.ready, c.started, c.waiting = now(), False, False, ("", "")
+            self.note(f"Started container {c.name} (pid {c.proc.pid})", "Started")
             c.terminated = None
             await self.push()
             prober = asyncio.create_task(probe_loop(self, c))
@@ -312,7 +288,7 @@ class PodWorker:
                 "containerID": f"process://{c.proc.pid}",
             }
             c.ready = c.started = False
-            process.log_line(self.logf, f"{c.name} exited with {rc}")
+            self.note(f"{c.name} exited with {rc}")
             policy = (
                 "Always"
                 if c.sidecar
@@ -325,6 +301,11 @@ class PodWorker:
             backoff = min(max(backoff * 2, 1.0), 20.0)
             c.last, c.terminated = c.terminated, None
             c.waiting = ("CrashLoopBackOff", f"back-off {backoff:.0f}s restarting {c.name}")
+            self.note(
+                f"Back-off {backoff:.0f}s restarting failed container {c.name}",
+                "BackOff",
+                warning=True,
+            )
             await self.push()
             await self._sleep(backoff)
             c.restarts += 1
@@ -382,7 +363,7 @@ class PodWorker:
             except (TimeoutError, OSError, SpecError, ImageMapError) as exc:
                 process.log_line(self.logf, f"{c.name} preStop: {exc!r}")
             assert c.proc is not None
-            process.log_line(self.logf, f"stopping {c.name} (pid {c.proc.pid})")
+            self.note(f"Stopping container {c.name} (pid {c.proc.pid})", "Killing")
             await process.stop(c.proc, max(0.0, deadline - loop.time()))
 
         await asyncio.gather(*(stop_one(c) for c in running))
