@@ -141,3 +141,18 @@ def test_endpoint_request_bytes() -> None:
     assert b"Authorization: Bearer k\r\n" in req and req.endswith(b"Content-Length: 2\r\n\r\n{}")
     with pytest.raises(ValueError):
         Endpoint("ftp://x")
+
+
+def test_one_event_line_counts_once_even_with_two_output_fields() -> None:
+    s = parse([b'data: {"choices":[{"delta":{"reasoning_content":"a","content":"b"}}]}\n\n'])
+    assert len(s.arrivals) == 1
+
+
+def test_continuous_usage_keeps_the_last_value() -> None:
+    events = b"".join(
+        b'data: {"choices":[{"text":"x"}],"usage":{"prompt_tokens":3,"completion_tokens":%d}}\n\n'
+        % k
+        for k in (1, 2, 3)
+    )
+    s = parse([events + b"data: [DONE]\n\n"])
+    assert len(s.arrivals) == 3 and s.completion_tokens == 3 and s.prompt_tokens == 3
