@@ -90,15 +90,15 @@ def charts(result: BenchResult) -> dict[str, Markup]:
         ),
     }  # fmt: skip
     ok = [r for r in recs if r.error is None]
+    ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
+    tpots = [t for t in map(tpot, ok) if t is not None]
     ttft_marks = _marks(result.metrics.ttft, sla.ttft_s if sla else None)
     tpot_marks = _marks(result.metrics.tpot, sla.tpot_s if sla else None)
     out["ttft_hist"] = svg.histogram(
-        "TTFT distribution", "TTFT (ms)", [r.ttft_s for r in ok if r.ttft_s is not None],
-        x_fmt=ms_axis, marks=ttft_marks,
+        "TTFT distribution", "TTFT (ms)", ttfts, x_fmt=_ms_span(ttfts), marks=ttft_marks,
     )  # fmt: skip
     out["tpot_hist"] = svg.histogram(
-        "TPOT distribution", "TPOT (ms)", [t for t in map(tpot, ok) if t is not None],
-        x_fmt=ms_axis, marks=tpot_marks,
+        "TPOT distribution", "TPOT (ms)", tpots, x_fmt=_ms_span(tpots), marks=tpot_marks,
     )  # fmt: skip
     if result.sweep:
         pts = sorted(result.sweep, key=lambda p: p.concurrency)
@@ -118,6 +118,13 @@ def charts(result: BenchResult) -> dict[str, Markup]:
             "Throughput vs replicas", "replicas", "output tokens/s", series, markers=True
         )
     return {k: Markup(v) for k, v in out.items()}  # noqa: S704 - built from escaped parts
+
+
+def _ms_span(values: Sequence[float]) -> svg.Fmt:
+    if not values:
+        return svg.span_format(0.0, 1.0, 1000.0)
+    data = sorted(values)
+    return svg.span_format(data[0], data[min(len(data) - 1, int(len(data) * 0.999))], 1000.0)
 
 
 def _marks(p: Percentiles, limit: float | None) -> list[tuple[str, float]]:

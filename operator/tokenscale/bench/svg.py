@@ -103,15 +103,17 @@ def histogram(
     values: Sequence[float],
     *,
     bins: int = 30,
-    x_fmt: Fmt = lambda v: f"{v:g}",
+    x_fmt: Fmt | None = None,
     marks: Sequence[tuple[str, float]] = (),
 ) -> str:
-    """Histogram of ``values`` (clipped at the 99.9th percentile) with labelled vertical marks."""
+    """Histogram of ``values`` (clipped at the 99.9th percentile) with labelled vertical marks;
+    ``x_fmt`` defaults to a span-aware formatter."""
     if not values:
         return empty(title)
     data = sorted(values)
     lo, hi = data[0], data[min(len(data) - 1, int(len(data) * 0.999))]
     hi = hi if hi > lo else lo + max(abs(lo) * 0.1, 1e-6)
+    x_fmt = x_fmt or span_format(lo, hi)
     counts = [0] * bins
     for v in data:
         counts[min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))] += 1
@@ -135,13 +137,23 @@ def histogram(
         if lo <= xv <= hi:
             x = ML + pw * (xv - lo) / (hi - lo)
             color = COLORS[(idx + 1) % len(COLORS)]
+            right = x > ML + 0.7 * pw  # keep labels near the right edge inside the plot
             out.append(
                 f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{MT}" y2="{MT + ph}" stroke="{color}" '
-                f'stroke-dasharray="4 3"/><text x="{x + 3:.1f}" y="{MT + 12 + 14 * idx}" '
+                f'stroke-dasharray="4 3"/><text x="{x - 3 if right else x + 3:.1f}" '
+                f'y="{MT + 12 + 14 * idx}" text-anchor="{"end" if right else "start"}" '
                 f'fill="{color}">{html.escape(name)}</text>'
             )
     out.append("</svg>")
     return "\n".join(out)
+
+
+def span_format(lo: float, hi: float, scale: float = 1.0) -> Fmt:
+    """Tick formatter with as many decimals as the axis span needs (``scale``: e.g. 1000 for
+    seconds shown as ms), so a narrow axis does not print the same label five times."""
+    span = abs(hi - lo) * scale
+    decimals = 0 if span <= 0 else max(0, min(6, 2 - math.floor(math.log10(span))))
+    return lambda v: f"{v * scale:.{decimals}f}"
 
 
 def empty(title: str) -> str:
