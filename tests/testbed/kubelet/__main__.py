@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ..runimages import run_images
 from .api import Api, KubeConfig
 from .imagemap import ImageMap
 from .kubelet import Kubelet
@@ -29,6 +30,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="PREFIX=DIR",
         help="map an image prefix to a bin dir or module:function (repeatable)",
+    )
+    p.add_argument(
+        "--run-image",
+        action="append",
+        default=None,
+        metavar="IMAGE",
+        help="run pods whose first container uses IMAGE even without the run label "
+        "(repeatable; default: the operator and vLLM-cpu images of the test bed's operator config)",
     )
     p.add_argument("--api-url", help="API server URL (default: from the kubeconfig)")
     p.add_argument("--ca", help="CA certificate file (default: from the kubeconfig)")
@@ -62,6 +71,7 @@ async def amain(args: argparse.Namespace) -> None:
         service_cidr=args.service_cidr,
         inject_pod_ip=not args.no_pod_ip_env,
         shutdown_grace=args.shutdown_grace,
+        run_images=args.run_image if args.run_image is not None else run_images(),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import POD_SELECTOR
+from . import RUN_LABEL, RUN_LABEL_VALUE
 from .api import Api, ApiError, pod_path
 from .imagemap import ImageMap
 from .pod import PodWorker
@@ -36,8 +36,10 @@ class Kubelet:
         service_cidr: str = "127.20.0.0/16",
         inject_pod_ip: bool = True,
         shutdown_grace: float = 10.0,
+        run_images: Iterable[str] = (),
     ):
         self.api = api
+        self.run_images = frozenset(run_images)
         self.image_map = image_map
         self.work_dir = work_dir
         self.api_port = api.cfg.port
@@ -105,6 +107,14 @@ class Kubelet:
         task.add_done_callback(self._background.discard)
 
     # ---- pods ---------------------------------------------------------------------------------
+    def is_ours(self, pod: dict[str, Any]) -> bool:
+        """Labelled for us, or running one of the configured run images (KWOK skips both)."""
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get(RUN_LABEL) == RUN_LABEL_VALUE:
+            return True
+        containers = (pod.get("spec") or {}).get("containers") or [{}]
+        return str(containers[0].get("image", "")) in self.run_images
+
     async def _handle_pod(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod.get("spec", {})
         uid = meta["uid"]
@@ -165,18 +175,19 @@ class Kubelet:
     async def watch_pods(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._services_synced.wait(), 30)
-        async for kind, obj in self.api.watch("/api/v1/pods", label_selector=POD_SELECTOR):
+        async for kind, obj in self.api.watch("/api/v1/pods"):
             try:
                 if kind == "SYNC":
-                    present = {p["metadata"]["uid"] for p in obj.get("items", [])}
+                    ours = [p for p in obj.get("items", []) if self.is_ours(p)]
+                    present = {p["metadata"]["uid"] for p in ours}
                     for uid in list(self.workers):
                         if uid not in present:
                             self._spawn(self._vanished(uid))
-                    for pod in obj.get("items", []):
+                    for pod in ours:
                         await self._handle_pod(pod)
                 elif kind == "DELETED":
                     self._spawn(self._vanished(obj["metadata"]["uid"]))
-                else:
+                elif self.is_ours(obj):
                     await self._handle_pod(obj)
             except (ApiError, OSError, KeyError, ValueError):
                 log.exception("pod event %s failed; continuing", kind)

@@ -68,9 +68,16 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 async def stop(proc: asyncio.subprocess.Process, grace: float) -> int:
-    """SIGTERM the process group, wait up to ``grace`` seconds, then SIGKILL it; returns rc."""
+    """SIGTERM the container's main process, wait up to ``grace`` seconds, then SIGKILL the
+    whole group; returns rc.
+
+    Like a real container runtime, only the main process gets SIGTERM: servers such as vLLM
+    drain in-flight requests and stop their own workers, which a group-wide SIGTERM would kill
+    mid-step.
+    """
     if proc.returncode is None:
-        signal_group(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), timeout=max(grace, 0.1))
         except TimeoutError:
