@@ -21,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from .build import KWOK_STAGES
+from .runimages import run_images
 
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 POOL_LABEL = "testbed.tokenscale.dev/pool"
@@ -224,12 +225,19 @@ def write_kwok_config(path: Path, stages_dir: Path) -> Path:
     for rel in KWOK_STAGES:
         stage = yaml.safe_load((stages_dir / rel).read_text())
         if stage["metadata"]["name"] in _POD_STAGES:
-            stage["spec"]["selector"].setdefault("matchExpressions", []).append(
-                {
-                    "key": f'.metadata.labels["{PROCESS_LABEL}"]',
-                    "operator": "NotIn",
-                    "values": [PROCESS_LABEL_VALUE],
-                }
+            stage["spec"]["selector"].setdefault("matchExpressions", []).extend(
+                [
+                    {
+                        "key": f'.metadata.labels["{PROCESS_LABEL}"]',
+                        "operator": "NotIn",
+                        "values": [PROCESS_LABEL_VALUE],
+                    },
+                    {
+                        "key": ".spec.containers[0].image",
+                        "operator": "NotIn",
+                        "values": list(run_images()),
+                    },
+                ]
             )
         docs.append(stage)
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
