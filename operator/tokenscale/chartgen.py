@@ -29,6 +29,12 @@ def _json_schema(node: dict[str, Any]) -> dict[str, Any]:
     for key, value in node.items():
         if key.startswith("x-kubernetes-") or key == "nullable":
             continue
+        if key in ("exclusiveMinimum", "exclusiveMaximum") and value is True:
+            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+            out[key] = node[bound]
+            continue
+        if key in ("minimum", "maximum") and node.get(f"exclusive{key.capitalize()}") is True:
+            continue
         if key == "properties":
             out[key] = {k: _json_schema(v) for k, v in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, dict):

@@ -24,8 +24,6 @@ _KEEP_AS_IS = {
     "pattern",
     "minimum",
     "maximum",
-    "exclusiveMinimum",
-    "exclusiveMaximum",
     "minLength",
     "maxLength",
     "minItems",
@@ -61,6 +59,10 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
             continue
         if key == "const":
             out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            # JSON Schema 2020 puts the bound here; OpenAPI 3.0 wants a boolean flag on it.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         elif key in _KEEP_AS_IS or key.startswith("x-kubernetes-") or key == "type":
             out[key] = value
         elif key == "default":
@@ -114,7 +116,7 @@ def _open_api(model: type[BaseModel]) -> dict[str, Any]:
     root = structural(schema)
     props = root["properties"]
     # metadata is validated by the API server itself; the name rule becomes a CEL check.
-    props["metadata"] = {"type": "object", "description": props["metadata"]["description"]}
+    props["metadata"] = {"type": "object"}  # the API server allows nothing else here
     root.setdefault("x-kubernetes-validations", []).append(
         {
             "rule": "self.metadata.name.size() <= 40",
