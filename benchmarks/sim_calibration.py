@@ -208,7 +208,7 @@ def http_level(gpu: str, qps: float, args: argparse.Namespace) -> dict[str, Any]
         "--seed",
         str(args.seed),
         "--stream-flush-ms",
-        "1000",
+        "0",
         "--log-level",
         "WARNING",
     ]
@@ -261,10 +261,17 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=7, help="bisection steps per GPU")
     parser.add_argument("--port-base", type=int, default=18100)
     parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument(
+        "--model-results", type=Path, help="reuse the model-level rows of an earlier result JSON"
+    )
     args = parser.parse_args()
 
-    print("model level (virtual time, 600 s MLPerf-style runs):", flush=True)
-    rows = [model_level(g.strip(), args.seed, args.iters) for g in args.gpus.split(",")]
+    if args.model_results:
+        rows = json.loads(args.model_results.read_text())["gpus"]
+        print(f"model level: reusing {args.model_results}", flush=True)
+    else:
+        print("model level (virtual time, 600 s MLPerf-style runs):", flush=True)
+        rows = [model_level(g.strip(), args.seed, args.iters) for g in args.gpus.split(",")]
     result: dict[str, Any] = {**rows[0], "command": " ".join(["python", *sys.argv]), "gpus": rows}
     by_gpu = {r["gpu"]: r for r in rows}
     if "MI355X" in by_gpu and "MI325X" in by_gpu:

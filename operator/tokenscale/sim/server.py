@@ -7,9 +7,12 @@ keep-alive, chunked streaming and back-pressure for free.
 
 Time: the engine model runs in *simulated* seconds; ``SimClock`` maps them to wall time divided by
 ``--speed``. Every latency the metrics and responses report is simulated, so an autoscaler or a
-benchmark sees realistic values whatever the speed. If the process falls behind (CPU-bound), the
-next step starts at the current simulated time: throughput is lost rather than time compressed,
-and latencies stay consistent with what clients observe.
+benchmark sees realistic values whatever the speed. Steps run back to back in simulated time as
+long as the event loop is less than ``max_lag_s`` (wall) late - host jitter on a busy machine
+must not slow the modelled GPU; tokens then reach clients up to that much late. If the process
+falls further behind (CPU-bound), the next step starts at the current simulated time minus that
+slack: throughput is lost rather than time compressed, and latencies stay consistent with what
+clients observe.
 
 Streaming: each token is its own SSE chunk (as vLLM), but chunks are *written* on the first token,
 at the finish, and otherwise at most every ``stream_flush_s`` wall seconds (0: never in between,
@@ -89,12 +92,14 @@ class EngineHost:
         stream_flush_s: float = 0.05,
         background_qps: float = 0.0,
         background_seed: int = 0,
+        max_lag_s: float = 0.25,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.endpoint = endpoint
         self.stream_flush_s = stream_flush_s
         self.background_qps = background_qps
+        self.max_lag_s = max_lag_s
         self._background_rng = random.Random(background_seed)
         self.in_flight = 0
         self._waiters: dict[int, _Waiter] = {}
@@ -144,7 +149,9 @@ class EngineHost:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            result = self.engine.step(self.clock.now())
+            # Host jitter up to ``max_lag_s`` wall seconds does not cost the GPU time: a real
+            # engine keeps computing while Python is late. Beyond it, time is lost (see module doc).
+            result = self.engine.step(self.clock.now() - self.max_lag_s * self.clock.speed)
             if result is None:
                 continue
             await self.clock.sleep_until(result.end)
