@@ -89,6 +89,7 @@ func main() {
 	http.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, `{"completed":%d,"tokens":%d}`, completed.Load(), tokens.Load())
 	})
+	http.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {})
 	http.HandleFunc("/v1/models", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"object":"list","data":[{"id":"fake","object":"model",`+
@@ -334,28 +335,39 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
 
 
 MAKE_TOKENIZER = r"""
-import json, sys
+import json, random, sys
 from pathlib import Path
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-words = ["[UNK]", "<s>", "</s>", "[PAD]"] + [f"w{i}" for i in range(4000)] + ["tok", "hello"]
-tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-tok.decoder = decoders.WordPiece(prefix="##")
+words = ("the of and to in is you that it he was for on are as with his they at be this have "
+         "from or one had by word but not what all were we when your can said there use an each "
+         "which she do how their if will up other about out many then them these so some her "
+         "would make like him into time has look two more write go see number no way could people "
+         "my than first water been call who oil its now find long down day did get come made"
+         ).split()
+rng = random.Random(0)
+corpus = [" ".join(rng.choices(words, k=64)) for _ in range(2000)]
+tok = Tokenizer(models.BPE())
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tok.decoder = decoders.ByteLevel()
+tok.train_from_iterator(corpus, trainers.BpeTrainer(
+    vocab_size=2000, special_tokens=["<s>", "</s>", "<unk>", "<pad>"],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
 tok.save(str(out / "tokenizer.json"))
 (out / "tokenizer_config.json").write_text(json.dumps({
-    "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192, "unk_token": "[UNK]",
-    "bos_token": "<s>", "eos_token": "</s>", "pad_token": "[PAD]",
+    "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192, "unk_token": "<unk>",
+    "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
     "clean_up_tokenization_spaces": False}))
-(out / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": len(words),
-    "max_position_embeddings": 8192, "architectures": ["LlamaForCausalLM"]}))
+(out / "config.json").write_text(json.dumps({"model_type": "llama",
+    "vocab_size": tok.get_vocab_size(), "max_position_embeddings": 8192,
+    "architectures": ["LlamaForCausalLM"]}))
 """
 
 
 def tokenizer_dir() -> Path:
-    """A tiny local word-level HF tokenizer: every peer insists on a tokenizer to build prompts
-    and there is no hub access here. Built on first use with a peer venv's `tokenizers`."""
-    path = PEERS / "tokenizer"
+    """A tiny local byte-level BPE tokenizer: every peer insists on a tokenizer to build prompts
+    and there is no hub access here. Trained on first use with a peer venv's `tokenizers`."""
+    path = PEERS / "tokenizer-bpe"
     if not (path / "tokenizer.json").exists():
         for venv in ("inference-perf", "vllm", "guidellm"):
             python = peer_python(venv)
@@ -504,26 +516,22 @@ def peer_clients(warmup: int, window: float) -> dict[str, Callable[[], dict[str,
             [
                 "-m",
                 "guidellm",
-                "benchmark",
                 "run",
-                "--target",
-                URL,
-                "--model",
-                "fake",
-                "--processor",
-                tok,
+                "--backend",
+                f"kind=openai_http,target={URL},model=fake,request_format=/v1/completions",
                 "--profile",
-                "concurrent",
-                "--rate",
-                str(CONCURRENCY),
-                "--max-seconds",
-                "600",
+                f"kind=concurrent,streams={CONCURRENCY}",
+                "--constraint",
+                "kind=max_duration,seconds=600",
+                "--tokenizer",
+                f"kind=huggingface_auto,model={tok}",
                 "--data",
-                f"prompt_tokens=16,output_tokens={TOKENS}",
-                "--output-dir",
-                str(work / "guidellm"),
+                f"kind=synthetic_text,prompt_tokens=16,output_tokens={TOKENS}",
+                "--output",
+                "kind=console",
+                "--disable-progress",
             ],
-            {"HF_HUB_OFFLINE": "1", "GUIDELLM__MAX_WORKER_PROCESSES": "1"},
+            {"HF_HUB_OFFLINE": "1"},
         ),
         "inference-perf": (
             "inference-perf",

@@ -162,6 +162,9 @@ class _Conn(asyncio.Protocol):
                 b'{"completed":%d,"tokens":%d}' % (server.completed, server.tokens),
             )
             return
+        if method == b"get" and path.endswith(b"/health"):
+            self._json(200, b"{}")
+            return
         if method == b"get" and path.endswith(b"/models"):
             self._json(200, b'{"object":"list","data":[{"id":"fake","object":"model"}]}')
             return
