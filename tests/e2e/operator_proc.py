@@ -95,7 +95,7 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         cmd = [
-            sys.executable, "-m", "tokenscale.cli", "run",
+            sys.executable, "-m", "tokenscale", "run",
             "--config", str(self.config),
             "--metrics-port", str(self.metrics_port),
             "--health", f"http://127.0.0.1:{self.health_port}/healthz",

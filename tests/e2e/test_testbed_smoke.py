@@ -86,7 +86,7 @@ def test_deployment_lands_on_mi355x_and_runs(kube: client.ApiClient, namespace: 
     pod = _wait(running_pod, what="gpu8 pod Running")
     node = core.read_node(pod.spec.node_name)
     assert node.metadata.labels["amd.com/gpu.product-name"] == MI355X
-    assert pod.status.pod_ip and pod.status.pod_ip.startswith("10.244.")
+    assert pod.status.pod_ip and pod.status.pod_ip.startswith("127.244.")
     dep = _wait(
         lambda: (
             (d := apps.read_namespaced_deployment(name="gpu8", namespace=namespace))

@@ -217,7 +217,7 @@ class Cluster:
             f"--kubeconfig={self.work_dir / 'kwok.kubeconfig'}", f"--config={kwok_cfg}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={nodes.FAKE_NODE_ANNOTATION}=fake",
-            "--node-ip=127.0.0.1", "--cidr=10.244.0.0/16", "--node-lease-duration-seconds=40",
+            "--node-ip=127.0.0.1", "--cidr=127.244.0.0/16", "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{self.ports['kwok']}",
         ])  # fmt: skip
         self._wait_http("kube-controller-manager", self._local("kcm", "https") + "/healthz", 90)

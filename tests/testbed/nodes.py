@@ -208,7 +208,9 @@ def write_kwok_config(path: Path, stages_dir: Path) -> Path:
             "options": {
                 "nodeLeaseDurationSeconds": 40,
                 "nodeIP": "127.0.0.1",
-                "cidr": "10.244.0.0/16",
+                # Loopback on purpose: KWOK pods run nothing, and anything that
+                # connects to their IPs (e.g. a metrics scrape) must stay on this host.
+                "cidr": "127.244.0.0/16",
                 "manageAllNodes": False,
                 "enableDebuggingHandlers": False,
                 "enableProfilingHandler": False,

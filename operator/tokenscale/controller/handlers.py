@@ -36,8 +36,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.config = OperatorConfig.load(memo.get("config_path"))
     memo.kube = Kube()
     memo.last_refresh = {}
+    # Pod IPs are cluster-internal: never route scrapes through an environment HTTP proxy.
     memo.http = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=128)
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=128), trust_env=False
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
