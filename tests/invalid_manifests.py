@@ -163,7 +163,6 @@ CASES: list[Case] = [
         service(pools=_pool(gpusPerReplica=0)),
         "spec.pools[0]",
         "gpusPerReplica",
-        server=False,
     ),
     Case(
         "headroom-above-one",

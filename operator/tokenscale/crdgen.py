@@ -45,12 +45,8 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
         merged = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
         return structural(merged, defs)
     if schema.get("x-kubernetes-int-or-string"):
-        out: dict[str, Any] = {"x-kubernetes-int-or-string": True}
-        if "description" in schema:
-            out["description"] = schema["description"]
-        if "default" in schema:
-            out["default"] = schema["default"]
-        return out
+        keep = ("description", "default", "x-kubernetes-validations")
+        return {"x-kubernetes-int-or-string": True, **{k: schema[k] for k in keep if k in schema}}
     if "anyOf" in schema:
         return _any_of(schema, defs)
     out = {}

@@ -223,23 +223,26 @@ def test_invalid_objects_are_rejected_by_the_api_server(
     assert leaf in out.stderr or case.says.split()[0] in out.stderr, out.stderr
 
 
-@pytest.mark.parametrize("case", [k for k in CASES if not k.server], ids=lambda k: k.id)
-def test_operator_judged_objects_end_in_a_condition(
-    cluster: Cluster, namespace: str, operator: OperatorProcess, case: Case
+def test_dtype_the_gpu_cannot_run_ends_in_a_condition_and_an_event(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    cluster.kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(case.manifest))
-    name = case.manifest["metadata"]["name"]
-    kind = "tsvc" if case.manifest["kind"] == "InferenceService" else "tsbench"
-    degraded = wait_for(
-        lambda: (
-            condition(get(cluster, kind, name, "-n", namespace), "Degraded").get("reason")
-            == "InvalidSpec"
-            and condition(get(cluster, kind, name, "-n", namespace), "Degraded")
-        ),
-        what="InvalidSpec condition",
+    """Only the operator knows the GPU catalogue: mxfp4 on MI300X is valid YAML, invalid intent."""
+    doc = example("llama2-70b-mi355x.yaml")
+    doc["metadata"]["name"] = "fp4-on-mi300x"
+    doc["spec"]["model"]["dtype"] = "mxfp4"
+    doc["spec"]["pools"] = [{"name": "mi300x", "gpu": "MI300X"}]
+    apply(cluster, namespace, doc)
+    ready = wait_for(
+        lambda: (cd := condition(get(cluster, "tsvc", "fp4-on-mi300x", "-n", namespace), "Ready"))
+        and cd.get("reason") == "PlanFailed"
+        and cd,
+        what="PlanFailed",
     )
-    assert case.field in degraded["message"]
-    assert not pods_of(cluster, namespace, name)
+    assert "mxfp4" in ready["message"]
+    events = get(cluster, "events", "-n", namespace, "--field-selector",
+                 "involvedObject.name=fp4-on-mi300x")  # fmt: skip
+    assert any(e["reason"] == "PlanFailed" for e in events["items"])
+    assert not pods_of(cluster, namespace, "fp4-on-mi300x")
 
 
 def test_scale_subresource_splits_across_pools(

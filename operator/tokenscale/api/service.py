@@ -22,7 +22,15 @@ PartitionProfile = Literal["spx_nps1", "cpx_nps1", "cpx_nps4", "dpx_nps2", "qpx_
 ScalingMetric = Literal[
     "generationTokensPerSecond", "totalTokensPerSecond", "requestsInFlight", "kvCacheUsage"
 ]
-INT_OR_STRING: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+INT_OR_AUTO: dict[str, Any] = {
+    "x-kubernetes-int-or-string": True,
+    "x-kubernetes-validations": [
+        {
+            "rule": "type(self) == int ? self >= 1 : self == 'auto'",
+            "message": "must be an integer >= 1 or 'auto'",
+        }
+    ],
+}
 
 
 class PVCSource(StrictModel):
@@ -177,7 +185,7 @@ class GPUPool(StrictModel):
         description=f"Pool name (DNS label, at most {MAX_POOL_NAME_LENGTH} characters).",
     )
     gpu: GPUModel = Field(description="AMD Instinct model, or CPU for the vLLM CPU backend.")
-    gpus_per_replica: Annotated[int | Literal["auto"], Field(json_schema_extra=INT_OR_STRING)] = (
+    gpus_per_replica: Annotated[int | Literal["auto"], Field(json_schema_extra=INT_OR_AUTO)] = (
         Field(
             default="auto",
             description="GPUs (or partitions) per replica, or auto to let the planner decide.",

@@ -35,7 +35,6 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Load operator config, create the API client, tune Kopf for a fleet-sized operator."""
     memo.config = OperatorConfig.load(memo.get("config_path"))
     memo.kube = Kube()
-    memo.last_refresh = {}
     # Pod IPs are cluster-internal: never route scrapes through an environment HTTP proxy.
     memo.http = httpx.AsyncClient(
         limits=httpx.Limits(max_connections=256, max_keepalive_connections=128), trust_env=False
@@ -93,16 +92,15 @@ def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> Non
 
 @kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY})
 def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A child Deployment's status moved: refresh the owner's status promptly (throttled)."""
+    """A child Deployment's status moved: refresh the owner's status promptly.
+
+    Every event counts (Kopf serialises them per Deployment): dropping one could leave the
+    owner's Ready condition stale until the next resync.
+    """
     labels = body["metadata"].get("labels") or {}
     name, namespace = labels.get(c.LABEL_SERVICE), body["metadata"].get("namespace")
     if not name or not namespace:
         return
-    key = (namespace, name)
-    now = time.monotonic()
-    if now - memo.last_refresh.get(key, 0.0) < 1.0:
-        return
-    memo.last_refresh[key] = now
     refresh_service(memo.kube, memo.config, namespace, name)
 
 
