@@ -21,7 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tokenscale.sim import openai
+from tokenscale.sim import loadgen, openai, workload
 from tokenscale.sim.model import Engine
 from tokenscale.sim.profiles import get_profile
 from tokenscale.sim.server import Endpoint, EngineHost, SimClock
@@ -184,3 +184,31 @@ def test_cli_serves_on_several_loopback_addresses_and_exits_on_sigterm() -> None
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err.decode()
     assert b"--dtype bf16 --enforce-eager" in err
+
+
+async def test_loadgen_against_two_engines_counts_tokens_and_latencies() -> None:
+    """The benchmark client end to end: exact output lengths, TTFT < e2e, no errors."""
+    profile = get_profile("MI355X", "llama-2-70b")
+    clock = SimClock(SPEED)
+    hosts = [
+        EngineHost(Engine(profile, seed=i), clock, Endpoint("127.0.0.1", 0, "m", "m"), 0.0)
+        for i in range(2)
+    ]
+    tasks = [asyncio.create_task(h.run()) for h in hosts]
+    servers = [TestServer(h.app, host="127.0.0.1") for h in hosts]
+    for server in servers:
+        await server.start_server()
+    try:
+        reqs = [workload.Request(0.5 * i, 50 + i, 20 + i) for i in range(10)]
+        urls = [str(s.make_url("")) for s in servers]
+        outcomes = await loadgen.run(urls, reqs, model="m", speed=SPEED)
+    finally:
+        for server in servers:
+            await server.close()
+        for task in tasks:
+            task.cancel()
+    assert [o.output_tokens for o in outcomes] == [r.output_tokens for r in reqs]
+    assert all(not o.error and 0 < o.ttft < o.e2e for o in outcomes)
+    summary = loadgen.summarise(outcomes)
+    assert summary.errors == 0 and summary.output_tokens == sum(r.output_tokens for r in reqs)
+    assert summary.tpot_p99_s >= 0.0076  # at least one simulated step per token
