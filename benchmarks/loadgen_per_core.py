@@ -294,6 +294,11 @@ def measure(
     }
     if not alive:
         out["note"] = "client exited before the window ended; rates cover its run only"
+    elif cpu / wall < 0.8:
+        out["note"] = (
+            "client used < 80 % of its core: the fake server was the limit, so requests_per_s "
+            "is a lower bound and requests_per_cpu_second the capacity estimate"
+        )
     print(
         f"[{name}] {out['requests_per_s']} req/s, {out['tokens_per_s']} tok/s, "
         f"cpu {out['cpu_fraction']:.0%}, {out['requests_per_cpu_second']} req/cpu-s",

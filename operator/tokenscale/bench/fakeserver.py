@@ -16,7 +16,7 @@ import contextlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 _MAX_TOKENS_RE: Final = re.compile(rb'"max_tokens" ?: ?(\d+)')
 _INCLUDE_USAGE_RE: Final = re.compile(rb'"include_usage" ?: ?true')
@@ -134,8 +134,8 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
