@@ -2,7 +2,8 @@
 
 Exercises what unit tests cannot: sockets, keep-alive reuse, chunked SSE from a server, usage
 accounting, latency injection, failures, the CLI, shard merge files and the HTML report. The
-server runs in a thread with its own event loop so the CLI can own the main one.
+server runs in a thread with its own event loop so the CLI can own the main one; since it shares
+the process, the client-CPU limit is raised (2.5 cores) so its CPU is not blamed on the client.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def cfg(url: str, **kw: object) -> BenchConfig:
         ignore_eos=True,
         seed=1,
         timeout_s=20.0,
-        thresholds=Thresholds(max_cpu_fraction=1.01, max_lag_p99_s=0.5),
+        thresholds=Thresholds(max_cpu_fraction=2.5, max_lag_p99_s=0.5),
     )
     base.update(kw)
     return BenchConfig.model_validate(base)

@@ -300,6 +300,9 @@ class BenchResult(_Strict):
     records: list[RequestRecord] = Field(
         default_factory=list, description="Per-request records of the headline run."
     )
+    records_started_at_unix: float | None = Field(
+        default=None, description="Wall-clock start of the run `records` belong to (merging)."
+    )
     itl_histogram: LogHistogram = Field(description="ITL samples of the headline run.")
 
     def summary(self) -> Summary:

@@ -173,6 +173,7 @@ def assemble(
         repeats=rep,
         sweep=points,
         records=head_out.records,
+        records_started_at_unix=head_out.started_at_unix,
         itl_histogram=head_out.itl.to_model(),
     )
 
@@ -205,13 +206,12 @@ def merge(results: Sequence[BenchResult]) -> BenchResult:
     recompute every figure and the verdict with the same code as a single run."""
     if not results:
         raise ValueError("nothing to merge")
-    t_min = min(r.runs[0].started_at_unix if r.runs else r.started_at.timestamp() for r in results)
+    t_min = min(_records_start(r) for r in results)
     records: list[RequestRecord] = []
     itl = metrics.ITLSketch()
     checks: list[SelfCheck] = []
     for r in results:
-        start = r.runs[0].started_at_unix if r.runs else r.started_at.timestamp()
-        shift = start - t_min
+        shift = _records_start(r) - t_min
         base = len(records)
         records.extend(
             rec.model_copy(
@@ -258,8 +258,16 @@ def merge(results: Sequence[BenchResult]) -> BenchResult:
         runs=[run for r in results for run in r.runs[:1]],
         shards_merged=len(results),
         records=records,
+        records_started_at_unix=t_min,
         itl_histogram=itl.to_model(),
     )
+
+
+def _records_start(result: BenchResult) -> float:
+    """When the clock of ``result.records`` started (offsets are relative to it)."""
+    if result.records_started_at_unix is not None:
+        return result.records_started_at_unix
+    return result.runs[0].started_at_unix if result.runs else result.started_at.timestamp()
 
 
 def _merge_checks(checks: Sequence[SelfCheck], records: Sequence[RequestRecord]) -> SelfCheck:
