@@ -276,7 +276,9 @@ def test_cli_usage_errors(server: ServerThread) -> None:
         ],
     )
     # model auto-detected from /v1/models; interactive swaps in the -interactive preset
-    assert "llama2-70b-interactive" in res.output or res.exit_code in (0, 1), res.output
+    # (pass names the preset; a fail under machine load names the 450 ms interactive limit)
+    assert res.exit_code in (0, 1), res.output
+    assert "llama2-70b-interactive" in res.output or "> 450 ms" in res.output, res.output
 
 
 def test_report_escapes_untrusted_text(server: ServerThread) -> None:
