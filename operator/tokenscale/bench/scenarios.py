@@ -7,6 +7,8 @@ shards are all read the same way by the report and by the operator.
 
 from __future__ import annotations
 
+import contextlib
+import resource
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -66,16 +68,30 @@ def _plan(
     n = config.requests or (_OFFLINE_DURATION_CAP if config.duration_s else 1000)
     prompts = source(min(n, _MAX_UNIQUE_PROMPTS))  # longer runs cycle through them
     label = f"offline c={concurrency}" if concurrency else "offline"
+    # "All at once" means one connection per request over HTTP/1.1: bounded by open files.
+    concurrency = concurrency or min(n, max(1, open_file_budget()))
     return RunPlan(
         ep,
         _bodies(config, prompts, ep),
         arrivals.offline(n),
         [p.input_tokens for p in prompts],
-        concurrency or n,
+        concurrency,
         config.duration_s,
         config.timeout_s,
         label,
     )
+
+
+def open_file_budget(reserve: int = 64) -> int:
+    """Connections the process may open: raise the soft RLIMIT_NOFILE to the hard limit (as
+    load generators do) and keep ``reserve`` descriptors for everything else."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft - reserve
 
 
 def _run_result(config: BenchConfig, out: RunOutput, concurrency: int | None) -> RunResult:
@@ -187,6 +203,7 @@ async def run(
 ) -> BenchResult:
     """Run the configured scenario (with repeats or sweep points) and assemble the result."""
     ep = Endpoint(config.url, api_key)
+    open_file_budget()  # open loop has no cap in flight: allow as many sockets as permitted
     outputs: list[tuple[RunOutput, int | None]] = []
     if config.scenario == "sweep":
         for c in config.concurrency or [1]:
