@@ -125,7 +125,7 @@ def _emit(result: BenchResult, out: Path | None, html: Path | None) -> None:
     click.echo(f"verdict: {s.verdict}" + (f" ({'; '.join(s.reasons)})" if s.reasons else ""))
 
 
-@click.group(invoke_without_command=True, context_settings={"show_default": True})
+@click.group("bench", invoke_without_command=True, context_settings={"show_default": True})
 @click.option("--url", envvar="TOKENSCALE_BENCH_URL", help="Base URL, e.g. http://127.0.0.1:8000")
 @click.option("--model", default=None, help="Model name (default: first of /v1/models).")
 @click.option("--api", type=click.Choice(["completions", "chat"]), default="completions")
