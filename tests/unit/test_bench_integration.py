@@ -291,3 +291,14 @@ def test_report_escapes_untrusted_text(server: ServerThread) -> None:
     data = json.loads(evil.model_dump_json())
     assert set(r.summary().model_dump()) >= {"tokens_per_s", "ttft_p99_s", "verdict", "valid"}
     assert data["schema_version"].startswith("tokenscale.dev/")
+
+
+def test_progress_line_and_help() -> None:
+    import time
+
+    from tokenscale.bench.progress import Progress
+
+    line = Progress("server", 10, lambda: (5, 4, 1, 512), time.perf_counter() - 2.0).line()
+    assert "server" in line and "4/10 done" in line and "1 in flight" in line and "tok/s" in line
+    res = CliRunner().invoke(bench_command, ["--help"])
+    assert res.exit_code == 0 and "--shard-index" in res.output and "merge" in res.output
