@@ -156,3 +156,25 @@ def test_continuous_usage_keeps_the_last_value() -> None:
     )
     s = parse([events + b"data: [DONE]\n\n"])
     assert len(s.arrivals) == 3 and s.completion_tokens == 3 and s.prompt_tokens == 3
+
+
+async def test_random_chunkings_and_read_splits_agree() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        raw = RESPONSE_HEAD + chunked(COMPLETIONS, rng.randint(1, 80))
+        cuts = sorted(rng.sample(range(1, len(raw)), rng.randint(1, 12)))
+        pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+        pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+        conn = pool._conn_factory()
+        tr = FakeTransport()
+        conn.connection_made(tr)
+        done: list[Exchange] = []
+        conn.start(b"REQ", Exchange(0.0), done.append)
+        for p in pieces:
+            conn.data_received(p)
+        assert len(done) == 1 and done[0].error_kind is None, cuts
+        s = done[0].stream
+        assert (len(s.arrivals), s.completion_tokens, s.done) == (2, 2, True), cuts
+        assert not tr.closed
