@@ -178,3 +178,19 @@ async def test_random_chunkings_and_read_splits_agree() -> None:
         s = done[0].stream
         assert (len(s.arrivals), s.completion_tokens, s.done) == (2, 2, True), cuts
         assert not tr.closed
+
+
+async def test_keep_alive_reuse_with_late_trailer_crlf() -> None:
+    raw = RESPONSE_HEAD + chunked(COMPLETIONS, 30)
+    pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+    conn = pool._conn_factory()
+    tr = FakeTransport()
+    conn.connection_made(tr)
+    done: list[Exchange] = []
+    conn.start(b"REQ1", Exchange(0.0), done.append)
+    conn.data_received(raw[:-2])  # "0\r\n" arrived, the final CRLF not yet
+    assert len(done) == 1 and done[0].stream.done
+    conn.start(b"REQ2", Exchange(0.0), done.append)
+    conn.data_received(raw[-2:] + raw)  # late CRLF glued to the next response
+    assert len(done) == 2 and done[1].error_kind is None and done[1].status == 200
+    assert len(done[1].stream.arrivals) == 2 and not tr.closed
