@@ -93,6 +93,13 @@ async def test_offline_and_chat_against_fake_server(server: ServerThread) -> Non
         assert (m.requests_ok, m.requests_failed) == (40, 0)
         assert m.output_tokens == 40 * 16 and m.output_tokens_from_usage == 1.0
         assert all(rec.chunks == 16 and rec.input_tokens for rec in r.records)
+        assert all(
+            rec.ttft_s is not None
+            and rec.last_token_s is not None
+            and rec.e2e_s is not None
+            and rec.ttft_s < rec.last_token_s <= rec.e2e_s
+            for rec in r.records
+        )
         assert m.ttft.p50 is not None and 0.015 < m.ttft.p50 < 0.5  # injected 20 ms
         assert m.tpot.p50 is not None and 0.001 < m.tpot.p50 < 0.1  # injected 2 ms per tick
         assert m.itl.count == 40 * 15
@@ -302,3 +309,33 @@ def test_progress_line_and_help() -> None:
     assert "server" in line and "4/10 done" in line and "1 in flight" in line and "tok/s" in line
     res = CliRunner().invoke(bench_command, ["--help"])
     assert res.exit_code == 0 and "--shard-index" in res.output and "merge" in res.output
+
+
+def test_cli_trace_has_every_chunk(server: ServerThread, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    res = CliRunner().invoke(
+        bench_command,
+        [
+            "--url",
+            server.url,
+            "--model",
+            "fake",
+            "--scenario",
+            "offline",
+            "--requests",
+            "6",
+            "--output-len",
+            "5",
+            "--input-len",
+            "3",
+            "--max-client-cpu",
+            "2.5",
+            "--trace",
+            str(trace),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [ln["i"] for ln in lines] == list(range(6))
+    assert all(len(ln["chunks_ms"]) == 5 and ln["error"] is None for ln in lines)
+    assert all(ln["chunks_ms"] == sorted(ln["chunks_ms"]) for ln in lines)

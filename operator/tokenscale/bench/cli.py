@@ -8,6 +8,7 @@ per-replica-count results into a replica sweep, ``report`` renders HTML from a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -157,6 +158,12 @@ def _emit(result: BenchResult, out: Path | None, html: Path | None) -> None:
 @click.option("--max-lag-ms", type=float, default=10.0, help="Invalid above this p99 lag.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--trace",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSONL: every output-chunk arrival per request.",
+)
 @click.option("--shard-index", type=int, envvar="JOB_COMPLETION_INDEX", default=0)
 @click.option("--shard-count", type=int, envvar="TOKENSCALE_BENCH_SHARDS", default=1)
 @click.option("--replicas", type=int, default=None, help="Tag: target replicas (replica sweep).")
@@ -227,9 +234,18 @@ def bench_command(ctx: click.Context, /, **opts: object) -> None:
         replicas=cast(int | None, opts["replicas"]),
         timeout_s=cast(float, opts["timeout"]),
     )
-    result = asyncio.run(
-        scenarios.run(config, source, progress=cast(bool, opts["progress"]), api_key=api_key)
-    )
+    trace_path = cast(Path | None, opts["trace"])
+    with contextlib.ExitStack() as stack:
+        trace = stack.enter_context(trace_path.open("w")) if trace_path else None
+        result = asyncio.run(
+            scenarios.run(
+                config,
+                source,
+                progress=cast(bool, opts["progress"]),
+                api_key=api_key,
+                trace=trace,
+            )
+        )
     _emit(result, cast(Path | None, opts["out"]), cast(Path | None, opts["html"]))
     if opts["check"]:
         sys.exit(EXIT_CODES[result.verdict.status])

@@ -226,6 +226,7 @@ class RequestRecord(_Strict):
     planned_s: float = Field(description="Planned send offset from the run start.")
     sent_s: float = Field(description="Actual send offset from the run start.")
     ttft_s: float | None = Field(default=None, description="Send to first output chunk.")
+    last_token_s: float | None = Field(default=None, description="Send to last output chunk.")
     e2e_s: float | None = Field(default=None, description="Send to end of stream.")
     input_tokens: int | None = Field(default=None, description="Prompt tokens (usage).")
     output_tokens: int = Field(description="Output tokens (usage, else chunks).")

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from tokenscale.bench.httpclient import ConnectionPool, Endpoint, Exchange
 from tokenscale.bench.metrics import ITLSketch, percentile
@@ -62,8 +64,11 @@ class _State:
         self.last_change = t0
 
 
-async def execute(plan: RunPlan, *, progress: bool = False) -> RunOutput:
-    """Run ``plan`` to completion and return raw records and self-check figures."""
+async def execute(
+    plan: RunPlan, *, progress: bool = False, trace: IO[str] | None = None
+) -> RunOutput:
+    """Run ``plan`` to completion and return raw records and self-check figures. With
+    ``trace``, also write one JSON line per request with every output-chunk arrival."""
     loop = asyncio.get_running_loop()
     pool = ConnectionPool(plan.endpoint, plan.timeout_s)
     n = len(plan.planned)
@@ -126,6 +131,8 @@ async def execute(plan: RunPlan, *, progress: bool = False) -> RunOutput:
 
     itl = ITLSketch()
     records = [_record(i, planned, ex, t0, itl, plan.input_tokens) for i, planned, ex in results]
+    if trace is not None:
+        _write_trace(trace, plan.label, results, t0)
     records.sort(key=lambda r: r.i)
     return RunOutput(
         started_at_unix=started_at_unix,
@@ -138,6 +145,24 @@ async def execute(plan: RunPlan, *, progress: bool = False) -> RunOutput:
         connections_opened=pool.opened,
         open_loop=open_loop,
     )
+
+
+def _write_trace(
+    out: IO[str], label: str, results: Sequence[tuple[int, float, Exchange]], t0: float
+) -> None:
+    """Per-request chunk timeline: offsets (ms) from the send, for offline analysis."""
+    for i, planned, ex in sorted(results, key=lambda r: r[0]):
+        sent = ex.t_sent
+        line = {
+            "run": label,
+            "i": i,
+            "planned_s": round(planned, 6),
+            "sent_s": round(sent - t0, 6),
+            "chunks_ms": [round((t - sent) * 1000, 3) for t in ex.stream.arrivals],
+            "end_ms": round((ex.end - sent) * 1000, 3) if ex.end else None,
+            "error": ex.error_kind,
+        }
+        out.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 
 def _record(
@@ -163,6 +188,7 @@ def _record(
         planned_s=planned,
         sent_s=ex.t_sent - t0,
         ttft_s=(arr[0] - ex.t_sent) if arr else None,
+        last_token_s=(arr[-1] - ex.t_sent) if arr else None,
         e2e_s=(ex.end - ex.t_sent) if ex.end else None,
         input_tokens=s.prompt_tokens
         if s.prompt_tokens is not None

@@ -11,6 +11,7 @@ import contextlib
 import resource
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import IO
 
 from tokenscale import __version__
 from tokenscale.bench import arrivals, datasets, metrics, verdict
@@ -200,6 +201,7 @@ async def run(
     *,
     progress: bool = False,
     api_key: str | None = None,
+    trace: IO[str] | None = None,
 ) -> BenchResult:
     """Run the configured scenario (with repeats or sweep points) and assemble the result."""
     ep = Endpoint(config.url, api_key)
@@ -207,14 +209,15 @@ async def run(
     outputs: list[tuple[RunOutput, int | None]] = []
     if config.scenario == "sweep":
         for c in config.concurrency or [1]:
-            outputs.append((await execute(_plan(config, source, ep, c), progress=progress), c))
+            plan = _plan(config, source, ep, c)
+            outputs.append((await execute(plan, progress=progress, trace=trace), c))
         return assemble(config, outputs, sweep=True)
     conc = config.concurrency[0] if config.concurrency else None
     if config.scenario in ("server", "interactive"):
         conc = None
     for _ in range(config.repeats):
         plan = _plan(config, source, ep, conc)
-        outputs.append((await execute(plan, progress=progress), conc))
+        outputs.append((await execute(plan, progress=progress, trace=trace), conc))
     return assemble(config, outputs)
 
 
