@@ -28,6 +28,13 @@ import kopf
 )
 @click.option("--metrics-port", type=int, default=9090, show_default=True, help="0 disables.")
 @click.option(
+    "--metrics-addr",
+    envvar="TOKENSCALE_METRICS_ADDR",
+    default="0.0.0.0",  # noqa: S104 - in a pod, metrics are scraped from outside
+    show_default=True,
+    help="Address the metrics server binds to.",
+)
+@click.option(
     "--health",
     default="http://0.0.0.0:8080/healthz",
     show_default=True,
@@ -50,6 +57,7 @@ def run_command(
     config_path: Path | None,
     namespaces: tuple[str, ...],
     metrics_port: int,
+    metrics_addr: str,
     health: str,
     log_format: str,
     verbose: bool,
@@ -65,6 +73,7 @@ def run_command(
     memo = kopf.Memo(
         config_path=str(config_path) if config_path else None,
         metrics_port=metrics_port or None,
+        metrics_addr=metrics_addr,
         workers=workers,
     )
     kopf.run(

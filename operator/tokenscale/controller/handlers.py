@@ -50,7 +50,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.batching.worker_limit = 100
     port = memo.get("metrics_port")
     if port:
-        metrics.serve(int(port))
+        metrics.serve(int(port), str(memo.get("metrics_addr") or "0.0.0.0"))  # noqa: S104
 
 
 def _write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome, kube: Kube) -> None:

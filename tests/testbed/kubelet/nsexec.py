@@ -56,12 +56,12 @@ def _mount(
         raise OSError(err, f"mount {src} -> {dst}: {os.strerror(err)}")
 
 
-def _ensure_target(src: str | None, dst: str) -> None:
+def _ensure_target(src: str | None, dst: str, *, is_file: bool = False) -> None:
     """Create a missing mount point (on the shared filesystem: mount namespaces share files)."""
     target = Path(dst)
     if target.exists() or target.is_symlink():
         return
-    if src and Path(src).is_file():
+    if is_file or (src and Path(src).is_file()):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.touch()
     else:
@@ -80,15 +80,25 @@ def setup_mounts(mounts: list[dict[str, object]], hostname: str = "") -> None:
             err = ctypes.get_errno()
             raise OSError(err, f"sethostname({hostname}): {os.strerror(err)}")
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
-    for m in mounts:
+    # Pin every bind source before mounting anything: an earlier mount (e.g. an emptyDir at
+    # /tmp) may hide a later source that lives under it (a work dir in /tmp).
+    pinned: dict[int, tuple[str, bool]] = {}
+    for index, m in enumerate(mounts):
+        if m.get("kind") != "tmpfs":
+            src = str(m["src"])
+            try:
+                pinned[index] = (f"/proc/self/fd/{os.open(src, os.O_PATH)}", Path(src).is_file())
+            except OSError as exc:
+                raise OSError(exc.errno, f"volume source {src}: {exc.strerror}") from None
+    for index, m in enumerate(mounts):
         dst = str(m["dst"])
         if m.get("kind") == "tmpfs":
             _ensure_target(None, dst)
             size = m.get("size")
             _mount(libc, "tmpfs", dst, "tmpfs", 0, f"size={size}" if size else None)
             continue
-        src = str(m["src"])
-        _ensure_target(src, dst)
+        src, is_file = pinned[index]
+        _ensure_target(None, dst, is_file=is_file)
         _mount(libc, src, dst, None, MS_BIND | MS_REC)
         if m.get("ro"):
             _mount(libc, None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
@@ -98,15 +108,25 @@ def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[1]).read_text())
     # If the kubelet itself is SIGKILLed, the pod's main process must not outlive it.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    cwd = str(spec.get("cwd") or "/")
+    # A host-side working dir (e.g. under /tmp) may be hidden by a volume mounted over its
+    # parent: keep a handle on it from before the mounts, and use it if the path vanishes.
+    try:
+        cwd_fd: int | None = os.open(cwd, os.O_PATH | os.O_DIRECTORY)
+    except OSError:
+        cwd_fd = None
     try:
         setup_mounts(spec.get("mounts", []), str(spec.get("hostname", "")))
     except OSError as exc:
         _fail(125, f"mount namespace setup failed: {exc}")
     env = {str(k): str(v) for k, v in spec["env"].items()}
     try:
-        os.chdir(spec.get("cwd") or "/")
+        os.chdir(cwd)
     except OSError as exc:
-        _fail(126, f"cannot chdir to {spec.get('cwd')!r}: {exc}")
+        if cwd_fd is None:
+            _fail(126, f"cannot chdir to {cwd!r}: {exc}")
+        else:
+            os.fchdir(cwd_fd)
     args = [str(a) for a in spec["argv"]]
     try:
         os.execvpe(args[0], args, env)
