@@ -49,7 +49,7 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
         return {"x-kubernetes-int-or-string": True, **{k: schema[k] for k in keep if k in schema}}
     if "anyOf" in schema:
         return _any_of(schema, defs)
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in schema.items():
         if key in _DROP:
             continue

@@ -97,7 +97,7 @@ class OperatorProcess:
         cmd = [
             sys.executable, "-m", "tokenscale", "run",
             "--config", str(self.config),
-            "--metrics-port", str(self.metrics_port),
+            "--metrics-port", str(self.metrics_port), "--metrics-addr", "127.0.0.1",
             "--health", f"http://127.0.0.1:{self.health_port}/healthz",
             "--log-format", "plain",
         ]  # fmt: skip

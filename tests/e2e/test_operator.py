@@ -233,9 +233,11 @@ def test_dtype_the_gpu_cannot_run_ends_in_a_condition_and_an_event(
     doc["spec"]["pools"] = [{"name": "mi300x", "gpu": "MI300X"}]
     apply(cluster, namespace, doc)
     ready = wait_for(
-        lambda: (cd := condition(get(cluster, "tsvc", "fp4-on-mi300x", "-n", namespace), "Ready"))
-        and cd.get("reason") == "PlanFailed"
-        and cd,
+        lambda: (
+            (cd := condition(get(cluster, "tsvc", "fp4-on-mi300x", "-n", namespace), "Ready"))
+            and cd.get("reason") == "PlanFailed"
+            and cd
+        ),
         what="PlanFailed",
     )
     assert "mxfp4" in ready["message"]

@@ -18,7 +18,15 @@ ROOT = Path(__file__).parents[2]
 
 def test_committed_crds_match_the_models() -> None:
     result = CliRunner().invoke(
-        main, ["crds", "--out", str(ROOT / "crds"), "--chart", str(ROOT / "charts/tokenscale"), "--check"]
+        main,
+        [
+            "crds",
+            "--out",
+            str(ROOT / "crds"),
+            "--chart",
+            str(ROOT / "charts/tokenscale"),
+            "--check",
+        ],
     )
     assert result.exit_code == 0, result.output
 
