@@ -130,6 +130,9 @@ class InferenceServiceStatus(StrictModel):
     benchmark: BenchmarkSummary | None = Field(
         default=None, description="Latest benchmark summary."
     )
+    rollout_benchmark_generation: int | None = Field(
+        default=None, description="Spec generation the last automatic rollout benchmark ran for."
+    )
     benchmark_history: list[BenchmarkSummary] = Field(
         default_factory=list, description="Bounded history of benchmark results."
     )

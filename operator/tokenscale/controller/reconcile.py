@@ -154,6 +154,17 @@ def reconcile_service(
             events.append((reason, str(new_degraded.get("message")), "Warning"))
     if gen != (body.get("status") or {}).get("observedGeneration"):
         events += [("RenderWarning", w, "Warning") for w in rendered.warnings]
+    if _rollout_benchmark_due(body, svc, status):
+        bench = rollout_benchmark(body, svc)
+        kube.apply(bench)
+        status["rolloutBenchmarkGeneration"] = gen
+        events.append(
+            (
+                "RolloutBenchmark",
+                f"created InferenceBenchmark {bench['metadata']['name']}",
+                "Normal",
+            )
+        )
     status["observedGeneration"] = gen
     return Outcome(status, events)
 
@@ -207,6 +218,48 @@ def _status(
         "pools": pool_status,
         "plan": [p.to_k8s() for p in plans],
         "conditions": observe.merge_conditions(old, conds, now),
+    }
+
+
+def _rollout_benchmark_due(
+    body: dict[str, Any], svc: InferenceService, status: dict[str, Any]
+) -> bool:
+    """A rollout of this generation finished (Ready, not progressing) and was not benchmarked."""
+    auto = svc.spec.benchmark_on_rollout
+    if auto is None or not auto.enabled:
+        return False
+    done = (body.get("status") or {}).get("rolloutBenchmarkGeneration")
+    conds = {x["type"]: x for x in status["conditions"]}
+    ready = conds.get(c.COND_READY, {}).get("status") == "True"
+    settled = conds.get(c.COND_PROGRESSING, {}).get("status") == "False"
+    return bool(ready and settled and done != body["metadata"].get("generation"))
+
+
+def rollout_benchmark(body: dict[str, Any], svc: InferenceService) -> dict[str, Any]:
+    """The InferenceBenchmark run after a rollout, owned by the service."""
+    auto = svc.spec.benchmark_on_rollout
+    assert auto is not None
+    meta = body["metadata"]
+    spec: dict[str, Any] = {
+        "target": {"service": meta["name"]},
+        "scenario": auto.scenario,
+        "load": {"durationSeconds": auto.duration_seconds},
+    }
+    if auto.qps is not None:
+        spec["load"]["qps"] = auto.qps
+    elif auto.scenario != "offline":
+        spec["scenario"] = "offline"
+    name = f"{meta['name'][:28]}-rollout-{meta.get('generation', 0)}"
+    return {
+        "apiVersion": "tokenscale.dev/v1alpha1",
+        "kind": "InferenceBenchmark",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_INSTANCE: meta["name"]},
+            "ownerReferences": [_owner_reference(body)],
+        },
+        "spec": spec,
     }
 
 

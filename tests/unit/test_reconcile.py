@@ -1,0 +1,62 @@
+"""reconcile_service on an in-memory API: children applied and owned, a removed pool pruned,
+and the optional benchmark after a finished rollout created exactly once per generation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.invalid_manifests import service
+from tests.unit.fakekube import FakeKube
+from tokenscale.api.config import OperatorConfig
+from tokenscale.controller.reconcile import reconcile_service
+
+CFG = OperatorConfig()
+
+
+def _svc(kube: FakeKube, **spec: Any) -> dict[str, Any]:
+    doc = service(**spec)
+    doc["metadata"] = {"name": "llm", "namespace": "ns"}
+    return kube.put(doc)
+
+
+def _mark_ready(kube: FakeKube) -> None:
+    for (kind, _, _), obj in kube.objects.items():
+        if kind == "Deployment":
+            n = obj["spec"]["replicas"]
+            obj["status"] = {"replicas": n, "readyReplicas": n, "updatedReplicas": n}
+
+
+def test_children_are_owned_and_a_removed_pool_is_pruned() -> None:
+    kube = FakeKube()
+    two = [
+        {"name": "a", "gpu": "MI300X", "minReplicas": 1, "maxReplicas": 2},
+        {"name": "b", "gpu": "MI355X", "minReplicas": 1, "maxReplicas": 2},
+    ]
+    body = _svc(kube, pools=two)
+    reconcile_service(body, kube, CFG)
+    names = {n for (k, _, n) in kube.objects if k == "Deployment"}
+    assert names == {"llm-a", "llm-b"}
+    owner = kube.objects[("Deployment", "ns", "llm-a")]["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == body["metadata"]["uid"] and owner["controller"] is True
+    body["spec"]["pools"] = two[:1]
+    out = reconcile_service(body, kube, CFG)
+    assert {n for (k, _, n) in kube.objects if k == "Deployment"} == {"llm-a"}
+    assert any(reason == "Deleted" for reason, _, _ in out.events)
+
+
+def test_benchmark_after_rollout_created_once_per_generation() -> None:
+    kube = FakeKube()
+    body = _svc(kube, benchmarkOnRollout={"enabled": True, "qps": 5, "durationSeconds": 30})
+    first = reconcile_service(body, kube, CFG)
+    assert not [k for k in kube.objects if k[0] == "InferenceBenchmark"]  # not Ready yet
+    _mark_ready(kube)
+    body["status"] = first.status
+    second = reconcile_service(body, kube, CFG)
+    benches = [o for (k, _, _), o in kube.objects.items() if k == "InferenceBenchmark"]
+    assert len(benches) == 1
+    assert benches[0]["spec"]["target"] == {"service": "llm"}
+    assert benches[0]["spec"]["load"] == {"durationSeconds": 30, "qps": 5.0}
+    assert second.status["rolloutBenchmarkGeneration"] == 1
+    body["status"] = second.status
+    reconcile_service(body, kube, CFG)
+    assert len([k for k in kube.objects if k[0] == "InferenceBenchmark"]) == 1
