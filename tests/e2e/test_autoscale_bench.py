@@ -125,31 +125,8 @@ def test_real_vllm_cpu_engine_scales_up_on_generation_tokens(
         model = vllm_cpu.ensure_tiny_model()
     except Exception as exc:  # the engine's own test reports install errors in detail
         pytest.skip(f"vllm-cpu not installable here: {exc}")
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"models-{namespace}"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "hostPath": {"path": str(model.parent)},
-            "claimRef": {"namespace": namespace, "name": "models"},
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "models"},
-        "spec": {
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "volumeName": f"models-{namespace}",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    apply(cluster, namespace, pv)
-    apply(cluster, namespace, pvc)
+    for obj in vllm_cpu.model_volume_manifests(namespace, model):
+        apply(cluster, namespace, obj)
     doc = example("tiny-cpu.yaml")
     doc["spec"]["model"]["source"]["pvc"]["path"] = model.name
     doc["spec"]["scaling"].update(targetPerReplica=40, windowSeconds=10)

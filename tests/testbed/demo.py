@@ -142,31 +142,10 @@ def apply_services(k: Kubectl, model_dir: Path | None) -> None:
     k.apply(sim)
     if model_dir is not None:
         step("Creating the real vLLM-cpu service (tiny Llama on the CPU nodes)")
-        pv = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": "demo-models"},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "hostPath": {"path": str(model_dir.parent)},
-                "claimRef": {"namespace": NAMESPACE, "name": "models"},
-            },
-        }
-        pvc = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models"},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "volumeName": "demo-models",
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        }
-        k.run("apply", "-f", "-", input=yaml.safe_dump(pv))
-        k.apply(pvc)
+        from tests.testbed import vllm_cpu
+
+        for obj in vllm_cpu.model_volume_manifests(NAMESPACE, model_dir):
+            k.apply(obj)
         tiny = yaml.safe_load((ROOT / "examples/tiny-cpu.yaml").read_text())
         tiny["spec"]["model"]["source"]["pvc"]["path"] = model_dir.name
         k.apply(tiny)
