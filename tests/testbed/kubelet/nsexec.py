@@ -68,7 +68,25 @@ def _ensure_target(src: str | None, dst: str, *, is_file: bool = False) -> None:
         target.mkdir(parents=True, exist_ok=True)
 
 
-def setup_mounts(mounts: list[dict[str, object]], hostname: str = "") -> None:
+def _preserved(path_env: str) -> list[str]:
+    """Host directories the program itself lives in (PATH entries, or their venv roots).
+
+    In a real container the image filesystem is separate from volumes; here the "image" is a
+    host directory (e.g. a venv under /tmp on a CI runner) that a volume mounted at /tmp would
+    hide, so these are bound back on top of any mount that covers them.
+    """
+    out: list[str] = []
+    for entry in filter(None, path_env.split(":")):
+        path = Path(entry)
+        root = path.parent if (path.parent / "pyvenv.cfg").exists() else path
+        if root.is_dir() and str(root) not in out and str(root) != "/":
+            out.append(str(root))
+    return out
+
+
+def setup_mounts(
+    mounts: list[dict[str, object]], hostname: str = "", preserve: list[str] | None = None
+) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     flags = CLONE_NEWNS | (CLONE_NEWUTS if hostname else 0)
     if libc.unshare(flags) != 0:
@@ -90,18 +108,23 @@ def setup_mounts(mounts: list[dict[str, object]], hostname: str = "") -> None:
                 pinned[index] = (f"/proc/self/fd/{os.open(src, os.O_PATH)}", Path(src).is_file())
             except OSError as exc:
                 raise OSError(exc.errno, f"volume source {src}: {exc.strerror}") from None
+    kept = {p: f"/proc/self/fd/{os.open(p, os.O_PATH)}" for p in preserve or []}
     for index, m in enumerate(mounts):
         dst = str(m["dst"])
         if m.get("kind") == "tmpfs":
             _ensure_target(None, dst)
             size = m.get("size")
             _mount(libc, "tmpfs", dst, "tmpfs", 0, f"size={size}" if size else None)
-            continue
-        src, is_file = pinned[index]
-        _ensure_target(None, dst, is_file=is_file)
-        _mount(libc, src, dst, None, MS_BIND | MS_REC)
-        if m.get("ro"):
-            _mount(libc, None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        else:
+            src, is_file = pinned[index]
+            _ensure_target(None, dst, is_file=is_file)
+            _mount(libc, src, dst, None, MS_BIND | MS_REC)
+            if m.get("ro"):
+                _mount(libc, None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        for path, handle in kept.items():
+            if path.startswith(dst.rstrip("/") + "/"):
+                Path(path).mkdir(parents=True, exist_ok=True)
+                _mount(libc, handle, path, None, MS_BIND | MS_REC)
 
 
 def main(argv: list[str]) -> None:
@@ -116,7 +139,8 @@ def main(argv: list[str]) -> None:
     except OSError:
         cwd_fd = None
     try:
-        setup_mounts(spec.get("mounts", []), str(spec.get("hostname", "")))
+        preserve = _preserved(str(spec["env"].get("PATH", "")))
+        setup_mounts(spec.get("mounts", []), str(spec.get("hostname", "")), preserve)
     except OSError as exc:
         _fail(125, f"mount namespace setup failed: {exc}")
     env = {str(k): str(v) for k, v in spec["env"].items()}
