@@ -81,6 +81,11 @@ def _preserved(path_env: str) -> list[str]:
         root = path.parent if (path.parent / "pyvenv.cfg").exists() else path
         if root.is_dir() and str(root) not in out and str(root) != "/":
             out.append(str(root))
+        # Editable installs point at source trees through .pth files; keep those too.
+        for pth in root.glob("lib/python*/site-packages/*.pth"):
+            for line in pth.read_text(errors="replace").splitlines():
+                if line.startswith("/") and Path(line).is_dir() and line not in out:
+                    out.append(line)
     return out
 
 
