@@ -27,6 +27,13 @@ SYSTEM_NS = "tokenscale-system"
 RELEASE = "tokenscale"
 
 
+def _die_with_parent() -> None:
+    """The operator must not outlive pytest, even when pytest is killed without teardown."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,7 +110,12 @@ class OperatorProcess:
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks touched
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
