@@ -115,7 +115,7 @@ class OperatorProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks touched
+            preexec_fn=_die_with_parent,  # only a prctl: safe in the forked child
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
