@@ -34,17 +34,15 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenscale.sim import loadgen, workload
+
+try:
+    from benchmarks.procstat import cpu_seconds
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from procstat import cpu_seconds  # type: ignore[no-redef]
 from tokenscale.sim.replay import percentile
 
 RESULTS = Path(__file__).parent / "results"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 FAMILIES = ("vllm:generation_tokens", "vllm:num_requests_running", "vllm:num_requests_waiting")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:

@@ -25,6 +25,7 @@ from tests.e2e.operator_proc import OperatorProcess, install_crds_and_rbac
 from tests.testbed.cluster import Cluster
 from tests.testbed.nodes import scale_pools
 
+from benchmarks.procstat import cpu_seconds, rss_mb
 from tokenscale.api.base import ObjectMeta
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService, InferenceServiceSpec
@@ -91,19 +92,6 @@ def wait_count(count: Any, total: int, timeout: float) -> float:
     raise TimeoutError(f"only {count()} of {total} ready after {timeout:.0f}s")
 
 
-def proc_stat(pid: int) -> tuple[float, float]:
-    """(cpu seconds, RSS MiB) of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = 100.0
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    rss_kib = next(
-        int(line.split()[1])
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith("VmRSS:")
-    )
-    return cpu, rss_kib / 1024.0
-
-
 def create_namespace(api: client.ApiClient, cluster: Cluster, name: str) -> None:
     client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata={"name": name}))
     cluster.wait_default_sa(name)
@@ -137,9 +125,9 @@ def run(services: int, nodes: int, idle_seconds: float, workers: int) -> dict[st
             total += wait_count(lambda: ready_services(admin, "fleet"), services, 3600)
             print(f"operator: {services} services Ready in {total:.1f}s")
             time.sleep(10)  # let the status refreshes of the last pods settle
-            cpu0, _ = proc_stat(operator.proc.pid)
+            cpu0 = cpu_seconds(operator.proc.pid)
             time.sleep(idle_seconds)
-            cpu1, rss = proc_stat(operator.proc.pid)
+            cpu1, rss = cpu_seconds(operator.proc.pid), rss_mb(operator.proc.pid)
         finally:
             operator.stop()
         api.close()

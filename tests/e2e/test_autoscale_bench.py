@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.operator_proc import OperatorProcess
-from tests.e2e.test_operator import apply, condition, example, get, wait_for
+from tests.e2e.test_operator import apply, condition, example, get, wait_condition, wait_for
 from tests.testbed.cluster import Cluster
 
 pytestmark = pytest.mark.e2e
@@ -93,14 +93,13 @@ def test_simulated_engines_scale_up_and_down_with_load_and_benchmark_judges_sla(
     assert status["report"].startswith("configmap/load-report/")
     svc = get(cluster, "tsvc", "sim", "-n", namespace)
     assert svc["status"]["benchmark"]["name"] == "load"
-    sla = wait_for(
-        lambda: (
-            (cd := condition(get(cluster, "tsvc", "sim", "-n", namespace), "SLAMet"))
-            and cd.get("reason", "").startswith("Benchmark")
-            and cd
-        ),
+    sla = wait_condition(
+        cluster,
+        namespace,
+        "sim",
+        "SLAMet",
+        lambda cd: str(cd.get("reason", "")).startswith("Benchmark"),
         timeout=60,
-        what="SLAMet from the benchmark",
     )
     assert (sla["status"] == "True") == (status["verdict"] == "Pass")
 

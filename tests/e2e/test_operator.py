@@ -58,6 +58,27 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return {}
 
 
+def wait_condition(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    type_: str,
+    accept: Callable[[dict[str, Any]], bool],
+    timeout: float = 90,
+) -> dict[str, Any]:
+    """Poll an InferenceService until its ``type_`` condition satisfies ``accept``."""
+    found: dict[str, Any] = wait_for(
+        lambda: (
+            (cd := condition(get(cluster, "tsvc", name, "-n", namespace), type_))
+            and accept(cd)
+            and cd
+        ),
+        timeout=timeout,
+        what=f"{name} {type_}",
+    )
+    return found
+
+
 def pods_of(cluster: Cluster, namespace: str, service: str) -> list[dict[str, Any]]:
     found = get(cluster, "pods", "-n", namespace, "-l", f"{c.LABEL_SERVICE}={service}")
     return list((found or {}).get("items") or [])
@@ -160,13 +181,8 @@ def test_more_gpus_than_the_fleet_has_is_degraded_with_scheduler_reason(
         {"name": "mi355x", "gpu": "MI355X", "gpusPerReplica": 8, "minReplicas": 4, "maxReplicas": 4}
     ]
     apply(cluster, namespace, doc)
-    degraded = wait_for(
-        lambda: (
-            (cd := condition(get(cluster, "tsvc", "too-big", "-n", namespace), "Degraded"))
-            and cd.get("status") == "True"
-            and cd
-        ),
-        what="Degraded",
+    degraded = wait_condition(
+        cluster, namespace, "too-big", "Degraded", lambda cd: cd.get("status") == "True"
     )
     assert degraded["reason"] == "Unschedulable"
     assert "Insufficient amd.com/gpu" in degraded["message"]
@@ -184,13 +200,8 @@ def test_model_that_does_not_fit_gets_a_condition_and_no_pods(
     doc["spec"]["parallelism"] = {}
     doc["spec"]["pools"] = [{"name": "mi300x", "gpu": "MI300X", "gpusPerReplica": 1}]
     apply(cluster, namespace, doc)
-    ready = wait_for(
-        lambda: (
-            (cd := condition(get(cluster, "tsvc", "no-fit", "-n", namespace), "Ready"))
-            and cd.get("reason") == "PlanFailed"
-            and cd
-        ),
-        what="PlanFailed",
+    ready = wait_condition(
+        cluster, namespace, "no-fit", "Ready", lambda cd: cd.get("reason") == "PlanFailed"
     )
     assert "mi300x" in ready["message"]
     assert not pods_of(cluster, namespace, "no-fit")
@@ -200,14 +211,12 @@ def test_multinode_without_lws_is_a_clear_condition(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
     apply(cluster, namespace, example("llama31-405b-multinode.yaml"))
-    ready = wait_for(
-        lambda: (
-            (cd := condition(get(cluster, "tsvc", "llama31-405b", "-n", namespace), "Ready"))
-            and cd.get("status") == "False"
-            and "LeaderWorkerSet" in cd.get("message", "")
-            and cd
-        ),
-        what="LWS condition",
+    ready = wait_condition(
+        cluster,
+        namespace,
+        "llama31-405b",
+        "Ready",
+        lambda cd: cd.get("status") == "False" and "LeaderWorkerSet" in cd.get("message", ""),
     )
     assert ready["reason"] == "PlanFailed"
 
@@ -232,13 +241,8 @@ def test_dtype_the_gpu_cannot_run_ends_in_a_condition_and_an_event(
     doc["spec"]["model"]["dtype"] = "mxfp4"
     doc["spec"]["pools"] = [{"name": "mi300x", "gpu": "MI300X"}]
     apply(cluster, namespace, doc)
-    ready = wait_for(
-        lambda: (
-            (cd := condition(get(cluster, "tsvc", "fp4-on-mi300x", "-n", namespace), "Ready"))
-            and cd.get("reason") == "PlanFailed"
-            and cd
-        ),
-        what="PlanFailed",
+    ready = wait_condition(
+        cluster, namespace, "fp4-on-mi300x", "Ready", lambda cd: cd.get("reason") == "PlanFailed"
     )
     assert "mxfp4" in ready["message"]
     events = get(cluster, "events", "-n", namespace, "--field-selector",

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from tests.testbed.procs import wait_until
+
 ROOT = Path(__file__).parents[2]
 NAMESPACE = "demo"
 SYSTEM_NS = "tokenscale-system"
@@ -63,16 +65,6 @@ class Kubectl:
         if out.returncode != 0:
             raise DemoError(f"helm {' '.join(args[:2])} failed: {out.stderr.strip()}")
         return out.stdout
-
-
-def wait(check: Any, timeout: float, what: str, every: float = 2.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _python() -> str:
@@ -241,18 +233,18 @@ def main(argv: list[str] | None = None) -> int:
         install_chart(k)
         apply_services(k, model_dir)
         step("Waiting for the services to become Ready")
-        wait(lambda: ready(k, SERVICE), 300, f"{SERVICE} Ready")
+        wait_until(lambda: ready(k, SERVICE), timeout=300, interval=2, what=f"{SERVICE} Ready")
         show(k)
         load_ramp(k)
         final_benchmark(k)
         if model_dir is not None:
-            wait(lambda: ready(k, "tiny-cpu"), 300, "tiny-cpu Ready")
+            wait_until(lambda: ready(k, "tiny-cpu"), timeout=300, interval=2, what="tiny-cpu Ready")
         step("Done. The cluster is still up:")
         show(k)
         info(f"export KUBECONFIG={kubeconfig}")
         info(f"kubectl get tsvc,tsbench -A        (kubectl is {bin_dir / 'kubectl'})")
         info("make demo-down                     removes everything")
-    except (DemoError, subprocess.CalledProcessError) as exc:
+    except (DemoError, TimeoutError, subprocess.CalledProcessError) as exc:
         print(f"\n\033[31mdemo failed: {exc}\033[0m", file=sys.stderr)
         logs = Path.home() / ".cache/tokenscale/testbed/run/cluster/logs"
         print(

@@ -48,26 +48,45 @@ def _now_iso(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def pool_targets(
+    svc: InferenceService, cfg: OperatorConfig, plans: Sequence[PoolPlan], status: dict[str, Any]
+) -> dict[str, targets.Target]:
+    """Per pool: the per-replica target and where it came from (benchmark, spec or config)."""
+    by_plan = {p.pool: p for p in plans}
+    history = [BenchmarkSummary.model_validate(h) for h in status.get("benchmarkHistory") or []]
+    out = {}
+    for pool in svc.spec.pools:
+        plan = by_plan.get(pool.name)
+        out[pool.name] = targets.resolve_target(
+            svc.spec.scaling,
+            benchmarks=history,
+            gpu=cfg.gpus.get(pool.gpu),
+            gpus_per_replica=_gpus(plan),
+        )
+    return out
+
+
+def _gpus(plan: PoolPlan | None) -> int:
+    return max(plan.gpus_per_replica if plan else 1, 1)
+
+
 def pool_inputs(
     svc: InferenceService,
     cfg: OperatorConfig,
     plans: Sequence[PoolPlan],
     status: dict[str, Any],
     desired: dict[str, int],
+    pool_target: dict[str, targets.Target],
     startup_seconds: float = 180.0,
 ) -> list[PoolInput]:
     """What the decision needs per pool: bounds, current/ready replicas, target, cost."""
     by_plan = {p.pool: p for p in plans}
     pools_status = {p.get("name"): p for p in status.get("pools") or []}
-    history = [BenchmarkSummary.model_validate(h) for h in status.get("benchmarkHistory") or []]
     out = []
     for pool in svc.spec.pools:
         gpu = cfg.gpus.get(pool.gpu)
-        plan = by_plan.get(pool.name)
-        gpus = max(plan.gpus_per_replica if plan else 1, 1)
-        target = targets.resolve_target(
-            svc.spec.scaling, benchmarks=history, gpu=gpu, gpus_per_replica=gpus
-        )
+        gpus = _gpus(by_plan.get(pool.name))
+        target = pool_target[pool.name]
         ready = int((pools_status.get(pool.name) or {}).get("readyReplicas") or 0)
         out.append(
             PoolInput(
@@ -166,7 +185,10 @@ async def run_pass(
 
     status = dict(body.get("status") or {})
     desired_now = current_split(body) or {p.name: p.min_replicas for p in svc.spec.pools}
-    inputs = pool_inputs(svc, cfg, plans, status, desired_now, collector.startup_seconds(pods))
+    pool_target = pool_targets(svc, cfg, plans, status)
+    inputs = pool_inputs(
+        svc, cfg, plans, status, desired_now, pool_target, collector.startup_seconds(pods)
+    )
     state = _state_of(body)
     verdict = decision.decide(list(loop.window), policy, inputs, state, now)
     wants_more = any(p.desired > p.current for p in verdict.pools)
@@ -192,7 +214,7 @@ async def run_pass(
             "requestsWaiting": sum(s.requests_waiting for s in sig),
             "kvCacheUsage": _mean([s.kv_cache_usage for s in sig]),
             "targetPerReplica": target,
-            "targetSource": _target_source(svc, cfg, plans, status),
+            "targetSource": pool_target[svc.spec.pools[0].name].source,
             "scrapeErrors": result.scrape_errors,
             "observedAt": _now_iso(wall_now),
         }
@@ -303,17 +325,3 @@ def _scaling(
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return round(sum(present) / len(present), 4) if present else None
-
-
-def _target_source(
-    svc: InferenceService, cfg: OperatorConfig, plans: Sequence[PoolPlan], status: dict[str, Any]
-) -> str:
-    history = [BenchmarkSummary.model_validate(h) for h in status.get("benchmarkHistory") or []]
-    pool = svc.spec.pools[0]
-    plan = next((p for p in plans if p.pool == pool.name), None)
-    return targets.resolve_target(
-        svc.spec.scaling,
-        benchmarks=history,
-        gpu=cfg.gpus.get(pool.gpu),
-        gpus_per_replica=max(plan.gpus_per_replica if plan else 1, 1),
-    ).source

@@ -24,6 +24,7 @@ from tokenscale.bench.models import BenchResult
 from tokenscale.controller import benchjob, resultchannel
 from tokenscale.controller.kube import Kube
 from tokenscale.controller.observe import condition, merge_conditions
+from tokenscale.controller.owners import owner_reference
 from tokenscale.validation import problems_from
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def reconcile_benchmark(
         for obj in benchjob.rbac(namespace, cfg):
             kube.apply(obj)
         obj = benchjob.job(job_name, body, spec, cfg, args)
-        obj["metadata"]["ownerReferences"] = [_owner(body)]
+        obj["metadata"]["ownerReferences"] = [owner_reference(body, "InferenceBenchmark")]
         kube.apply(obj)
         status.update(phase="Running", jobName=job_name, startTime=_now(now))
         msg = f"started Job {job_name} ({spec.scenario}, {spec.shards} shard(s))"
@@ -242,7 +243,7 @@ def _store_report(kube: Kube, body: dict[str, Any], merged: BenchResult) -> str 
             "name": name,
             "namespace": meta["namespace"],
             "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_ROLE: "benchmark-report"},
-            "ownerReferences": [_owner(body)],
+            "ownerReferences": [owner_reference(body, "InferenceBenchmark")],
         },
         "data": {"result.json": merged.model_copy(update={"records": []}).model_dump_json()},
     }
@@ -256,18 +257,6 @@ def _store_report(kube: Kube, body: dict[str, Any], merged: BenchResult) -> str 
         cm["binaryData"] = {key: base64.b64encode(gzip.compress(html.encode())).decode()}
     kube.apply(cm)
     return f"configmap/{name}/{key}"
-
-
-def _owner(body: dict[str, Any]) -> dict[str, Any]:
-    meta = body["metadata"]
-    return {
-        "apiVersion": "tokenscale.dev/v1alpha1",
-        "kind": "InferenceBenchmark",
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _with_conditions(

@@ -23,6 +23,7 @@ from tokenscale.api.service import InferenceService, InferenceServiceSpec
 from tokenscale.api.status import PoolPlan, PoolStatus
 from tokenscale.controller import observe
 from tokenscale.controller.kube import Kube, KubeError
+from tokenscale.controller.owners import owner_reference
 from tokenscale.controller.split import split_replicas
 from tokenscale.plan import plan_service
 from tokenscale.render import names, render_all
@@ -119,7 +120,7 @@ def reconcile_service(
         svc.spec.replicas, svc.spec.pools, cost_per_token(cfg, svc, plans), _split_hint(body)
     )
     rendered = render_all(svc, cfg, plans, replicas)
-    owner = _owner_reference(body)
+    owner = owner_reference(body, "InferenceService")
     existing = {
         (kind, o["metadata"]["name"]): o
         for kind in CHILD_KINDS
@@ -257,7 +258,7 @@ def rollout_benchmark(body: dict[str, Any], svc: InferenceService) -> dict[str, 
             "name": name,
             "namespace": meta["namespace"],
             "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_INSTANCE: meta["name"]},
-            "ownerReferences": [_owner_reference(body)],
+            "ownerReferences": [owner_reference(body, "InferenceService")],
         },
         "spec": spec,
     }
@@ -308,18 +309,6 @@ def _condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
 def _owners(obj: dict[str, Any]) -> list[dict[str, Any]]:
     refs: list[dict[str, Any]] = obj["metadata"].get("ownerReferences") or []
     return refs
-
-
-def _owner_reference(body: dict[str, Any]) -> dict[str, Any]:
-    meta = body["metadata"]
-    return {
-        "apiVersion": body.get("apiVersion", "tokenscale.dev/v1alpha1"),
-        "kind": body.get("kind", "InferenceService"),
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 _OPTIONAL_CRDS = {
