@@ -194,5 +194,11 @@ CASES: list[Case] = [
         "spec.scenario",
         "offline",
     ),
+    Case(
+        "rollout-benchmark-too-short",
+        service(benchmarkOnRollout={"enabled": True, "durationSeconds": 5}),
+        "spec.benchmarkOnRollout.durationSeconds",
+        "greater than or equal to 10",
+    ),
     Case("bench-zero-shards", benchmark(shards=0), "spec.shards", "greater than or equal to 1"),
 ]
