@@ -34,6 +34,8 @@ ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 ANNOTATION_GPU: Final = f"{GROUP}/gpu"
 ANNOTATION_POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
 ANNOTATION_SCALER_STATE: Final = f"{GROUP}/scaler-state"
+# Set by a replica-sweep benchmark while it owns /scale; the autoscaler then only publishes.
+ANNOTATION_SCALING_HOLD: Final = f"{GROUP}/scaling-hold"
 
 # AMD device plugin resources and node-labeller labels (see docs/amd.md).
 RESOURCE_GPU: Final = "amd.com/gpu"

@@ -89,3 +89,17 @@ async def test_external_mode_only_publishes_metrics() -> None:
     assert "replicas" not in svc["spec"]
     assert svc["status"]["scaling"]["reason"] == "ExternalScaler"
     assert svc["status"]["metrics"]["tokensPerSecond"] == 9000.0
+
+
+async def test_scaling_hold_leaves_replicas_to_the_sweep() -> None:
+    kube, body = _cluster()
+    body["metadata"]["annotations"] = {c.ANNOTATION_SCALING_HOLD: "benchmark/sweep"}
+    loop = LoopState()
+    for second in range(0, 20, 2):
+        await run_pass(body, kube, CFG, SteadyLoad(9000.0), loop, T0 + timedelta(seconds=second))
+    svc = kube.get("InferenceService", "ns", "llm")
+    assert svc is not None
+    assert "replicas" not in svc["spec"]
+    assert svc["status"]["scaling"]["reason"] == "Held"
+    assert "benchmark/sweep" in svc["status"]["scaling"]["message"]
+    assert svc["status"]["metrics"]["tokensPerSecond"] == 9000.0

@@ -3,7 +3,8 @@
 One Kopf daemon per InferenceService runs :func:`run_pass` every scrape interval. Everything
 that must survive an operator restart (stabilisation history, panic state, the per-pool split)
 is kept in an annotation on the object; the window of samples is rebuilt in a minute.
-When the user hands scaling to HPA/KEDA (``mode: external``) the loop only publishes metrics.
+When the user hands scaling to HPA/KEDA (``mode: external``), or a replica-sweep benchmark holds
+the service (annotation ``tokenscale.dev/scaling-hold``), the loop only publishes metrics.
 """
 
 from __future__ import annotations
@@ -219,8 +220,13 @@ async def run_pass(
             "observedAt": _now_iso(wall_now),
         }
     }
-    if policy.mode == "external":
-        patch["scaling"] = _scaling(True, "ExternalScaler", "HPA/KEDA own /scale", {}, wall_now)
+    hold = (meta.get("annotations") or {}).get(c.ANNOTATION_SCALING_HOLD)
+    if policy.mode == "external" or hold:
+        if hold:
+            why = f"{hold} owns /scale until it finishes"
+            patch["scaling"] = _scaling(True, "Held", why, {}, wall_now)
+        else:
+            patch["scaling"] = _scaling(True, "ExternalScaler", "HPA/KEDA own /scale", {}, wall_now)
         await asyncio.to_thread(kube.patch_merge, "InferenceService", namespace, name,
                                 {"status": patch}, "status")  # fmt: skip
         return verdict
