@@ -14,6 +14,8 @@ FIELD_MANAGER: Final = "tokenscale"
 LABEL_SERVICE: Final = f"{GROUP}/service"
 LABEL_POOL: Final = f"{GROUP}/pool"
 LABEL_BENCHMARK: Final = f"{GROUP}/benchmark"
+# One Job of a benchmark (a replica sweep runs several); keys its result ConfigMaps.
+LABEL_BENCHMARK_RUN: Final = f"{GROUP}/benchmark-run"
 LABEL_ROLE: Final = f"{GROUP}/role"  # engine | leader | worker | benchmark
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_NAME: Final = "app.kubernetes.io/name"

@@ -75,11 +75,7 @@ class FakeKube:
         obj = self.objects.get((kind, namespace, name))
         if obj is None:
             raise KubeError(404, "not found")
-        for key, value in patch.items():
-            if isinstance(value, dict) and isinstance(obj.get(key), dict):
-                obj[key].update(value)
-            else:
-                obj[key] = value
+        _merge(obj, copy.deepcopy(patch))
         return copy.deepcopy(obj)
 
     def crd_exists(self, name: str) -> bool:
@@ -89,3 +85,14 @@ class FakeKube:
         self, involved: dict[str, Any], reason: str, message: str, type_: str = "Normal"
     ) -> None:
         self.events.append((reason, message, type_))
+
+
+def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """JSON merge patch (RFC 7386), as the API server applies it: null deletes a key."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value

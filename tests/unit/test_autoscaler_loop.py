@@ -94,6 +94,10 @@ async def test_external_mode_only_publishes_metrics() -> None:
 async def test_scaling_hold_leaves_replicas_to_the_sweep() -> None:
     kube, body = _cluster()
     body["metadata"]["annotations"] = {c.ANNOTATION_SCALING_HOLD: "benchmark/sweep"}
+    kube.put({
+        "apiVersion": "tokenscale.dev/v1alpha1", "kind": "InferenceBenchmark",
+        "metadata": {"name": "sweep", "namespace": "ns"}, "status": {"phase": "Running"},
+    })  # fmt: skip
     loop = LoopState()
     for second in range(0, 20, 2):
         await run_pass(body, kube, CFG, SteadyLoad(9000.0), loop, T0 + timedelta(seconds=second))
@@ -103,3 +107,21 @@ async def test_scaling_hold_leaves_replicas_to_the_sweep() -> None:
     assert svc["status"]["scaling"]["reason"] == "Held"
     assert "benchmark/sweep" in svc["status"]["scaling"]["message"]
     assert svc["status"]["metrics"]["tokensPerSecond"] == 9000.0
+
+
+async def test_stale_hold_is_lifted_and_scaling_resumes() -> None:
+    kube, body = _cluster()
+    body["metadata"]["annotations"] = {c.ANNOTATION_SCALING_HOLD: "benchmark/gone"}
+    kube.put(body)
+    loop, decision = LoopState(), None
+    for second in range(0, 20, 2):
+        body = kube.get("InferenceService", "ns", "llm") or body
+        decision = await run_pass(
+            body, kube, CFG, SteadyLoad(3500.0), loop, T0 + timedelta(seconds=second)
+        )
+        if decision is not None and decision.changed:
+            break
+    svc = kube.get("InferenceService", "ns", "llm")
+    assert svc is not None
+    assert c.ANNOTATION_SCALING_HOLD not in (svc["metadata"].get("annotations") or {})
+    assert svc["spec"]["replicas"] >= 4

@@ -114,7 +114,7 @@ def test_state_machine_waits_runs_and_finishes(result_json: str) -> None:
     kube.objects[("Job", "ns", "b-run")]["status"] = {
         "conditions": [{"type": "Complete", "status": "True"}]
     }
-    resultchannel.publish(kube, "ns", "b", "uid", 0, result_json)
+    resultchannel.publish(kube, "ns", "b", "uid", 0, result_json, run="b-run")
     out = reconcile_benchmark(bench, kube, CFG)
     assert out.status["phase"] == "Succeeded"
     assert out.status["verdict"] == "NoSLA"  # the fixture result was run without limits
@@ -140,3 +140,126 @@ def test_failed_job_fails_the_benchmark() -> None:
     assert out.status["phase"] == "Failed" and out.finished
     assert ("JobFailed", "BackoffLimitExceeded", "Warning") in out.events
     assert c.LABEL_BENCHMARK in kube.get("Job", "ns", "b-run")["metadata"]["labels"]
+
+
+def _sweep_cluster(levels: list[int]) -> tuple[FakeKube, dict[str, Any]]:
+    kube = FakeKube()
+    svc = service(pools=[{"name": "mi300x", "gpu": "MI300X", "minReplicas": 1, "maxReplicas": 4}])
+    svc["metadata"] = {"name": "llama2-70b", "namespace": "ns"}
+    svc["spec"]["replicas"] = 3
+    svc["status"] = {"conditions": [{"type": "Ready", "status": "True"}], "readyReplicas": 3}
+    kube.put(svc)
+    body = benchmark(scenario="replicaSweep", load={"replicas": levels, "durationSeconds": 5})
+    body["metadata"] = {"name": "sw", "namespace": "ns"}
+    return kube, kube.put(body)
+
+
+def _engines(kube: FakeKube, ready: int, terminating: int = 0) -> None:
+    for key in [k for k in kube.objects if k[0] == "Pod"]:
+        del kube.objects[key]
+    for i in range(ready + terminating):
+        meta: dict[str, Any] = {
+            "name": f"e{i}",
+            "namespace": "ns",
+            "labels": {c.LABEL_SERVICE: "llama2-70b", c.LABEL_POOL: "mi300x"},
+        }
+        if i >= ready:
+            meta["deletionTimestamp"] = "2026-11-28T12:00:00Z"
+        kube.put({
+            "apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        })  # fmt: skip
+
+
+def _result_at(tokens_per_s: float, result_json: str) -> str:
+    result = BenchResult.model_validate_json(result_json)
+    metrics = result.metrics.model_copy(update={"tokens_per_s": tokens_per_s})
+    return result.model_copy(update={"metrics": metrics}).model_dump_json()
+
+
+def _step(kube: FakeKube, bench: dict[str, Any]) -> Any:
+    current = kube.get("InferenceBenchmark", "ns", "sw")
+    assert current is not None
+    bench = {**current, "status": bench.get("status") or {}}
+    out = reconcile_benchmark(bench, kube, CFG)
+    if out.status:
+        merged = {**(bench.get("status") or {}), **out.status}
+        kube.objects[("InferenceBenchmark", "ns", "sw")]["status"] = merged
+        bench["status"] = merged
+    return out, bench
+
+
+def test_replica_sweep_scales_runs_each_level_and_restores(result_json: str) -> None:
+    kube, bench = _sweep_cluster([2, 1])  # given unsorted: run ascending
+    out, bench = _step(kube, bench)
+    assert out.status["sweep"]["levels"] == [1, 2]
+    assert out.status["sweep"]["restoreReplicas"] == 3
+    svc = kube.get("InferenceService", "ns", "llama2-70b")
+    assert svc is not None
+    assert svc["metadata"]["annotations"][c.ANNOTATION_SCALING_HOLD] == "benchmark/sw"
+
+    throughput = {1: 1000.0, 2: 1900.0}
+    for n in (1, 2):
+        out, bench = _step(kube, bench)  # writes /scale
+        assert kube.get("InferenceService", "ns", "llama2-70b")["spec"]["replicas"] == n
+        _engines(kube, ready=n, terminating=1)
+        out, bench = _step(kube, bench)  # a pod still terminating: no Job yet
+        assert kube.get("Job", "ns", f"sw-run-r{n}") is None
+        assert "waiting for exactly" in out.status["conditions"][0]["message"]
+        _engines(kube, ready=n)
+        out, bench = _step(kube, bench)
+        job = kube.get("Job", "ns", f"sw-run-r{n}")
+        assert job is not None
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--replicas") + 1] == str(n)
+        env = {
+            e["name"]: e.get("value")
+            for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["TOKENSCALE_BENCH_RUN"] == f"sw-run-r{n}"
+        assert _step(kube, bench)[0].status == {}  # Job running
+        kube.objects[("Job", "ns", f"sw-run-r{n}")]["status"] = {
+            "conditions": [{"type": "Complete", "status": "True"}]
+        }
+        payload = _result_at(throughput[n], result_json)
+        resultchannel.publish(kube, "ns", "sw", "uid", 0, payload, run=f"sw-run-r{n}")
+        out, bench = _step(kube, bench)
+
+    assert out.finished and out.status["phase"] == "Succeeded"
+    points = out.status["sweep"]["points"]
+    assert [p["replicas"] for p in points] == [1, 2]
+    assert points[1]["tokensPerSecondPerReplica"] == 950.0
+    assert points[1]["scalingEfficiency"] == 0.95  # 1900 / (2 * 1000)
+    assert out.status["results"]["scalingEfficiency"] == 0.95
+    svc = kube.get("InferenceService", "ns", "llama2-70b")
+    assert svc is not None and svc["spec"]["replicas"] == 3  # restored
+    assert c.ANNOTATION_SCALING_HOLD not in (svc["metadata"].get("annotations") or {})
+    assert any(reason == "SweepFinished" and "95.0%" in msg for reason, msg, _ in out.events)
+
+
+def test_sweep_levels_outside_the_pool_bounds_fail_with_the_fix() -> None:
+    kube, bench = _sweep_cluster([1, 8])
+    out, _ = _step(kube, bench)
+    assert out.finished and out.status["phase"] == "Failed"
+    message = out.status["reasons"][0]
+    assert "spec.load.replicas" in message and "[8]" in message and "[1, 4]" in message
+    svc = kube.get("InferenceService", "ns", "llama2-70b")
+    assert svc is not None and c.ANNOTATION_SCALING_HOLD not in (
+        svc["metadata"].get("annotations") or {}
+    )
+
+
+def test_failed_level_restores_the_target(result_json: str) -> None:
+    kube, bench = _sweep_cluster([1, 2])
+    _, bench = _step(kube, bench)
+    _, bench = _step(kube, bench)
+    _engines(kube, ready=1)
+    _, bench = _step(kube, bench)
+    kube.objects[("Job", "ns", "sw-run-r1")]["status"] = {
+        "conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]
+    }
+    out, _ = _step(kube, bench)
+    assert out.status["phase"] == "Failed"
+    svc = kube.get("InferenceService", "ns", "llama2-70b")
+    assert svc is not None and svc["spec"]["replicas"] == 3
+    assert c.ANNOTATION_SCALING_HOLD not in (svc["metadata"].get("annotations") or {})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -79,8 +79,11 @@ class LoadSpec(StrictModel):
     concurrencies: list[int] = Field(
         default_factory=list, description="Concurrency sweep levels, e.g. [1, 4, 16, 64]."
     )
-    replicas: list[int] = Field(
-        default_factory=list, description="Replica sweep levels, e.g. [1, 2, 4]."
+    replicas: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Replica sweep levels, e.g. [1, 2, 4] (default [1, 2, 4]); include 1 for "
+        "scaling efficiency.",
     )
     duration_seconds: int = Field(default=60, ge=1, le=86400, description="Length of a run.")
     requests: int | None = Field(
@@ -165,6 +168,32 @@ class BenchmarkResults(StrictModel):
     )
 
 
+class SweepPoint(StrictModel):
+    """One finished level of a replica sweep."""
+
+    replicas: int = Field(description="Ready replicas of the target during the run.")
+    job: str = Field(description="The Job that ran this level.")
+    tokens_per_second: float = Field(description="Output tokens/s at this level.")
+    tokens_per_second_per_replica: float | None = Field(
+        default=None, description="tokensPerSecond / replicas."
+    )
+    scaling_efficiency: float | None = Field(
+        default=None, description="T_N / (N * T_1), once the sweep is done."
+    )
+    verdict: Verdict | None = Field(default=None, description="SLA verdict at this level.")
+
+
+class SweepStatus(StrictModel):
+    """Progress of an operator-driven replica sweep (it owns the target's /scale meanwhile)."""
+
+    levels: list[int] = Field(description="Replica counts, ascending.")
+    index: int = Field(default=0, description="Level being run (index into levels).")
+    restore_replicas: int | None = Field(
+        default=None, description="The target's spec.replicas before the sweep (restored after)."
+    )
+    points: list[SweepPoint] = Field(default_factory=list, description="Finished levels.")
+
+
 class InferenceBenchmarkStatus(StrictModel):
     """Observed state of a benchmark."""
 
@@ -181,6 +210,7 @@ class InferenceBenchmarkStatus(StrictModel):
     report: str | None = Field(
         default=None, description="Where the HTML report is (ConfigMap/key or path)."
     )
+    sweep: SweepStatus | None = Field(default=None, description="Replica sweep progress.")
     conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
 
 

@@ -100,6 +100,7 @@ def job(
         {"name": "TOKENSCALE_BENCH_SHARDS", "value": str(spec.shards)},
         {"name": "TOKENSCALE_BENCHMARK", "value": meta["name"]},
         {"name": "TOKENSCALE_BENCHMARK_UID", "value": meta["uid"]},
+        {"name": "TOKENSCALE_BENCH_RUN", "value": name},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]

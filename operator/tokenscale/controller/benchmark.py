@@ -95,65 +95,108 @@ def reconcile_benchmark(
         spec = InferenceBenchmarkSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         text = "; ".join(str(p) for p in problems_from(exc))
-        return _fail(body, "InvalidSpec", text, now)
+        return fail(body, "InvalidSpec", text, now)
 
     svc_body = None
     svc_spec: InferenceServiceSpec | None = None
     if spec.target.service:
         svc_body = kube.get("InferenceService", namespace, spec.target.service)
         if svc_body is None:
+            if status.get("sweep"):
+                return fail(body, "TargetGone", f"{spec.target.service} was deleted", now)
             return _wait(body, f"InferenceService {spec.target.service} not found", now)
         svc_spec = InferenceServiceSpec.model_validate(svc_body["spec"])
-        ready = next(
-            (
-                x
-                for x in (svc_body.get("status") or {}).get("conditions") or []
-                if x["type"] == "Ready"
-            ),
-            None,
-        )
-        if not ready or ready.get("status") != "True":
+        if spec.scenario == "replicaSweep" and status.get("sweep"):
+            from tokenscale.controller import sweep  # sweep builds on this module's helpers
+
+            return sweep.step(body, spec, svc_body, svc_spec, kube, cfg, now)
+        if not service_ready(svc_body):
             return _wait(
                 body, f"waiting for InferenceService {spec.target.service} to be Ready", now
             )
+        if spec.scenario == "replicaSweep":
+            from tokenscale.controller import sweep
+
+            return sweep.begin(body, spec, svc_body, svc_spec, kube, now)
 
     job_name = f"{name}-run"
     job = kube.get("Job", namespace, job_name)
     if job is None:
-        model = spec.target.model or (svc_spec.model.name if svc_spec else None)
-        sla = spec.sla or (svc_spec.sla if svc_spec else None)
-        args = benchjob.bench_args(spec, benchjob.target_url(spec, namespace), model or "", sla)
-        if not model:
-            args = [a for a in args if a not in ("--model", "")]
-        for obj in benchjob.rbac(namespace, cfg):
-            kube.apply(obj)
-        obj = benchjob.job(job_name, body, spec, cfg, args)
-        obj["metadata"]["ownerReferences"] = [owner_reference(body, "InferenceBenchmark")]
-        kube.apply(obj)
+        start_job(body, spec, svc_spec, kube, cfg, job_name)
         status.update(phase="Running", jobName=job_name, startTime=_now(now))
         msg = f"started Job {job_name} ({spec.scenario}, {spec.shards} shard(s))"
         return BenchOutcome(
-            _with_conditions(body, status, "Running", msg, gen, now), [("Started", msg, "Normal")]
+            with_conditions(body, status, "Running", msg, gen, now), [("Started", msg, "Normal")]
         )
-
-    js = job.get("status") or {}
-    done = {x["type"]: x for x in js.get("conditions") or [] if x.get("status") == "True"}
-    if "Failed" in done:
-        return _fail(
-            body, "JobFailed", done["Failed"].get("message") or "benchmark Job failed", now
-        )
-    if "Complete" not in done:
+    state, message = job_state(job)
+    if state == "failed":
+        return fail(body, "JobFailed", message, now)
+    if state == "running":
         return BenchOutcome({})
-    shards = resultchannel.collect(kube, namespace, name, spec.shards)
-    if shards is None:
+    merged = collect_run(kube, namespace, name, spec, job_name)
+    if merged is None:
         return BenchOutcome({})  # results still arriving; the timer comes back
+    return finish(body, spec, merged, svc_body, kube, cfg, now)
+
+
+def service_ready(svc_body: dict[str, Any]) -> bool:
+    """The target's Ready condition is True."""
+    conditions = (svc_body.get("status") or {}).get("conditions") or []
+    ready = next((x for x in conditions if x["type"] == "Ready"), None)
+    return bool(ready and ready.get("status") == "True")
+
+
+def start_job(
+    body: dict[str, Any],
+    spec: InferenceBenchmarkSpec,
+    svc_spec: InferenceServiceSpec | None,
+    kube: Kube,
+    cfg: OperatorConfig,
+    job_name: str,
+    replicas: int | None = None,
+) -> None:
+    """The narrow RBAC and the Indexed Job for one run, owned by the benchmark."""
+    namespace = body["metadata"]["namespace"]
+    model = spec.target.model or (svc_spec.model.name if svc_spec else None)
+    sla = spec.sla or (svc_spec.sla if svc_spec else None)
+    url = benchjob.target_url(spec, namespace)
+    args = benchjob.bench_args(spec, url, model or "", sla, replicas)
+    if not model:
+        args = [a for a in args if a not in ("--model", "")]
+    for obj in benchjob.rbac(namespace, cfg):
+        kube.apply(obj)
+    obj = benchjob.job(job_name, body, spec, cfg, args)
+    obj["metadata"]["ownerReferences"] = [owner_reference(body, "InferenceBenchmark")]
+    kube.apply(obj)
+
+
+def job_state(job: dict[str, Any]) -> tuple[str, str]:
+    """("running" | "failed" | "complete", message) from the Job's conditions."""
+    done = {
+        x["type"]: x
+        for x in (job.get("status") or {}).get("conditions") or []
+        if x.get("status") == "True"
+    }
+    if "Failed" in done:
+        return "failed", done["Failed"].get("message") or "benchmark Job failed"
+    if "Complete" in done:
+        return "complete", ""
+    return "running", ""
+
+
+def collect_run(
+    kube: Kube, namespace: str, name: str, spec: InferenceBenchmarkSpec, job_name: str
+) -> BenchResult | None:
+    """The run's shards merged exactly, or None while any shard is still publishing."""
+    shards = resultchannel.collect(kube, namespace, name, spec.shards, run=job_name)
+    if shards is None:
+        return None
     from tokenscale.bench import scenarios
 
-    merged = shards[0] if len(shards) == 1 else scenarios.merge(shards)
-    return _finish(body, spec, merged, svc_body, kube, cfg, now)
+    return shards[0] if len(shards) == 1 else scenarios.merge(shards)
 
 
-def _finish(
+def finish(
     body: dict[str, Any],
     spec: InferenceBenchmarkSpec,
     merged: BenchResult,
@@ -167,7 +210,7 @@ def _finish(
     verdict = VERDICTS[merged.verdict.status]
     reasons = list(merged.verdict.reasons)
     report = _store_report(kube, body, merged)
-    status = {
+    status: dict[str, Any] = {
         "phase": "Succeeded",
         "completionTime": _now(now),
         "results": results.to_k8s(),
@@ -181,7 +224,7 @@ def _finish(
     )
     events = [("Finished", message, "Normal" if verdict in ("Pass", "NoSLA") else "Warning")]
     outcome = BenchOutcome(
-        _with_conditions(body, status, "Finished", message, meta.get("generation"), now),
+        with_conditions(body, status, "Finished", message, meta.get("generation"), now),
         events,
         finished=True,
     )
@@ -259,7 +302,7 @@ def _store_report(kube: Kube, body: dict[str, Any], merged: BenchResult) -> str 
     return f"configmap/{name}/{key}"
 
 
-def _with_conditions(
+def with_conditions(
     body: dict[str, Any],
     status: dict[str, Any],
     reason: str,
@@ -282,14 +325,14 @@ def _wait(body: dict[str, Any], message: str, now: datetime) -> BenchOutcome:
     gen = body["metadata"].get("generation")
     prior = (body.get("status") or {}).get("phase")
     events = [] if prior == "WaitingForTarget" else [("Waiting", message, "Normal")]
-    return BenchOutcome(_with_conditions(body, status, "Waiting", message, gen, now), events)
+    return BenchOutcome(with_conditions(body, status, "Waiting", message, gen, now), events)
 
 
-def _fail(body: dict[str, Any], reason: str, message: str, now: datetime) -> BenchOutcome:
+def fail(body: dict[str, Any], reason: str, message: str, now: datetime) -> BenchOutcome:
     status = {"phase": "Failed", "completionTime": _now(now), "reasons": [message]}
     gen = body["metadata"].get("generation")
     return BenchOutcome(
-        _with_conditions(body, status, reason, message, gen, now),
+        with_conditions(body, status, reason, message, gen, now),
         [(reason, message, "Warning")],
         finished=True,
     )

@@ -39,6 +39,7 @@ def bench_job_command(bench_args: tuple[str, ...]) -> None:
             os.environ.get("TOKENSCALE_BENCHMARK_UID"),
             shard,
             out.read_text(),
+            run=os.environ.get("TOKENSCALE_BENCH_RUN"),
         )
     click.echo(f"published shard {shard} of {name} in {parts} ConfigMap part(s)")
 

@@ -187,3 +187,12 @@ def benchmark_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: 
 def benchmark_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Poll the run: target readiness, Job completion, results."""
     _bench(body, patch, memo)
+
+
+@kopf.on.delete(GROUP, VERSION, BENCHMARKS, optional=True)
+def benchmark_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Deleted mid-sweep: give the target's /scale back now (the autoscaler also lifts a stale
+    hold on its next pass, so a missed delete event cannot freeze scaling)."""
+    from tokenscale.controller import sweep
+
+    sweep.release_if_holding(memo.kube, dict(body))

@@ -3,6 +3,7 @@
 Each shard writes its full result (per-request records included, so merging stays exact) as
 gzip in ConfigMaps owned by the InferenceBenchmark, split into parts below the 1 MiB object
 limit. The pod's narrow ServiceAccount may only create/patch ConfigMaps in its namespace.
+Results are keyed by run (the Job's name): a replica sweep runs one Job per level.
 """
 
 from __future__ import annotations
@@ -19,22 +20,30 @@ PART_BYTES = 700_000  # base64 grows data by 4/3: stays well under the 1 MiB obj
 KEY = "result.json.gz"
 
 
-def _name(bench: str, shard: int, part: int) -> str:
-    return f"{bench}-r{shard}-{part}"
+def _name(run: str, shard: int, part: int) -> str:
+    return f"{run}-r{shard}-{part}"
 
 
 def publish(
-    kube: Kube, namespace: str, bench: str, uid: str | None, shard: int, result_json: str
+    kube: Kube,
+    namespace: str,
+    bench: str,
+    uid: str | None,
+    shard: int,
+    result_json: str,
+    run: str | None = None,
 ) -> int:
     """Write one shard's result; returns the number of ConfigMaps written."""
+    run = run or bench
     blob = gzip.compress(result_json.encode(), compresslevel=6)
     parts = [blob[i : i + PART_BYTES] for i in range(0, len(blob), PART_BYTES)] or [b""]
     for index, chunk in enumerate(parts):
         meta: dict[str, Any] = {
-            "name": _name(bench, shard, index),
+            "name": _name(run, shard, index),
             "namespace": namespace,
             "labels": {
                 c.LABEL_BENCHMARK: bench,
+                c.LABEL_BENCHMARK_RUN: run,
                 c.LABEL_ROLE: "benchmark-result",
                 c.LABEL_MANAGED_BY: c.MANAGED_BY,
             },
@@ -63,9 +72,12 @@ def publish(
     return len(parts)
 
 
-def collect(kube: Kube, namespace: str, bench: str, shards: int) -> list[BenchResult] | None:
-    """All shards' results, or None while any shard has not published completely."""
-    found = kube.list("ConfigMap", namespace, f"{c.LABEL_BENCHMARK}={bench}")
+def collect(
+    kube: Kube, namespace: str, bench: str, shards: int, run: str | None = None
+) -> list[BenchResult] | None:
+    """All shards' results of one run, or None while any shard has not published completely."""
+    selector = f"{c.LABEL_BENCHMARK}={bench},{c.LABEL_BENCHMARK_RUN}={run or bench}"
+    found = kube.list("ConfigMap", namespace, selector)
     by_shard: dict[int, dict[int, bytes]] = {}
     expected: dict[int, int] = {}
     for cm in found:
