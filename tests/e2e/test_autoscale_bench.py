@@ -161,3 +161,69 @@ def test_real_vllm_cpu_engine_scales_up_on_generation_tokens(
     )
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert done["status"]["results"]["tokensPerSecond"] > 0
+
+
+def test_replica_sweep_steps_scale_runs_each_level_and_gives_scale_back(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    doc = example("simulated-llama2-70b.yaml")
+    doc["metadata"]["name"] = "sweep-svc"
+    doc["spec"]["pools"] = [{"name": "mi355x", "gpu": "MI355X", "minReplicas": 1, "maxReplicas": 4}]
+    doc["spec"]["scaling"] = {"mode": "builtin", "targetPerReplica": 100000, "windowSeconds": 10}
+    apply(cluster, namespace, doc)
+    wait_condition(cluster, namespace, "sweep-svc", "Ready", lambda cd: cd["status"] == "True")
+    sweep = example("bench-replica-sweep.yaml")
+    sweep["metadata"]["name"] = "sweep"
+    sweep["spec"]["target"]["service"] = "sweep-svc"
+    # Saturating for 4 simulated MI355X engines, small enough for one bench pod on this machine.
+    sweep["spec"]["load"] = {"replicas": [1, 2, 4], "concurrency": 512, "durationSeconds": 15}
+    sweep["spec"]["dataset"] = {
+        "input": {"kind": "fixed", "mean": 64},
+        "output": {"kind": "fixed", "mean": 128},
+    }
+    apply(cluster, namespace, sweep)
+
+    # While it runs, the benchmark owns /scale: the autoscaler (which at this target would hold
+    # 1 replica) reports Held and the replicas follow the levels.
+    held = wait_for(
+        lambda: (
+            (s := get(cluster, "tsvc", "sweep-svc", "-n", namespace))
+            and (s["status"].get("scaling") or {}).get("reason") == "Held"
+            and replicas(cluster, namespace, "sweep-svc") >= 2
+            and s
+        ),
+        timeout=240,
+        what="autoscaler held while the sweep scales the service up",
+    )
+    assert "benchmark/sweep" in held["status"]["scaling"]["message"]
+    done = wait_for(
+        lambda: (
+            (b := get(cluster, "tsbench", "sweep", "-n", namespace))
+            and (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            and b
+        ),
+        timeout=480,
+        what="replica sweep finished",
+    )
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    points = status["sweep"]["points"]
+    assert [p["replicas"] for p in points] == [1, 2, 4]
+    assert [p["job"] for p in points] == ["sweep-run-r1", "sweep-run-r2", "sweep-run-r4"]
+    t = {p["replicas"]: p["tokensPerSecond"] for p in points}
+    # A saturating load on more engines gives more tokens/s; the efficiency is what was measured.
+    assert t[1] > 0 and t[2] > t[1] and t[4] > t[2], t
+    assert status["results"]["scalingEfficiency"] == pytest.approx(t[4] / (4 * t[1]), abs=1e-3)
+    assert points[-1]["scalingEfficiency"] == status["results"]["scalingEfficiency"]
+
+    # Scale given back: spec.replicas restored (unset → minReplicas), hold lifted, autoscaler on.
+    wait_for(
+        lambda: (
+            (s := get(cluster, "tsvc", "sweep-svc", "-n", namespace))
+            and "tokenscale.dev/scaling-hold" not in (s["metadata"].get("annotations") or {})
+            and (s["status"].get("scaling") or {}).get("reason") != "Held"
+            and replicas(cluster, namespace, "sweep-svc") == 1
+        ),
+        timeout=120,
+        what="replicas restored and autoscaling resumed",
+    )

@@ -59,8 +59,8 @@ def results_from(result: BenchResult) -> BenchmarkResults:
     sc = result.self_check
     lag = sc.schedule_lag.p99 if sc.schedule_lag else None
     eff = None
-    if result.replica_sweep:
-        eff = result.replica_sweep[-1].scaling_efficiency
+    if result.replica_sweep and result.replica_sweep[-1].scaling_efficiency is not None:
+        eff = round(result.replica_sweep[-1].scaling_efficiency, 4)
     return BenchmarkResults(
         tokens_per_second=round(s.tokens_per_s, 3),
         requests_per_second=round(s.requests_per_s, 4),
