@@ -21,10 +21,12 @@ def _matches(labels: dict[str, str], selector: str) -> bool:
             key, value = term.split("!=", 1)
             if labels.get(key) == value:
                 return False
-        else:
+        elif "=" in term:
             key, value = term.split("=", 1)
             if labels.get(key) != value:
                 return False
+        elif term not in labels:  # an existence selector
+            return False
     return True
 
 

@@ -75,6 +75,7 @@ def run_command(
         metrics_port=metrics_port or None,
         metrics_addr=metrics_addr,
         workers=workers,
+        namespaces=ns_list,
     )
     kopf.run(
         clusterwide=not ns_list,

@@ -7,8 +7,10 @@ round-trips (which cost seconds per start on a busy API server).
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -131,6 +133,23 @@ class Kube:
             "items"
         ]
         return items
+
+    def list_pages(
+        self, kind: str, namespace: str | None, selector: str = "", limit: int = 100
+    ) -> Iterator[builtins.list[dict[str, Any]]]:
+        """Like :meth:`list`, in pages of ``limit`` (bounded memory for fleet-wide lists)."""
+        token = ""
+        while True:
+            query = [("limit", str(limit))]
+            if selector:
+                query.append(("labelSelector", selector))
+            if token:
+                query.append(("continue", token))
+            found = self._call("GET", KINDS[kind].path(namespace), None, query)
+            yield found["items"]
+            token = (found.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
         body = {"propagationPolicy": "Background"}

@@ -42,6 +42,15 @@ class Outcome:
     status: dict[str, Any]
     events: list[tuple[str, str, str]] = field(default_factory=list)
     invalid: bool = False
+    #: (kind, name) -> generation/resourceVersion of every child this pass applied
+    children: dict[tuple[str, str], str] | None = None
+
+
+def child_version(obj: dict[str, Any]) -> str:
+    """What changes when someone else edits a child: its generation, else its resourceVersion."""
+    meta = obj.get("metadata") or {}
+    gen = meta.get("generation")
+    return f"g{gen}" if gen is not None else f"r{meta.get('resourceVersion', '')}"
 
 
 def selector_for(name: str) -> str:
@@ -124,7 +133,7 @@ def reconcile_service(
     existing = {
         (kind, o["metadata"]["name"]): o
         for kind in CHILD_KINDS
-        if _kind_available(kube, cfg, kind)
+        if kind_available(kube, cfg, kind)
         for o in kube.list(kind, namespace, f"{c.LABEL_SERVICE}={name}")
     }
     events: list[tuple[str, str, str]] = []
@@ -167,7 +176,8 @@ def reconcile_service(
             )
         )
     status["observedGeneration"] = gen
-    return Outcome(status, events)
+    children = {key: child_version(obj) for key, obj in applied.items()}
+    return Outcome(status, events, children=children)
 
 
 def _status(
@@ -317,7 +327,7 @@ _OPTIONAL_CRDS = {
 }
 
 
-def _kind_available(kube: Kube, cfg: OperatorConfig, kind: str) -> bool:
+def kind_available(kube: Kube, cfg: OperatorConfig, kind: str) -> bool:
     """Skip listing kinds whose CRD the cluster lacks (a 404 would fail the pass)."""
     crd = _OPTIONAL_CRDS.get(kind)
     if crd is None:

@@ -1,0 +1,228 @@
+"""The level-based safety net: one loop for every service, cheap when nothing changed.
+
+Create/update/resume handlers and child Deployment events keep services converged as things
+happen. This loop catches whatever they missed (a dropped watch event, a child edited or deleted
+while its event was lost, a pod problem that appeared without a Deployment status change). It
+replaced a per-object Kopf timer whose full reconcile — 5 lists, 3 server-side applies and a
+status patch per service every 5 minutes — cost a constant 3.3 reconciles/s at 1,000 services
+even when nothing had changed.
+
+Each pass lists services and their children in pages (never the whole fleet in memory at once),
+reduces every object to a few fields, and reconciles only a service whose observed state
+disagrees with what the operator last applied or last reported:
+
+* ``status.observedGeneration`` lags ``metadata.generation``;
+* a child the last reconcile applied is missing, an owned child it did not apply exists, or a
+  child's ``generation`` (``resourceVersion`` for kinds without one) moved since — someone
+  edited or replaced it;
+* a pool's reported ``replicas``/``readyReplicas`` differ from its workload's status, or its
+  reported pod problems differ from what the pods show now.
+
+The :class:`Ledger` (what the last reconcile applied, per service uid) lives in memory; after a
+restart it is empty and Kopf's resume handlers refill it, and a service still missing from it is
+reconciled on the next pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenscale import constants as c
+from tokenscale.controller import observe
+from tokenscale.controller.kube import Kube, KubeError
+from tokenscale.controller.reconcile import child_version
+from tokenscale.render import names
+
+log = logging.getLogger(__name__)
+
+#: How often the safety net looks at the whole fleet.
+RESYNC_SECONDS = 300.0
+#: Objects per list page: bounds the memory a pass holds at once.
+PAGE_SIZE = 100
+
+ChildKey = tuple[str, str]  # (kind, name)
+WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
+
+
+class Ledger:
+    """Per service uid: the version of every child its last reconcile applied (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._applied: dict[str, dict[ChildKey, str]] = {}
+
+    def record(self, uid: str | None, children: Mapping[ChildKey, str]) -> None:
+        if uid:
+            with self._lock:
+                self._applied[uid] = dict(children)
+
+    def get(self, uid: str) -> dict[ChildKey, str] | None:
+        with self._lock:
+            return self._applied.get(uid)
+
+    def forget(self, uid: str | None) -> None:
+        with self._lock:
+            self._applied.pop(uid or "", None)
+
+    def retain(self, uids: Iterable[str]) -> None:
+        """Drop services that no longer exist."""
+        keep = set(uids)
+        with self._lock:
+            for uid in [u for u in self._applied if u not in keep]:
+                del self._applied[uid]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._applied)
+
+
+#: The operator's ledger: reconciles record into it, the resync loop reads it.
+LEDGER = Ledger()
+
+
+@dataclass(slots=True)
+class ServiceView:
+    """The few fields of an InferenceService (and its children) a resync pass compares."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int | None
+    observed_generation: int | None
+    deleting: bool
+    #: pool name -> (replicas, readyReplicas, message) as reported in status.pools
+    reported: dict[str, tuple[int, int, str]]
+    children: dict[ChildKey, str] = field(default_factory=dict)
+    #: workload name -> (replicas, readyReplicas) from the workload's status
+    workloads: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: pool name -> problems seen on its pods now (same order and wording as status)
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+
+def service_view(obj: Mapping[str, Any]) -> ServiceView:
+    meta = obj["metadata"]
+    status = obj.get("status") or {}
+    reported = {
+        str(p.get("name")): (
+            int(p.get("replicas") or 0),
+            int(p.get("readyReplicas") or 0),
+            str(p.get("message") or ""),
+        )
+        for p in status.get("pools") or []
+    }
+    return ServiceView(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=str(meta.get("uid") or ""),
+        generation=meta.get("generation"),
+        observed_generation=status.get("observedGeneration"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        reported=reported,
+    )
+
+
+def add_child(view: ServiceView, obj: Mapping[str, Any]) -> None:
+    """Fold one listed child (already known to carry the service's label) into ``view``."""
+    meta = obj["metadata"]
+    if not any(ref.get("uid") == view.uid for ref in meta.get("ownerReferences") or []):
+        return  # not ours: the reconcile would neither apply nor prune it
+    kind = str(obj.get("kind"))
+    view.children[(kind, meta["name"])] = child_version(dict(obj))
+    if kind in WORKLOAD_KINDS:
+        status = obj.get("status") or {}
+        view.workloads[meta["name"]] = (
+            int(status.get("replicas") or 0),
+            int(status.get("readyReplicas") or 0),
+        )
+
+
+def add_pod(view: ServiceView, pod: Mapping[str, Any]) -> None:
+    """Fold one engine pod's problems into ``view`` (merging like :func:`observe.pod_problems`)."""
+    for pool, found in observe.pod_problems([dict(pod)]).items():
+        bucket = view.problems.setdefault(pool, [])
+        bucket.extend(m for m in found if m not in bucket)
+
+
+def stale_reason(view: ServiceView, applied: Mapping[ChildKey, str] | None) -> str | None:
+    """Why the service needs a reconcile now, or None when what is observed matches."""
+    if view.deleting:
+        return None
+    if view.generation != view.observed_generation:
+        return "generation not observed"
+    if applied is None:
+        return "not reconciled by this operator process"
+    missing = sorted(set(applied) - set(view.children))
+    if missing:
+        return f"{missing[0][0]} {missing[0][1]} is missing"
+    extra = sorted(set(view.children) - set(applied))
+    if extra:
+        return f"{extra[0][0]} {extra[0][1]} was not applied by the last reconcile"
+    for key, version in applied.items():
+        if view.children[key] != version:
+            return f"{key[0]} {key[1]} changed ({version} -> {view.children[key]})"
+    for pool, (replicas, ready, message) in view.reported.items():
+        workload = view.workloads.get(names.pool_workload(view.name, pool))
+        if workload is not None and workload != (replicas, ready):
+            return f"pool {pool}: status says {ready}/{replicas} ready, workload {workload}"
+        if message != "; ".join(view.problems.get(pool, [])):
+            return f"pool {pool}: pod problems changed"
+    return None
+
+
+def _pages(
+    kube: Kube, kind: str, namespace: str | None, selector: str
+) -> Iterable[list[dict[str, Any]]]:
+    pages = getattr(kube, "list_pages", None)
+    if pages is None:  # a client without pagination (test doubles)
+        yield kube.list(kind, namespace, selector)
+        return
+    yield from pages(kind, namespace, selector, PAGE_SIZE)
+
+
+def resync_pass(
+    kube: Kube,
+    namespaces: Iterable[str | None],
+    child_kinds: Iterable[str],
+    ledger: Ledger,
+    refresh: Callable[[str, str], None],
+    wanted: Callable[[str], bool] = lambda _: True,
+) -> list[tuple[str, str, str]]:
+    """One pass over the fleet; reconciles (via ``refresh``) and returns the stale services."""
+    kinds = list(child_kinds)
+    views: dict[tuple[str, str], ServiceView] = {}
+    for ns in namespaces:
+        for page in _pages(kube, "InferenceService", ns, ""):
+            for obj in page:
+                view = service_view(obj)
+                if wanted(view.namespace):
+                    views[(view.namespace, view.name)] = view
+    labelled = c.LABEL_SERVICE  # exists: what the reconcile lists, for every service at once
+    for ns in sorted({v.namespace for v in views.values()}):
+        for kind in [*kinds, "Pod"]:
+            for page in _pages(kube, kind, ns, labelled):
+                for obj in page:
+                    owner = (obj["metadata"].get("labels") or {}).get(c.LABEL_SERVICE)
+                    found = views.get((ns, str(owner)))
+                    if found is None:
+                        continue
+                    if kind == "Pod":
+                        add_pod(found, obj)
+                    else:
+                        add_child(found, {**obj, "kind": kind})
+    ledger.retain(v.uid for v in views.values())
+    stale = []
+    for view in views.values():
+        reason = stale_reason(view, ledger.get(view.uid))
+        if reason is None:
+            continue
+        stale.append((view.namespace, view.name, reason))
+        log.info("resync: %s/%s: %s", view.namespace, view.name, reason)
+        try:
+            refresh(view.namespace, view.name)
+        except KubeError as exc:
+            log.warning("resync of %s/%s failed: %s", view.namespace, view.name, exc)
+    return stale

@@ -1,0 +1,121 @@
+"""The fleet-wide resync: quiet when nothing changed, a reconcile for whatever drifted.
+
+Runs against the in-memory API with the real reconcile: a pass right after a reconcile finds
+nothing to do; a deleted or edited child, a status that lags its workload, new pod problems, a
+spec generation not yet observed, or a service this process never reconciled each make exactly
+that service stale, and the reconcile the pass triggers makes the next pass quiet again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.invalid_manifests import service
+from tests.unit.fakekube import FakeKube
+from tokenscale.api.config import OperatorConfig
+from tokenscale.controller import resync
+from tokenscale.controller.reconcile import CHILD_KINDS, reconcile_service
+
+CFG = OperatorConfig()
+KINDS = [k for k in CHILD_KINDS if k not in ("LeaderWorkerSet", "ServiceMonitor")]
+
+
+def _refresher(kube: FakeKube, ledger: resync.Ledger, calls: list[str]) -> Any:
+    def refresh(namespace: str, name: str) -> None:
+        calls.append(name)
+        body = kube.get("InferenceService", namespace, name)
+        assert body is not None
+        out = reconcile_service(body, kube, CFG)
+        kube.patch_merge("InferenceService", namespace, name, {"status": out.status}, "status")
+        assert out.children is not None
+        ledger.record(body["metadata"]["uid"], out.children)
+
+    return refresh
+
+
+def _fleet(n: int = 3) -> tuple[FakeKube, resync.Ledger, list[str], Any]:
+    kube, ledger, calls = FakeKube(), resync.Ledger(), []
+    refresh = _refresher(kube, ledger, calls)
+    for i in range(n):
+        doc = service()
+        doc["metadata"] = {"name": f"llm-{i}", "namespace": "ns"}
+        kube.put(doc)
+        refresh("ns", f"llm-{i}")
+    calls.clear()
+    return kube, ledger, calls, refresh
+
+
+def _pass(kube: FakeKube, ledger: resync.Ledger, refresh: Any) -> list[tuple[str, str, str]]:
+    return resync.resync_pass(kube, ["ns"], KINDS, ledger, refresh)  # type: ignore[arg-type]
+
+
+def test_nothing_changed_means_no_reconcile() -> None:
+    kube, ledger, calls, refresh = _fleet()
+    assert _pass(kube, ledger, refresh) == []
+    assert calls == []
+
+
+def test_deleted_child_is_recreated_and_the_next_pass_is_quiet() -> None:
+    kube, ledger, calls, refresh = _fleet()
+    kube.delete("Service", "ns", "llm-1")
+    stale = _pass(kube, ledger, refresh)
+    assert [(n, "missing" in why) for _, n, why in stale] == [("llm-1", True)]
+    assert ("Service", "ns", "llm-1") in kube.objects
+    calls.clear()
+    assert _pass(kube, ledger, refresh) == [] and calls == []
+
+
+def test_child_edited_by_someone_else_is_reconciled() -> None:
+    kube, ledger, _calls, refresh = _fleet()
+    kube.objects[("Deployment", "ns", "llm-2-mi300x")]["metadata"]["generation"] = 7
+    assert [n for _, n, _ in _pass(kube, ledger, refresh)] == ["llm-2"]
+
+
+def test_status_lagging_the_workload_is_refreshed() -> None:
+    kube, ledger, _calls, refresh = _fleet()
+    kube.objects[("Deployment", "ns", "llm-0-mi300x")]["status"] = {
+        "replicas": 1,
+        "readyReplicas": 1,
+    }
+    stale = _pass(kube, ledger, refresh)
+    assert [n for _, n, _ in stale] == ["llm-0"]
+    status = kube.objects[("InferenceService", "ns", "llm-0")]["status"]
+    assert status["pools"][0]["readyReplicas"] == 1
+    assert _pass(kube, ledger, refresh) == []
+
+
+def test_new_pod_problem_is_reported() -> None:
+    kube, ledger, _calls, refresh = _fleet()
+    kube.put(
+        {
+            "kind": "Pod",
+            "metadata": {
+                "name": "llm-1-mi300x-abc",
+                "namespace": "ns",
+                "labels": {"tokenscale.dev/service": "llm-1", "tokenscale.dev/pool": "mi300x"},
+            },
+            "status": {
+                "conditions": [{"type": "PodScheduled", "status": "False", "message": "0/3 nodes"}]
+            },
+        }
+    )
+    assert [n for _, n, _ in _pass(kube, ledger, refresh)] == ["llm-1"]
+    pools = kube.objects[("InferenceService", "ns", "llm-1")]["status"]["pools"]
+    assert "Unschedulable" in pools[0]["message"]
+    assert _pass(kube, ledger, refresh) == []
+
+
+def test_unobserved_generation_and_unknown_services_are_reconciled() -> None:
+    kube, ledger, _calls, refresh = _fleet()
+    kube.objects[("InferenceService", "ns", "llm-0")]["metadata"]["generation"] = 2
+    ledger.forget(kube.objects[("InferenceService", "ns", "llm-2")]["metadata"]["uid"])
+    assert sorted(n for _, n, _ in _pass(kube, ledger, refresh)) == ["llm-0", "llm-2"]
+    assert _pass(kube, ledger, refresh) == []
+
+
+def test_deleted_services_leave_the_ledger() -> None:
+    kube, ledger, _calls, refresh = _fleet()
+    assert len(ledger) == 3
+    kube.delete("InferenceService", "ns", "llm-0")
+    _pass(kube, ledger, refresh)
+    assert len(ledger) == 2
