@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,23 +91,32 @@ def service_account_kubeconfig(cluster: Cluster) -> Path:
 class OperatorProcess:
     """``tokenscale run`` in its own process group, logs in the test bed's logs dir."""
 
-    def __init__(self, cluster: Cluster, config: Path = OPERATOR_CONFIG) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        config: Path = OPERATOR_CONFIG,
+        extra_args: Sequence[str] = (),
+        name: str = "operator",
+    ) -> None:
         self.cluster = cluster
         self.config = config
+        self.extra_args = list(extra_args)
+        self.name = name
         self.kubeconfig = service_account_kubeconfig(cluster)
         self.metrics_port = free_port()
         self.health_port = free_port()
-        self.log_path = cluster.logs_dir / "operator.log"
+        self.log_path = cluster.logs_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        # POD_ID is Kopf's peering identity (the pod name in a real deployment).
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POD_ID": self.name}
         cmd = [
             sys.executable, "-m", "tokenscale", "run",
             "--config", str(self.config),
             "--metrics-port", str(self.metrics_port), "--metrics-addr", "127.0.0.1",
             "--health", f"http://127.0.0.1:{self.health_port}/healthz",
-            "--log-format", "plain",
+            "--log-format", "plain", *self.extra_args,
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -135,6 +145,12 @@ class OperatorProcess:
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no graceful shutdown (peers only notice when its record expires)."""
+        if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 

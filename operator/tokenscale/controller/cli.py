@@ -52,6 +52,14 @@ import kopf
     default="",
     help="Kopf peering name: replicas sharing it never act at once (needs Kopf's peering CRD).",
 )
+@click.option(
+    "--priority",
+    type=int,
+    default=None,
+    envvar="TOKENSCALE_PEERING_PRIORITY",
+    help="Peering priority (highest live replica acts); default: random per process, so two "
+    "replicas never tie (Kopf freezes all replicas of equal priority).",
+)
 @click.option("--workers", type=int, default=8, show_default=True, help="Handler threads.")
 def run_command(
     config_path: Path | None,
@@ -62,6 +70,7 @@ def run_command(
     log_format: str,
     verbose: bool,
     peering: str,
+    priority: int | None,
     workers: int,
 ) -> None:
     """Run the tokenscale operator against the current kubeconfig or in-cluster account."""
@@ -77,11 +86,30 @@ def run_command(
         workers=workers,
         namespaces=ns_list,
     )
+    if peering:
+        priority = _prepare_peering(peering, ns_list, priority)
     kopf.run(
         clusterwide=not ns_list,
         namespaces=ns_list,
         liveness_endpoint=health or None,
         standalone=not peering,
         peering_name=peering or None,
+        priority=priority,
         memo=memo,
     )
+
+
+def _prepare_peering(name: str, namespaces: list[str], priority: int | None) -> int:
+    """Make sure the peering object(s) exist and pick this replica's priority."""
+    from tokenscale.controller import peering
+    from tokenscale.controller.kube import Kube, KubeError
+
+    try:
+        created = peering.ensure_peering_objects(Kube(), name, namespaces)
+    except KubeError as exc:
+        raise click.ClickException(f"peering {name!r}: {exc}") from None
+    for what in created:
+        click.echo(f"created {what}", err=True)
+    chosen = priority if priority is not None else peering.random_priority()
+    click.echo(f"peering {name!r}: priority {chosen}", err=True)
+    return chosen

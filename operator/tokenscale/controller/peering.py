@@ -1,0 +1,102 @@
+"""Two operator replicas, one active: Kopf peering set up so that it actually works.
+
+Kopf pauses an operator when it sees a live peer with a *higher* priority — and pauses *all*
+of them when priorities are equal, leaving the cluster unserved. So every replica gets its own
+priority (random unless given): the highest one acts, the others stand by and take over when
+its keep-alive record expires (Kopf's peering lifetime, 60 s). Kopf also only patches an
+existing peering object (a missing one silently disables peering), so the operator creates it
+at startup. The CRDs are Kopf's own kinds, generated here for the Helm chart.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from tokenscale.controller.kube import Kube, KubeError
+
+log = logging.getLogger(__name__)
+
+GROUP = "kopf.dev"
+MAX_PRIORITY = 2**31 - 1
+
+
+def _crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": scope,
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": f"Kopf {kind}: live operator replicas and priorities.",
+                            "properties": {
+                                # One key per operator identity: {priority, lifetime, lastseen}.
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def peering_crds() -> list[dict[str, Any]]:
+    """Kopf's ClusterKopfPeering (cluster-wide operators) and KopfPeering (namespaced)."""
+    return [
+        _crd("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+        _crd("KopfPeering", "kopfpeerings", "Namespaced"),
+    ]
+
+
+def random_priority() -> int:
+    """A priority no other replica will share (collisions: 1 in 2^31)."""
+    return 1 + secrets.randbelow(MAX_PRIORITY - 1)
+
+
+def ensure_peering_objects(kube: Kube, name: str, namespaces: Sequence[str]) -> list[str]:
+    """Create the peering object(s) Kopf will keep-alive in; returns what was created."""
+    from kubernetes.client import CustomObjectsApi
+    from kubernetes.client.exceptions import ApiException
+
+    api = CustomObjectsApi(kube.api)
+    created = []
+    scopes: list[str | None] = [*namespaces] or [None]
+    for namespace in scopes:
+        kind = "KopfPeering" if namespace else "ClusterKopfPeering"
+        plural = kind.lower() + "s"
+        meta: dict[str, Any] = {"name": name}
+        body = {"apiVersion": f"{GROUP}/v1", "kind": kind, "metadata": meta}
+        try:
+            if namespace:
+                meta["namespace"] = namespace
+                api.create_namespaced_custom_object(GROUP, "v1", namespace, plural, body)
+            else:
+                api.create_cluster_custom_object(GROUP, "v1", plural, body)
+        except ApiException as exc:
+            if exc.status == 409:  # another replica (or a previous run) made it
+                continue
+            if exc.status == 404:
+                raise KubeError(
+                    404,
+                    f"the {kind} CRD ({plural}.{GROUP}) is not installed; fix: install the "
+                    "chart with peering.enabled=true (it ships Kopf's peering CRDs)",
+                ) from None
+            raise KubeError(exc.status or 0, f"creating {kind} {name}: {exc.reason}") from None
+        created.append(f"{kind} {namespace + '/' if namespace else ''}{name}")
+    return created
