@@ -263,3 +263,26 @@ def test_failed_level_restores_the_target(result_json: str) -> None:
     svc = kube.get("InferenceService", "ns", "llama2-70b")
     assert svc is not None and svc["spec"]["replicas"] == 3
     assert c.ANNOTATION_SCALING_HOLD not in (svc["metadata"].get("annotations") or {})
+
+
+def test_benchmark_wakes_a_service_scaled_to_zero() -> None:
+    kube = FakeKube()
+    svc = service(
+        pools=[{"name": "mi300x", "gpu": "MI300X", "minReplicas": 0, "maxReplicas": 4}],
+        scaling={"mode": "builtin", "targetPerReplica": 2500, "scaleToZero": True},
+    )
+    svc["metadata"] = {"name": "llama2-70b", "namespace": "ns"}
+    svc["spec"]["replicas"] = 0
+    svc["status"] = {"replicas": 0, "conditions": [{"type": "Ready", "status": "False"}]}
+    kube.put(svc)
+    bench = kube.put({**benchmark(), "metadata": {"name": "b", "namespace": "ns"}})
+    out = reconcile_benchmark(bench, kube, CFG)
+    assert out.status["phase"] == "WaitingForTarget"
+    woke = kube.get("InferenceService", "ns", "llama2-70b")
+    assert woke is not None and woke["spec"]["replicas"] == 1
+    assert any(reason == "WokeFromZero" for reason, _, _ in kube.events)
+    assert any(reason == "WokeTarget" for reason, _, _ in out.events)
+    bench["status"] = out.status
+    out = reconcile_benchmark(bench, kube, CFG)  # woken, not Ready yet: wait, no second wake
+    assert [r for r, _, _ in kube.events].count("WokeFromZero") == 1
+    assert kube.get("Job", "ns", "b-run") is None

@@ -110,6 +110,8 @@ def reconcile_benchmark(
             from tokenscale.controller import sweep  # sweep builds on this module's helpers
 
             return sweep.step(body, spec, svc_body, svc_spec, kube, cfg, now)
+        if at_zero(svc_body):
+            return _wake(body, svc_body, svc_spec, kube, now)
         if not service_ready(svc_body):
             return _wait(
                 body, f"waiting for InferenceService {spec.target.service} to be Ready", now
@@ -137,6 +139,41 @@ def reconcile_benchmark(
     if merged is None:
         return BenchOutcome({})  # results still arriving; the timer comes back
     return finish(body, spec, merged, svc_body, kube, cfg, now)
+
+
+def at_zero(svc_body: dict[str, Any]) -> bool:
+    """Scaled to zero: /scale says 0 and the reconcile has applied it."""
+    replicas = (svc_body.get("spec") or {}).get("replicas")
+    applied = (svc_body.get("status") or {}).get("replicas")
+    return replicas == 0 and applied in (0, None)
+
+
+def _wake(
+    body: dict[str, Any],
+    svc_body: dict[str, Any],
+    svc_spec: InferenceServiceSpec,
+    kube: Kube,
+    now: datetime,
+) -> BenchOutcome:
+    """A benchmark is demand: scale a scaled-to-zero target back up, then wait for Ready.
+
+    With no engines there is no signal for the autoscaler; this is the in-cluster wake-up
+    (requests from outside need a gateway that does the same)."""
+    meta = svc_body["metadata"]
+    wake_to = max(1, sum(p.min_replicas for p in svc_spec.pools))
+    kube.patch_merge(
+        "InferenceService",
+        meta["namespace"],
+        meta["name"],
+        {"spec": {"replicas": wake_to}},
+        "scale",
+    )
+    bench = body["metadata"]["name"]
+    message = f"woke {meta['name']} from zero to {wake_to} replica(s) for benchmark {bench}"
+    kube.event(svc_body, "WokeFromZero", message)
+    outcome = _wait(body, message, now)
+    outcome.events.append(("WokeTarget", message, "Normal"))
+    return outcome
 
 
 def service_ready(svc_body: dict[str, Any]) -> bool:
