@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -286,3 +287,72 @@ def test_benchmark_wakes_a_service_scaled_to_zero() -> None:
     out = reconcile_benchmark(bench, kube, CFG)  # woken, not Ready yet: wait, no second wake
     assert [r for r, _, _ in kube.events].count("WokeFromZero") == 1
     assert kube.get("Job", "ns", "b-run") is None
+
+
+def _results(tokens_per_s: float) -> Any:
+    from tokenscale.api.benchmark import BenchmarkResults, LatencySummary
+
+    lat = LatencySummary(p50=1.0, p90=2.0, p99=3.0)
+    return BenchmarkResults(
+        tokens_per_second=tokens_per_s, requests_per_second=1.0, goodput=1.0, requests=10,
+        ttft_ms=lat, tpot_ms=lat, itl_ms=lat, e2e_ms=lat,
+    )  # fmt: skip
+
+
+def _history_after(
+    runs: list[tuple[str, float, int, str, str]],
+) -> list[dict[str, Any]]:
+    """Apply runs (name, tok/s, ready replicas, gpu, image) in order; return the history."""
+    from tokenscale.controller.benchmark import EngineIdentity, service_summary
+
+    status: dict[str, Any] = {}
+    for name, tps, ready, gpu, image in runs:
+        body = {"metadata": {"name": "s"}, "status": {**status, "readyReplicas": ready}}
+        identity = EngineIdentity(image=image, engine_version="0.33.0", gpu=gpu)
+        status = service_summary(body, name, _results(tps), "Pass", CFG, _NOW, identity)
+    history: list[dict[str, Any]] = status["benchmarkHistory"]
+    return history
+
+
+_NOW = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+def test_history_flags_a_slower_image_on_the_same_gpu_per_replica() -> None:
+    history = _history_after([
+        ("old", 20_000.0, 2, "MI355X", "vllm:0.32"),   # 10,000 per replica
+        ("new", 13_500.0, 3, "MI355X", "vllm:0.33"),   # 4,500 per replica: -55 %
+    ])  # fmt: skip
+    latest = history[-1]
+    assert latest["regression"] is True
+    assert latest["capacityPerReplica"] == 4500.0
+    assert "old" in latest["baseline"] and "vllm:0.32" in latest["baseline"]
+    assert latest["image"] == "vllm:0.33" and latest["engineVersion"] == "0.33.0"
+
+
+def test_history_compares_per_replica_and_only_on_the_same_gpu() -> None:
+    history = _history_after([
+        ("mi355x", 40_000.0, 4, "MI355X", "img"),   # 10,000 per replica
+        ("mi300x", 3_000.0, 1, "MI300X", "img"),    # another GPU: not comparable
+        ("more", 49_000.0, 5, "MI355X", "img"),     # 9,800 per replica: within 5 %
+    ])  # fmt: skip
+    assert [h["regression"] for h in history] == [False, False, False]
+    assert history[1].get("baseline") is None  # first run on MI300X: nothing to compare with
+    assert history[2]["baseline"].startswith("mi355x")
+
+
+def test_engine_identity_reads_images_and_gpu_without_reachable_pods() -> None:
+    from tokenscale.controller.benchmark import engine_identity
+
+    kube = FakeKube()
+    for pool, image in (("a", "rocm/vllm:gfx942"), ("b", "rocm/vllm:gfx950")):
+        kube.put({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": f"s-{pool}", "namespace": "ns", "labels": {c.LABEL_SERVICE: "s"}},
+            "spec": {"template": {"spec": {"containers": [
+                {"name": c.ENGINE_CONTAINER, "image": image}, {"name": "sidecar", "image": "x"},
+            ]}}},
+        })  # fmt: skip
+    svc = {"metadata": {"name": "s", "namespace": "ns"}, "status": {"gpuSummary": "MI300X,MI355X"}}
+    identity = engine_identity(kube, svc)
+    assert identity.image == "rocm/vllm:gfx942,rocm/vllm:gfx950"
+    assert identity.engine_version is None and identity.gpu == "MI300X,MI355X"

@@ -102,8 +102,19 @@ class BenchmarkSummary(StrictModel):
         default=None, description="Output tokens/s per replica at the SLA."
     )
     completed_at: datetime | None = Field(default=None, description="Completion time.")
+    image: str | None = Field(default=None, description="Engine image(s) during the run.")
+    engine_version: str | None = Field(
+        default=None, description="The engine's own /version during the run."
+    )
+    gpu: str | None = Field(default=None, description="GPU model(s) of the service's pools.")
     regression: bool = Field(
-        default=False, description="Throughput at the SLA fell by more than the margin."
+        default=False,
+        description="Capacity per replica at the SLA fell by more than the margin below the best "
+        "earlier passing run on the same GPU model(s).",
+    )
+    baseline: str | None = Field(
+        default=None,
+        description="The earlier benchmark compared against: name, image and engine version.",
     )
 
 

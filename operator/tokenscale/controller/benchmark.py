@@ -266,8 +266,60 @@ def finish(
         finished=True,
     )
     if svc_body is not None:
-        outcome.service_status = service_summary(svc_body, meta["name"], results, verdict, cfg, now)
+        identity = engine_identity(kube, svc_body)
+        outcome.service_status = service_summary(
+            svc_body, meta["name"], results, verdict, cfg, now, identity
+        )
+        summary = outcome.service_status["benchmark"]
+        if summary.get("regression"):
+            text = (
+                f"regression: {summary['capacityPerReplica']:,.0f} tok/s per replica at the SLA, "
+                f"more than {cfg.benchmark.regression_margin:.0%} below {summary['baseline']}"
+            )
+            outcome.events.append(("Regression", text, "Warning"))
+            kube.event(svc_body, "Regression", text, "Warning")
     return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class EngineIdentity:
+    """What a result is keyed by in the history: a different image or GPU is a different system."""
+
+    image: str | None = None
+    engine_version: str | None = None
+    gpu: str | None = None
+
+
+def engine_identity(kube: Kube, svc_body: dict[str, Any]) -> EngineIdentity:
+    """Images from the service's Deployments, the version a ready engine reports, the GPUs."""
+    meta = svc_body["metadata"]
+    selector = f"{c.LABEL_SERVICE}={meta['name']}"
+    images: list[str] = []
+    for deployment in kube.list("Deployment", meta["namespace"], selector):
+        for ctr in deployment["spec"]["template"]["spec"].get("containers") or []:
+            if ctr.get("name") == c.ENGINE_CONTAINER and ctr.get("image") not in images:
+                images.append(ctr["image"])
+    version = None
+    for pod in kube.list("Pod", meta["namespace"], selector):
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip and not pod["metadata"].get("deletionTimestamp"):
+            version = _engine_version(ip)
+            if version:
+                break
+    gpu = (svc_body.get("status") or {}).get("gpuSummary") or None
+    return EngineIdentity(",".join(images) or None, version, gpu)
+
+
+def _engine_version(ip: str) -> str | None:
+    """vLLM's ``GET /version`` (the simulator answers it too); None when unreachable."""
+    import httpx
+
+    try:
+        response = httpx.get(f"http://{ip}:{c.ENGINE_PORT}/version", timeout=2.0, trust_env=False)
+        version = response.json().get("version") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return str(version) if version else None
 
 
 def service_summary(
@@ -277,23 +329,42 @@ def service_summary(
     verdict: str,
     cfg: OperatorConfig,
     now: datetime,
+    identity: EngineIdentity | None = None,
 ) -> dict[str, Any]:
     """The target's status.benchmark and bounded history with a regression flag.
 
-    SLAMet itself is derived from status.benchmark by the service's reconcile, in one place.
+    Throughput is compared per replica (runs at different replica counts stay comparable) and
+    only against earlier passing runs on the same GPU model(s); the baseline names its image
+    and engine version, so a slower new image shows up as exactly that. SLAMet itself is
+    derived from status.benchmark by the service's reconcile, in one place.
     """
+    identity = identity or EngineIdentity()
     status = svc_body.get("status") or {}
     ready = max(int(status.get("readyReplicas") or 0), 1)
+    capacity = round(results.tokens_per_second / ready, 3)
     history = list(status.get("benchmarkHistory") or [])
-    best_before = max(
-        (h.get("tokensPerSecond") or 0.0 for h in history if h.get("verdict") == "Pass"),
-        default=0.0,
-    )
+    comparable = [
+        h
+        for h in history
+        if h.get("verdict") == "Pass"
+        and h.get("capacityPerReplica")
+        and h.get("gpu") == identity.gpu
+    ]
+    best = max(comparable, key=lambda h: float(h["capacityPerReplica"]), default=None)
     regression = (
         verdict == "Pass"
-        and best_before > 0
-        and results.tokens_per_second < best_before * (1 - cfg.benchmark.regression_margin)
+        and best is not None
+        and capacity < float(best["capacityPerReplica"]) * (1 - cfg.benchmark.regression_margin)
     )
+    baseline = None
+    if best is not None:
+        baseline = f"{best['name']} ({best['capacityPerReplica']:,.0f} tok/s per replica"
+        baseline += "".join(
+            f", {label} {best[key]}"
+            for key, label in (("image", "image"), ("engineVersion", "engine"))
+            if best.get(key)
+        )
+        baseline += ")"
     summary = BenchmarkSummary(
         name=bench,
         verdict=verdict,
@@ -301,9 +372,13 @@ def service_summary(
         ttft_p99_ms=results.ttft_ms.p99,
         tpot_p99_ms=results.tpot_ms.p99,
         replicas=ready,
-        capacity_per_replica=round(results.tokens_per_second / ready, 3),
+        capacity_per_replica=capacity,
         completed_at=now,
+        image=identity.image,
+        engine_version=identity.engine_version,
+        gpu=identity.gpu,
         regression=regression,
+        baseline=baseline,
     ).to_k8s()
     history = [*history, summary][-cfg.benchmark.history_limit :]
     return {"benchmark": summary, "benchmarkHistory": history}
