@@ -3,9 +3,9 @@
 A bench client has to saturate the server, not itself: at ~1,000 streamed requests/s of 128 tokens
 each, the client sees ~130,000 events per second on one core, so a ``json.loads`` per event (~3 µs)
 would alone eat a third of the core. The parser therefore classifies each event with one
-pre-compiled regex search over the raw bytes ("does a ``text``/``content``/``reasoning`` field
-hold a non-empty string?") and only decodes JSON for the rare events that carry no token: the
-chat role preamble, the final ``usage`` chunk, errors. Event boundaries may fall anywhere in a
+pre-compiled regex search over the raw bytes (a completions ``text`` string, or a non-empty
+``content``/``reasoning`` string?) and only decodes JSON for the rare events that carry no token:
+the chat role preamble, the final ``usage`` chunk, errors. Event boundaries may fall anywhere in a
 TCP read; the parser keeps the unfinished tail and stamps every completed event with the time of
 the read that completed it.
 """
@@ -17,10 +17,16 @@ import re
 from array import array
 from typing import Any, Final
 
-#: Matches an output-bearing field whose string value is non-empty, then the rest of its line so
-#: that one event line counts once. ``reasoning_content``/``reasoning`` count as output: servers
-#: bill and time them as generated tokens.
-_TOKEN_RE: Final = re.compile(rb'"(?:text|content|reasoning_content|reasoning)" ?: ?"[^"][^\n]*')
+#: Matches an output-bearing field, then the rest of its line so that one event line counts once.
+#: Completions: any ``text`` string, even empty: vLLM streams a completions chunk only for a
+#: generated token, and a token whose text the detokenizer holds back (a partial UTF-8 sequence, a
+#: skipped special token) arrives as ``"text":""`` — it is still the first token for TTFT, as for
+#: the engine's own histogram and ``vllm bench serve``. Chat: ``content`` must be non-empty, so the
+#: role preamble (``"content":""``) is not a token. ``reasoning_content``/``reasoning`` count as
+#: output: servers bill and time them as generated tokens.
+_TOKEN_RE: Final = re.compile(
+    rb'"text" ?: ?"[^\n]*|"(?:content|reasoning_content|reasoning)" ?: ?"[^"][^\n]*'
+)
 
 
 class SSEStream:
