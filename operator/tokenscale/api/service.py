@@ -269,7 +269,7 @@ class ScalingSpec(StrictModel):
         default=0, ge=0, le=3600, description="Scale up to the lowest recommendation in it."
     )
     scale_down_stabilization_seconds: int = Field(
-        default=120, ge=0, le=7200, description="Scale down to the highest recommendation in it."
+        default=60, ge=0, le=7200, description="Scale down to the highest recommendation in it."
     )
     tolerance: float = Field(
         default=0.05, ge=0, lt=1, description="Ignore load/capacity ratios within 1 ± tolerance."
