@@ -315,3 +315,20 @@ def test_state_from_another_clock_is_ignored() -> None:
     assert decision.desired() == {"a": 1}
     assert not decision.panic
     assert decision.state.recommendations["a"] == [(100.0, 1)]
+
+
+def test_woken_from_zero_gets_the_whole_grace_again() -> None:
+    policy = POLICY.model_copy(update={"scale_to_zero": True, "scale_to_zero_grace_seconds": 300})
+    stale = ScalerState(idle_since=-10_000.0)  # idle long before it went to zero
+    woken = pool(replicas=1, ready_replicas=0, min_replicas=0)
+    empty = Sample(0.0, {"a": PoolSignal(pods_missing=1)})
+    first = decide([empty], policy, [woken], stale, 0.0)
+    assert first.desired() == {"a": 1} and first.state.idle_since is None
+    # Engines up, no load yet (the benchmark starts once the service is Ready): stays up for
+    # the grace period, then goes back to zero if no demand came.
+    run = simulate(
+        lambda t: 0.0, [pool(replicas=1, min_replicas=0)], policy, 600, state=first.state
+    )
+    at = {t: r["a"] for t, r in run.replicas}
+    assert at[0] == at[295] == 1
+    assert at[300] == 0

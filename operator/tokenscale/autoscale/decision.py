@@ -236,6 +236,10 @@ def decide(
     names = [p.name for p in pools]
     if policy.mode != "builtin":
         return _hold(pools, policy, state, "Hold", f"scaling mode is {policy.mode}")
+    if not any(p.ready_replicas for p in pools):
+        # No engine serves: no evidence of idleness. A service woken from zero (by a benchmark
+        # or `kubectl scale`) gets its whole grace period once its engines are up.
+        state.idle_since = None
     if any(p.target_per_replica <= 0 for p in pools):
         return _hold(pools, policy, state, "NoTarget", "no target per replica; holding")
     unit = UNITS[policy.metric]
