@@ -237,3 +237,44 @@ def test_replica_sweep_steps_scale_runs_each_level_and_gives_scale_back(
         timeout=120,
         what="replicas restored and autoscaling resumed",
     )
+
+
+def test_a_benchmark_wakes_a_service_scaled_to_zero_and_it_idles_back_to_zero(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    doc = example("simulated-llama2-70b.yaml")
+    doc["metadata"]["name"] = "sleepy"
+    doc["spec"]["pools"] = [{"name": "mi355x", "gpu": "MI355X", "minReplicas": 0, "maxReplicas": 2}]
+    doc["spec"]["replicas"] = 0
+    doc["spec"]["scaling"] = {
+        "mode": "builtin",
+        "targetPerReplica": 100000,
+        "windowSeconds": 10,
+        "scaleToZero": True,
+        "scaleToZeroGraceSeconds": 20,
+    }
+    apply(cluster, namespace, doc)
+    asleep = wait_condition(cluster, namespace, "sleepy", "Ready", lambda c: c["status"] == "True")
+    assert asleep["reason"] == "ScaledToZero"
+    assert replicas(cluster, namespace, "sleepy") == 0
+
+    apply(cluster, namespace, bench("wake", "sleepy", 5, 15, {"preset": "llama2-70b-server"}))
+    done = wait_for(
+        lambda: (
+            (b := get(cluster, "tsbench", "wake", "-n", namespace))
+            and (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            and b
+        ),
+        timeout=240,
+        what="benchmark against a woken service finished",
+    )
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["status"]["results"]["requests"] > 0 and done["status"]["results"]["errors"] == 0
+    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert "WokeFromZero" in events
+    # No demand after the run: back to zero after the grace period (20 s here).
+    wait_for(
+        lambda: replicas(cluster, namespace, "sleepy") == 0,
+        timeout=150,
+        what="idle service back to zero",
+    )

@@ -99,7 +99,11 @@ def test_state_machine_waits_runs_and_finishes(result_json: str) -> None:
 
     svc = service()
     svc["metadata"] = {"name": "llama2-70b", "namespace": "ns"}
-    svc["status"] = {"conditions": [{"type": "Ready", "status": "True"}], "readyReplicas": 2}
+    svc["status"] = {
+        "observedGeneration": 1,
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "readyReplicas": 2,
+    }
     kube.put(svc)
     bench["status"] = out.status
     out = reconcile_benchmark(bench, kube, CFG)
@@ -148,7 +152,11 @@ def _sweep_cluster(levels: list[int]) -> tuple[FakeKube, dict[str, Any]]:
     svc = service(pools=[{"name": "mi300x", "gpu": "MI300X", "minReplicas": 1, "maxReplicas": 4}])
     svc["metadata"] = {"name": "llama2-70b", "namespace": "ns"}
     svc["spec"]["replicas"] = 3
-    svc["status"] = {"conditions": [{"type": "Ready", "status": "True"}], "readyReplicas": 3}
+    svc["status"] = {
+        "observedGeneration": 1,
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "readyReplicas": 3,
+    }
     kube.put(svc)
     body = benchmark(scenario="replicaSweep", load={"replicas": levels, "durationSeconds": 5})
     body["metadata"] = {"name": "sw", "namespace": "ns"}
@@ -274,7 +282,11 @@ def test_benchmark_wakes_a_service_scaled_to_zero() -> None:
     )
     svc["metadata"] = {"name": "llama2-70b", "namespace": "ns"}
     svc["spec"]["replicas"] = 0
-    svc["status"] = {"replicas": 0, "conditions": [{"type": "Ready", "status": "False"}]}
+    svc["status"] = {
+        "replicas": 0,
+        "observedGeneration": 1,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "ScaledToZero"}],
+    }
     kube.put(svc)
     bench = kube.put({**benchmark(), "metadata": {"name": "b", "namespace": "ns"}})
     out = reconcile_benchmark(bench, kube, CFG)
@@ -284,6 +296,9 @@ def test_benchmark_wakes_a_service_scaled_to_zero() -> None:
     assert any(reason == "WokeFromZero" for reason, _, _ in kube.events)
     assert any(reason == "WokeTarget" for reason, _, _ in out.events)
     bench["status"] = out.status
+    # The /scale write bumped the generation; until the reconcile catches up, the old
+    # Ready=True/ScaledToZero must not start a run against no engines.
+    kube.objects[("InferenceService", "ns", "llama2-70b")]["metadata"]["generation"] = 2
     out = reconcile_benchmark(bench, kube, CFG)  # woken, not Ready yet: wait, no second wake
     assert [r for r, _, _ in kube.events].count("WokeFromZero") == 1
     assert kube.get("Job", "ns", "b-run") is None

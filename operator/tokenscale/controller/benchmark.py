@@ -177,10 +177,17 @@ def _wake(
 
 
 def service_ready(svc_body: dict[str, Any]) -> bool:
-    """The target's Ready condition is True."""
-    conditions = (svc_body.get("status") or {}).get("conditions") or []
-    ready = next((x for x in conditions if x["type"] == "Ready"), None)
-    return bool(ready and ready.get("status") == "True")
+    """The target serves: Ready is True for its current spec and not merely "scaled to zero".
+
+    The generation check matters right after a /scale write (a wake-up): until the reconcile has
+    caught up, the old Ready=True/ScaledToZero would otherwise start a run against no engines.
+    """
+    status = svc_body.get("status") or {}
+    generation = svc_body["metadata"].get("generation")
+    if generation is not None and status.get("observedGeneration") != generation:
+        return False
+    ready = next((x for x in status.get("conditions") or [] if x["type"] == "Ready"), None)
+    return bool(ready and ready.get("status") == "True" and ready.get("reason") != "ScaledToZero")
 
 
 def start_job(
