@@ -200,6 +200,13 @@ def benchmark_crd() -> dict[str, Any]:
         _column("Tok/s", "number", ".status.results.tokensPerSecond", "Output tokens/s."),
         _column("P99 TTFT(ms)", "number", ".status.results.ttftMs.p99", "p99 TTFT in ms."),
         _column("SLA", "string", ".status.verdict", "SLA verdict."),
+        _column(
+            "Scaling Eff",
+            "number",
+            ".status.results.scalingEfficiency",
+            "Replica sweep: T_N / (N * T_1) at the largest N.",
+            priority=1,
+        ),
         _column("Age", "date", ".metadata.creationTimestamp", "Age."),
     ]
     return _crd(
