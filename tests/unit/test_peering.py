@@ -21,3 +21,25 @@ def test_random_priorities_are_positive_and_distinct() -> None:
     drawn = {peering.random_priority() for _ in range(1000)}
     assert len(drawn) == 1000
     assert all(1 <= p < 2**31 for p in drawn)
+
+
+def test_outranked_by_follows_kopfs_pause_rule() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+    def rec(priority: int, age: float, lifetime: int = 60) -> dict[str, object]:
+        seen = (now - timedelta(seconds=age)).isoformat()
+        return {"priority": priority, "lifetime": lifetime, "lastseen": seen}
+
+    records = {
+        "me": rec(100, 0),
+        "higher-live": rec(200, 10),
+        "lower-live": rec(50, 10),
+        "higher-dead": rec(300, 90),
+        "equal-live": rec(100, 5),
+    }
+    assert sorted(peering.outranked_by(records, "me", 100, now)) == ["equal-live", "higher-live"]
+    assert peering.outranked_by(records, "me", 1000, now) == []
+    alone = {"me": rec(1, 0), "crashed": rec(9, 61)}
+    assert peering.outranked_by(alone, "me", 1, now) == []  # its record expired: we act

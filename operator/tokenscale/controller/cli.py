@@ -86,9 +86,15 @@ def run_command(
         workers=workers,
         namespaces=ns_list,
     )
+    identity = None
     if peering:
+        from tokenscale.controller.peering import Peering, own_identity
+
         priority = _prepare_peering(peering, ns_list, priority)
+        identity = own_identity()
+        memo.peering = Peering(peering, tuple(ns_list), identity, priority)
     kopf.run(
+        identity=identity,  # type: ignore[arg-type]  # Kopf's Identity is a NewType of str
         clusterwide=not ns_list,
         namespaces=ns_list,
         liveness_endpoint=health or None,

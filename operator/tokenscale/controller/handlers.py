@@ -23,6 +23,7 @@ from tokenscale.controller import metrics, resync
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark
 from tokenscale.controller.kube import Kube, KubeError
+from tokenscale.controller.peering import Peering, is_active
 from tokenscale.controller.reconcile import (
     CHILD_KINDS,
     Outcome,
@@ -59,7 +60,13 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.resync_stop = threading.Event()
     threading.Thread(
         target=_resync_forever,
-        args=(memo.kube, memo.config, list(memo.get("namespaces") or []), memo.resync_stop),
+        args=(
+            memo.kube,
+            memo.config,
+            list(memo.get("namespaces") or []),
+            memo.resync_stop,
+            memo.get("peering"),
+        ),
         name="resync",
         daemon=True,
     ).start()
@@ -74,11 +81,17 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 def _resync_forever(
-    kube: Kube, cfg: OperatorConfig, patterns: list[str], stop: threading.Event
+    kube: Kube,
+    cfg: OperatorConfig,
+    patterns: list[str],
+    stop: threading.Event,
+    peering: Peering | None = None,
 ) -> None:
     """Level-based safety net for every service (see :mod:`resync`); one pass per interval.
 
     A thread, not a Kopf timer per object: one loop costs the same at 10 or 10,000 services.
+    Kopf pauses its own handlers and daemons on a standby replica, not this thread, so with
+    peering each pass first asks whether this replica is the active one.
     """
     exact = all(not set(p) & set("*?!,") for p in patterns)
     namespaces: list[str | None] = list(patterns) if patterns and exact else [None]
@@ -87,6 +100,9 @@ def _resync_forever(
         return exact or any(match_namespace(NamespaceName(namespace), p) for p in patterns)
 
     while not stop.wait(resync.RESYNC_SECONDS):
+        if peering is not None and not is_active(kube, peering):
+            log.debug("resync skipped: standby replica")
+            continue
         try:
             resync.resync_pass(
                 kube,

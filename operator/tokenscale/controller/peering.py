@@ -10,9 +10,14 @@ at startup. The CRDs are Kopf's own kinds, generated here for the Helm chart.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import secrets
-from collections.abc import Sequence
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from tokenscale.controller.kube import Kube, KubeError
@@ -100,3 +105,73 @@ def ensure_peering_objects(kube: Kube, name: str, namespaces: Sequence[str]) -> 
             raise KubeError(exc.status or 0, f"creating {kind} {name}: {exc.reason}") from None
         created.append(f"{kind} {namespace + '/' if namespace else ''}{name}")
     return created
+
+
+def own_identity() -> str:
+    """This replica's peering identity: the pod name (``POD_ID``, set by the chart) or a
+    user@host/random one; passed to Kopf so our own checks and Kopf's agree on who we are."""
+    pod = os.environ.get("POD_ID")
+    if pod:
+        return pod
+    return f"{getpass.getuser()}@{socket.gethostname()}/{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Peering:
+    """What this replica needs to know to ask "am I the active one?"."""
+
+    name: str
+    namespaces: tuple[str, ...]
+    identity: str
+    priority: int
+
+
+def outranked_by(
+    records: Mapping[str, Any], identity: str, priority: int, now: datetime
+) -> list[str]:
+    """Live peers that make Kopf pause this replica: a higher or an equal priority.
+
+    ``records`` is a peering object's status: identity -> {priority, lifetime, lastseen}.
+    A peer is live until ``lastseen + lifetime`` (Kopf's rule; 60 s when it says nothing).
+    """
+    out = []
+    for peer, info in records.items():
+        if peer == identity or not isinstance(info, Mapping):
+            continue
+        try:
+            seen = datetime.fromisoformat(str(info.get("lastseen")))
+        except ValueError:
+            continue
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=UTC)
+        lifetime = float(info.get("lifetime") or 60)
+        if (now - seen).total_seconds() <= lifetime and int(info.get("priority") or 0) >= priority:
+            out.append(peer)
+    return out
+
+
+def is_active(kube: Kube, peering: Peering, now: datetime | None = None) -> bool:
+    """True when Kopf would not pause this replica (our own loops outside Kopf ask this)."""
+    from kubernetes.client import CustomObjectsApi
+    from kubernetes.client.exceptions import ApiException
+
+    api = CustomObjectsApi(kube.api)
+    now = now or datetime.now(UTC)
+    scopes: list[str | None] = [*peering.namespaces] or [None]
+    for namespace in scopes:
+        try:
+            if namespace:
+                obj = api.get_namespaced_custom_object(
+                    GROUP, "v1", namespace, "kopfpeerings", peering.name
+                )
+            else:
+                obj = api.get_cluster_custom_object(
+                    GROUP, "v1", "clusterkopfpeerings", peering.name
+                )
+        except ApiException as exc:
+            log.warning("cannot read peering %s: %s; acting as standby", peering.name, exc.reason)
+            return False
+        records = obj.get("status") or {} if isinstance(obj, dict) else {}
+        if outranked_by(records, peering.identity, peering.priority, now):
+            return False
+    return True
