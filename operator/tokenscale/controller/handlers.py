@@ -19,7 +19,7 @@ from tokenscale import GROUP, VERSION
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import ScrapeCollector
-from tokenscale.controller import metrics, resync
+from tokenscale.controller import metrics, refresh, resync
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark
 from tokenscale.controller.kube import Kube, KubeError
@@ -27,8 +27,10 @@ from tokenscale.controller.peering import Peering, is_active
 from tokenscale.controller.reconcile import (
     CHILD_KINDS,
     Outcome,
+    child_version,
     kind_available,
     reconcile_service,
+    refresh_status,
 )
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,15 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.execution.max_workers = int(memo.get("workers") or 8)
-    settings.batching.worker_limit = 100
+    settings.queueing.worker_limit = 100
     port = memo.get("metrics_port")
     if port:
         metrics.serve(int(port), str(memo.get("metrics_addr") or "0.0.0.0"))  # noqa: S104
+    memo.refreshes = refresh.RefreshQueue()
+    kube, cfg = memo.kube, memo.config
+    refresh.start(
+        memo.refreshes, lambda ns, name, full: refresh_service(kube, cfg, ns, name, full=full)
+    )
     memo.resync_stop = threading.Event()
     threading.Thread(
         target=_resync_forever,
@@ -74,10 +81,13 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync loop."""
+    """Stop the resync loop and the refresh threads."""
     stop = memo.get("resync_stop")
     if stop is not None:
         stop.set()
+    refreshes = memo.get("refreshes")
+    if refreshes is not None:
+        refreshes.close()
 
 
 def _resync_forever(
@@ -150,27 +160,64 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> 
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY})
-def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A child Deployment's status moved: refresh the owner's status promptly.
+async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A child Deployment changed: have the owner's status refreshed promptly.
 
-    Every event counts (Kopf serialises them per Deployment): dropping one could leave the
-    owner's Ready condition stale until the next resync.
+    Only marks the owner (see :mod:`refresh`): Kopf holds every queued event until its handler
+    returns, so the refresh runs elsewhere and merges the events that arrived meanwhile. No
+    event is dropped: each is followed by a refresh that starts after it.
     """
-    labels = body["metadata"].get("labels") or {}
-    name, namespace = labels.get(c.LABEL_SERVICE), body["metadata"].get("namespace")
+    meta = body["metadata"]
+    name, namespace = (meta.get("labels") or {}).get(c.LABEL_SERVICE), meta.get("namespace")
     if not name or not namespace:
         return
-    refresh_service(memo.kube, memo.config, namespace, name)
+    memo.refreshes.mark((namespace, name), full=child_needs_reconcile(type, dict(body)))
 
 
-def refresh_service(kube: Kube, cfg: OperatorConfig, namespace: str, name: str) -> None:
-    """Re-run the service's reconcile outside its own handler and patch its status."""
+def child_needs_reconcile(event_type: str | None, child: dict[str, Any]) -> bool:
+    """Whether a child's event calls for a full reconcile, not just a status refresh.
+
+    Only status moved when the child is the version the owner's last reconcile applied (same
+    ``generation``: nobody edited its spec). A deleted or deleting child, an edited one, or one
+    the ledger does not know (another process applied it, or this one restarted) is converged.
+    """
+    meta = child.get("metadata") or {}
+    if event_type == "DELETED" or meta.get("deletionTimestamp"):
+        return True
+    owner = next(
+        (r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("controller")), None
+    )
+    applied = resync.LEDGER.get(str(owner)) if owner else None
+    if applied is None:
+        return True
+    key = (str(child.get("kind") or "Deployment"), str(meta.get("name")))
+    return applied.get(key) != child_version(child)
+
+
+def refresh_service(
+    kube: Kube, cfg: OperatorConfig, namespace: str, name: str, *, full: bool = True
+) -> None:
+    """Re-run the service's reconcile outside its own handler and patch its status.
+
+    ``full=False`` asks only for a status refresh; it is done only when the spec's generation
+    was observed and the ledger knows the service, else the reconcile runs in full.
+    """
     owner = kube.get("InferenceService", namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
-    outcome = reconcile_service(owner, kube, cfg)
+    meta = owner["metadata"]
+    observed = (owner.get("status") or {}).get("observedGeneration")
+    status_only = (
+        not full
+        and meta.get("generation") == observed
+        and resync.LEDGER.get(str(meta.get("uid") or "")) is not None
+    )
+    if status_only:
+        outcome = refresh_status(owner, kube, cfg)
+    else:
+        outcome = reconcile_service(owner, kube, cfg)
     if outcome.children is not None:
-        resync.LEDGER.record(owner["metadata"].get("uid"), outcome.children)
+        resync.LEDGER.record(meta.get("uid"), outcome.children)
     try:
         kube.patch_merge("InferenceService", namespace, name, {"status": outcome.status}, "status")
     except KubeError as exc:

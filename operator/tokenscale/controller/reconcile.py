@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Child kinds the operator may create for a service, and so may have to prune.
 CHILD_KINDS = ("Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget", "ServiceMonitor")
+#: Child kinds whose status the service's status reports.
+WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 
 
 @dataclass(slots=True)
@@ -116,9 +118,27 @@ def reconcile_service(
     body: dict[str, Any], kube: Kube, cfg: OperatorConfig, now: datetime | None = None
 ) -> Outcome:
     """Make the children match the spec and compute the status patch."""
-    now = now or datetime.now(UTC)
-    meta = body["metadata"]
-    name, namespace, gen = meta["name"], meta["namespace"], meta.get("generation")
+    return _reconcile(body, kube, cfg, now or datetime.now(UTC), apply=True)
+
+
+def refresh_status(
+    body: dict[str, Any], kube: Kube, cfg: OperatorConfig, now: datetime | None = None
+) -> Outcome:
+    """Recompute the status from what exists now, writing no child (a child's status moved).
+
+    The caller has checked that the spec's generation was observed and that the workloads are
+    the ones the last reconcile applied: the rendered workloads are read back (one list per
+    workload kind) instead of applied, children are neither created nor pruned, and
+    ``children`` stays None (the ledger keeps what the last reconcile applied). Conditions,
+    Events and the benchmark after a finished rollout come out as in :func:`reconcile_service`.
+    """
+    return _reconcile(body, kube, cfg, now or datetime.now(UTC), apply=False)
+
+
+def _reconcile(
+    body: dict[str, Any], kube: Kube, cfg: OperatorConfig, now: datetime, *, apply: bool
+) -> Outcome:
+    gen = body["metadata"].get("generation")
     try:
         svc = parse_spec(body)
     except ValidationError as exc:
@@ -129,30 +149,11 @@ def reconcile_service(
         svc.spec.replicas, svc.spec.pools, cost_per_token(cfg, svc, plans), _split_hint(body)
     )
     rendered = render_all(svc, cfg, plans, replicas)
-    owner = owner_reference(body, "InferenceService")
-    existing = {
-        (kind, o["metadata"]["name"]): o
-        for kind in CHILD_KINDS
-        if kind_available(kube, cfg, kind)
-        for o in kube.list(kind, namespace, f"{c.LABEL_SERVICE}={name}")
-    }
     events: list[tuple[str, str, str]] = []
-    applied: dict[tuple[str, str], dict[str, Any]] = {}
-    for obj in rendered.objects:
-        obj["metadata"]["namespace"] = namespace
-        obj["metadata"]["ownerReferences"] = [owner]
-        key = (obj["kind"], obj["metadata"]["name"])
-        try:
-            applied[key] = kube.apply(obj)
-        except KubeError as exc:
-            events.append(("ApplyFailed", f"{key[0]} {key[1]}: {exc}", "Warning"))
-            continue
-        if key not in existing:
-            events.append(("Created", f"created {key[0]} {key[1]}", "Normal"))
-    for key in sorted(set(existing) - set(applied)):
-        if any(ref.get("uid") == meta.get("uid") for ref in _owners(existing[key])):
-            kube.delete(key[0], namespace, key[1])
-            events.append(("Deleted", f"deleted {key[0]} {key[1]} (no longer in spec)", "Normal"))
+    if apply:
+        applied = _apply_children(body, rendered.objects, kube, cfg, events)
+    else:
+        applied = _read_workloads(body, rendered.objects, kube, cfg)
 
     status = _status(body, svc, plans, replicas, applied, kube, rendered.problems, now)
     old_degraded = _condition(body, c.COND_DEGRADED)
@@ -176,8 +177,63 @@ def reconcile_service(
             )
         )
     status["observedGeneration"] = gen
+    if not apply:
+        return Outcome(status, events)
     children = {key: child_version(obj) for key, obj in applied.items()}
     return Outcome(status, events, children=children)
+
+
+def _apply_children(
+    body: dict[str, Any],
+    objects: Sequence[dict[str, Any]],
+    kube: Kube,
+    cfg: OperatorConfig,
+    events: list[tuple[str, str, str]],
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Server-side apply every rendered child, prune owned children no longer rendered."""
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    owner = owner_reference(body, "InferenceService")
+    existing = {
+        (kind, o["metadata"]["name"]): o
+        for kind in CHILD_KINDS
+        if kind_available(kube, cfg, kind)
+        for o in kube.list(kind, namespace, f"{c.LABEL_SERVICE}={name}")
+    }
+    applied: dict[tuple[str, str], dict[str, Any]] = {}
+    for obj in objects:
+        obj["metadata"]["namespace"] = namespace
+        obj["metadata"]["ownerReferences"] = [owner]
+        key = (obj["kind"], obj["metadata"]["name"])
+        try:
+            applied[key] = kube.apply(obj)
+        except KubeError as exc:
+            events.append(("ApplyFailed", f"{key[0]} {key[1]}: {exc}", "Warning"))
+            continue
+        if key not in existing:
+            events.append(("Created", f"created {key[0]} {key[1]}", "Normal"))
+    for key in sorted(set(existing) - set(applied)):
+        if any(ref.get("uid") == meta.get("uid") for ref in _owners(existing[key])):
+            kube.delete(key[0], namespace, key[1])
+            events.append(("Deleted", f"deleted {key[0]} {key[1]} (no longer in spec)", "Normal"))
+    return applied
+
+
+def _read_workloads(
+    body: dict[str, Any], objects: Sequence[dict[str, Any]], kube: Kube, cfg: OperatorConfig
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The service's existing workloads that the rendering wants (what status observes)."""
+    meta = body["metadata"]
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in objects if o["kind"] in WORKLOAD_KINDS}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind in sorted({k for k, _ in wanted}):
+        if not kind_available(kube, cfg, kind):
+            continue
+        for obj in kube.list(kind, meta["namespace"], f"{c.LABEL_SERVICE}={meta['name']}"):
+            key = (kind, obj["metadata"]["name"])
+            if key in wanted and any(r.get("uid") == meta.get("uid") for r in _owners(obj)):
+                found[key] = obj
+    return found
 
 
 def _status(
@@ -193,7 +249,7 @@ def _status(
     meta = body["metadata"]
     pods = kube.list("Pod", meta["namespace"], selector_for(meta["name"]))
     trouble = observe.pod_problems(pods)
-    by_name = {k[1]: v for k, v in applied.items() if k[0] in ("Deployment", "LeaderWorkerSet")}
+    by_name = {k[1]: v for k, v in applied.items() if k[0] in WORKLOAD_KINDS}
     pools = []
     for pool in svc.spec.pools:
         workload = by_name.get(f"{meta['name']}-{pool.name}")

@@ -34,7 +34,7 @@ from typing import Any
 from tokenscale import constants as c
 from tokenscale.controller import observe
 from tokenscale.controller.kube import Kube, KubeError
-from tokenscale.controller.reconcile import child_version
+from tokenscale.controller.reconcile import WORKLOAD_KINDS, child_version
 from tokenscale.render import names
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ RESYNC_SECONDS = 300.0
 PAGE_SIZE = 100
 
 ChildKey = tuple[str, str]  # (kind, name)
-WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 
 
 class Ledger:

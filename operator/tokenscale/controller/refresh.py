@@ -1,0 +1,105 @@
+"""Prompt status refreshes after child events, coalesced per service.
+
+A child Deployment sees several watch events while it rolls out (created, pods scheduled,
+replicas ready, ...). Kopf keeps every such event — ~50 KB of Python objects with its
+managedFields — queued until the handler for it returns, so a handler that does the refresh
+itself lets a fleet-wide ramp pile up events faster than the handler threads drain them
+(P1: that backlog was most of the operator's RSS). The handler only marks the owning service
+here and returns; a few threads refresh every marked service once, however many events marked it
+meanwhile. A service marked again while its refresh runs is refreshed once more afterwards, so
+the last event is always followed by a refresh that started after it: nothing is dropped, only
+merged.
+
+A mark also says how much work the refresh needs: ``full`` (run the reconcile, applying
+children) when any merged event showed a child the last reconcile did not apply — a moved
+``generation``, a deletion, a child the ledger does not know — else only the status is
+recomputed and written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from tokenscale.controller.kube import KubeError
+
+log = logging.getLogger(__name__)
+
+#: Threads refreshing marked services (each holds one service's objects at a time).
+THREADS = 4
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+class RefreshQueue:
+    """Services waiting for a refresh; each at most once in line and once in progress."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: dict[Key, bool] = {}  # key -> full reconcile needed
+        self._order: deque[Key] = deque()
+        self._active: set[Key] = set()
+        self._closed = False
+
+    def mark(self, key: Key, full: bool) -> None:
+        """Ask for a refresh of ``key`` (a full reconcile if ``full``) that starts after now."""
+        with self._cond:
+            queued = key in self._pending
+            self._pending[key] = self._pending.get(key, False) or full
+            if not queued and key not in self._active:
+                self._order.append(key)
+                self._cond.notify()
+
+    def take(self, timeout: float | None = None) -> tuple[Key, bool] | None:
+        """The next service to refresh and whether it needs a full reconcile (None: closed or
+        nothing within ``timeout``). Call :meth:`done` with the key afterwards."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._order or self._closed, timeout):
+                return None
+            if self._closed:
+                return None
+            key = self._order.popleft()
+            self._active.add(key)
+            return key, self._pending.pop(key)
+
+    def done(self, key: Key) -> None:
+        """The refresh of ``key`` finished; one marked meanwhile goes back in line."""
+        with self._cond:
+            self._active.discard(key)
+            if key in self._pending:
+                self._order.append(key)
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+
+def serve(queue: RefreshQueue, refresh: Callable[[str, str, bool], None]) -> None:
+    """Refresh marked services until the queue is closed (the body of each refresh thread)."""
+    while (item := queue.take()) is not None:
+        (namespace, name), full = item
+        try:
+            refresh(namespace, name, full)
+        except KubeError as exc:
+            log.info("refresh of %s/%s failed: %s", namespace, name, exc)
+        except Exception:  # a refresh thread must outlive one bad service
+            log.exception("refresh of %s/%s failed", namespace, name)
+        finally:
+            queue.done((namespace, name))
+
+
+def start(
+    queue: RefreshQueue, refresh: Callable[[str, str, bool], None], threads: int = THREADS
+) -> None:
+    for i in range(threads):
+        threading.Thread(
+            target=serve, args=(queue, refresh), name=f"refresh-{i}", daemon=True
+        ).start()

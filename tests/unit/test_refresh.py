@@ -1,0 +1,162 @@
+"""Status refreshes after child events: coalesced per service, status-only when nothing drifted.
+
+The queue merges the marks of one service, never hands one service to two threads at once, and
+re-queues a service marked while its refresh ran (so the last event is always followed by a
+refresh that started after it). A child event that only reflects status movement (the child is
+the version the last reconcile applied) recomputes the owner's status without writing a child;
+an edited, deleted or unknown child, or a spec generation not yet observed, still reconciles in
+full.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from tests.invalid_manifests import service
+from tests.unit.fakekube import FakeKube
+from tokenscale.api.config import OperatorConfig
+from tokenscale.controller import handlers, refresh, resync
+from tokenscale.controller.reconcile import reconcile_service, refresh_status
+
+CFG = OperatorConfig()
+
+
+class CountingKube(FakeKube):
+    def __init__(self) -> None:
+        super().__init__()
+        self.applies: list[str] = []
+
+    def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+        self.applies.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        return super().apply(obj, force=force)
+
+
+def _service(kube: FakeKube, **spec: Any) -> dict[str, Any]:
+    doc = service(**spec)
+    doc["metadata"] = {"name": "llm", "namespace": "ns"}
+    return kube.put(doc)
+
+
+def _reconciled(kube: CountingKube, **spec: Any) -> dict[str, Any]:
+    """A service reconciled once, its status written and its children in the ledger."""
+    body = _service(kube, **spec)
+    out = reconcile_service(body, kube, CFG)
+    kube.patch_merge("InferenceService", "ns", "llm", {"status": out.status}, "status")
+    assert out.children is not None
+    resync.LEDGER.record(body["metadata"]["uid"], out.children)
+    kube.applies.clear()
+    found = kube.get("InferenceService", "ns", "llm")
+    assert found is not None
+    return found
+
+
+def _mark_ready(kube: FakeKube) -> None:
+    for (kind, _, _), obj in kube.objects.items():
+        if kind == "Deployment":
+            n = obj["spec"]["replicas"]
+            obj["status"] = {"replicas": n, "readyReplicas": n, "updatedReplicas": n}
+
+
+def _ready(body: dict[str, Any]) -> str:
+    conds = {x["type"]: x for x in body["status"]["conditions"]}
+    return str(conds["Ready"]["status"])
+
+
+def test_marks_of_one_service_merge_and_full_wins() -> None:
+    queue = refresh.RefreshQueue()
+    queue.mark(("ns", "a"), full=False)
+    queue.mark(("ns", "b"), full=False)
+    queue.mark(("ns", "a"), full=True)
+    queue.mark(("ns", "a"), full=False)
+    assert len(queue) == 2
+    assert queue.take(0) == (("ns", "a"), True)
+    assert queue.take(0) == (("ns", "b"), False)
+    assert queue.take(0) is None
+
+
+def test_a_service_marked_during_its_refresh_is_refreshed_again_after_it() -> None:
+    queue = refresh.RefreshQueue()
+    queue.mark(("ns", "a"), full=False)
+    assert queue.take(0) == (("ns", "a"), False)
+    queue.mark(("ns", "a"), full=False)  # an event while the refresh runs
+    assert queue.take(0) is None  # never two refreshes of one service at once
+    queue.done(("ns", "a"))
+    assert queue.take(0) == (("ns", "a"), False)
+    queue.done(("ns", "a"))
+    assert queue.take(0) is None
+
+
+def test_refresh_threads_serve_marks_and_stop_when_closed() -> None:
+    queue = refresh.RefreshQueue()
+    seen: list[tuple[str, str, bool]] = []
+    done = threading.Event()
+
+    def work(namespace: str, name: str, full: bool) -> None:
+        seen.append((namespace, name, full))
+        if name == "boom":
+            raise RuntimeError("one bad service must not stop the thread")
+        done.set()
+
+    refresh.start(queue, work, threads=1)
+    queue.mark(("ns", "boom"), full=True)
+    queue.mark(("ns", "ok"), full=False)
+    assert done.wait(5)
+    queue.close()
+    assert seen == [("ns", "boom", True), ("ns", "ok", False)]
+
+
+def test_status_refresh_writes_no_child_and_reports_readiness() -> None:
+    kube = CountingKube()
+    body = _reconciled(kube)
+    assert _ready(body) == "False"
+    _mark_ready(kube)
+    out = refresh_status(body, kube, CFG)
+    assert kube.applies == [] and out.children is None
+    assert out.status["readyReplicas"] == 1 and out.status["observedGeneration"] == 1
+    assert _ready({"status": out.status}) == "True"
+
+
+def test_status_refresh_still_starts_the_benchmark_after_a_rollout() -> None:
+    kube = CountingKube()
+    body = _reconciled(kube, benchmarkOnRollout={"enabled": True, "durationSeconds": 30})
+    _mark_ready(kube)
+    out = refresh_status(body, kube, CFG)
+    assert [a for a in kube.applies if a.startswith("InferenceBenchmark/")]
+    assert out.status["rolloutBenchmarkGeneration"] == 1
+
+
+def test_child_event_needs_a_reconcile_only_when_the_child_drifted() -> None:
+    kube = CountingKube()
+    _reconciled(kube)
+    child = kube.get("Deployment", "ns", "llm-mi300x")
+    assert child is not None
+    assert handlers.child_needs_reconcile("MODIFIED", child) is False
+    assert handlers.child_needs_reconcile(None, child) is False  # listed after a re-watch
+    assert handlers.child_needs_reconcile("DELETED", child) is True
+    edited = {**child, "metadata": {**child["metadata"], "generation": 2}}
+    assert handlers.child_needs_reconcile("MODIFIED", edited) is True
+    deleting = {**child, "metadata": {**child["metadata"], "deletionTimestamp": "now"}}
+    assert handlers.child_needs_reconcile("MODIFIED", deleting) is True
+    orphan = {**child, "metadata": {**child["metadata"], "ownerReferences": []}}
+    assert handlers.child_needs_reconcile("MODIFIED", orphan) is True
+    resync.LEDGER.forget(child["metadata"]["ownerReferences"][0]["uid"])
+    assert handlers.child_needs_reconcile("MODIFIED", child) is True  # restarted: unknown
+
+
+def test_refresh_service_applies_only_when_needed() -> None:
+    kube = CountingKube()
+    _reconciled(kube)
+    _mark_ready(kube)
+    handlers.refresh_service(kube, CFG, "ns", "llm", full=False)
+    assert kube.applies == []
+    found = kube.get("InferenceService", "ns", "llm")
+    assert found is not None and _ready(found) == "True"
+
+    handlers.refresh_service(kube, CFG, "ns", "llm", full=True)
+    assert kube.applies, "a full refresh converges the children"
+
+    kube.applies.clear()
+    kube.objects[("InferenceService", "ns", "llm")]["metadata"]["generation"] = 2
+    handlers.refresh_service(kube, CFG, "ns", "llm", full=False)
+    assert kube.applies, "a spec generation not yet observed is reconciled in full"
