@@ -38,7 +38,9 @@ the SLA when at most 1 % of the tokens demanded in it arrive in seconds whose pr
 Run: ``.venv/bin/python benchmarks/autoscale_trace.py`` (writes
 ``benchmarks/results/autoscale-trace.json`` and prints a table). The same comparison is repeated
 on holdout seeds (``--holdout-seeds``, default 8,9) that were not used to choose the defaults; the
-issue-7 verdict per seed is in the JSON (``targets``, ``holdout``, ``conclusion``).
+issue-7 verdict per seed is in the JSON (``targets``, ``holdout``, ``conclusion``). ``--bounds``
+adds ``slow_component_bounds``: reference provisioners that know the trace without its spikes and
+noise (not policies; they show how far a reactive policy could get with perfect denoising).
 """
 
 from __future__ import annotations
@@ -253,9 +255,12 @@ def _scrapes(
     signal: deque[Point], now: int, window: int
 ) -> list[tuple[float, float, float, float, int]]:
     """5-second scrapes: (time, served tok/s over 5 s, running, waiting, ready pods)."""
+    points = list(signal)  # one point per second, consecutive times
+    first = points[0][0] if points else 0
     out = []
     for t in range(now - window + 5, now + 1, 5):
-        chunk = [x for x in signal if t - 5 < x[0] <= t]
+        lo, hi = max(0, t - 4 - first), max(0, t + 1 - first)
+        chunk = points[lo:hi]
         if chunk:
             served = sum(x[1] for x in chunk) / len(chunk)
             out.append((float(t), served, chunk[-1][2], chunk[-1][3], chunk[-1][4]))
@@ -336,6 +341,57 @@ class Oracle(Policy):
     def desired(self, now: int, engines: Engines, signal: deque[Point], demand: list[float]) -> int:
         horizon = demand[now : now + STARTUP_S + self.period + 1] or [0.0]
         return max(1, min(MAX_REPLICAS, math.ceil(max(horizon) / C_SLA)))
+
+
+def slow_component(spec: TraceSpec) -> list[float]:
+    """The trace without spikes and noise (diurnal x wave x bursts), from the same random draws."""
+    return make_trace(replace(spec, spike_gain=(0.0, 0.0), noise_sigma=0.0))
+
+
+class SlowBound(Policy):
+    """A bound, not a policy: provisions for the slow component at ``headroom`` x capacity.
+
+    ``future=True`` sees the slow component over the next startup + sync (spikes and noise stay
+    unknown); ``future=False`` sees it exactly up to now and extrapolates its current slope that
+    far: what a reactive policy could do with perfect denoising and a perfect trend.
+    """
+
+    period = 5
+
+    def __init__(self, slow: list[float], headroom: float, future: bool) -> None:
+        self.slow, self.headroom, self.future = slow, headroom, future
+
+    def desired(self, now: int, engines: Engines, signal: deque[Point], demand: list[float]) -> int:
+        lead = STARTUP_S + self.period
+        if self.future:
+            need = max(self.slow[now : now + lead + 1] or [0.0])
+        else:
+            slope = (self.slow[now] - self.slow[max(0, now - self.period)]) / self.period
+            need = self.slow[now] + max(0.0, slope) * lead
+        return max(1, min(MAX_REPLICAS, math.ceil(need / (self.headroom * C_SLA))))
+
+
+def bounds(spec: TraceSpec, seeds: list[int]) -> dict[str, object]:
+    """SLA minutes and GPU-hours x oracle of both slow-component bounds per headroom and seed."""
+    out: dict[str, object] = {}
+    for seed in seeds:
+        seeded = replace(spec, seed=seed)
+        demand, slow = make_trace(seeded), slow_component(seeded)
+        oracle = run(Oracle(), demand, math.ceil(demand[0] / C_SLA))["gpu_hours"]
+        rows: dict[str, object] = {}
+        for future in (True, False):
+            for headroom in (0.80, 0.83, 0.86):
+                start = math.ceil(demand[0] / (headroom * C_SLA))
+                r = run(SlowBound(slow, headroom, future), demand, start)
+                key = f"{'knows_next_startup' if future else 'reactive_exact'}@{headroom:.2f}"
+                rows[key] = {
+                    "sla_minutes_fraction": r["sla_minutes_fraction"],
+                    "gpu_hours_vs_oracle": round(r["gpu_hours"] / oracle, 3),
+                }
+                print(f"bound seed {seed} {key}: {r['sla_minutes_fraction']:.2%}, "
+                      f"{r['gpu_hours'] / oracle:.3f}x oracle")  # fmt: skip
+        out[str(seed)] = rows
+    return out
 
 
 def run(policy: Policy, demand: list[float], initial: int) -> dict[str, float]:
@@ -487,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated seeds to re-run the comparison on (not used for tuning)",
     )
     parser.add_argument(
+        "--bounds",
+        action="store_true",
+        help="also run the slow-component bounds (what perfect denoising could reach)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "autoscale-trace.json"
     )
     args = parser.parse_args(argv)
@@ -527,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
             f" --holdout-seeds {','.join(map(str, args.holdout_seeds))}"
             if args.holdout_seeds != [8, 9]
             else ""
-        ),
+        )
+        + (" --bounds" if args.bounds else ""),
         "policies": results,
         "gpu_hours_vs_oracle": {k: round(v["gpu_hours"] / oracle, 3) for k, v in results.items()},
         "targets": {
@@ -557,6 +619,14 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in iso.items()
         },
     }
+    if args.bounds:
+        payload["slow_component_bounds"] = {
+            "note": "not policies: provision ceil(slow / (headroom x capacity at the SLA)) for the "
+            "trace without spikes and noise; knows_next_startup sees it over the next startup + "
+            "sync, reactive_exact sees it exactly up to now and extrapolates its slope. How far "
+            "perfect denoising and trend estimation could take a reactive policy.",
+            "seeds": bounds(spec, [args.seed, *args.holdout_seeds]),
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     return 0

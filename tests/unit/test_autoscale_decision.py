@@ -307,6 +307,52 @@ def test_forecast_leads_a_ramp_by_the_startup_time() -> None:
     assert leading.of()[-1] <= math.ceil(load(600 + 180) / 1000)
 
 
+def test_falling_load_is_projected_one_window_ahead_never_below_the_current_load() -> None:
+    """Removal is immediate, so a falling load is projected ``windowSeconds`` ahead (not the
+    startup time): the replicas follow a ramp down sooner, but never below what the
+    short-window load needs and never faster than the step limit."""
+
+    def load(t: float) -> float:
+        return max(1000.0, 9000 - 8 * max(0.0, t - 300))  # flat, then -8/s from t=300 s
+
+    plain = simulate(load, [pool(replicas=9)], duration=1500)
+    ahead = simulate(load, [pool(replicas=9, startup_seconds=180)], duration=1500)
+    times = [t for t, _ in ahead.replicas]
+    assert sum(ahead.of()) < sum(plain.of())  # fewer replica-seconds on the way down
+    for t, replicas, decision in zip(times, ahead.of(), ahead.decisions, strict=True):
+        assert replicas >= math.ceil(load(t) / 1000 - 1e-9)  # never below the current load
+        if decision.details["slope_per_s"] < 0:
+            assert "falling to" in decision.pools[0].reason
+    steps = [a - b for a, b in itertools.pairwise(ahead.of())]
+    assert max(steps) <= POLICY.max_scale_down_step
+    assert ahead.of()[-1] == plain.of()[-1] == 1
+    # A rising load is still projected the whole startup time, not one window.
+    rising = simulate(lambda t: 1000 + 10 * t, [pool(startup_seconds=180)], duration=600)
+    assert rising.of()[-1] >= math.ceil((1000 + 10 * (600 + 120)) / 1000)
+
+
+def test_projection_both_ways_on_noise_keeps_the_scale_down_window() -> None:
+    """15 % noise per sample with a startup time, so the trend is projected both ways: the
+    noise reads as short ramps (as it did before falling loads were projected), but a scale
+    down still comes a full stabilisation window after the last scale up, at most one replica
+    per step, and the flips stay within the on-boundary bound of the default policy."""
+    rng = random.Random(42)
+    noise = {t: rng.gauss(0, 0.15) for t in range(0, 3600, 5)}
+    run = simulate(
+        lambda t: 4600 * (1 + noise[int(t)]),
+        [pool(replicas=5, startup_seconds=180)],
+        duration=3600,
+    )
+    pairs = zip(run.replicas, run.replicas[1:], strict=False)
+    changes = [(t, b["a"] - a["a"]) for (_, a), (t, b) in pairs if a != b]
+    for (t0, d0), (t1, d1) in itertools.pairwise(changes):
+        if d0 > 0 and d1 < 0:
+            assert t1 - t0 >= POLICY.scale_down_stabilization_seconds
+        assert d1 >= -POLICY.max_scale_down_step
+    assert run.flips() <= 12
+    assert min(run.of()) >= 4  # mean 4,600: never more than one replica below it
+
+
 def test_state_from_another_clock_is_ignored() -> None:
     """Times in the future (e.g. a monotonic clock from another process) must not pin windows."""
     future = ScalerState(recommendations={"a": [(1e12, 9)]}, panic_until=1e12, idle_since=1e12)

@@ -9,6 +9,7 @@ table-tested in ``tests/unit/test_autoscale_decision.py``:
    and its drain over one window, converted to tokens with the window's tokens per finished
    request (:func:`window_load`).
 2. HPA ratio rule on the stable window average, with a tolerance band around the ready capacity.
+   With a startup time, a rising load is projected that far ahead, a falling one a window ahead.
 3. Knative panic mode: when the short-window load is ``panic_threshold`` x the ready capacity,
    scale on the larger of both windows and never scale down until a stable window passes calm.
 4. HPA stabilisation: scale up to the lowest, down to the highest recommendation in the windows;
@@ -263,7 +264,11 @@ def decide(
     lead = max((p.startup_seconds for p in pools), default=0.0)
     trend_samples = [s for s in current if s.time > now - TREND_SECONDS and _has_data(s, names)]
     slope = trend(trend_samples, names, policy.metric) if lead > 0 else 0.0
-    forecast = stable_load + max(0.0, slope) * lead
+    # Up: a new replica serves only after ``lead``, so a rising load is projected that far.
+    # Down: removal is immediate, so a falling load is projected one averaging window (the mean
+    # lags the load by half of it), never below zero; the stabilisation window still applies.
+    fall = min(lead, float(policy.window_seconds))
+    forecast = max(0.0, stable_load + max(0.0, slope) * lead + min(0.0, slope) * fall)
     ready_capacity = sum(p.ready_replicas * p.target_per_replica for p in pools)
     if ready_capacity > 0:
         panic_ratio = panic_load / ready_capacity
@@ -341,6 +346,8 @@ def decide(
         )
         if forecast > stable_load + _EPS:
             why += f", forecast {forecast:.4g} in {lead:.0f}s"
+        elif forecast < stable_load - _EPS:
+            why += f", falling to {forecast:.4g} in {fall:.0f}s"
         decisions.append(PoolDecision(pool.name, pool.replicas, value, code, why))
     summary = "; ".join(f"{d.pool} {d.current}->{d.desired} {d.code}" for d in decisions)
     if insufficient:
