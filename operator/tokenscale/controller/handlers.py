@@ -55,7 +55,11 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.execution.max_workers = int(memo.get("workers") or 8)
-    settings.queueing.worker_limit = 100
+    # Every object gets its own event worker at once (Kopf's default; a limit makes the events of
+    # objects beyond it wait, bodies and all, until a slot frees), and a worker leaves soon after
+    # its object's last event instead of holding its slot for Kopf's default 5 s.
+    settings.queueing.worker_limit = None
+    settings.queueing.idle_timeout = 1.0
     port = memo.get("metrics_port")
     if port:
         metrics.serve(int(port), str(memo.get("metrics_addr") or "0.0.0.0"))  # noqa: S104
