@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 from tokenscale.controller.kube import KubeError
@@ -67,6 +68,13 @@ class FakeKube:
             and (namespace is None or ns == namespace)
             and _matches(o["metadata"].get("labels") or {}, selector)
         ]
+
+    def list_pages(
+        self, kind: str, namespace: str | None, selector: str = "", limit: int = 100
+    ) -> Iterator[list[dict[str, Any]]]:
+        found = self.list(kind, namespace, selector)
+        for start in range(0, len(found), limit):
+            yield found[start : start + limit]
 
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
         self.objects.pop((kind, namespace, name), None)

@@ -13,13 +13,18 @@ from tests.invalid_manifests import benchmark, service
 from tests.unit.fakekube import FakeKube
 from tests.unit.test_bench_merge import as_result, make_records
 from tokenscale import constants as c
-from tokenscale.api.benchmark import InferenceBenchmarkSpec
+from tokenscale.api.benchmark import BenchmarkResults, InferenceBenchmarkSpec, LatencySummary
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.sla import SLASpec
 from tokenscale.bench import scenarios
 from tokenscale.bench.models import BenchResult
 from tokenscale.controller import benchjob, resultchannel
-from tokenscale.controller.benchmark import reconcile_benchmark
+from tokenscale.controller.benchmark import (
+    EngineIdentity,
+    engine_identity,
+    reconcile_benchmark,
+    service_summary,
+)
 
 CFG = OperatorConfig()
 
@@ -176,7 +181,8 @@ def _engines(kube: FakeKube, ready: int, terminating: int = 0) -> None:
             meta["deletionTimestamp"] = "2026-11-28T12:00:00Z"
         kube.put({
             "apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+            "status": {"phase": "Running", "podIP": f"127.10.0.{i + 1}",
+                       "conditions": [{"type": "Ready", "status": "True"}]},
         })  # fmt: skip
 
 
@@ -304,9 +310,7 @@ def test_benchmark_wakes_a_service_scaled_to_zero() -> None:
     assert kube.get("Job", "ns", "b-run") is None
 
 
-def _results(tokens_per_s: float) -> Any:
-    from tokenscale.api.benchmark import BenchmarkResults, LatencySummary
-
+def _results(tokens_per_s: float) -> BenchmarkResults:
     lat = LatencySummary(p50=1.0, p90=2.0, p99=3.0)
     return BenchmarkResults(
         tokens_per_second=tokens_per_s, requests_per_second=1.0, goodput=1.0, requests=10,
@@ -318,8 +322,6 @@ def _history_after(
     runs: list[tuple[str, float, int, str, str]],
 ) -> list[dict[str, Any]]:
     """Apply runs (name, tok/s, ready replicas, gpu, image) in order; return the history."""
-    from tokenscale.controller.benchmark import EngineIdentity, service_summary
-
     status: dict[str, Any] = {}
     for name, tps, ready, gpu, image in runs:
         body = {"metadata": {"name": "s"}, "status": {**status, "readyReplicas": ready}}
@@ -356,8 +358,6 @@ def test_history_compares_per_replica_and_only_on_the_same_gpu() -> None:
 
 
 def test_engine_identity_reads_images_and_gpu_without_reachable_pods() -> None:
-    from tokenscale.controller.benchmark import engine_identity
-
     kube = FakeKube()
     for pool, image in (("a", "rocm/vllm:gfx942"), ("b", "rocm/vllm:gfx950")):
         kube.put({

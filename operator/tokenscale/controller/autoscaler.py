@@ -26,7 +26,7 @@ from tokenscale.api.status import BenchmarkSummary, PoolPlan, ScalingDecision
 from tokenscale.autoscale import capacity, collector, decision, targets
 from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolInput, ScalerState
-from tokenscale.controller import metrics
+from tokenscale.controller import metrics, sweep
 from tokenscale.controller.kube import Kube
 from tokenscale.controller.reconcile import parse_spec, selector_for
 from tokenscale.plan import plan_service
@@ -220,7 +220,9 @@ async def run_pass(
             "observedAt": _now_iso(wall_now),
         }
     }
-    hold = await asyncio.to_thread(_live_hold, kube, meta)
+    hold = None
+    if (meta.get("annotations") or {}).get(c.ANNOTATION_SCALING_HOLD):
+        hold = await asyncio.to_thread(sweep.live_hold, kube, meta)
     if policy.mode == "external" or hold:
         if hold:
             why = f"{hold} owns /scale until it finishes"
@@ -300,28 +302,6 @@ async def _act(
         await asyncio.to_thread(kube.event, body, "Scaled", msg)
     patch["scalingHistory"] = history[-cfg.scaling_history_limit :]
     patch["scaling"]["lastScaleTime"] = _now_iso(now)
-
-
-def _live_hold(kube: Kube, meta: dict[str, Any]) -> str | None:
-    """The scaling hold, if its benchmark still runs; a stale hold (benchmark deleted or
-    finished without releasing) is lifted here so autoscaling can never stay frozen."""
-    hold = (meta.get("annotations") or {}).get(c.ANNOTATION_SCALING_HOLD)
-    if not hold:
-        return None
-    kind, _, owner = str(hold).partition("/")
-    if kind == "benchmark" and owner:
-        bench = kube.get("InferenceBenchmark", meta["namespace"], owner)
-        phase = ((bench or {}).get("status") or {}).get("phase")
-        if bench is not None and phase not in ("Succeeded", "Failed"):
-            return str(hold)
-    log.info("lifting stale scaling hold %r on %s", hold, meta["name"])
-    kube.patch_merge(
-        "InferenceService",
-        meta["namespace"],
-        meta["name"],
-        {"metadata": {"annotations": {c.ANNOTATION_SCALING_HOLD: None}}},
-    )
-    return None
 
 
 def _write_state(

@@ -25,6 +25,7 @@ from tokenscale.controller import benchjob, resultchannel
 from tokenscale.controller.kube import Kube
 from tokenscale.controller.observe import condition, merge_conditions
 from tokenscale.controller.owners import owner_reference
+from tokenscale.controller.reconcile import selector_for
 from tokenscale.validation import problems_from
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ VERDICTS = {
     "no_sla": "NoSLA",
 }
 REPORT_LIMIT = 900_000
+#: Phases after which a benchmark never acts again.
+FINISHED = ("Succeeded", "Failed")
 
 
 @dataclass(slots=True)
@@ -89,7 +92,7 @@ def reconcile_benchmark(
     meta, status = body["metadata"], dict(body.get("status") or {})
     name, namespace, gen = meta["name"], meta["namespace"], meta.get("generation")
     phase = status.get("phase") or "Pending"
-    if phase in ("Succeeded", "Failed"):
+    if phase in FINISHED:
         return BenchOutcome({}, finished=True)
     try:
         spec = InferenceBenchmarkSpec.model_validate(body.get("spec") or {})
@@ -300,7 +303,7 @@ class EngineIdentity:
 def engine_identity(kube: Kube, svc_body: dict[str, Any]) -> EngineIdentity:
     """Images from the service's Deployments, the version a ready engine reports, the GPUs."""
     meta = svc_body["metadata"]
-    selector = f"{c.LABEL_SERVICE}={meta['name']}"
+    selector = selector_for(meta["name"])
     images: list[str] = []
     for deployment in kube.list("Deployment", meta["namespace"], selector):
         for ctr in deployment["spec"]["template"]["spec"].get("containers") or []:
@@ -429,7 +432,7 @@ def with_conditions(
     gen: int | None,
     now: datetime,
 ) -> dict[str, Any]:
-    done = status.get("phase") in ("Succeeded", "Failed")
+    done = status.get("phase") in FINISHED
     ok = status.get("phase") == "Succeeded"
     conds = [
         condition("Complete", done and ok, reason, message, gen),

@@ -19,9 +19,9 @@ from tokenscale import GROUP, VERSION
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import ScrapeCollector
-from tokenscale.controller import metrics, refresh, resync
+from tokenscale.controller import metrics, refresh, resync, sweep
 from tokenscale.controller.autoscaler import LoopState, run_pass
-from tokenscale.controller.benchmark import reconcile_benchmark
+from tokenscale.controller.benchmark import FINISHED, reconcile_benchmark
 from tokenscale.controller.kube import Kube, KubeError
 from tokenscale.controller.peering import Peering, is_active
 from tokenscale.controller.reconcile import (
@@ -294,7 +294,7 @@ def benchmark_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: 
     BENCHMARKS,
     interval=3.0,
     initial_delay=2.0,
-    when=lambda status, **_: (status or {}).get("phase") not in ("Succeeded", "Failed"),
+    when=lambda status, **_: (status or {}).get("phase") not in FINISHED,
 )
 def benchmark_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Poll the run: target readiness, Job completion, results."""
@@ -305,6 +305,4 @@ def benchmark_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_:
 def benchmark_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Deleted mid-sweep: give the target's /scale back now (the autoscaler also lifts a stale
     hold on its next pass, so a missed delete event cannot freeze scaling)."""
-    from tokenscale.controller import sweep
-
     sweep.release_if_holding(memo.kube, dict(body))

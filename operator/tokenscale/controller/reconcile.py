@@ -198,7 +198,7 @@ def _apply_children(
         (kind, o["metadata"]["name"]): o
         for kind in CHILD_KINDS
         if kind_available(kube, cfg, kind)
-        for o in kube.list(kind, namespace, f"{c.LABEL_SERVICE}={name}")
+        for o in kube.list(kind, namespace, selector_for(name))
     }
     applied: dict[tuple[str, str], dict[str, Any]] = {}
     for obj in objects:
@@ -229,7 +229,7 @@ def _read_workloads(
     for kind in sorted({k for k, _ in wanted}):
         if not kind_available(kube, cfg, kind):
             continue
-        for obj in kube.list(kind, meta["namespace"], f"{c.LABEL_SERVICE}={meta['name']}"):
+        for obj in kube.list(kind, meta["namespace"], selector_for(meta["name"])):
             key = (kind, obj["metadata"]["name"])
             if key in wanted and any(r.get("uid") == meta.get("uid") for r in _owners(obj)):
                 found[key] = obj
@@ -252,7 +252,7 @@ def _status(
     by_name = {k[1]: v for k, v in applied.items() if k[0] in WORKLOAD_KINDS}
     pools = []
     for pool in svc.spec.pools:
-        workload = by_name.get(f"{meta['name']}-{pool.name}")
+        workload = by_name.get(names.pool_workload(meta["name"], pool.name))
         obs = observe.observe_workload(pool.name, pool.gpu, replicas[pool.name], workload)
         obs.problems = trouble.get(pool.name, [])
         pools.append(obs)

@@ -172,16 +172,6 @@ def stale_reason(view: ServiceView, applied: Mapping[ChildKey, str] | None) -> s
     return None
 
 
-def _pages(
-    kube: Kube, kind: str, namespace: str | None, selector: str
-) -> Iterable[list[dict[str, Any]]]:
-    pages = getattr(kube, "list_pages", None)
-    if pages is None:  # a client without pagination (test doubles)
-        yield kube.list(kind, namespace, selector)
-        return
-    yield from pages(kind, namespace, selector, PAGE_SIZE)
-
-
 def resync_pass(
     kube: Kube,
     namespaces: Iterable[str | None],
@@ -194,7 +184,7 @@ def resync_pass(
     kinds = list(child_kinds)
     views: dict[tuple[str, str], ServiceView] = {}
     for ns in namespaces:
-        for page in _pages(kube, "InferenceService", ns, ""):
+        for page in kube.list_pages("InferenceService", ns, "", PAGE_SIZE):
             for obj in page:
                 view = service_view(obj)
                 if wanted(view.namespace):
@@ -202,7 +192,7 @@ def resync_pass(
     labelled = c.LABEL_SERVICE  # exists: what the reconcile lists, for every service at once
     for ns in sorted({v.namespace for v in views.values()}):
         for kind in [*kinds, "Pod"]:
-            for page in _pages(kube, kind, ns, labelled):
+            for page in kube.list_pages(kind, ns, labelled, PAGE_SIZE):
                 for obj in page:
                     owner = (obj["metadata"].get("labels") or {}).get(c.LABEL_SERVICE)
                     found = views.get((ns, str(owner)))

@@ -20,8 +20,10 @@ from tokenscale import constants as c
 from tokenscale.api.benchmark import InferenceBenchmarkSpec, SweepPoint, SweepStatus
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
+from tokenscale.autoscale.collector import engine_pods
 from tokenscale.bench import metrics
 from tokenscale.controller.benchmark import (
+    FINISHED,
     VERDICTS,
     BenchOutcome,
     collect_run,
@@ -163,10 +165,8 @@ def step(
     curve = metrics.replica_points({p.replicas: p.tokens_per_second for p in sweep.points})
     by_n = {p.replicas: p for p in curve}
     for p in sweep.points:
-        p.scaling_efficiency = (
-            None if by_n[p.replicas].scaling_efficiency is None
-            else round(by_n[p.replicas].scaling_efficiency or 0.0, 4)
-        )  # fmt: skip
+        eff = by_n[p.replicas].scaling_efficiency
+        p.scaling_efficiency = None if eff is None else round(eff, 4)
     release(kube, namespace, service, name, sweep.restore_replicas)
     outcome = finish(
         body, spec, merged.model_copy(update={"replica_sweep": curve}), svc_body, kube, cfg, now
@@ -197,6 +197,28 @@ def release(kube: Kube, namespace: str, service: str, bench: str, restore: int |
     kube.patch_merge("InferenceService", namespace, service, patch)
 
 
+def live_hold(kube: Kube, meta: dict[str, Any]) -> str | None:
+    """The service's scaling hold, if the benchmark holding it still runs. A stale hold (its
+    benchmark deleted, or finished without releasing) is lifted here, by the autoscaler's pass,
+    so autoscaling can never stay frozen."""
+    hold = (meta.get("annotations") or {}).get(c.ANNOTATION_SCALING_HOLD)
+    if not hold:
+        return None
+    kind, _, owner = str(hold).partition("/")
+    if kind == "benchmark" and owner:
+        bench = kube.get("InferenceBenchmark", meta["namespace"], owner)
+        if bench is not None and (bench.get("status") or {}).get("phase") not in FINISHED:
+            return str(hold)
+    log.info("lifting stale scaling hold %r on %s", hold, meta["name"])
+    kube.patch_merge(
+        "InferenceService",
+        meta["namespace"],
+        meta["name"],
+        {"metadata": {"annotations": {c.ANNOTATION_SCALING_HOLD: None}}},
+    )
+    return None
+
+
 def release_if_holding(kube: Kube, body: dict[str, Any]) -> None:
     """On deletion of a benchmark mid-sweep: give the target back (best effort)."""
     status = body.get("status") or {}
@@ -214,16 +236,7 @@ def _engine_pods(kube: Kube, namespace: str, service: str) -> tuple[int, int]:
     present = [
         p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
     ]
-    ready = [
-        p
-        for p in present
-        if not p["metadata"].get("deletionTimestamp")
-        and any(
-            x.get("type") == "Ready" and x.get("status") == "True"
-            for x in (p.get("status") or {}).get("conditions") or []
-        )
-    ]
-    return len(ready), len(present)
+    return len(engine_pods(present)), len(present)
 
 
 def _progress(
