@@ -201,4 +201,16 @@ CASES: list[Case] = [
         "greater than or equal to 10",
     ),
     Case("bench-zero-shards", benchmark(shards=0), "spec.shards", "greater than or equal to 1"),
+    Case(
+        "sweep-zero-replicas",
+        benchmark(scenario="replicaSweep", load={"replicas": [0, 2]}),
+        "spec.load.replicas[0]",
+        "greater than or equal to 1",
+    ),
+    Case(
+        "sweep-too-many-levels",
+        benchmark(scenario="replicaSweep", load={"replicas": list(range(1, 18))}),
+        "spec.load.replicas",
+        "at most 16",
+    ),
 ]
