@@ -28,15 +28,30 @@ import random
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 SEED = 20261128
 VOCAB_SIZE = 2048
-HIDDEN = 128
-INTERMEDIATE = 256
-LAYERS = 2
-HEADS = 4
 MAX_POSITIONS = 2048
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A model size. ``tiny`` is what the tests and the demo use; ``prefill`` is for the P5
+    agreement benchmark, where a prompt's prefill must take long enough (~0.1 s for 400 tokens)
+    that the ~2 ms the frontend adds to every request does not dominate TTFT."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+
+
+SHAPES = {
+    "tiny": Shape(hidden=128, intermediate=256, layers=2, heads=4),  # ~0.85 M parameters
+    "prefill": Shape(hidden=512, intermediate=1408, layers=4, heads=8),  # ~15 M parameters
+}
 #: Bump when anything that changes the output changes (also part of the cache key via the hash
 #: of this file, but an explicit number is easier to read in the directory name).
 MODEL_REVISION = 1
@@ -120,18 +135,18 @@ def build_tokenizer(out: Path) -> dict[str, int]:
     return {"vocab": tok.get_vocab_size(), **{k: v for k, v in ids.items() if v is not None}}
 
 
-def build_model(out: Path, token_ids: dict[str, int]) -> int:
+def build_model(out: Path, token_ids: dict[str, int], shape: Shape) -> int:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(SEED)
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
         max_position_embeddings=MAX_POSITIONS,
         bos_token_id=token_ids[BOS],
         eos_token_id=token_ids[EOS],
@@ -148,14 +163,15 @@ def build_model(out: Path, token_ids: dict[str, int]) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build(out: Path) -> dict[str, object]:
+def build(out: Path, shape_name: str = "tiny") -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     ids = build_tokenizer(out)
     if ids["vocab"] > VOCAB_SIZE:
         raise RuntimeError(f"tokenizer vocab {ids['vocab']} exceeds model vocab {VOCAB_SIZE}")
-    params = build_model(out, ids)
+    params = build_model(out, ids, SHAPES[shape_name])
     info: dict[str, object] = {
         "revision": MODEL_REVISION,
+        "shape": {"name": shape_name, **asdict(SHAPES[shape_name])},
         "seed": SEED,
         "parameters": params,
         "tokenizer_vocab": ids["vocab"],
@@ -181,14 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="build twice and fail unless byte-identical"
     )
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="model size")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    info = build(args.out)
+    info = build(args.out, args.shape)
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
-            again = build(Path(tmp))
+            again = build(Path(tmp), args.shape)
         if again["files"] != info["files"]:
             print(json.dumps({"first": info["files"], "second": again["files"]}, indent=2))
             print("tiny model build is NOT deterministic", file=sys.stderr)

