@@ -21,7 +21,7 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.api.status import BenchmarkSummary
 from tokenscale.bench.models import BenchResult
-from tokenscale.controller import benchjob, resultchannel
+from tokenscale.controller import benchjob, resultchannel, wake
 from tokenscale.controller.kube import Kube
 from tokenscale.controller.observe import condition, merge_conditions
 from tokenscale.controller.owners import owner_reference
@@ -113,7 +113,7 @@ def reconcile_benchmark(
             from tokenscale.controller import sweep  # sweep builds on this module's helpers
 
             return sweep.step(body, spec, svc_body, svc_spec, kube, cfg, now)
-        if at_zero(svc_body):
+        if wake.at_zero(svc_body):
             return _wake(body, svc_body, svc_spec, kube, now)
         if not service_ready(svc_body):
             return _wait(
@@ -144,13 +144,6 @@ def reconcile_benchmark(
     return finish(body, spec, merged, svc_body, kube, cfg, now)
 
 
-def at_zero(svc_body: dict[str, Any]) -> bool:
-    """Scaled to zero: /scale says 0 and the reconcile has applied it."""
-    replicas = (svc_body.get("spec") or {}).get("replicas")
-    applied = (svc_body.get("status") or {}).get("replicas")
-    return replicas == 0 and applied in (0, None)
-
-
 def _wake(
     body: dict[str, Any],
     svc_body: dict[str, Any],
@@ -161,19 +154,9 @@ def _wake(
     """A benchmark is demand: scale a scaled-to-zero target back up, then wait for Ready.
 
     With no engines there is no signal for the autoscaler; this is the in-cluster wake-up
-    (requests from outside need a gateway that does the same)."""
-    meta = svc_body["metadata"]
-    wake_to = max(1, sum(p.min_replicas for p in svc_spec.pools))
-    kube.patch_merge(
-        "InferenceService",
-        meta["namespace"],
-        meta["name"],
-        {"spec": {"replicas": wake_to}},
-        "scale",
-    )
+    (requests from outside go through the activator, which does the same)."""
     bench = body["metadata"]["name"]
-    message = f"woke {meta['name']} from zero to {wake_to} replica(s) for benchmark {bench}"
-    kube.event(svc_body, "WokeFromZero", message)
+    message = wake.wake(kube, svc_body, svc_spec, f"for benchmark {bench}")
     outcome = _wait(body, message, now)
     outcome.events.append(("WokeTarget", message, "Normal"))
     return outcome
