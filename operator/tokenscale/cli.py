@@ -23,6 +23,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "bench": ("tokenscale.bench.cli", "bench_command"),
     "run": ("tokenscale.controller.cli", "run_command"),
     "bench-job": ("tokenscale.controller.benchpod", "bench_job_command"),
+    "activator": ("tokenscale.activator.cli", "activator_command"),
 }
 
 

@@ -1,0 +1,198 @@
+"""The activator's HTTP server: every request is for some scaled-to-zero service.
+
+Why hold the request instead of answering 503 at once: OpenAI clients and load generators do
+not retry a 503 for minutes, and a scaled-to-zero service is meant to look merely slow on its
+first request, not down. Why proxy instead of redirect: the Service the client used is still
+switched to the activator until the operator sees a ready engine, and a client cannot reach a
+pod IP it was never told about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tokenscale.activator.backend import Backend
+from tokenscale.activator.gate import Gate, WakeFailed
+from tokenscale.activator.hostname import target_from_host
+from tokenscale.activator.metrics import Metrics
+from tokenscale.activator.proxy import UpstreamUnavailable, forward
+from tokenscale.constants import ENGINE_PORT
+from tokenscale.controller.wake import at_zero
+
+log = logging.getLogger(__name__)
+
+HEALTH_PATH = "/activator/healthz"
+METRICS_PATH = "/activator/metrics"
+
+#: Request bodies are read whole before the wait; long prompts and base64 images in chat
+#: requests exceed aiohttp's 1 MiB default.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+#: Connecting to a pod on the cluster network is quick or never; generation may take minutes,
+#: so reads have no deadline (the client's own timeout governs).
+UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+
+
+class Activator:
+    """Per-application state: the backend, the shared waits, round-robin counters, metrics."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        timeout_seconds: float,
+        poll_seconds: float,
+        engine_port: int,
+        metrics: Metrics,
+    ) -> None:
+        self.backend = backend
+        self.timeout_seconds = timeout_seconds
+        self.engine_port = engine_port
+        self.metrics = metrics
+        self.gate = Gate(backend, metrics, poll_seconds)
+        self._next: dict[tuple[str, str], itertools.count[int]] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the activator's client session exists only while the app runs")
+        return self._session
+
+    async def lifecycle(self, _app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: the upstream session lives exactly as long as the server."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=UPSTREAM_TIMEOUT,
+            trust_env=False,  # pod IPs must never go through an HTTP(S)_PROXY from the env
+            auto_decompress=False,  # relay the engine's bytes as they are, Content-Encoding too
+            skip_auto_headers=(hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE),
+        )
+        try:
+            yield
+        finally:
+            await self.gate.close()
+            await self._session.close()
+            self._session = None
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def scrape(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST},
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Resolve the target, wake and wait if needed, then proxy; one outcome per request."""
+        try:
+            namespace, name = target_from_host(request.headers.get(hdrs.HOST, ""))
+        except ValueError as exc:
+            return self._fail("", "", "bad_host", 400, "invalid_request_error", str(exc))
+        body = await request.read()  # once: the body is replayed on a retry to a second pod
+        try:
+            service = await self.backend.get_service(namespace, name)
+        except Exception as exc:  # noqa: BLE001 - any API failure is the same answer: retry
+            log.warning("reading InferenceService %s/%s: %s", namespace, name, exc)
+            return self._fail(
+                namespace, name, "api_error", 503, "service_unavailable_error",
+                f"could not read InferenceService {namespace}/{name} from the API server: "
+                f"{exc}; retry later",
+            )  # fmt: skip
+        if service is None:
+            return self._fail(
+                namespace, name, "not_found", 404, "not_found_error",
+                f"there is no InferenceService {name!r} in namespace {namespace!r}",
+            )  # fmt: skip
+        ips = [] if at_zero(service) else await self._ready_now(namespace, name)
+        if not ips:
+            started = asyncio.get_running_loop().time()
+            try:
+                ips = await self.gate.ready_ips(namespace, name, service, self.timeout_seconds)
+            except TimeoutError:
+                self.metrics.wait_seconds.observe(asyncio.get_running_loop().time() - started)
+                return self._fail(
+                    namespace, name, "timeout", 503, "service_unavailable_error",
+                    f"waited {self.timeout_seconds:g} s and InferenceService {namespace}/{name} "
+                    f"did not become ready (no Running and Ready engine pod); check "
+                    f"`kubectl describe inferenceservice {name} -n {namespace}`",
+                )  # fmt: skip
+            except WakeFailed as exc:
+                return self._fail(
+                    namespace, name, "wake_failed", 503, "service_unavailable_error", str(exc)
+                )
+            self.metrics.wait_seconds.observe(asyncio.get_running_loop().time() - started)
+        try:
+            relayed = await forward(
+                self.session, request, body, self._rotated(namespace, name, ips), self.engine_port
+            )
+        except UpstreamUnavailable as exc:
+            return self._fail(
+                namespace, name, "upstream_error", 502, "upstream_error",
+                f"no engine of InferenceService {namespace}/{name} accepted the request: {exc}",
+            )  # fmt: skip
+        outcome = "proxied" if relayed.complete else "upstream_error"
+        self.metrics.request(namespace, name, outcome)
+        return relayed.response
+
+    async def _ready_now(self, namespace: str, name: str) -> list[str]:
+        """Ready engines without waiting (the Service not switched back yet); [] on an API
+        error, which sends the request to the gate's patient polling instead of failing it."""
+        try:
+            return await self.backend.ready_ips(namespace, name)
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            log.warning("listing engine pods of %s/%s: %s", namespace, name, exc)
+            return []
+
+    def _rotated(self, namespace: str, name: str, ips: list[str]) -> list[str]:
+        """``ips`` starting at the next pod in round-robin order, the rest as retry targets."""
+        start = next(self._next.setdefault((namespace, name), itertools.count())) % len(ips)
+        return ips[start:] + ips[:start]
+
+    def _fail(
+        self, namespace: str, name: str, outcome: str, status: int, kind: str, message: str
+    ) -> web.Response:
+        self.metrics.request(namespace, name, outcome)
+        log.info("%s %s/%s: %s", status, namespace, name, message)
+        return error_response(status, kind, message)
+
+
+def error_response(status: int, kind: str, message: str) -> web.Response:
+    """An error in OpenAI's shape, so SDK clients show our message instead of a parse error."""
+    return web.json_response({"error": {"message": message, "type": kind}}, status=status)
+
+
+ACTIVATOR = web.AppKey("activator", Activator)
+
+
+def create_app(
+    backend: Backend,
+    *,
+    timeout_seconds: float = 600.0,
+    poll_seconds: float = 1.0,
+    engine_port: int = ENGINE_PORT,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """The activator application; ``app[ACTIVATOR]`` is its state (metrics, gate)."""
+    activator = Activator(
+        backend,
+        timeout_seconds=timeout_seconds,
+        poll_seconds=poll_seconds,
+        engine_port=engine_port,
+        metrics=metrics or Metrics(),
+    )
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app[ACTIVATOR] = activator
+    app.cleanup_ctx.append(activator.lifecycle)
+    app.router.add_get(HEALTH_PATH, activator.health)
+    app.router.add_get(METRICS_PATH, activator.scrape)
+    app.router.add_route("*", "/{tail:.*}", activator.handle)
+    return app
