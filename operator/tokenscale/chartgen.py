@@ -85,6 +85,15 @@ def values_schema() -> dict[str, Any]:
                 "workers": {"type": "integer", "minimum": 1, "maximum": 64},
                 "serviceAccount": _strict({"create": _BOOL, "name": _STR}),
                 "benchmark": _strict({"serviceAccountName": _STR}),
+                "activator": _strict(
+                    {
+                        "enabled": _BOOL,
+                        "namespaces": {"type": "array", "items": _STR},
+                        "replicas": {"type": "integer", "minimum": 1, "maximum": 10},
+                        "timeoutSeconds": {"type": "integer", "minimum": 1},
+                        "resources": _OBJ,
+                    }
+                ),
                 "resources": _OBJ,
                 "podLabels": _MAP,
                 "podAnnotations": _MAP,

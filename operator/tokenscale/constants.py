@@ -38,6 +38,8 @@ ANNOTATION_POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cos
 ANNOTATION_SCALER_STATE: Final = f"{GROUP}/scaler-state"
 # Set by a replica-sweep benchmark while it owns /scale; the autoscaler then only publishes.
 ANNOTATION_SCALING_HOLD: Final = f"{GROUP}/scaling-hold"
+# On the rendered Service: "engines" or "activator" (where it routes while scaled to zero).
+ANNOTATION_ROUTE: Final = f"{GROUP}/route"
 
 # AMD device plugin resources and node-labeller labels (see docs/amd.md).
 RESOURCE_GPU: Final = "amd.com/gpu"

@@ -39,6 +39,7 @@ def test_lint_and_templates_validate_against_kubernetes_schemas(cluster: Cluster
         {},
         {"watchNamespaces": ["a", "b"], "peering": {"enabled": True}, "replicaCount": 2},
         {"metrics": {"serviceMonitor": {"enabled": True}}, "dashboard": {"enabled": True}},
+        {"activator": {"enabled": True, "namespaces": ["a", "b"]}},
     ]
     for extra in values:
         args = ["template", "t", str(CHART), "-n", "ns"]

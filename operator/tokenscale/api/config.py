@@ -138,6 +138,24 @@ class BenchmarkSettings(StrictModel):
     )
 
 
+class ActivatorSettings(StrictModel):
+    """Where requests to a service with no ready engine go (request-driven scale from zero)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Route a scale-to-zero service's Service to the activator while it has no "
+        "ready engine.",
+    )
+    selector: dict[str, str] = Field(
+        default_factory=lambda: {
+            "app.kubernetes.io/name": "tokenscale",
+            "app.kubernetes.io/component": "activator",
+        },
+        description="Labels of the activator pods; a Service can only select pods of its own "
+        "namespace, so the chart runs an activator in each namespace listed in its values.",
+    )
+
+
 class OperatorConfig(StrictModel):
     """Everything cluster-specific the operator needs."""
 
@@ -162,6 +180,9 @@ class OperatorConfig(StrictModel):
     scrape_timeout_seconds: float = Field(default=2.0, gt=0, le=60, description="Scrape timeout.")
     scaling_history_limit: int = Field(
         default=20, ge=1, le=200, description="Scaling decisions kept in status."
+    )
+    activator: ActivatorSettings = Field(
+        default_factory=ActivatorSettings, description="Request-driven scale from zero."
     )
 
     @classmethod

@@ -43,6 +43,25 @@ class EnginePod:
     in_flight: float = 0.0
 
 
+def serving(pod: Mapping[str, Any]) -> bool:
+    """Running, Ready, with a pod IP and not being deleted: a pod that can take a request."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    if not status.get("podIP") or meta.get("deletionTimestamp"):
+        return False
+    if status.get("phase") != "Running":
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+def ready_pods(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pods among ``pods`` that can take a request (any pod, not only engines)."""
+    return [pod for pod in pods if serving(pod)]
+
+
 def engine_pods(pods: Iterable[Mapping[str, Any]]) -> list[EnginePod]:
     """Select scrapable engine pods from pod objects as the API returns them (dicts).
 
@@ -50,20 +69,11 @@ def engine_pods(pods: Iterable[Mapping[str, Any]]) -> list[EnginePod]:
     ``deletionTimestamp``, and that carry the pool label. Order is by name (deterministic).
     """
     out: list[EnginePod] = []
-    for pod in pods:
+    for pod in ready_pods(pods):
         meta = pod.get("metadata") or {}
-        status = pod.get("status") or {}
         pool = (meta.get("labels") or {}).get(LABEL_POOL)
-        ip = status.get("podIP")
-        if not pool or not ip or meta.get("deletionTimestamp"):
-            continue
-        if status.get("phase") != "Running":
-            continue
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        if ready:
+        if pool:
+            ip = (pod.get("status") or {}).get("podIP")
             out.append(EnginePod(name=str(meta.get("name")), pool=str(pool), ip=str(ip)))
     return sorted(out, key=lambda p: p.name)
 

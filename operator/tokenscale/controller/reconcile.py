@@ -21,7 +21,7 @@ from tokenscale.api.base import ObjectMeta
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService, InferenceServiceSpec
 from tokenscale.api.status import PoolPlan, PoolStatus
-from tokenscale.controller import observe
+from tokenscale.controller import observe, routing
 from tokenscale.controller.kube import Kube, KubeError
 from tokenscale.controller.owners import owner_reference
 from tokenscale.controller.split import split_replicas
@@ -148,7 +148,9 @@ def _reconcile(
     replicas = split_replicas(
         svc.spec.replicas, svc.spec.pools, cost_per_token(cfg, svc, plans), _split_hint(body)
     )
-    rendered = render_all(svc, cfg, plans, replicas)
+    namespace = body["metadata"]["namespace"]
+    route = routing.live_route(kube, cfg, svc, namespace)
+    rendered = render_all(svc, cfg, plans, replicas, route)
     events: list[tuple[str, str, str]] = []
     if apply:
         applied = _apply_children(body, rendered.objects, kube, cfg, events)
@@ -156,6 +158,16 @@ def _reconcile(
         applied = _read_workloads(body, rendered.objects, kube, cfg)
 
     status = _status(body, svc, plans, replicas, applied, kube, rendered.problems, now)
+    routing.follow(
+        body,
+        svc,
+        cfg,
+        kube,
+        int(status.get("readyReplicas") or 0),
+        route,
+        lambda want: _service_object(render_all(svc, cfg, plans, replicas, want).objects),
+        events,
+    )
     old_degraded = _condition(body, c.COND_DEGRADED)
     new_degraded = _condition({"status": status}, c.COND_DEGRADED)
     if new_degraded and new_degraded.get("status") == "True":
@@ -181,6 +193,10 @@ def _reconcile(
         return Outcome(status, events)
     children = {key: child_version(obj) for key, obj in applied.items()}
     return Outcome(status, events, children=children)
+
+
+def _service_object(objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "Service")
 
 
 def _apply_children(

@@ -90,19 +90,28 @@ def render_all(
     config: OperatorConfig,
     plans: Sequence[PoolPlan],
     replicas: Mapping[str, int] | None = None,
+    route: service_mod.Route = "engines",
 ) -> RenderResult:
     """Every child object of a service: Service, PDB, optional ServiceMonitor, one per pool.
 
     ``replicas`` maps pool name to the desired count (the autoscaler's decision); a pool that is
     not in it gets its ``minReplicas``. A pool without a fitting plan renders no workload (its
-    plan message is the condition), so an impossible spec yields no pods.
+    plan message is the condition), so an impossible spec yields no pods. ``route`` says whether
+    the Service selects the engines or the activator (:func:`service_mod.wants_activator`).
     """
     svc = service.metadata.name
     by_pool = {p.pool: p for p in plans}
     labels = names.common_labels(svc)
     result = RenderResult()
     result.objects.append(
-        service_mod.service(service, names.service(svc), labels, names.service_selector(svc))
+        service_mod.service(
+            service,
+            names.service(svc),
+            labels,
+            names.service_selector(svc),
+            route,
+            config.activator.selector,
+        )
     )
     result.objects.append(
         pdb.pod_disruption_budget(service, names.service(svc), labels, names.all_pods_selector(svc))
