@@ -17,6 +17,7 @@ OUTCOMES = (
     "upstream_error",
     "wake_failed",
     "api_error",
+    "client_gone",
 )
 
 #: Waits are model loads: seconds when warm, many minutes for a 405B model pulled cold.
@@ -48,4 +49,6 @@ class Metrics:
         )
 
     def request(self, namespace: str, service: str, outcome: str) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")  # a typo would invent a series
         self.requests.labels(namespace, service, outcome).inc()

@@ -109,7 +109,10 @@ async def forward(
         try:
             return await _relay(request, upstream, ip)
         finally:
-            upstream.release()
+            if upstream.content.is_eof():
+                upstream.release()  # the connection goes back to the pool
+            else:  # the engine sees the client leave and stops generating for nobody
+                upstream.close()
     raise UpstreamUnavailable("; ".join(failures) or "no engine pod to send to")
 
 

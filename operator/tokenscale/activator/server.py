@@ -97,6 +97,13 @@ class Activator:
             namespace, name = target_from_host(request.headers.get(hdrs.HOST, ""))
         except ValueError as exc:
             return self._fail("", "", "bad_host", 400, "invalid_request_error", str(exc))
+        try:
+            return await self._serve(request, namespace, name)
+        except asyncio.CancelledError:  # the client hung up (or the server is stopping)
+            self.metrics.request(namespace, name, "client_gone")
+            raise
+
+    async def _serve(self, request: web.Request, namespace: str, name: str) -> web.StreamResponse:
         body = await request.read()  # once: the body is replayed on a retry to a second pod
         try:
             service = await self.backend.get_service(namespace, name)
