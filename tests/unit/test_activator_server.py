@@ -52,11 +52,14 @@ class FakeCluster:
     ips_after_wake: list[str] = field(default_factory=lambda: [ENGINE])
     ready_after: int = 3
     wake_error: Exception | None = None
+    get_error: Exception | None = None
     wakes: list[tuple[str, str]] = field(default_factory=list)
     polls: int = 0
 
     async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         await asyncio.sleep(0)
+        if self.get_error:
+            raise self.get_error
         found = self.services.get((namespace, name))
         return copy.deepcopy(found) if found else None
 
@@ -347,6 +350,33 @@ async def test_bad_host_unknown_service_and_never_ready(activator: Activator) ->
     assert _requests(samples, "not_found", "ns", "other") == 1
     assert _requests(samples, "timeout") == 1
     assert samples[("tokenscale_activator_wait_seconds_count", ())] == 1
+
+
+async def test_request_during_a_scale_down_wakes_once_the_service_is_at_zero(
+    activator: Activator,
+) -> None:
+    body = _service(0)
+    body["status"]["replicas"] = 1  # /scale says 0, the reconcile has not applied it yet
+    cluster = FakeCluster(services={("ns", "llama"): body})
+    client, _ = await activator(cluster)
+    request = asyncio.create_task(client.post("/v1/completions", json={}, headers={"Host": HOST}))
+    await asyncio.sleep(0.1)
+    assert cluster.wakes == []
+    cluster.services[("ns", "llama")]["status"]["replicas"] = 0  # the pods are gone
+    async with await request as resp:
+        assert resp.status == 201
+    assert cluster.wakes == [("ns", "llama")]
+
+
+async def test_api_server_failure_is_a_503_without_internals(activator: Activator) -> None:
+    cluster = FakeCluster(get_error=RuntimeError("secret internal detail"))
+    client, _ = await activator(cluster)
+    async with client.post("/v1/completions", json={}, headers={"Host": HOST}) as resp:
+        assert resp.status == 503
+        error = (await resp.json())["error"]
+    assert "could not read InferenceService ns/llama" in error["message"]
+    assert "secret" not in error["message"]
+    assert _requests(await _metrics(client), "api_error") == 1
 
 
 async def test_wake_failure_reaches_every_waiter(activator: Activator) -> None:

@@ -53,8 +53,7 @@ class Gate:
         key = (namespace, name)
         entry = self._waits.get(key)
         if entry is None or entry.task.done():
-            target = body if at_zero(body) else None
-            entry = _Wait(asyncio.create_task(self._wake_and_poll(namespace, name, target)))
+            entry = _Wait(asyncio.create_task(self._wake_and_poll(namespace, name, body)))
             entry.task.add_done_callback(functools.partial(self._unlink, key, entry))
             self._waits[key] = entry
         entry.waiters += 1
@@ -88,19 +87,17 @@ class Gate:
             entry.task.exception()  # retrieved: no "never retrieved" warning if all left
 
     async def _wake_and_poll(
-        self, namespace: str, name: str, to_wake: dict[str, Any] | None
+        self, namespace: str, name: str, body: dict[str, Any] | None
     ) -> list[str]:
-        if to_wake is not None:
-            try:
-                message = await self.backend.wake(to_wake)
-            except Exception as exc:
-                log.warning("could not wake %s/%s: %s", namespace, name, exc)
-                raise WakeFailed(
-                    f"could not wake InferenceService {namespace}/{name}: {exc}"
-                ) from exc
-            self.metrics.wakes.labels(namespace, name).inc()
-            log.info("%s/%s: %s", namespace, name, message)
+        """Wake if at zero, then poll for ready engines. Until it has woken the service it
+        re-reads the object each round: a request that lands while a scale-down is still
+        being applied (``spec.replicas`` 0, pods terminating) is not yet "at zero", and must
+        wake the service once it is rather than wait for engines nobody will start."""
+        woken = False
         while True:
+            if not woken and body is not None and at_zero(body):
+                await self._wake(namespace, name, body)
+                woken = True
             try:
                 ips = await self.backend.ready_ips(namespace, name)
             except Exception as exc:  # noqa: BLE001 - a blip of the API server; the deadline rules
@@ -109,3 +106,21 @@ class Gate:
             if ips:
                 return ips
             await asyncio.sleep(self.poll_seconds)
+            if not woken:
+                body = await self._reread(namespace, name)
+
+    async def _wake(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        try:
+            message = await self.backend.wake(body)
+        except Exception as exc:
+            log.warning("could not wake %s/%s: %s", namespace, name, exc)
+            raise WakeFailed(f"could not wake InferenceService {namespace}/{name}: {exc}") from exc
+        self.metrics.wakes.labels(namespace, name).inc()
+        log.info("%s/%s: %s", namespace, name, message)
+
+    async def _reread(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.backend.get_service(namespace, name)
+        except Exception as exc:  # noqa: BLE001 - as for listing pods: try again next round
+            log.warning("reading InferenceService %s/%s: %s", namespace, name, exc)
+            return None

@@ -111,8 +111,8 @@ class Activator:
             log.warning("reading InferenceService %s/%s: %s", namespace, name, exc)
             return self._fail(
                 namespace, name, "api_error", 503, "service_unavailable_error",
-                f"could not read InferenceService {namespace}/{name} from the API server: "
-                f"{exc}; retry later",
+                f"could not read InferenceService {namespace}/{name} from the API server "
+                f"(the activator's log has the cause); retry later",
             )  # fmt: skip
         if service is None:
             return self._fail(
@@ -168,7 +168,7 @@ class Activator:
         self, namespace: str, name: str, outcome: str, status: int, kind: str, message: str
     ) -> web.Response:
         self.metrics.request(namespace, name, outcome)
-        log.info("%s %s/%s: %s", status, namespace, name, message)
+        log.info("%s %s: %s", status, f"{namespace}/{name}" if name else "-", message)
         return error_response(status, kind, message)
 
 
