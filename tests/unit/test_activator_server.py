@@ -251,7 +251,7 @@ async def test_ready_service_is_proxied_without_a_wake_and_keeps_status_headers_
         "Proxy-Authorization": "dropped",
     }
     path = URL("/v1/models/a%2Fb?a=1&b=%26", encoded=True)  # escapes must survive the hop
-    async with client.put(path, data=b"raw", headers=headers) as resp:
+    async with client.put(path, data=b"raw", headers=headers, expect100=True) as resp:
         assert resp.status == 201
         assert resp.headers["X-Engine"] == "fake"
         seen = await resp.json()
@@ -263,6 +263,7 @@ async def test_ready_service_is_proxied_without_a_wake_and_keeps_status_headers_
     assert forwarded["Authorization"] == "Bearer token"
     assert forwarded["X-Custom"] == "kept"
     assert "X-Per-Hop" not in forwarded and "Proxy-Authorization" not in forwarded
+    assert "Expect" not in forwarded  # answered by the activator, which read the body
     assert forwarded["X-Forwarded-For"] == "127.0.0.1"
     assert "X-Forwarded-Host" in forwarded
 

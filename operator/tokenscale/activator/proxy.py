@@ -62,8 +62,9 @@ def _filtered(headers: CIMultiDictProxy[str], also_drop: frozenset[str]) -> CIMu
 
 def request_headers(request: web.Request) -> CIMultiDict[str]:
     """The client's headers for the engine: no hop-by-hop fields; Host and Content-Length are
-    the client session's to set for the new hop; X-Forwarded-* say where it came from."""
-    out = _filtered(request.headers, frozenset({"host", "content-length"}))
+    the client session's to set for the new hop, and Expect was answered here (the body is
+    already read); X-Forwarded-* say where it came from."""
+    out = _filtered(request.headers, frozenset({"host", "content-length", "expect"}))
     forwarded_for = request.headers.get("X-Forwarded-For")
     remote = request.remote or ""
     out["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote

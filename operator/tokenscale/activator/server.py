@@ -38,6 +38,7 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024
 #: Connecting to a pod on the cluster network is quick or never; generation may take minutes,
 #: so reads have no deadline (the client's own timeout governs).
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+UPSTREAM_KEEPALIVE = 4.0
 
 
 class Activator:
@@ -69,7 +70,9 @@ class Activator:
     async def lifecycle(self, _app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the upstream session lives exactly as long as the server."""
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
+            # Idle connections are dropped before uvicorn's (vLLM's) 5 s keep-alive closes
+            # them, so a request is never sent on a connection the engine is closing.
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
             timeout=UPSTREAM_TIMEOUT,
             trust_env=False,  # pod IPs must never go through an HTTP(S)_PROXY from the env
             auto_decompress=False,  # relay the engine's bytes as they are, Content-Encoding too
