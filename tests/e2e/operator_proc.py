@@ -7,6 +7,7 @@ every e2e test also proves the chart's RBAC is sufficient.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -46,7 +47,7 @@ def helm_template(cluster: Cluster, *show_only: str, values: dict[str, Any] | No
     for item in show_only:
         args += ["--show-only", item]
     for key, value in (values or {}).items():
-        args += ["--set-json", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
+        args += ["--set-json", f"{key}={json.dumps(value)}"]
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout
 
 
