@@ -119,3 +119,61 @@ def test_deleted_services_leave_the_ledger() -> None:
     kube.delete("InferenceService", "ns", "llm-0")
     _pass(kube, ledger, refresh)
     assert len(ledger) == 2
+
+
+def test_an_activator_that_comes_up_after_a_service_fell_asleep_gets_its_traffic() -> None:
+    """Nothing watches pods, so only the resync notices a new activator: the sleeping service is
+    reconciled once, its Service then selects the activator, and the next pass is quiet."""
+    on = OperatorConfig.model_validate({"activator": {"enabled": True}})
+    kube, ledger, calls = FakeKube(), resync.Ledger(), []
+
+    def refresh(namespace: str, name: str) -> None:
+        calls.append(name)
+        body = kube.get("InferenceService", namespace, name)
+        assert body is not None
+        out = reconcile_service(body, kube, on)
+        kube.patch_merge("InferenceService", namespace, name, {"status": out.status}, "status")
+        assert out.children is not None
+        ledger.record(body["metadata"]["uid"], out.children)
+
+    pool = {"name": "mi300x", "gpu": "MI300X", "minReplicas": 0, "maxReplicas": 2}
+    scaling = {"mode": "builtin", "targetPerReplica": 2500, "scaleToZero": True}
+    doc = service(pools=[pool], scaling=scaling, replicas=0)
+    doc["metadata"] = {"name": "sleepy", "namespace": "ns"}
+    kube.put(doc)
+    refresh("ns", "sleepy")  # no activator yet: the Service keeps its engine selector
+    calls.clear()
+    selector = "app.kubernetes.io/component=activator,app.kubernetes.io/name=tokenscale"
+
+    def routed() -> str:
+        svc = kube.get("Service", "ns", "sleepy")
+        assert svc is not None
+        return str(svc["metadata"]["annotations"]["tokenscale.dev/route"])
+
+    assert routed() == "engines"
+    assert (
+        resync.resync_pass(kube, ["ns"], KINDS, ledger, refresh, activator_selector=selector) == []
+    )
+
+    kube.put(
+        {
+            "kind": "Pod",
+            "metadata": {
+                "name": "tokenscale-activator-1",
+                "namespace": "ns",
+                "labels": dict(on.activator.selector),
+            },
+            "status": {
+                "phase": "Running",
+                "podIP": "10.0.0.9",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+    )
+    stale = resync.resync_pass(kube, ["ns"], KINDS, ledger, refresh, activator_selector=selector)
+    assert [(name, "activator" in reason) for _, name, reason in stale] == [("sleepy", True)]
+    assert routed() == "activator"
+    assert (
+        resync.resync_pass(kube, ["ns"], KINDS, ledger, refresh, activator_selector=selector) == []
+    )
+    assert calls == ["sleepy"]

@@ -32,6 +32,7 @@ from tokenscale.controller.reconcile import (
     reconcile_service,
     refresh_status,
 )
+from tokenscale.render import names
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def _resync_forever(
                 resync.LEDGER,
                 lambda ns, name: refresh_service(kube, cfg, ns, name),
                 wanted,
+                names.selector_string(cfg.activator.selector) if cfg.activator.enabled else None,
             )
         except KubeError as exc:
             log.warning("resync pass failed (next in %.0fs): %s", resync.RESYNC_SECONDS, exc)

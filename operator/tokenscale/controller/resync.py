@@ -16,7 +16,10 @@ disagrees with what the operator last applied or last reported:
   child's ``generation`` (``resourceVersion`` for kinds without one) moved since — someone
   edited or replaced it;
 * a pool's reported ``replicas``/``readyReplicas`` differ from its workload's status, or its
-  reported pod problems differ from what the pods show now.
+  reported pod problems differ from what the pods show now;
+* a sleeping scale-to-zero service's Service still selects its (absent) engines although an
+  activator has become ready in its namespace since (nothing else would notice: the operator
+  does not watch pods).
 
 The :class:`Ledger` (what the last reconcile applied, per service uid) lives in memory; after a
 restart it is empty and Kopf's resume handlers refill it, and a service still missing from it is
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenscale import constants as c
+from tokenscale.autoscale.collector import ready_pods
 from tokenscale.controller import observe
 from tokenscale.controller.kube import Kube, KubeError
 from tokenscale.controller.reconcile import WORKLOAD_KINDS, child_version
@@ -100,6 +104,10 @@ class ServiceView:
     workloads: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: pool name -> problems seen on its pods now (same order and wording as status)
     problems: dict[str, list[str]] = field(default_factory=dict)
+    #: scaleToZero is on and status reports no ready replica
+    sleeping: bool = False
+    #: where the Service points (its ``tokenscale.dev/route`` annotation), once listed
+    route: str | None = None
 
 
 def service_view(obj: Mapping[str, Any]) -> ServiceView:
@@ -121,6 +129,8 @@ def service_view(obj: Mapping[str, Any]) -> ServiceView:
         observed_generation=status.get("observedGeneration"),
         deleting=bool(meta.get("deletionTimestamp")),
         reported=reported,
+        sleeping=bool(((obj.get("spec") or {}).get("scaling") or {}).get("scaleToZero"))
+        and not int(status.get("readyReplicas") or 0),
     )
 
 
@@ -131,6 +141,8 @@ def add_child(view: ServiceView, obj: Mapping[str, Any]) -> None:
         return  # not ours: the reconcile would neither apply nor prune it
     kind = str(obj.get("kind"))
     view.children[(kind, meta["name"])] = child_version(dict(obj))
+    if kind == "Service":
+        view.route = (meta.get("annotations") or {}).get(c.ANNOTATION_ROUTE, "engines")
     if kind in WORKLOAD_KINDS:
         status = obj.get("status") or {}
         view.workloads[meta["name"]] = (
@@ -146,10 +158,14 @@ def add_pod(view: ServiceView, pod: Mapping[str, Any]) -> None:
         bucket.extend(m for m in found if m not in bucket)
 
 
-def stale_reason(view: ServiceView, applied: Mapping[ChildKey, str] | None) -> str | None:
+def stale_reason(
+    view: ServiceView, applied: Mapping[ChildKey, str] | None, activator_ready: bool = False
+) -> str | None:
     """Why the service needs a reconcile now, or None when what is observed matches."""
     if view.deleting:
         return None
+    if view.sleeping and view.route == "engines" and activator_ready:
+        return "no engine is ready and an activator is: the Service should select the activator"
     if view.generation != view.observed_generation:
         return "generation not observed"
     if applied is None:
@@ -179,8 +195,12 @@ def resync_pass(
     ledger: Ledger,
     refresh: Callable[[str, str], None],
     wanted: Callable[[str], bool] = lambda _: True,
+    activator_selector: str | None = None,
 ) -> list[tuple[str, str, str]]:
-    """One pass over the fleet; reconciles (via ``refresh``) and returns the stale services."""
+    """One pass over the fleet; reconciles (via ``refresh``) and returns the stale services.
+
+    ``activator_selector`` (when the activator is enabled) adds one pod list per namespace that
+    has a sleeping service whose Service still points at its engines."""
     kinds = list(child_kinds)
     views: dict[tuple[str, str], ServiceView] = {}
     for ns in namespaces:
@@ -203,9 +223,15 @@ def resync_pass(
                     else:
                         add_child(found, {**obj, "kind": kind})
     ledger.retain(v.uid for v in views.values())
+    activators: set[str] = set()
+    if activator_selector:
+        asleep = {v.namespace for v in views.values() if v.sleeping and v.route == "engines"}
+        for ns in sorted(asleep):
+            if ready_pods(kube.list("Pod", ns, activator_selector)):
+                activators.add(ns)
     stale = []
     for view in views.values():
-        reason = stale_reason(view, ledger.get(view.uid))
+        reason = stale_reason(view, ledger.get(view.uid), view.namespace in activators)
         if reason is None:
             continue
         stale.append((view.namespace, view.name, reason))
