@@ -7,6 +7,8 @@ service. Both mistakes are silent in a cluster, so the rule and every transition
 
 from __future__ import annotations
 
+import copy
+import itertools
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from tests.invalid_manifests import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import ActivatorSettings, OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
-from tokenscale.controller.reconcile import reconcile_service, refresh_status
+from tokenscale.controller.reconcile import child_version, reconcile_service, refresh_status
 from tokenscale.render.service import route_of, wants_activator
 
 ON = OperatorConfig(activator=ActivatorSettings(enabled=True))
@@ -43,6 +45,24 @@ def test_the_rule(
     cfg: OperatorConfig, scale_to_zero: bool, ready: int, activator_ready: bool, expected: bool
 ) -> None:
     assert wants_activator(cfg, _spec(scale_to_zero), ready, activator_ready) is expected
+
+
+class VersionedKube(FakeKube):
+    """Like the API server for a Service: no ``generation``, a new ``resourceVersion`` per write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = itertools.count(1)
+
+    def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+        stored = super().apply(obj, force=force)
+        if stored["kind"] != "Service":
+            return stored
+        meta = stored["metadata"]
+        kept = self.objects[("Service", meta.get("namespace"), meta["name"])]["metadata"]
+        kept.pop("generation", None)
+        kept["resourceVersion"] = str(next(self.writes))
+        return copy.deepcopy(self.objects[("Service", meta.get("namespace"), meta["name"])])
 
 
 def _service_at_zero(kube: FakeKube) -> dict[str, Any]:
@@ -80,7 +100,7 @@ def _reasons(events: list[tuple[str, str, str]]) -> list[str]:
 
 
 def test_at_zero_the_service_selects_the_activator_and_back_once_an_engine_is_ready() -> None:
-    kube = FakeKube()
+    kube = VersionedKube()
     _activator_pod(kube)
     body = _service_at_zero(kube)
     first = reconcile_service(body, kube, ON)
@@ -89,6 +109,10 @@ def test_at_zero_the_service_selects_the_activator_and_back_once_an_engine_is_re
     assert live["spec"]["selector"] == dict(sorted(ON.activator.selector.items()))
     assert live["spec"]["ports"][0]["targetPort"] == "http"  # the activator names its port so
     assert _reasons(first.events) == ["RoutedToActivator"]
+    # What the resync's ledger records is the Service as it is now, not the one applied before
+    # the move (else the next resync pass would reconcile again for nothing).
+    assert first.children is not None
+    assert first.children[("Service", "llm")] == child_version(live)
 
     # The next reconcile keeps the route and says nothing.
     body["status"] = first.status

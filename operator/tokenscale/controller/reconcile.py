@@ -158,7 +158,7 @@ def _reconcile(
         applied = _read_workloads(body, rendered.objects, kube, cfg)
 
     status = _status(body, svc, plans, replicas, applied, kube, rendered.problems, now)
-    routing.follow(
+    moved = routing.follow(
         body,
         svc,
         cfg,
@@ -168,6 +168,8 @@ def _reconcile(
         lambda want: _service_object(render_all(svc, cfg, plans, replicas, want).objects),
         events,
     )
+    if moved is not None and apply:  # the ledger must hold the Service as it is now
+        applied[("Service", moved["metadata"]["name"])] = moved
     old_degraded = _condition(body, c.COND_DEGRADED)
     new_degraded = _condition({"status": status}, c.COND_DEGRADED)
     if new_degraded and new_degraded.get("status") == "True":

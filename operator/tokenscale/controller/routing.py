@@ -47,10 +47,11 @@ def follow(
     current: Route,
     render_service: Callable[[Route], dict[str, Any]],
     events: list[tuple[str, str, str]],
-) -> Route:
-    """Move the Service to the route the service needs now, if that is not ``current``."""
+) -> dict[str, Any] | None:
+    """Move the Service to the route the service needs now, if that is not ``current``;
+    returns the Service as applied, or None when it was left alone."""
     if not applies(cfg, svc):
-        return current
+        return None
     namespace = body["metadata"]["namespace"]
     want: Route = (
         "activator"
@@ -63,11 +64,11 @@ def follow(
         else "engines"
     )
     if want == current:
-        return current
+        return None
     obj = render_service(want)
     obj["metadata"]["namespace"] = namespace
     obj["metadata"]["ownerReferences"] = [owner_reference(body, "InferenceService")]
-    kube.apply(obj)
+    live = kube.apply(obj)
     if want == "activator":
         events.append(
             (
@@ -86,4 +87,4 @@ def follow(
                 "Normal",
             )
         )
-    return want
+    return live
