@@ -64,6 +64,9 @@ def test_lint_and_templates_validate_against_kubernetes_schemas(cluster: Cluster
         ({"logFormat": "xml"}, "logFormat"),
         ({"imageTag": "x"}, "imageTag"),
         ({"operatorConfig": {"pods": {"shmSise": "1Gi"}}}, "shmSise"),
+        ({"activator": {"enabled": True, "namespaces": "team-a"}}, "namespaces"),
+        ({"activator": {"replicas": 0}}, "replicas"),
+        ({"operatorConfig": {"activator": {"enabeld": True}}}, "enabeld"),
     ],
 )
 def test_bad_values_fail_at_install_time(
