@@ -17,7 +17,15 @@ from tests.invalid_manifests import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import ActivatorSettings, OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
-from tokenscale.controller.reconcile import child_version, reconcile_service, refresh_status
+from tokenscale.controller import routing
+from tokenscale.controller.reconcile import (
+    child_version,
+    parse_spec,
+    reconcile_service,
+    refresh_status,
+)
+from tokenscale.plan import plan_service
+from tokenscale.render import render_all
 from tokenscale.render.service import route_of, wants_activator
 
 ON = OperatorConfig(activator=ActivatorSettings(enabled=True))
@@ -151,3 +159,24 @@ def test_disabled_activator_never_reroutes() -> None:
     out = reconcile_service(body, kube, OFF)
     assert route_of(_live_service(kube)) == "engines"
     assert _reasons(out.events) == []
+
+
+def test_two_racing_reconciles_move_the_service_once() -> None:
+    """The create handler and a status refresh both read "engines" before either writes: the
+    second finds the move done when it reads again, and posts no second Event."""
+    kube = FakeKube()
+    _activator_pod(kube)
+    body = _service_at_zero(kube)
+    reconcile_service(body, kube, OFF)  # children exist, Service on the engines
+    svc = parse_spec(body)
+    plans = plan_service(svc, ON)
+
+    def render(want: Any) -> dict[str, Any]:
+        objects = render_all(svc, ON, plans, {"mi300x": 0}, want).objects
+        return next(o for o in objects if o["kind"] == "Service")
+
+    first: list[tuple[str, str, str]] = []
+    second: list[tuple[str, str, str]] = []
+    assert routing.follow(body, svc, ON, kube, 0, "engines", render, first) is not None
+    assert routing.follow(body, svc, ON, kube, 0, "engines", render, second) is None
+    assert _reasons(first) == ["RoutedToActivator"] and second == []

@@ -65,6 +65,11 @@ def follow(
     )
     if want == current:
         return None
+    # A create handler and a status refresh of a new service run at the same time and both
+    # see the old route; reading again just before the write leaves the move (and its Event)
+    # to whichever comes first.
+    if live_route(kube, cfg, svc, namespace) == want:
+        return None
     obj = render_service(want)
     obj["metadata"]["namespace"] = namespace
     obj["metadata"]["ownerReferences"] = [owner_reference(body, "InferenceService")]
