@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from tests.e2e.operator_proc import OperatorProcess, helm_template
-from tests.e2e.test_operator import apply, example, get, wait_condition, wait_for
+from tests.e2e.test_operator import apply, get, wait_condition, wait_for
 from tests.testbed.cluster import Cluster
-from tests.testbed.request_job import request_job
+from tests.testbed.request_job import request_job, sleeping_service
 
 pytestmark = pytest.mark.e2e
 
@@ -56,17 +56,7 @@ def test_a_request_to_a_service_at_zero_wakes_it_through_the_activator(
         what="activator Ready",
     )
 
-    doc = example("simulated-llama2-70b.yaml")
-    doc["metadata"]["name"] = "sleepy"
-    doc["spec"]["pools"] = [{"name": "mi355x", "gpu": "MI355X", "minReplicas": 0, "maxReplicas": 2}]
-    doc["spec"]["replicas"] = 0
-    doc["spec"]["scaling"] = {
-        "mode": "builtin",
-        "targetPerReplica": 100000,
-        "windowSeconds": 10,
-        "scaleToZero": True,
-        "scaleToZeroGraceSeconds": 30,
-    }
+    doc = sleeping_service("sleepy", 30, windowSeconds=10)
     apply(cluster, namespace, doc)
     asleep = wait_condition(cluster, namespace, "sleepy", "Ready", lambda c: c["status"] == "True")
     assert asleep["reason"] == "ScaledToZero"

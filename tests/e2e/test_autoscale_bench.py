@@ -14,6 +14,7 @@ import pytest
 from tests.e2e.operator_proc import OperatorProcess
 from tests.e2e.test_operator import apply, condition, example, get, wait_condition, wait_for
 from tests.testbed.cluster import Cluster
+from tests.testbed.request_job import sleeping_service
 
 pytestmark = pytest.mark.e2e
 
@@ -242,17 +243,7 @@ def test_replica_sweep_steps_scale_runs_each_level_and_gives_scale_back(
 def test_a_benchmark_wakes_a_service_scaled_to_zero_and_it_idles_back_to_zero(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
-    doc = example("simulated-llama2-70b.yaml")
-    doc["metadata"]["name"] = "sleepy"
-    doc["spec"]["pools"] = [{"name": "mi355x", "gpu": "MI355X", "minReplicas": 0, "maxReplicas": 2}]
-    doc["spec"]["replicas"] = 0
-    doc["spec"]["scaling"] = {
-        "mode": "builtin",
-        "targetPerReplica": 100000,
-        "windowSeconds": 10,
-        "scaleToZero": True,
-        "scaleToZeroGraceSeconds": 20,
-    }
+    doc = sleeping_service("sleepy", 20, windowSeconds=10)
     apply(cluster, namespace, doc)
     asleep = wait_condition(cluster, namespace, "sleepy", "Ready", lambda c: c["status"] == "True")
     assert asleep["reason"] == "ScaledToZero"

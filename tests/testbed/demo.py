@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from tests.testbed.procs import wait_until
-from tests.testbed.request_job import request_job
+from tests.testbed.request_job import request_job, sleeping_service
 
 ROOT = Path(__file__).parents[2]
 NAMESPACE = "demo"
@@ -228,16 +228,7 @@ def final_benchmark(k: Kubectl) -> None:
 
 def scale_from_zero(k: Kubectl) -> None:
     step("Scale to zero and back on a request: the Service selects the activator while asleep")
-    doc = yaml.safe_load((ROOT / "examples/simulated-llama2-70b.yaml").read_text())
-    doc["metadata"]["name"] = "sleepy"
-    doc["spec"]["pools"] = [{"name": "mi355x", "gpu": "MI355X", "minReplicas": 0, "maxReplicas": 2}]
-    doc["spec"]["replicas"] = 0
-    doc["spec"]["scaling"] = {
-        "mode": "builtin",
-        "targetPerReplica": 10000,
-        "scaleToZero": True,
-        "scaleToZeroGraceSeconds": 60,
-    }
+    doc = sleeping_service("sleepy", 60, targetPerReplica=10000)
     k.apply(doc)
 
     def route() -> str:

@@ -1,5 +1,6 @@
-"""A Job that sends one streamed completion to a service by its DNS name, as an in-cluster
-application would (used by the activator e2e test and by the demo).
+"""Demand for scale from zero: a simulated service asleep at zero, and a Job that sends one
+streamed completion to a service by its DNS name, as an in-cluster application would (used by
+the e2e tests and by the demo).
 
 Why a pod and not a request from the test process: the Service address only resolves inside
 pods (the process kubelet writes their /etc/hosts), and the point is to show the path a real
@@ -9,7 +10,12 @@ client takes: Service name -> Service -> whatever it selects (engines or the act
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+SIMULATED_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "simulated-llama2-70b.yaml"
 
 PROJECT_IMAGE = "ghcr.io/tokenscale/tokenscale:0.1.0"
 
@@ -62,3 +68,20 @@ def request_job(name: str, namespace: str, target: str, model: str) -> dict[str,
             },
         },
     }
+
+
+def sleeping_service(name: str, grace_seconds: int, **scaling: Any) -> dict[str, Any]:
+    """The simulated Llama-2-70B example at zero replicas: one MI355X pool (0..2) that may
+    scale to zero after ``grace_seconds`` idle; ``scaling`` adds or overrides policy keys."""
+    doc: dict[str, Any] = yaml.safe_load(SIMULATED_EXAMPLE.read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["pools"] = [{"name": "mi355x", "gpu": "MI355X", "minReplicas": 0, "maxReplicas": 2}]
+    doc["spec"]["replicas"] = 0
+    doc["spec"]["scaling"] = {
+        "mode": "builtin",
+        "targetPerReplica": 100000,
+        "scaleToZero": True,
+        "scaleToZeroGraceSeconds": grace_seconds,
+        **scaling,
+    }
+    return doc

@@ -20,12 +20,14 @@ CFG = OperatorConfig()
 KINDS = [k for k in CHILD_KINDS if k not in ("LeaderWorkerSet", "ServiceMonitor")]
 
 
-def _refresher(kube: FakeKube, ledger: resync.Ledger, calls: list[str]) -> Any:
+def _refresher(
+    kube: FakeKube, ledger: resync.Ledger, calls: list[str], cfg: OperatorConfig = CFG
+) -> Any:
     def refresh(namespace: str, name: str) -> None:
         calls.append(name)
         body = kube.get("InferenceService", namespace, name)
         assert body is not None
-        out = reconcile_service(body, kube, CFG)
+        out = reconcile_service(body, kube, cfg)
         kube.patch_merge("InferenceService", namespace, name, {"status": out.status}, "status")
         assert out.children is not None
         ledger.record(body["metadata"]["uid"], out.children)
@@ -126,15 +128,7 @@ def test_an_activator_that_comes_up_after_a_service_fell_asleep_gets_its_traffic
     reconciled once, its Service then selects the activator, and the next pass is quiet."""
     on = OperatorConfig.model_validate({"activator": {"enabled": True}})
     kube, ledger, calls = FakeKube(), resync.Ledger(), []
-
-    def refresh(namespace: str, name: str) -> None:
-        calls.append(name)
-        body = kube.get("InferenceService", namespace, name)
-        assert body is not None
-        out = reconcile_service(body, kube, on)
-        kube.patch_merge("InferenceService", namespace, name, {"status": out.status}, "status")
-        assert out.children is not None
-        ledger.record(body["metadata"]["uid"], out.children)
+    refresh = _refresher(kube, ledger, calls, on)
 
     pool = {"name": "mi300x", "gpu": "MI300X", "minReplicas": 0, "maxReplicas": 2}
     scaling = {"mode": "builtin", "targetPerReplica": 2500, "scaleToZero": True}
