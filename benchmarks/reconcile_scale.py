@@ -29,7 +29,7 @@ from benchmarks.procstat import cpu_seconds, rss_mb
 from tokenscale.api.base import ObjectMeta
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService, InferenceServiceSpec
-from tokenscale.controller.kube import Kube
+from tokenscale.k8s.kube import Kube
 from tokenscale.plan import plan_service
 from tokenscale.render import render_all
 

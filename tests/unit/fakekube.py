@@ -1,4 +1,4 @@
-"""An in-memory stand-in for :class:`tokenscale.controller.kube.Kube` (unit tests only).
+"""An in-memory stand-in for :class:`tokenscale.k8s.kube.Kube` (unit tests only).
 
 It stores objects by kind/namespace/name and understands equality label selectors — enough
 to exercise reconcile logic; the e2e tests run the same code against a real API server.
@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-from tokenscale.controller.kube import KubeError
+from tokenscale.k8s.kube import KubeError
 
 _uids = itertools.count(1)
 

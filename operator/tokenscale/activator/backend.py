@@ -2,7 +2,7 @@
 
 Why a protocol: the activator's decisions (wake or not, wait, proxy, which error) are tested
 against an in-memory fake; only :class:`KubeBackend` talks to the API server, through the same
-:class:`~tokenscale.controller.kube.Kube` and wake code the operator uses, so a wake from here
+:class:`~tokenscale.k8s.kube.Kube` and wake code the operator uses, so a wake from here
 is indistinguishable from one by a benchmark.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.autoscale.collector import engine_pods
 from tokenscale.controller import wake
-from tokenscale.controller.kube import Kube
+from tokenscale.k8s.kube import Kube
 from tokenscale.render import names
 
 #: Completes the WokeFromZero Event: "woke NAME from zero to N replica(s) <WHY>".

@@ -40,7 +40,7 @@ def activator_command(host: str, port: int, timeout: float, poll: float) -> None
 
     from tokenscale.activator.backend import KubeBackend
     from tokenscale.activator.server import create_app
-    from tokenscale.controller.kube import Kube
+    from tokenscale.k8s.kube import Kube
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kubernetes").setLevel(logging.WARNING)

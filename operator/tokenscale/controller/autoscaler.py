@@ -27,8 +27,8 @@ from tokenscale.autoscale import capacity, collector, decision, targets
 from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolInput, ScalerState
 from tokenscale.controller import metrics, sweep
-from tokenscale.controller.kube import Kube
 from tokenscale.controller.reconcile import parse_spec, selector_for
+from tokenscale.k8s.kube import Kube
 from tokenscale.plan import plan_service
 
 log = logging.getLogger(__name__)

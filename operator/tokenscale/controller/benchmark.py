@@ -22,10 +22,10 @@ from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.api.status import BenchmarkSummary
 from tokenscale.bench.models import BenchResult
 from tokenscale.controller import benchjob, resultchannel, wake
-from tokenscale.controller.kube import Kube
 from tokenscale.controller.observe import condition, merge_conditions
 from tokenscale.controller.owners import owner_reference
 from tokenscale.controller.reconcile import selector_for
+from tokenscale.k8s.kube import Kube
 from tokenscale.validation import problems_from
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ def bench_job_command(bench_args: tuple[str, ...]) -> None:
     """Run `tokenscale bench BENCH_ARGS...` and publish the result for the operator."""
     from tokenscale.bench.cli import bench_command
     from tokenscale.controller import resultchannel
-    from tokenscale.controller.kube import Kube
+    from tokenscale.k8s.kube import Kube
 
     name = os.environ["TOKENSCALE_BENCHMARK"]
     namespace = os.environ.get("POD_NAMESPACE") or _namespace_file()

@@ -108,7 +108,7 @@ def run_command(
 def _prepare_peering(name: str, namespaces: list[str], priority: int | None) -> int:
     """Make sure the peering object(s) exist and pick this replica's priority."""
     from tokenscale.controller import peering
-    from tokenscale.controller.kube import Kube, KubeError
+    from tokenscale.k8s.kube import Kube, KubeError
 
     try:
         created = peering.ensure_peering_objects(Kube(), name, namespaces)

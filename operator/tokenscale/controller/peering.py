@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tokenscale.controller.kube import Kube, KubeError
+from tokenscale.k8s.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
 

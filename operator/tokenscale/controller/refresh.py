@@ -23,7 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from tokenscale.controller.kube import KubeError
+from tokenscale.k8s.kube import KubeError
 
 log = logging.getLogger(__name__)
 

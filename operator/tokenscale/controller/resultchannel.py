@@ -14,7 +14,7 @@ from typing import Any
 
 from tokenscale import constants as c
 from tokenscale.bench.models import BenchResult
-from tokenscale.controller.kube import Kube
+from tokenscale.k8s.kube import Kube
 
 PART_BYTES = 700_000  # base64 grows data by 4/3: stays well under the 1 MiB object limit
 KEY = "result.json.gz"

@@ -37,8 +37,8 @@ from typing import Any
 from tokenscale import constants as c
 from tokenscale.autoscale.collector import ready_pods
 from tokenscale.controller import observe
-from tokenscale.controller.kube import Kube, KubeError
 from tokenscale.controller.reconcile import WORKLOAD_KINDS, child_version
+from tokenscale.k8s.kube import Kube, KubeError
 from tokenscale.render import names
 
 log = logging.getLogger(__name__)

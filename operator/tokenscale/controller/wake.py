@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenscale.api.service import InferenceServiceSpec
-from tokenscale.controller.kube import Kube
+from tokenscale.k8s.kube import Kube
 
 
 def at_zero(svc_body: dict[str, Any]) -> bool:
