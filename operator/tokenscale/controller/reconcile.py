@@ -22,9 +22,9 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService, InferenceServiceSpec
 from tokenscale.api.status import PoolPlan, PoolStatus
 from tokenscale.controller import observe, routing
-from tokenscale.controller.owners import owner_reference
 from tokenscale.controller.split import split_replicas
 from tokenscale.k8s.kube import Kube, KubeError
+from tokenscale.k8s.owners import owner_reference
 from tokenscale.plan import plan_service
 from tokenscale.render import names, render_all
 from tokenscale.validation import problems_from

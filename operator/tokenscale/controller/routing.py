@@ -15,8 +15,8 @@ from typing import Any
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
 from tokenscale.autoscale.collector import ready_pods
-from tokenscale.controller.owners import owner_reference
 from tokenscale.k8s.kube import Kube
+from tokenscale.k8s.owners import owner_reference
 from tokenscale.render import names
 from tokenscale.render.service import Route, route_of, wants_activator
 
