@@ -81,7 +81,7 @@ def crds(out_dir: Path | None, chart_dir: Path | None, check: bool) -> None:
         targets.update({root / name: text for name, text in generated.items()})
     if chart_dir is not None:
         targets[chart_dir / "values.schema.json"] = dump_values_schema()
-        from tokenscale.controller.peering import peering_crds
+        from tokenscale.k8s.peering import peering_crds
 
         for crd in peering_crds():  # Kopf's kinds, shipped when peering.enabled
             name = crd["metadata"]["name"]

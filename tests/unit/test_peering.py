@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokenscale.controller import peering
+from tokenscale.k8s import peering
 
 
 def test_peering_crds_are_kopfs_kinds_with_an_open_status() -> None:

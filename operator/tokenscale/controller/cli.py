@@ -88,7 +88,7 @@ def run_command(
     )
     identity = None
     if peering:
-        from tokenscale.controller.peering import Peering, own_identity
+        from tokenscale.k8s.peering import Peering, own_identity
 
         priority = _prepare_peering(peering, ns_list, priority)
         identity = own_identity()
@@ -107,7 +107,7 @@ def run_command(
 
 def _prepare_peering(name: str, namespaces: list[str], priority: int | None) -> int:
     """Make sure the peering object(s) exist and pick this replica's priority."""
-    from tokenscale.controller import peering
+    from tokenscale.k8s import peering
     from tokenscale.k8s.kube import Kube, KubeError
 
     try:

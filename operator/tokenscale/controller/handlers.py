@@ -22,7 +22,6 @@ from tokenscale.autoscale.collector import ScrapeCollector
 from tokenscale.controller import metrics, refresh, resync, sweep
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import FINISHED, reconcile_benchmark
-from tokenscale.controller.peering import Peering, is_active
 from tokenscale.controller.reconcile import (
     CHILD_KINDS,
     Outcome,
@@ -32,6 +31,7 @@ from tokenscale.controller.reconcile import (
     refresh_status,
 )
 from tokenscale.k8s.kube import Kube, KubeError
+from tokenscale.k8s.peering import Peering, is_active
 from tokenscale.render import names
 
 log = logging.getLogger(__name__)
