@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.autoscale.collector import engine_pods
-from tokenscale.controller import wake
+from tokenscale.k8s import wake
 from tokenscale.k8s.kube import Kube
 from tokenscale.render import names
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from tokenscale.activator.backend import Backend
 from tokenscale.activator.metrics import Metrics
-from tokenscale.controller.wake import at_zero
+from tokenscale.k8s.wake import at_zero
 
 log = logging.getLogger(__name__)
 

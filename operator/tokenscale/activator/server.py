@@ -24,7 +24,7 @@ from tokenscale.activator.hostname import target_from_host
 from tokenscale.activator.metrics import Metrics
 from tokenscale.activator.proxy import UpstreamUnavailable, forward
 from tokenscale.constants import ENGINE_PORT
-from tokenscale.controller.wake import at_zero
+from tokenscale.k8s.wake import at_zero
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.api.status import BenchmarkSummary
 from tokenscale.bench.models import BenchResult
-from tokenscale.controller import benchjob, resultchannel, wake
+from tokenscale.controller import benchjob, resultchannel
 from tokenscale.controller.observe import condition, merge_conditions
 from tokenscale.controller.reconcile import selector_for
+from tokenscale.k8s import wake
 from tokenscale.k8s.kube import Kube
 from tokenscale.k8s.owners import owner_reference
 from tokenscale.validation import problems_from
