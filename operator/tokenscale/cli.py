@@ -86,7 +86,7 @@ def crds(out_dir: Path | None, chart_dir: Path | None, check: bool) -> None:
         for crd in peering_crds():  # Kopf's kinds, shipped when peering.enabled
             name = crd["metadata"]["name"]
             targets[chart_dir / "files" / "peering" / f"{name}.yaml"] = dump(
-                crd, source="operator/tokenscale/controller/peering.py (Kopf's peering kinds)"
+                crd, source="operator/tokenscale/k8s/peering.py (Kopf's peering kinds)"
             )
     stale = sorted(str(p) for p, text in targets.items() if _read(p) != text)
     if check:
