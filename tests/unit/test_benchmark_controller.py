@@ -18,13 +18,14 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.sla import SLASpec
 from tokenscale.bench import scenarios
 from tokenscale.bench.models import BenchResult
-from tokenscale.controller import benchjob, resultchannel
+from tokenscale.controller import resultchannel
 from tokenscale.controller.benchmark import (
     EngineIdentity,
     engine_identity,
     reconcile_benchmark,
     service_summary,
 )
+from tokenscale.render import benchmark_job
 
 CFG = OperatorConfig()
 
@@ -35,7 +36,7 @@ def _spec(**changes: Any) -> InferenceBenchmarkSpec:
 
 def test_server_args_carry_qps_sla_and_dataset() -> None:
     spec = _spec(dataset={"input": {"kind": "openorca"}, "output": {"kind": "openorca"}})
-    args = benchjob.bench_args(spec, "http://svc.ns.svc:8000", "m", spec.sla)
+    args = benchmark_job.bench_args(spec, "http://svc.ns.svc:8000", "m", spec.sla)
     joined = " ".join(args)
     assert "--scenario server" in joined and "--qps 10" in joined
     assert "--sla llama2-70b-server" in joined
@@ -51,7 +52,7 @@ def test_explicit_limits_and_sweep() -> None:
         dataset={"input": {"kind": "uniform", "min": 10, "max": 20}, "output": {"mean": 64}},
     )
     sla = SLASpec(ttft_p99_ms=450, tpot_p99_ms=40)
-    args = " ".join(benchjob.bench_args(spec, "http://x:8000", "m", sla))
+    args = " ".join(benchmark_job.bench_args(spec, "http://x:8000", "m", sla))
     assert "--scenario sweep" in args and "--concurrency 1,8" in args
     assert "--ttft-p99 450ms --tpot-p99 40ms" in args
     assert "--input-len uniform:10:20" in args and "--output-len 64" in args
@@ -61,12 +62,12 @@ def test_job_is_indexed_with_narrow_account() -> None:
     body = benchmark(shards=4)
     body["metadata"].update(namespace="ns", uid="u1")
     spec = InferenceBenchmarkSpec.model_validate(body["spec"])
-    job = benchjob.job("b-run", body, spec, CFG, ["--url", "x"])
+    job = benchmark_job.job("b-run", body, spec, CFG, ["--url", "x"])
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
     pod = job["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == CFG.benchmark.service_account
-    role = next(o for o in benchjob.rbac("ns", CFG) if o["kind"] == "Role")
+    role = next(o for o in benchmark_job.rbac("ns", CFG) if o["kind"] == "Role")
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]}
     ]

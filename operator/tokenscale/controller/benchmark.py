@@ -21,12 +21,13 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.api.status import BenchmarkSummary
 from tokenscale.bench.models import BenchResult
-from tokenscale.controller import benchjob, resultchannel
+from tokenscale.controller import resultchannel
 from tokenscale.controller.observe import condition, merge_conditions
 from tokenscale.controller.reconcile import selector_for
 from tokenscale.k8s import wake
 from tokenscale.k8s.kube import Kube
 from tokenscale.k8s.owners import owner_reference
+from tokenscale.render import benchmark_job
 from tokenscale.validation import problems_from
 
 log = logging.getLogger(__name__)
@@ -190,13 +191,13 @@ def start_job(
     namespace = body["metadata"]["namespace"]
     model = spec.target.model or (svc_spec.model.name if svc_spec else None)
     sla = spec.sla or (svc_spec.sla if svc_spec else None)
-    url = benchjob.target_url(spec, namespace)
-    args = benchjob.bench_args(spec, url, model or "", sla, replicas)
+    url = benchmark_job.target_url(spec, namespace)
+    args = benchmark_job.bench_args(spec, url, model or "", sla, replicas)
     if not model:
         args = [a for a in args if a not in ("--model", "")]
-    for obj in benchjob.rbac(namespace, cfg):
+    for obj in benchmark_job.rbac(namespace, cfg):
         kube.apply(obj)
-    obj = benchjob.job(job_name, body, spec, cfg, args)
+    obj = benchmark_job.job(job_name, body, spec, cfg, args)
     obj["metadata"]["ownerReferences"] = [owner_reference(body, "InferenceBenchmark")]
     kube.apply(obj)
 
