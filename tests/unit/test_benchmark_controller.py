@@ -16,9 +16,8 @@ from tokenscale import constants as c
 from tokenscale.api.benchmark import BenchmarkResults, InferenceBenchmarkSpec, LatencySummary
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.sla import SLASpec
-from tokenscale.bench import scenarios
+from tokenscale.bench import resultchannel, scenarios
 from tokenscale.bench.models import BenchResult
-from tokenscale.controller import resultchannel
 from tokenscale.controller.benchmark import (
     EngineIdentity,
     engine_identity,

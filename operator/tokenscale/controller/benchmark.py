@@ -20,8 +20,8 @@ from tokenscale.api.benchmark import BenchmarkResults, InferenceBenchmarkSpec, L
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.api.status import BenchmarkSummary
+from tokenscale.bench import resultchannel
 from tokenscale.bench.models import BenchResult
-from tokenscale.controller import resultchannel
 from tokenscale.controller.observe import condition, merge_conditions
 from tokenscale.controller.reconcile import selector_for
 from tokenscale.k8s import wake

@@ -18,8 +18,8 @@ import click
 @click.argument("bench_args", nargs=-1, type=click.UNPROCESSED)
 def bench_job_command(bench_args: tuple[str, ...]) -> None:
     """Run `tokenscale bench BENCH_ARGS...` and publish the result for the operator."""
+    from tokenscale.bench import resultchannel
     from tokenscale.bench.cli import bench_command
-    from tokenscale.controller import resultchannel
     from tokenscale.k8s.kube import Kube
 
     name = os.environ["TOKENSCALE_BENCHMARK"]
