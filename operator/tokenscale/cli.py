@@ -22,7 +22,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "sim": ("tokenscale.sim.cli", "sim_group"),
     "bench": ("tokenscale.bench.cli", "bench_command"),
     "run": ("tokenscale.controller.cli", "run_command"),
-    "bench-job": ("tokenscale.controller.benchpod", "bench_job_command"),
+    "bench-job": ("tokenscale.bench.job_entrypoint", "bench_job_command"),
     "activator": ("tokenscale.activator.cli", "activator_command"),
 }
 
