@@ -15,8 +15,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from tokenscale.api.base import ObjectMeta
 from tokenscale.api.benchmark import InferenceBenchmark
-from tokenscale.api.service import InferenceService
+from tokenscale.api.service import InferenceService, InferenceServiceSpec
 
 KINDS: dict[str, type[BaseModel]] = {
     "InferenceService": InferenceService,
@@ -116,3 +117,16 @@ def load_documents(text: str) -> list[dict[str, Any]]:
         return [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise InvalidManifest([FieldProblem("(file)", f"not valid YAML: {exc}")]) from None
+
+
+def parse_spec(body: dict[str, Any]) -> InferenceService:
+    """An InferenceService object as the operator receives it (metadata from the API server,
+    so only name and namespace matter) as a model; raises ValidationError for operator-judged
+    problems, which :func:`problems_from` turns into messages."""
+    meta = body["metadata"]
+    return InferenceService(
+        api_version="tokenscale.dev/v1alpha1",
+        kind="InferenceService",
+        metadata=ObjectMeta(name=meta["name"], namespace=meta.get("namespace")),
+        spec=InferenceServiceSpec.model_validate(body.get("spec") or {}),
+    )

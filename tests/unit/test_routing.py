@@ -20,13 +20,13 @@ from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.controller import routing
 from tokenscale.controller.reconcile import (
     child_version,
-    parse_spec,
     reconcile_service,
     refresh_status,
 )
 from tokenscale.plan import plan_service
 from tokenscale.render import render_all
 from tokenscale.render.service import route_of, wants_activator
+from tokenscale.validation import parse_spec
 
 ON = OperatorConfig(activator=ActivatorSettings(enabled=True))
 OFF = OperatorConfig()

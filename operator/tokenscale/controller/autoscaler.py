@@ -27,9 +27,10 @@ from tokenscale.autoscale import capacity, collector, decision, targets
 from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolInput, ScalerState
 from tokenscale.controller import metrics, sweep
-from tokenscale.controller.reconcile import parse_spec, selector_for
 from tokenscale.k8s.kube import Kube
 from tokenscale.plan import plan_service
+from tokenscale.render.names import selector_for
+from tokenscale.validation import parse_spec
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from tokenscale.api.status import BenchmarkSummary
 from tokenscale.bench import resultchannel
 from tokenscale.bench.models import BenchResult
 from tokenscale.controller.observe import condition, merge_conditions
-from tokenscale.controller.reconcile import selector_for
 from tokenscale.k8s import wake
 from tokenscale.k8s.kube import Kube
 from tokenscale.k8s.owners import owner_reference
 from tokenscale.render import benchmark_job
+from tokenscale.render.names import selector_for
 from tokenscale.validation import problems_from
 
 log = logging.getLogger(__name__)

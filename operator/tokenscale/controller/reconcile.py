@@ -17,9 +17,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokenscale import constants as c
-from tokenscale.api.base import ObjectMeta
 from tokenscale.api.config import OperatorConfig
-from tokenscale.api.service import InferenceService, InferenceServiceSpec
+from tokenscale.api.service import InferenceService
 from tokenscale.api.status import PoolPlan, PoolStatus
 from tokenscale.controller import observe, routing
 from tokenscale.controller.split import split_replicas
@@ -27,7 +26,7 @@ from tokenscale.k8s.kube import Kube, KubeError
 from tokenscale.k8s.owners import owner_reference
 from tokenscale.plan import plan_service
 from tokenscale.render import names, render_all
-from tokenscale.validation import problems_from
+from tokenscale.validation import parse_spec, problems_from
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +52,6 @@ def child_version(obj: dict[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     gen = meta.get("generation")
     return f"g{gen}" if gen is not None else f"r{meta.get('resourceVersion', '')}"
-
-
-def selector_for(name: str) -> str:
-    """Every engine pod of the service: the /scale selector and what status observes."""
-    return names.selector_string(names.all_pods_selector(name))
-
-
-def parse_spec(body: dict[str, Any]) -> InferenceService:
-    """The object as a model; raises ValidationError for operator-judged problems."""
-    meta = body["metadata"]
-    return InferenceService(
-        api_version="tokenscale.dev/v1alpha1",
-        kind="InferenceService",
-        metadata=ObjectMeta(name=meta["name"], namespace=meta.get("namespace")),
-        spec=InferenceServiceSpec.model_validate(body.get("spec") or {}),
-    )
 
 
 def _invalid(body: dict[str, Any], exc: ValidationError, now: datetime) -> Outcome:
@@ -216,7 +199,7 @@ def _apply_children(
         (kind, o["metadata"]["name"]): o
         for kind in CHILD_KINDS
         if kind_available(kube, cfg, kind)
-        for o in kube.list(kind, namespace, selector_for(name))
+        for o in kube.list(kind, namespace, names.selector_for(name))
     }
     applied: dict[tuple[str, str], dict[str, Any]] = {}
     for obj in objects:
@@ -247,7 +230,7 @@ def _read_workloads(
     for kind in sorted({k for k, _ in wanted}):
         if not kind_available(kube, cfg, kind):
             continue
-        for obj in kube.list(kind, meta["namespace"], selector_for(meta["name"])):
+        for obj in kube.list(kind, meta["namespace"], names.selector_for(meta["name"])):
             key = (kind, obj["metadata"]["name"])
             if key in wanted and any(r.get("uid") == meta.get("uid") for r in _owners(obj)):
                 found[key] = obj
@@ -265,7 +248,7 @@ def _status(
     now: datetime,
 ) -> dict[str, Any]:
     meta = body["metadata"]
-    pods = kube.list("Pod", meta["namespace"], selector_for(meta["name"]))
+    pods = kube.list("Pod", meta["namespace"], names.selector_for(meta["name"]))
     trouble = observe.pod_problems(pods)
     by_name = {k[1]: v for k, v in applied.items() if k[0] in WORKLOAD_KINDS}
     pools = []
@@ -298,7 +281,7 @@ def _status(
     return {
         "replicas": sum(replicas.values()),
         "readyReplicas": sum(o.ready for o in pools),
-        "selector": selector_for(meta["name"]),
+        "selector": names.selector_for(meta["name"]),
         "gpuSummary": ",".join(dict.fromkeys(p.gpu for p in svc.spec.pools)),
         "pools": pool_status,
         "plan": [p.to_k8s() for p in plans],

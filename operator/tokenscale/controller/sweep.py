@@ -33,8 +33,8 @@ from tokenscale.controller.benchmark import (
     start_job,
     with_conditions,
 )
-from tokenscale.controller.reconcile import selector_for
 from tokenscale.k8s.kube import Kube
+from tokenscale.render.names import selector_for
 
 log = logging.getLogger(__name__)
 

@@ -78,6 +78,11 @@ def selector_string(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
+def selector_for(service: str) -> str:
+    """Every engine pod of the service: the /scale selector and what status observes."""
+    return selector_string(all_pods_selector(service))
+
+
 def object_meta(owner: InferenceService, name: str, labels: dict[str, str]) -> dict[str, Any]:
     """Child metadata in the owner's namespace (omitted when the manifest has none)."""
     meta: dict[str, Any] = {"name": name}
