@@ -18,10 +18,10 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.sla import SLASpec
 from tokenscale.bench import resultchannel, scenarios
 from tokenscale.bench.models import BenchResult
-from tokenscale.controller.benchmark import (
+from tokenscale.controller.benchmark import reconcile_benchmark
+from tokenscale.controller.benchrun import (
     EngineIdentity,
     engine_identity,
-    reconcile_benchmark,
     service_summary,
 )
 from tokenscale.render import benchmark_job

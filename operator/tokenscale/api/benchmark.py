@@ -13,6 +13,8 @@ from tokenscale.api.sla import SLASpec
 Scenario = Literal["offline", "server", "interactive", "concurrencySweep", "replicaSweep"]
 Verdict = Literal["Pass", "Fail", "Invalid", "Unstable", "NoSLA"]
 Phase = Literal["Pending", "WaitingForTarget", "Running", "Succeeded", "Failed"]
+#: Phases after which a benchmark never acts again (and holds nothing).
+FINISHED: tuple[Phase, ...] = ("Succeeded", "Failed")
 
 
 class BenchmarkTarget(StrictModel):

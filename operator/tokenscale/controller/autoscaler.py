@@ -9,6 +9,7 @@ the service (annotation ``tokenscale.dev/scaling-hold``), the loop only publishe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import deque
@@ -26,7 +27,7 @@ from tokenscale.api.status import BenchmarkSummary, PoolPlan, ScalingDecision
 from tokenscale.autoscale import capacity, collector, decision, targets
 from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolInput, ScalerState
-from tokenscale.controller import metrics, sweep
+from tokenscale.controller import hold, metrics
 from tokenscale.k8s.kube import Kube
 from tokenscale.plan import plan_service
 from tokenscale.render.names import selector_for
@@ -163,7 +164,6 @@ async def run_pass(
     Times are wall-clock seconds because the decision state persisted on the object must
     stay meaningful across operator restarts.
     """
-    import asyncio
 
     wall_now = wall_now or datetime.now(UTC)
     now = wall_now.timestamp()
@@ -221,12 +221,12 @@ async def run_pass(
             "observedAt": _now_iso(wall_now),
         }
     }
-    hold = None
+    holder = None
     if (meta.get("annotations") or {}).get(c.ANNOTATION_SCALING_HOLD):
-        hold = await asyncio.to_thread(sweep.live_hold, kube, meta)
-    if policy.mode == "external" or hold:
-        if hold:
-            why = f"{hold} owns /scale until it finishes"
+        holder = await asyncio.to_thread(hold.live_hold, kube, meta)
+    if policy.mode == "external" or holder:
+        if holder:
+            why = f"{holder} owns /scale until it finishes"
             patch["scaling"] = _scaling(True, "Held", why, {}, wall_now)
         else:
             patch["scaling"] = _scaling(True, "ExternalScaler", "HPA/KEDA own /scale", {}, wall_now)
@@ -264,7 +264,6 @@ async def _act(
     now: datetime,
 ) -> None:
     """Drain-safe scale: deletion costs first, then the split hint, then /scale."""
-    import asyncio
 
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]

@@ -17,11 +17,12 @@ from kopf._cogs.structs.references import NamespaceName, match_namespace
 
 from tokenscale import GROUP, VERSION
 from tokenscale import constants as c
+from tokenscale.api.benchmark import FINISHED
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import ScrapeCollector
-from tokenscale.controller import metrics, refresh, resync, sweep
+from tokenscale.controller import hold, metrics, refresh, resync
 from tokenscale.controller.autoscaler import LoopState, run_pass
-from tokenscale.controller.benchmark import FINISHED, reconcile_benchmark
+from tokenscale.controller.benchmark import reconcile_benchmark
 from tokenscale.controller.reconcile import (
     CHILD_KINDS,
     Outcome,
@@ -307,4 +308,4 @@ def benchmark_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_:
 def benchmark_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Deleted mid-sweep: give the target's /scale back now (the autoscaler also lifts a stale
     hold on its next pass, so a missed delete event cannot freeze scaling)."""
-    sweep.release_if_holding(memo.kube, dict(body))
+    hold.release_if_holding(memo.kube, dict(body))

@@ -22,8 +22,7 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.autoscale.collector import engine_pods
 from tokenscale.bench import metrics
-from tokenscale.controller.benchmark import (
-    FINISHED,
+from tokenscale.controller.benchrun import (
     VERDICTS,
     BenchOutcome,
     collect_run,
@@ -33,6 +32,7 @@ from tokenscale.controller.benchmark import (
     start_job,
     with_conditions,
 )
+from tokenscale.controller.hold import hold_value, release
 from tokenscale.k8s.kube import Kube
 from tokenscale.render.names import selector_for
 
@@ -44,11 +44,6 @@ DEFAULT_LEVELS = (1, 2, 4)
 def levels_of(spec: InferenceBenchmarkSpec) -> list[int]:
     """The replica levels, ascending and unique (scale-ups only after the first level)."""
     return sorted(set(spec.load.replicas or DEFAULT_LEVELS))
-
-
-def hold_value(bench: str) -> str:
-    """What the scaling-hold annotation says: who owns /scale."""
-    return f"benchmark/{bench}"
 
 
 def bounds_problem(levels: list[int], svc_spec: InferenceServiceSpec) -> str | None:
@@ -153,7 +148,7 @@ def step(
         job=job_name,
         tokens_per_second=round(merged.metrics.tokens_per_s, 3),
         tokens_per_second_per_replica=round(merged.metrics.tokens_per_s / n, 3),
-        verdict=VERDICTS[merged.verdict.status],  # type: ignore[arg-type]
+        verdict=VERDICTS[merged.verdict.status],
     )
     sweep.points = [*(p for p in sweep.points if p.replicas != n), point]
     if sweep.index + 1 < len(sweep.levels):
@@ -179,55 +174,6 @@ def step(
     )
     outcome.events.append(("SweepFinished", text, "Normal"))
     return outcome
-
-
-def release(kube: Kube, namespace: str, service: str, bench: str, restore: int | None) -> None:
-    """Give /scale back: restore the replicas the service had and lift the hold (idempotent)."""
-    current = kube.get("InferenceService", namespace, service)
-    if current is None:
-        return
-    annotations = current["metadata"].get("annotations") or {}
-    if annotations.get(c.ANNOTATION_SCALING_HOLD) != hold_value(bench):
-        return  # already released (or someone else holds it): never undo another owner's state
-    # One merge patch: spec.replicas back (null removes it) and the hold lifted together.
-    patch = {
-        "metadata": {"annotations": {c.ANNOTATION_SCALING_HOLD: None}},
-        "spec": {"replicas": restore},
-    }
-    kube.patch_merge("InferenceService", namespace, service, patch)
-
-
-def live_hold(kube: Kube, meta: dict[str, Any]) -> str | None:
-    """The service's scaling hold, if the benchmark holding it still runs. A stale hold (its
-    benchmark deleted, or finished without releasing) is lifted here, by the autoscaler's pass,
-    so autoscaling can never stay frozen."""
-    hold = (meta.get("annotations") or {}).get(c.ANNOTATION_SCALING_HOLD)
-    if not hold:
-        return None
-    kind, _, owner = str(hold).partition("/")
-    if kind == "benchmark" and owner:
-        bench = kube.get("InferenceBenchmark", meta["namespace"], owner)
-        if bench is not None and (bench.get("status") or {}).get("phase") not in FINISHED:
-            return str(hold)
-    log.info("lifting stale scaling hold %r on %s", hold, meta["name"])
-    kube.patch_merge(
-        "InferenceService",
-        meta["namespace"],
-        meta["name"],
-        {"metadata": {"annotations": {c.ANNOTATION_SCALING_HOLD: None}}},
-    )
-    return None
-
-
-def release_if_holding(kube: Kube, body: dict[str, Any]) -> None:
-    """On deletion of a benchmark mid-sweep: give the target back (best effort)."""
-    status = body.get("status") or {}
-    target = ((body.get("spec") or {}).get("target") or {}).get("service")
-    if not target or not status.get("sweep"):
-        return
-    sweep = SweepStatus.model_validate(status["sweep"])
-    meta = body["metadata"]
-    release(kube, meta["namespace"], target, meta["name"], sweep.restore_replicas)
 
 
 def _engine_pods(kube: Kube, namespace: str, service: str) -> tuple[int, int]:
