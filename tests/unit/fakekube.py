@@ -1,7 +1,9 @@
 """An in-memory stand-in for :class:`tokenscale.k8s.kube.Kube` (unit tests only).
 
 It stores objects by kind/namespace/name and understands equality label selectors — enough
-to exercise reconcile logic; the e2e tests run the same code against a real API server.
+to exercise reconcile logic; the e2e tests run the same code against a real API server. Unlike
+the real one it rejects a status patch its model does not allow (:mod:`tests.unit.statuscheck`)
+instead of pruning it silently, so every unit test that writes status checks what it writes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+from tests.unit.statuscheck import MODELS, check_status_patch
 from tokenscale.k8s.kube import KubeError
 
 _uids = itertools.count(1)
@@ -36,6 +39,8 @@ class FakeKube:
         self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
         self.events: list[tuple[str, str, str]] = []
         self.crds: set[str] = set()
+        #: every status-subresource patch, each validated against its status model
+        self.status_patches: list[tuple[str, dict[str, Any]]] = []
 
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
         obj = copy.deepcopy(obj)
@@ -85,6 +90,9 @@ class FakeKube:
         obj = self.objects.get((kind, namespace, name))
         if obj is None:
             raise KubeError(404, "not found")
+        if sub == "status" and kind in MODELS:
+            check_status_patch(kind, patch["status"])  # what the real API server would prune
+            self.status_patches.append((kind, copy.deepcopy(patch["status"])))
         _merge(obj, copy.deepcopy(patch))
         return copy.deepcopy(obj)
 

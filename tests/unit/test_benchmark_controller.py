@@ -16,6 +16,7 @@ from tokenscale import constants as c
 from tokenscale.api.benchmark import BenchmarkResults, InferenceBenchmarkSpec, LatencySummary
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.sla import SLASpec
+from tokenscale.api.wire import merge_patch
 from tokenscale.bench import resultchannel, scenarios
 from tokenscale.bench.models import BenchResult
 from tokenscale.controller.benchmark import reconcile_benchmark
@@ -326,7 +327,8 @@ def _history_after(
     for name, tps, ready, gpu, image in runs:
         body = {"metadata": {"name": "s"}, "status": {**status, "readyReplicas": ready}}
         identity = EngineIdentity(image=image, engine_version="0.33.0", gpu=gpu)
-        status = service_summary(body, name, _results(tps), "Pass", CFG, _NOW, identity)
+        summary = service_summary(body, name, _results(tps), "Pass", CFG, _NOW, identity)
+        status = merge_patch(summary)
     history: list[dict[str, Any]] = status["benchmarkHistory"]
     return history
 

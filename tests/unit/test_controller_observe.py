@@ -87,13 +87,22 @@ def test_plan_failure_blocks_ready() -> None:
     assert conds[c.COND_DEGRADED] == ("True", "PlanFailed")
 
 
+def _stored(conditions: list[observe.Condition]) -> list[dict[str, Any]]:
+    """Conditions as the API server stores them (what the next pass reads back)."""
+    return [x.to_k8s() for x in conditions]
+
+
 def test_transition_time_kept_until_status_flips() -> None:
-    first = observe.merge_conditions([], observe.service_conditions([], [], [], 1), NOW)
+    first = _stored(observe.merge_conditions([], observe.service_conditions([], [], [], 1), NOW))
     later = NOW + timedelta(minutes=5)
-    same = observe.merge_conditions(first, observe.service_conditions([], [], [], 2), later)
+    same = _stored(
+        observe.merge_conditions(first, observe.service_conditions([], [], [], 2), later)
+    )
     assert [x["lastTransitionTime"] for x in same] == [x["lastTransitionTime"] for x in first]
     pool = observe.PoolObservation("a", "MI300X", 1)
-    flipped = observe.merge_conditions(first, observe.service_conditions([pool], [], [], 3), later)
+    flipped = _stored(
+        observe.merge_conditions(first, observe.service_conditions([pool], [], [], 3), later)
+    )
     ready = next(x for x in flipped if x["type"] == c.COND_READY)
     assert ready["status"] == "False"
     assert ready["lastTransitionTime"] == "2026-11-28T12:05:00Z"

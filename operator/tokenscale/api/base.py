@@ -8,11 +8,12 @@ generator and the Python validators are reviewed together.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from tokenscale.api.wire import Timestamp
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -74,7 +75,7 @@ class Condition(StrictModel):
         default="", description="CamelCase machine-readable reason for the last transition."
     )
     message: str = Field(default="", description="Human-readable detail.")
-    last_transition_time: datetime | None = Field(
+    last_transition_time: Timestamp | None = Field(
         default=None, description="When the status last changed."
     )
     observed_generation: int | None = Field(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
 from tokenscale.api.base import Condition, ObjectMeta, StrictModel, cel
 from tokenscale.api.sla import SLASpec
+from tokenscale.api.wire import Timestamp
 
 Scenario = Literal["offline", "server", "interactive", "concurrencySweep", "replicaSweep"]
 Verdict = Literal["Pass", "Fail", "Invalid", "Unstable", "NoSLA"]
@@ -202,8 +202,8 @@ class InferenceBenchmarkStatus(StrictModel):
     phase: Phase = Field(default="Pending", description="Lifecycle phase.")
     observed_generation: int | None = Field(default=None, description="Spec generation seen.")
     job_name: str | None = Field(default=None, description="The Job running the load.")
-    start_time: datetime | None = Field(default=None, description="When load started.")
-    completion_time: datetime | None = Field(default=None, description="When it finished.")
+    start_time: Timestamp | None = Field(default=None, description="When load started.")
+    completion_time: Timestamp | None = Field(default=None, description="When it finished.")
     results: BenchmarkResults | None = Field(default=None, description="Headline results.")
     verdict: Verdict | None = Field(
         default=None, description="SLA verdict (NoSLA: no limits to judge against)."

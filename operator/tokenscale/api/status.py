@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import Field
 
 from tokenscale.api.base import Condition, StrictModel
+from tokenscale.api.wire import Timestamp
 
 
 class PoolPlan(StrictModel):
@@ -64,13 +63,13 @@ class MetricsStatus(StrictModel):
         default=None, description="Where the target came from: spec or benchmark/<name>."
     )
     scrape_errors: int = Field(default=0, description="Failed scrapes in the last pass.")
-    observed_at: datetime | None = Field(default=None, description="Time of the sample.")
+    observed_at: Timestamp | None = Field(default=None, description="Time of the sample.")
 
 
 class ScalingDecision(StrictModel):
     """One entry of the scaling history."""
 
-    time: datetime = Field(description="When the decision was taken.")
+    time: Timestamp = Field(description="When the decision was taken.")
     pool: str = Field(description="Pool the decision applies to.")
     from_replicas: int = Field(description="Replicas before.")
     to_replicas: int = Field(description="Replicas after.")
@@ -85,8 +84,8 @@ class ScalingStatus(StrictModel):
     message: str = Field(default="", description="Why, in words.")
     desired: dict[str, int] = Field(default_factory=dict, description="Desired replicas by pool.")
     panic: bool = Field(default=False, description="Panic mode (burst) is active.")
-    last_scale_time: datetime | None = Field(default=None, description="Last replica change.")
-    observed_at: datetime | None = Field(default=None, description="Time of the decision.")
+    last_scale_time: Timestamp | None = Field(default=None, description="Last replica change.")
+    observed_at: Timestamp | None = Field(default=None, description="Time of the decision.")
 
 
 class BenchmarkSummary(StrictModel):
@@ -101,7 +100,7 @@ class BenchmarkSummary(StrictModel):
     capacity_per_replica: float | None = Field(
         default=None, description="Output tokens/s per replica at the SLA."
     )
-    completed_at: datetime | None = Field(default=None, description="Completion time.")
+    completed_at: Timestamp | None = Field(default=None, description="Completion time.")
     image: str | None = Field(default=None, description="Engine image(s) during the run.")
     engine_version: str | None = Field(
         default=None, description="The engine's own /version during the run."

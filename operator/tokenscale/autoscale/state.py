@@ -9,10 +9,11 @@ wall-clock epoch seconds for that reason (monotonic clocks do not survive a rest
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 STATE_VERSION = 1
 
@@ -117,6 +118,45 @@ class ScalerState(BaseModel):
         except ValidationError:
             return cls()
         return state if state.version == STATE_VERSION else cls()
+
+
+_SPLIT = TypeAdapter(dict[str, int])
+
+
+class ScalerAnnotation(BaseModel):
+    """The ``tokenscale.dev/scaler-state`` annotation: ``{"split": {pool: replicas}, "state": …}``.
+
+    ``split`` is the per-pool desired replicas the autoscaler last decided, which the reconcile
+    follows when it splits ``spec.replicas`` over the pools; ``state`` is :class:`ScalerState`.
+    Anyone can edit an annotation, so :meth:`parse` never fails: a value that is not JSON, not
+    an object, or has a malformed part reads as that part missing.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    split: dict[str, int] | None = Field(default=None, description="Desired replicas per pool.")
+    state: ScalerState = Field(default_factory=ScalerState, description="Decision memory.")
+
+    @classmethod
+    def parse(cls, text: str | None) -> ScalerAnnotation:
+        """The annotation's parts that are usable (the rest as if absent)."""
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            return cls()
+        try:
+            split = _SPLIT.validate_python(data["split"]) if data.get("split") is not None else None
+        except ValidationError:
+            split = None
+        state = data.get("state")
+        parsed = ScalerState.from_json(json.dumps(state)) if isinstance(state, dict) else None
+        return cls(split=split, state=parsed or ScalerState())
+
+    def to_json(self) -> str:
+        """Compact JSON for the annotation value."""
+        return self.model_dump_json()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ the service (annotation ``tokenscale.dev/scaling-hold``), the loop only publishe
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -22,12 +21,19 @@ from pydantic import ValidationError
 
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
-from tokenscale.api.service import InferenceService
-from tokenscale.api.status import BenchmarkSummary, PoolPlan, ScalingDecision
+from tokenscale.api.service import InferenceService, ScalingSpec
+from tokenscale.api.status import (
+    InferenceServiceStatus,
+    MetricsStatus,
+    PoolPlan,
+    ScalingDecision,
+    ScalingStatus,
+)
+from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale import capacity, collector, decision, targets
 from tokenscale.autoscale.rates import Sample
-from tokenscale.autoscale.state import Decision, PoolInput, ScalerState
-from tokenscale.controller import hold, metrics
+from tokenscale.autoscale.state import Decision, PoolInput, ScalerAnnotation, ScalerState
+from tokenscale.controller import hold, metrics, observe
 from tokenscale.k8s.kube import Kube
 from tokenscale.plan import plan_service
 from tokenscale.render.names import selector_for
@@ -47,16 +53,15 @@ class LoopState:
     last_state_json: str = ""
 
 
-def _now_iso(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def pool_targets(
-    svc: InferenceService, cfg: OperatorConfig, plans: Sequence[PoolPlan], status: dict[str, Any]
+    svc: InferenceService,
+    cfg: OperatorConfig,
+    plans: Sequence[PoolPlan],
+    status: InferenceServiceStatus,
 ) -> dict[str, targets.Target]:
     """Per pool: the per-replica target and where it came from (benchmark, spec or config)."""
     by_plan = {p.pool: p for p in plans}
-    history = [BenchmarkSummary.model_validate(h) for h in status.get("benchmarkHistory") or []]
+    history = status.benchmark_history
     out = {}
     for pool in svc.spec.pools:
         plan = by_plan.get(pool.name)
@@ -77,20 +82,20 @@ def pool_inputs(
     svc: InferenceService,
     cfg: OperatorConfig,
     plans: Sequence[PoolPlan],
-    status: dict[str, Any],
+    status: InferenceServiceStatus,
     desired: dict[str, int],
     pool_target: dict[str, targets.Target],
     startup_seconds: float = 180.0,
 ) -> list[PoolInput]:
     """What the decision needs per pool: bounds, current/ready replicas, target, cost."""
     by_plan = {p.pool: p for p in plans}
-    pools_status = {p.get("name"): p for p in status.get("pools") or []}
+    ready_by_pool = {p.name: p.ready_replicas for p in status.pools}
     out = []
     for pool in svc.spec.pools:
         gpu = cfg.gpus.get(pool.gpu)
         gpus = _gpus(by_plan.get(pool.name))
         target = pool_target[pool.name]
-        ready = int((pools_status.get(pool.name) or {}).get("readyReplicas") or 0)
+        ready = ready_by_pool.get(pool.name, 0)
         out.append(
             PoolInput(
                 name=pool.name,
@@ -132,23 +137,29 @@ def with_allocatable(
     return out
 
 
-def current_split(body: dict[str, Any]) -> dict[str, int]:
+def current_split(status: InferenceServiceStatus) -> dict[str, int]:
     """The per-pool desired replicas the reconcile last applied (status.pools)."""
-    return {
-        str(p["name"]): int(p.get("desiredReplicas") or 0)
-        for p in (body.get("status") or {}).get("pools") or []
-    }
+    return {p.name: p.desired_replicas for p in status.pools}
 
 
-def _state_of(body: dict[str, Any]) -> ScalerState:
-    raw = (body["metadata"].get("annotations") or {}).get(c.ANNOTATION_SCALER_STATE)
-    if not raw:
-        return ScalerState()
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return ScalerState()
-    return ScalerState.from_json(json.dumps(data.get("state") or {}))
+@dataclass
+class Observation:
+    """What one pass collected about a service: spec, plan, pods, the sample, the inputs."""
+
+    svc: InferenceService
+    plans: list[PoolPlan]
+    pods: list[dict[str, Any]]
+    result: collector.CollectResult
+    status: InferenceServiceStatus
+    desired_now: dict[str, int]
+    pool_target: dict[str, targets.Target]
+    inputs: list[PoolInput]
+    state: ScalerState
+
+    @property
+    def policy(self) -> ScalingSpec:
+        """The service's scaling policy."""
+        return self.svc.spec.scaling
 
 
 async def run_pass(
@@ -159,108 +170,161 @@ async def run_pass(
     loop: LoopState,
     wall_now: datetime | None = None,
 ) -> Decision | None:
-    """One scrape-decide-act pass for one service; returns the decision (None: skipped).
+    """One collect → decide → publish → act pass for one service; returns the decision (None:
+    skipped: an invalid spec, or scaling off).
 
     Times are wall-clock seconds because the decision state persisted on the object must
     stay meaningful across operator restarts.
     """
-
     wall_now = wall_now or datetime.now(UTC)
-    now = wall_now.timestamp()
+    seen = await collect(body, kube, cfg, source, loop, wall_now.timestamp())
+    if seen is None:
+        return None
+    verdict = await decide(seen, kube, cfg, loop, wall_now.timestamp())
+    patch = publish(body, seen, wall_now)
     meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
+    holder = None
+    if (meta.get("annotations") or {}).get(c.ANNOTATION_SCALING_HOLD):
+        holder = await asyncio.to_thread(hold.live_hold, kube, meta)
+    if seen.policy.mode == "external" or holder:
+        if holder:
+            why = f"{holder} owns /scale until it finishes"
+            patch.scaling = _scaling(True, "Held", why, {}, False, wall_now)
+        else:
+            patch.scaling = _scaling(
+                True, "ExternalScaler", "HPA/KEDA own /scale", {}, False, wall_now
+            )
+    else:
+        await act(body, seen, verdict, kube, cfg, loop, patch, wall_now)
+    await asyncio.to_thread(kube.patch_merge, "InferenceService", meta["namespace"], meta["name"],
+                            {"status": merge_patch(patch)}, "status")  # fmt: skip
+    return verdict
+
+
+async def collect(
+    body: dict[str, Any],
+    kube: Kube,
+    cfg: OperatorConfig,
+    source: collector.MetricsSource,
+    loop: LoopState,
+    now: float,
+) -> Observation | None:
+    """Scrape the ready engines into the sample window and gather what the decision needs."""
+    meta = body["metadata"]
     try:
         svc = parse_spec(body)
     except ValidationError:
-        return None
+        return None  # the reconcile reports the invalid spec
     policy = svc.spec.scaling
     if policy.mode == "off":
         return None
     plans = plan_service(svc, cfg)
-    pods = await asyncio.to_thread(kube.list, "Pod", namespace, selector_for(name))
-    engines = collector.engine_pods(pods)
-    result = await source.collect(engines, [p.name for p in svc.spec.pools], now)
+    pods = await asyncio.to_thread(kube.list, "Pod", meta["namespace"], selector_for(meta["name"]))
+    result = await source.collect(
+        collector.engine_pods(pods), [p.name for p in svc.spec.pools], now
+    )
     loop.window.append(result.sample)
     horizon = decision.history_seconds(policy)
     while loop.window and loop.window[0].time < now - horizon:
         loop.window.popleft()
-
-    status = dict(body.get("status") or {})
-    desired_now = current_split(body) or {p.name: p.min_replicas for p in svc.spec.pools}
+    status = observe.service_status(body)
+    desired_now = current_split(status) or {p.name: p.min_replicas for p in svc.spec.pools}
     pool_target = pool_targets(svc, cfg, plans, status)
     inputs = pool_inputs(
         svc, cfg, plans, status, desired_now, pool_target, collector.startup_seconds(pods)
     )
-    state = _state_of(body)
-    verdict = decision.decide(list(loop.window), policy, inputs, state, now)
+    state = ScalerAnnotation.parse(
+        (meta.get("annotations") or {}).get(c.ANNOTATION_SCALER_STATE)
+    ).state
+    return Observation(svc, plans, pods, result, status, desired_now, pool_target, inputs, state)
+
+
+async def decide(
+    seen: Observation, kube: Kube, cfg: OperatorConfig, loop: LoopState, now: float
+) -> Decision:
+    """The pure decision; before a scale-up, decided again with what the cluster can place."""
+    policy = seen.policy
+    verdict = decision.decide(list(loop.window), policy, seen.inputs, seen.state, now)
     wants_more = any(p.desired > p.current for p in verdict.pools)
     if wants_more and policy.mode == "builtin":
         nodes = await asyncio.to_thread(kube.list, "Node", None)
         all_pods = await asyncio.to_thread(kube.list, "Pod", None, "", "status.phase!=Succeeded")
-        inputs = with_allocatable(inputs, svc, cfg, plans, nodes, all_pods)
-        verdict = decision.decide(list(loop.window), policy, inputs, state, now)
+        seen.inputs = with_allocatable(seen.inputs, seen.svc, cfg, seen.plans, nodes, all_pods)
+        verdict = decision.decide(list(loop.window), policy, seen.inputs, seen.state, now)
+    return verdict
 
-    sig = [result.sample.pools[p.name] for p in svc.spec.pools if p.name in result.sample.pools]
+
+def publish(body: dict[str, Any], seen: Observation, now: datetime) -> InferenceServiceStatus:
+    """The operator's gauges and ``status.metrics`` from the sample (in every mode)."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    pools = seen.svc.spec.pools
+    sample, result = seen.result.sample, seen.result
+    sig = [sample.pools[p.name] for p in pools if p.name in sample.pools]
     tokens = sum(s.generation_tps for s in sig)
     metrics.TOKENS_PER_SECOND.labels(namespace, name).set(tokens)
     if result.scrape_errors:
         metrics.SCRAPE_ERRORS.labels(namespace, name).inc(result.scrape_errors)
-    target = inputs[0].target_per_replica if inputs else None
+    target = seen.inputs[0].target_per_replica if seen.inputs else None
     if target:
         metrics.TARGET_PER_REPLICA.labels(namespace, name).set(target)
-    patch: dict[str, Any] = {
-        "metrics": {
-            "tokensPerSecond": round(tokens, 3),
-            "promptTokensPerSecond": round(sum(s.prompt_tps for s in sig), 3),
-            "requestsRunning": sum(s.requests_running for s in sig),
-            "requestsWaiting": sum(s.requests_waiting for s in sig),
-            "kvCacheUsage": _mean([s.kv_cache_usage for s in sig]),
-            "targetPerReplica": target,
-            "targetSource": pool_target[svc.spec.pools[0].name].source,
-            "scrapeErrors": result.scrape_errors,
-            "observedAt": _now_iso(wall_now),
-        }
-    }
-    holder = None
-    if (meta.get("annotations") or {}).get(c.ANNOTATION_SCALING_HOLD):
-        holder = await asyncio.to_thread(hold.live_hold, kube, meta)
-    if policy.mode == "external" or holder:
-        if holder:
-            why = f"{holder} owns /scale until it finishes"
-            patch["scaling"] = _scaling(True, "Held", why, {}, wall_now)
-        else:
-            patch["scaling"] = _scaling(True, "ExternalScaler", "HPA/KEDA own /scale", {}, wall_now)
-        await asyncio.to_thread(kube.patch_merge, "InferenceService", namespace, name,
-                                {"status": patch}, "status")  # fmt: skip
-        return verdict
+    return InferenceServiceStatus(
+        metrics=MetricsStatus(
+            tokens_per_second=round(tokens, 3),
+            prompt_tokens_per_second=round(sum(s.prompt_tps for s in sig), 3),
+            requests_running=sum(s.requests_running for s in sig),
+            requests_waiting=sum(s.requests_waiting for s in sig),
+            kv_cache_usage=_mean([s.kv_cache_usage for s in sig]),
+            target_per_replica=target,
+            target_source=seen.pool_target[pools[0].name].source,
+            scrape_errors=result.scrape_errors,
+            observed_at=now,
+        )
+    )
 
+
+async def act(
+    body: dict[str, Any],
+    seen: Observation,
+    verdict: Decision,
+    kube: Kube,
+    cfg: OperatorConfig,
+    loop: LoopState,
+    patch: InferenceServiceStatus,
+    wall_now: datetime,
+) -> None:
+    """Built-in mode: record the conclusion in ``patch``, scale when it changed, and persist the
+    decision state (on every change, else at most every :data:`PERSIST_EVERY_SECONDS`)."""
+    meta = body["metadata"]
+    now = wall_now.timestamp()
     blocked = verdict.insufficient_gpu
     reason = "InsufficientGPU" if blocked else ("Panic" if verdict.panic else "Active")
-    patch["scaling"] = _scaling(not blocked, reason, verdict.reason, verdict.desired(), wall_now)
+    patch.scaling = _scaling(
+        not blocked, reason, verdict.reason, verdict.desired(), verdict.panic, wall_now
+    )
     state_json = verdict.state.to_json()
     persist = verdict.changed or (
         state_json != loop.last_state_json and now - loop.last_persist >= PERSIST_EVERY_SECONDS
     )
     if verdict.changed:
-        await _act(kube, body, pods, verdict, result.in_flight(), cfg, patch, wall_now)
+        in_flight = seen.result.in_flight()
+        await _scale(kube, body, seen, verdict, in_flight, cfg, patch, wall_now)
     elif persist:
-        await asyncio.to_thread(_write_state, kube, namespace, name, verdict, desired_now)
+        await asyncio.to_thread(
+            _write_state, kube, meta["namespace"], meta["name"], verdict, seen.desired_now
+        )
     if persist:
         loop.last_persist, loop.last_state_json = now, state_json
-    await asyncio.to_thread(
-        kube.patch_merge, "InferenceService", namespace, name, {"status": patch}, "status"
-    )
-    return verdict
 
 
-async def _act(
+async def _scale(
     kube: Kube,
     body: dict[str, Any],
-    pods: list[dict[str, Any]],
+    seen: Observation,
     verdict: Decision,
     in_flight: dict[str, float],
     cfg: OperatorConfig,
-    patch: dict[str, Any],
+    patch: InferenceServiceStatus,
     now: datetime,
 ) -> None:
     """Drain-safe scale: deletion costs first, then the split hint, then /scale."""
@@ -269,7 +333,7 @@ async def _act(
     namespace, name = meta["namespace"], meta["name"]
     if any(p.desired < p.current for p in verdict.pools):
         costs = capacity.deletion_costs(in_flight)
-        for pod, cost in capacity.deletion_cost_patches(pods, costs).items():
+        for pod, cost in capacity.deletion_cost_patches(seen.pods, costs).items():
             annotations = {c.ANNOTATION_POD_DELETION_COST: cost}
             await asyncio.to_thread(
                 kube.patch_merge, "Pod", namespace, pod, {"metadata": {"annotations": annotations}}
@@ -284,7 +348,7 @@ async def _act(
         {"spec": {"replicas": sum(desired.values())}},
         "scale",
     )
-    history = list((body.get("status") or {}).get("scalingHistory") or [])
+    history = list(seen.status.scaling_history)
     for pool in verdict.pools:
         if not pool.changed:
             continue
@@ -297,19 +361,18 @@ async def _act(
             to_replicas=pool.desired,
             reason=pool.reason,
         )
-        history.append(entry.to_k8s())
+        history.append(entry)
         msg = f"pool {pool.pool}: {pool.current} -> {pool.desired} replicas ({pool.reason})"
         await asyncio.to_thread(kube.event, body, "Scaled", msg)
-    patch["scalingHistory"] = history[-cfg.scaling_history_limit :]
-    patch["scaling"]["lastScaleTime"] = _now_iso(now)
+    patch.scaling_history = history[-cfg.scaling_history_limit :]
+    if patch.scaling is not None:
+        patch.scaling.last_scale_time = now
 
 
 def _write_state(
     kube: Kube, namespace: str, name: str, verdict: Decision, split: dict[str, int]
 ) -> None:
-    value = json.dumps(
-        {"split": split, "state": json.loads(verdict.state.to_json())}, separators=(",", ":")
-    )
+    value = ScalerAnnotation(split=split, state=verdict.state).to_json()
     kube.patch_merge(
         "InferenceService",
         namespace,
@@ -319,15 +382,12 @@ def _write_state(
 
 
 def _scaling(
-    able: bool, reason: str, message: str, desired: dict[str, int], now: datetime
-) -> dict[str, Any]:
-    return {
-        "able": able,
-        "reason": reason,
-        "message": message,
-        "desired": desired,
-        "observedAt": _now_iso(now),
-    }
+    able: bool, reason: str, message: str, desired: dict[str, int], panic: bool, now: datetime
+) -> ScalingStatus:
+    """``status.scaling``: every field written, so nothing stale survives a merge patch."""
+    return ScalingStatus(
+        able=able, reason=reason, message=message, desired=desired, panic=panic, observed_at=now
+    )
 
 
 def _mean(values: list[float | None]) -> float | None:

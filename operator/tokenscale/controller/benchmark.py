@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tokenscale.api.benchmark import FINISHED, InferenceBenchmarkSpec
+from tokenscale.api.benchmark import FINISHED, InferenceBenchmarkSpec, InferenceBenchmarkStatus
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.controller import sweep
@@ -28,13 +28,11 @@ from tokenscale.controller.benchrun import (
     wait,
     with_conditions,
 )
+from tokenscale.controller.events import Event
+from tokenscale.controller.observe import benchmark_status
 from tokenscale.k8s import wake
 from tokenscale.k8s.kube import Kube
 from tokenscale.validation import problems_from
-
-
-def _now(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def reconcile_benchmark(
@@ -42,10 +40,9 @@ def reconcile_benchmark(
 ) -> BenchOutcome:
     """Move the benchmark one step forward."""
     now = now or datetime.now(UTC)
-    meta, status = body["metadata"], dict(body.get("status") or {})
+    meta, status = body["metadata"], benchmark_status(body)
     name, namespace, gen = meta["name"], meta["namespace"], meta.get("generation")
-    phase = status.get("phase") or "Pending"
-    if phase in FINISHED:
+    if status.phase in FINISHED:
         return BenchOutcome({}, finished=True)
     try:
         spec = InferenceBenchmarkSpec.model_validate(body.get("spec") or {})
@@ -58,12 +55,12 @@ def reconcile_benchmark(
     if spec.target.service:
         svc_body = kube.get("InferenceService", namespace, spec.target.service)
         if svc_body is None:
-            if status.get("sweep"):
+            if status.sweep is not None:
                 return fail(body, "TargetGone", f"{spec.target.service} was deleted", now)
             return wait(body, f"InferenceService {spec.target.service} not found", now)
         svc_spec = InferenceServiceSpec.model_validate(svc_body["spec"])
-        if spec.scenario == "replicaSweep" and status.get("sweep"):
-            return sweep.step(body, spec, svc_body, svc_spec, kube, cfg, now)
+        if spec.scenario == "replicaSweep" and status.sweep is not None:
+            return sweep.step(body, spec, status.sweep, svc_body, svc_spec, kube, cfg, now)
         if wake.at_zero(svc_body):
             return _wake(body, svc_body, svc_spec, kube, now)
         if not service_ready(svc_body):
@@ -77,10 +74,10 @@ def reconcile_benchmark(
     job = kube.get("Job", namespace, job_name)
     if job is None:
         start_job(body, spec, svc_spec, kube, cfg, job_name)
-        status.update(phase="Running", jobName=job_name, startTime=_now(now))
+        running = InferenceBenchmarkStatus(phase="Running", job_name=job_name, start_time=now)
         msg = f"started Job {job_name} ({spec.scenario}, {spec.shards} shard(s))"
         return BenchOutcome(
-            with_conditions(body, status, "Running", msg, gen, now), [("Started", msg, "Normal")]
+            with_conditions(body, running, "Running", msg, gen, now), [Event("Started", msg)]
         )
     state, message = job_state(job)
     if state == "failed":
@@ -107,5 +104,5 @@ def _wake(
     bench = body["metadata"]["name"]
     message = wake.wake(kube, svc_body, svc_spec, f"for benchmark {bench}")
     outcome = wait(body, message, now)
-    outcome.events.append(("WokeTarget", message, "Normal"))
+    outcome.events.append(Event("WokeTarget", message))
     return outcome

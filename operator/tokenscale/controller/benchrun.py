@@ -22,15 +22,25 @@ from tokenscale.api.benchmark import (
     FINISHED,
     BenchmarkResults,
     InferenceBenchmarkSpec,
+    InferenceBenchmarkStatus,
     LatencySummary,
+    SweepStatus,
     Verdict,
 )
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
-from tokenscale.api.status import BenchmarkSummary
+from tokenscale.api.status import BenchmarkSummary, InferenceServiceStatus
+from tokenscale.api.wire import merge_patch
 from tokenscale.bench import resultchannel, scenarios
 from tokenscale.bench.models import BenchResult, VerdictStatus
-from tokenscale.controller.observe import condition, merge_conditions
+from tokenscale.controller.events import Event
+from tokenscale.controller.observe import (
+    benchmark_status,
+    condition,
+    find,
+    merge_conditions,
+    service_status,
+)
 from tokenscale.k8s.kube import Kube
 from tokenscale.k8s.owners import owner_reference
 from tokenscale.render import benchmark_job
@@ -54,7 +64,7 @@ class BenchOutcome:
     """Status patch for the benchmark, Events, and an optional patch of the target's status."""
 
     status: dict[str, Any]
-    events: list[tuple[str, str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     service_status: dict[str, Any] | None = None
     finished: bool = False
 
@@ -87,22 +97,18 @@ def results_from(result: BenchResult) -> BenchmarkResults:
     )
 
 
-def _now(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def service_ready(svc_body: dict[str, Any]) -> bool:
     """The target serves: Ready is True for its current spec and not merely "scaled to zero".
 
     The generation check matters right after a /scale write (a wake-up): until the reconcile has
     caught up, the old Ready=True/ScaledToZero would otherwise start a run against no engines.
     """
-    status = svc_body.get("status") or {}
+    status = service_status(svc_body)
     generation = svc_body["metadata"].get("generation")
-    if generation is not None and status.get("observedGeneration") != generation:
+    if generation is not None and status.observed_generation != generation:
         return False
-    ready = next((x for x in status.get("conditions") or [] if x["type"] == "Ready"), None)
-    return bool(ready and ready.get("status") == "True" and ready.get("reason") != "ScaledToZero")
+    ready = find(status.conditions, c.COND_READY)
+    return bool(ready and ready.status == "True" and ready.reason != "ScaledToZero")
 
 
 def start_job(
@@ -161,27 +167,29 @@ def finish(
     kube: Kube,
     cfg: OperatorConfig,
     now: datetime,
+    sweep: SweepStatus | None = None,
 ) -> BenchOutcome:
     """Judge a collected run: results, verdict, report, Events; on a service target also its
-    status.benchmark, history and a Regression Event. The benchmark is finished afterwards."""
+    status.benchmark, history and a Regression Event. The benchmark is finished afterwards.
+    A replica sweep passes its final ``sweep`` progress to be written with the results."""
     meta = body["metadata"]
     results = results_from(merged)
     verdict = VERDICTS[merged.verdict.status]
-    reasons = list(merged.verdict.reasons)
-    report = store_report(kube, body, merged)
-    status: dict[str, Any] = {
-        "phase": "Succeeded",
-        "completionTime": _now(now),
-        "results": results.to_k8s(),
-        "verdict": verdict,
-        "reasons": reasons,
-        "report": report,
-    }
+    status = InferenceBenchmarkStatus(
+        phase="Succeeded",
+        completion_time=now,
+        results=results,
+        verdict=verdict,
+        reasons=list(merged.verdict.reasons),
+        report=store_report(kube, body, merged),
+    )
+    if sweep is not None:
+        status.sweep = sweep
     message = (
         f"{verdict}: {results.tokens_per_second:,.0f} tok/s, p99 TTFT "
         f"{results.ttft_ms.p99} ms, p99 TPOT {results.tpot_ms.p99} ms"
     )
-    events = [("Finished", message, "Normal" if verdict in ("Pass", "NoSLA") else "Warning")]
+    events = [Event("Finished", message, "Normal" if verdict in ("Pass", "NoSLA") else "Warning")]
     outcome = BenchOutcome(
         with_conditions(body, status, "Finished", message, meta.get("generation"), now),
         events,
@@ -189,16 +197,15 @@ def finish(
     )
     if svc_body is not None:
         identity = engine_identity(kube, svc_body)
-        outcome.service_status = service_summary(
-            svc_body, meta["name"], results, verdict, cfg, now, identity
-        )
-        summary = outcome.service_status["benchmark"]
-        if summary.get("regression"):
+        target = service_summary(svc_body, meta["name"], results, verdict, cfg, now, identity)
+        outcome.service_status = merge_patch(target)
+        summary = target.benchmark
+        if summary is not None and summary.regression:
             text = (
-                f"regression: {summary['capacityPerReplica']:,.0f} tok/s per replica at the SLA, "
-                f"more than {cfg.benchmark.regression_margin:.0%} below {summary['baseline']}"
+                f"regression: {summary.capacity_per_replica or 0:,.0f} tok/s per replica at the "
+                f"SLA, more than {cfg.benchmark.regression_margin:.0%} below {summary.baseline}"
             )
-            outcome.events.append(("Regression", text, "Warning"))
+            outcome.events.append(Event("Regression", text, "Warning"))
             kube.event(svc_body, "Regression", text, "Warning")
     return outcome
 
@@ -228,7 +235,7 @@ def engine_identity(kube: Kube, svc_body: dict[str, Any]) -> EngineIdentity:
             version = _engine_version(ip)
             if version:
                 break
-    gpu = (svc_body.get("status") or {}).get("gpuSummary") or None
+    gpu = service_status(svc_body).gpu_summary or None
     return EngineIdentity(",".join(images) or None, version, gpu)
 
 
@@ -250,7 +257,7 @@ def service_summary(
     cfg: OperatorConfig,
     now: datetime,
     identity: EngineIdentity | None = None,
-) -> dict[str, Any]:
+) -> InferenceServiceStatus:
     """The target's status.benchmark and bounded history with a regression flag.
 
     Throughput is compared per replica (runs at different replica counts stay comparable) and
@@ -259,30 +266,28 @@ def service_summary(
     derived from status.benchmark by the service's reconcile, in one place.
     """
     identity = identity or EngineIdentity()
-    status = svc_body.get("status") or {}
-    ready = max(int(status.get("readyReplicas") or 0), 1)
+    status = service_status(svc_body)
+    ready = max(status.ready_replicas, 1)
     capacity = round(results.tokens_per_second / ready, 3)
-    history = list(status.get("benchmarkHistory") or [])
+    history = list(status.benchmark_history)
     comparable = [
-        h
+        (h, h.capacity_per_replica)
         for h in history
-        if h.get("verdict") == "Pass"
-        and h.get("capacityPerReplica")
-        and h.get("gpu") == identity.gpu
+        if h.verdict == "Pass" and h.capacity_per_replica and h.gpu == identity.gpu
     ]
-    best = max(comparable, key=lambda h: float(h["capacityPerReplica"]), default=None)
+    best, best_capacity = max(comparable, key=lambda pair: pair[1], default=(None, 0.0))
     regression = (
         verdict == "Pass"
         and best is not None
-        and capacity < float(best["capacityPerReplica"]) * (1 - cfg.benchmark.regression_margin)
+        and capacity < best_capacity * (1 - cfg.benchmark.regression_margin)
     )
     baseline = None
     if best is not None:
-        baseline = f"{best['name']} ({best['capacityPerReplica']:,.0f} tok/s per replica"
+        baseline = f"{best.name} ({best_capacity:,.0f} tok/s per replica"
         baseline += "".join(
-            f", {label} {best[key]}"
-            for key, label in (("image", "image"), ("engineVersion", "engine"))
-            if best.get(key)
+            f", {label} {value}"
+            for value, label in ((best.image, "image"), (best.engine_version, "engine"))
+            if value
         )
         baseline += ")"
     summary = BenchmarkSummary(
@@ -299,9 +304,9 @@ def service_summary(
         gpu=identity.gpu,
         regression=regression,
         baseline=baseline,
-    ).to_k8s()
+    )
     history = [*history, summary][-cfg.benchmark.history_limit :]
-    return {"benchmark": summary, "benchmarkHistory": history}
+    return InferenceServiceStatus(benchmark=summary, benchmark_history=history)
 
 
 def store_report(kube: Kube, body: dict[str, Any], merged: BenchResult) -> str | None:
@@ -336,40 +341,41 @@ def store_report(kube: Kube, body: dict[str, Any], merged: BenchResult) -> str |
 
 def with_conditions(
     body: dict[str, Any],
-    status: dict[str, Any],
+    status: InferenceBenchmarkStatus,
     reason: str,
     message: str,
     gen: int | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """The status with Complete and Failed derived from its phase, kept stable across passes
-    (a condition's transition time moves only when its status flips)."""
-    done = status.get("phase") in FINISHED
-    ok = status.get("phase") == "Succeeded"
+    """The status patch with Complete and Failed derived from its phase, kept stable across
+    passes (a condition's transition time moves only when its status flips)."""
+    done = status.phase in FINISHED
     conds = [
-        condition("Complete", done and ok, reason, message, gen),
-        condition("Failed", status.get("phase") == "Failed", reason, message, gen),
+        condition("Complete", done and status.phase == "Succeeded", reason, message, gen),
+        condition("Failed", status.phase == "Failed", reason, message, gen),
     ]
     old = (body.get("status") or {}).get("conditions") or []
-    return {**status, "observedGeneration": gen, "conditions": merge_conditions(old, conds, now)}
+    status.observed_generation = gen
+    status.conditions = merge_conditions(old, conds, now)
+    return merge_patch(status)
 
 
 def wait(body: dict[str, Any], message: str, now: datetime) -> BenchOutcome:
     """WaitingForTarget with a message; the Waiting Event only on entering the phase, so a
     benchmark polling a slow target does not post one Event per pass."""
-    status = {"phase": "WaitingForTarget"}
+    status = InferenceBenchmarkStatus(phase="WaitingForTarget")
     gen = body["metadata"].get("generation")
-    prior = (body.get("status") or {}).get("phase")
-    events = [] if prior == "WaitingForTarget" else [("Waiting", message, "Normal")]
+    prior = benchmark_status(body).phase
+    events = [] if prior == "WaitingForTarget" else [Event("Waiting", message)]
     return BenchOutcome(with_conditions(body, status, "Waiting", message, gen, now), events)
 
 
 def fail(body: dict[str, Any], reason: str, message: str, now: datetime) -> BenchOutcome:
     """The terminal Failed status and a Warning Event: the benchmark never acts again."""
-    status = {"phase": "Failed", "completionTime": _now(now), "reasons": [message]}
+    status = InferenceBenchmarkStatus(phase="Failed", completion_time=now, reasons=[message])
     gen = body["metadata"].get("generation")
     return BenchOutcome(
         with_conditions(body, status, reason, message, gen, now),
-        [(reason, message, "Warning")],
+        [Event(reason, message, "Warning")],
         finished=True,
     )

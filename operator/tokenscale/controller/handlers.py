@@ -20,7 +20,7 @@ from tokenscale import constants as c
 from tokenscale.api.benchmark import FINISHED
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import ScrapeCollector
-from tokenscale.controller import hold, metrics, refresh, resync
+from tokenscale.controller import events, hold, metrics, refresh, resync
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark
 from tokenscale.controller.reconcile import (
@@ -137,8 +137,7 @@ def _write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome, kube: Kube) -> 
     patch.status.update(outcome.status)
     meta = body["metadata"]
     metrics.record_pools(meta["namespace"], meta["name"], outcome.status.get("pools", []))
-    for reason, message, type_ in outcome.events:
-        kube.event(dict(body), reason, message, type_)
+    events.post(kube, dict(body), outcome.events)
 
 
 def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
@@ -162,8 +161,8 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Spec changed (or the operator restarted): converge children and status."""
     outcome = _run(body, patch, memo)
-    if outcome.invalid:
-        raise kopf.PermanentError(outcome.events[0][1])
+    if outcome.error is not None:
+        raise kopf.PermanentError(outcome.error)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY})
@@ -230,8 +229,7 @@ def refresh_service(
     except KubeError as exc:
         log.info("status refresh of %s/%s failed: %s", namespace, name, exc)
         return
-    for reason, message, type_ in outcome.events:
-        kube.event(owner, reason, message, type_)
+    events.post(kube, owner, outcome.events)
 
 
 def _scaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
@@ -269,8 +267,7 @@ def _bench(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     metrics.RECONCILES.labels("InferenceBenchmark", "ok").inc()
     if outcome.status:
         patch.status.update(outcome.status)
-    for reason, message, type_ in outcome.events:
-        kube.event(dict(body), reason, message, type_)
+    events.post(kube, dict(body), outcome.events)
     target = (body.get("spec") or {}).get("target") or {}
     if outcome.service_status is not None and target.get("service"):
         namespace, service = body["metadata"]["namespace"], target["service"]

@@ -14,7 +14,8 @@ import logging
 from typing import Any
 
 from tokenscale import constants as c
-from tokenscale.api.benchmark import FINISHED, SweepStatus
+from tokenscale.api.benchmark import FINISHED
+from tokenscale.controller.observe import benchmark_status
 from tokenscale.k8s.kube import Kube
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def live_hold(kube: Kube, meta: dict[str, Any]) -> str | None:
     kind, _, owner = str(hold).partition("/")
     if kind == "benchmark" and owner:
         bench = kube.get("InferenceBenchmark", meta["namespace"], owner)
-        if bench is not None and (bench.get("status") or {}).get("phase") not in FINISHED:
+        if bench is not None and benchmark_status(bench).phase not in FINISHED:
             return str(hold)
     log.info("lifting stale scaling hold %r on %s", hold, meta["name"])
     kube.patch_merge(
@@ -65,10 +66,9 @@ def live_hold(kube: Kube, meta: dict[str, Any]) -> str | None:
 
 def release_if_holding(kube: Kube, body: dict[str, Any]) -> None:
     """On deletion of a benchmark mid-sweep: give the target back (best effort)."""
-    status = body.get("status") or {}
+    sweep = benchmark_status(body).sweep
     target = ((body.get("spec") or {}).get("target") or {}).get("service")
-    if not target or not status.get("sweep"):
+    if not target or sweep is None:
         return
-    sweep = SweepStatus.model_validate(status["sweep"])
     meta = body["metadata"]
     release(kube, meta["namespace"], target, meta["name"], sweep.restore_replicas)

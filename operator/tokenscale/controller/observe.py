@@ -6,15 +6,22 @@ pods, the plan), so a restarted operator or a missed event can never leave statu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from tokenscale import constants as c
 from tokenscale.api.base import Condition, ConditionStatus
+from tokenscale.api.benchmark import InferenceBenchmarkStatus
+from tokenscale.api.status import InferenceServiceStatus
 
 __all__ = ["Condition", "PoolObservation", "condition", "merge_conditions"]
+
+log = logging.getLogger(__name__)
 
 _BAD_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError"}
 
@@ -86,20 +93,57 @@ def condition(
 
 def merge_conditions(
     old: Sequence[dict[str, Any]], new: Sequence[Condition], now: datetime
-) -> list[dict[str, Any]]:
-    """Keep lastTransitionTime unless the status flipped; keep condition types we don't own."""
-    previous = {c_["type"]: c_ for c_ in old}
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    out: list[dict[str, Any]] = []
+) -> list[Condition]:
+    """Keep lastTransitionTime unless the status flipped; keep condition types we don't own.
+
+    A stored condition that does not validate (never written by this operator: the CRD schema
+    has the same shape) is dropped rather than failing the pass; ours are recomputed anyway."""
+    previous: dict[str, Condition] = {}
+    for raw in old:
+        try:
+            kept = Condition.model_validate(raw)
+        except ValidationError:
+            continue
+        previous[kept.type] = kept
+    out: list[Condition] = []
     for cond in new:
         before = previous.pop(cond.type, None)
-        same = before is not None and before.get("status") == cond.status
-        item = cond.to_k8s()
-        item["lastTransitionTime"] = (before or {}).get("lastTransitionTime") if same else None
-        item["lastTransitionTime"] = item["lastTransitionTime"] or stamp
-        out.append(item)
+        same = before is not None and before.status == cond.status
+        stamp = before.last_transition_time if same and before is not None else None
+        out.append(cond.model_copy(update={"last_transition_time": stamp or now}))
     out.extend(previous.values())
-    return sorted(out, key=lambda x: str(x["type"]))
+    return sorted(out, key=lambda x: x.type)
+
+
+def find(conditions: Iterable[Condition], type_: str) -> Condition | None:
+    """The condition of that type, if any."""
+    return next((x for x in conditions if x.type == type_), None)
+
+
+def service_status(body: dict[str, Any]) -> InferenceServiceStatus:
+    """An InferenceService's stored status through the model (what every reader uses).
+
+    The operator is the only writer and the CRD schema is generated from the same model, so a
+    failure means a hand edit; it is logged and read as empty rather than stopping the loop."""
+    try:
+        return InferenceServiceStatus.model_validate(body.get("status") or {})
+    except ValidationError as exc:
+        log.warning("status of %s does not validate, read as empty: %s", _name(body), exc)
+        return InferenceServiceStatus()
+
+
+def benchmark_status(body: dict[str, Any]) -> InferenceBenchmarkStatus:
+    """An InferenceBenchmark's stored status through the model (see :func:`service_status`)."""
+    try:
+        return InferenceBenchmarkStatus.model_validate(body.get("status") or {})
+    except ValidationError as exc:
+        log.warning("status of %s does not validate, read as empty: %s", _name(body), exc)
+        return InferenceBenchmarkStatus()
+
+
+def _name(body: dict[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
 def service_conditions(

@@ -7,7 +7,6 @@ status from what is observed now. Create, update, resume and a slow timer all ca
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,8 +18,11 @@ from pydantic import ValidationError
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
-from tokenscale.api.status import PoolPlan, PoolStatus
+from tokenscale.api.status import InferenceServiceStatus, PoolPlan, PoolStatus
+from tokenscale.api.wire import merge_patch
+from tokenscale.autoscale.state import ScalerAnnotation
 from tokenscale.controller import observe, routing
+from tokenscale.controller.events import Event
 from tokenscale.controller.split import split_replicas
 from tokenscale.k8s.kube import Kube, KubeError
 from tokenscale.k8s.owners import owner_reference
@@ -38,13 +40,21 @@ WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 
 @dataclass(slots=True)
 class Outcome:
-    """What one pass decided: the status patch and the Events to post."""
+    """What one pass decided: the status patch (built from the status model) and the Events.
+
+    ``error`` is set when the spec is invalid: the message Kopf's PermanentError carries (the
+    same text as the InvalidSpec condition and Event)."""
 
     status: dict[str, Any]
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-    invalid: bool = False
+    events: list[Event] = field(default_factory=list)
+    error: str | None = None
     #: (kind, name) -> generation/resourceVersion of every child this pass applied
     children: dict[tuple[str, str], str] | None = None
+
+    @property
+    def invalid(self) -> bool:
+        """The spec did not validate (status and Event say why; nothing was applied)."""
+        return self.error is not None
 
 
 def child_version(obj: dict[str, Any]) -> str:
@@ -62,8 +72,10 @@ def _invalid(body: dict[str, Any], exc: ValidationError, now: datetime) -> Outco
         observe.condition(c.COND_DEGRADED, True, "InvalidSpec", text, gen),
     ]
     old = (body.get("status") or {}).get("conditions") or []
-    status = {"observedGeneration": gen, "conditions": observe.merge_conditions(old, conds, now)}
-    return Outcome(status, [("InvalidSpec", text, "Warning")], invalid=True)
+    status = InferenceServiceStatus(
+        observed_generation=gen, conditions=observe.merge_conditions(old, conds, now)
+    )
+    return Outcome(merge_patch(status), [Event("InvalidSpec", text, "Warning")], error=text)
 
 
 def cost_per_token(
@@ -85,16 +97,9 @@ def cost_per_token(
 
 
 def _split_hint(body: dict[str, Any]) -> dict[str, int] | None:
+    """The autoscaler's last per-pool split, from its annotation (None: none usable)."""
     raw = (body["metadata"].get("annotations") or {}).get(c.ANNOTATION_SCALER_STATE)
-    if not raw:
-        return None
-    try:
-        split = json.loads(raw).get("split")
-    except (ValueError, AttributeError):
-        return None
-    if not isinstance(split, dict):
-        return None
-    return {str(k): int(v) for k, v in split.items()}
+    return ScalerAnnotation.parse(raw).split
 
 
 def reconcile_service(
@@ -134,50 +139,48 @@ def _reconcile(
     namespace = body["metadata"]["namespace"]
     route = routing.live_route(kube, cfg, svc, namespace)
     rendered = render_all(svc, cfg, plans, replicas, route)
-    events: list[tuple[str, str, str]] = []
+    events: list[Event] = []
     if apply:
         applied = _apply_children(body, rendered.objects, kube, cfg, events)
     else:
         applied = _read_workloads(body, rendered.objects, kube, cfg)
 
-    status = _status(body, svc, plans, replicas, applied, kube, rendered.problems, now)
+    old = observe.service_status(body)
+    status = _status(body, old, svc, plans, replicas, applied, kube, rendered.problems, now)
     moved = routing.follow(
         body,
         svc,
         cfg,
         kube,
-        int(status.get("readyReplicas") or 0),
+        status.ready_replicas,
         route,
         lambda want: _service_object(render_all(svc, cfg, plans, replicas, want).objects),
         events,
     )
     if moved is not None and apply:  # the ledger must hold the Service as it is now
         applied[("Service", moved["metadata"]["name"])] = moved
-    old_degraded = _condition(body, c.COND_DEGRADED)
-    new_degraded = _condition({"status": status}, c.COND_DEGRADED)
-    if new_degraded and new_degraded.get("status") == "True":
-        changed = not old_degraded or old_degraded.get("message") != new_degraded.get("message")
-        if changed:
-            reason = str(new_degraded.get("reason"))
-            events.append((reason, str(new_degraded.get("message")), "Warning"))
-    if gen != (body.get("status") or {}).get("observedGeneration"):
-        events += [("RenderWarning", w, "Warning") for w in rendered.warnings]
-    if _rollout_benchmark_due(body, svc, status):
+    old_degraded = observe.find(old.conditions, c.COND_DEGRADED)
+    new_degraded = observe.find(status.conditions, c.COND_DEGRADED)
+    if (
+        new_degraded is not None
+        and new_degraded.status == "True"
+        and (old_degraded is None or old_degraded.message != new_degraded.message)
+    ):
+        events.append(Event(new_degraded.reason, new_degraded.message, "Warning"))
+    if gen != old.observed_generation:
+        events += [Event("RenderWarning", w, "Warning") for w in rendered.warnings]
+    if _rollout_benchmark_due(body, old, svc, status):
         bench = rollout_benchmark(body, svc)
         kube.apply(bench)
-        status["rolloutBenchmarkGeneration"] = gen
+        status.rollout_benchmark_generation = gen
         events.append(
-            (
-                "RolloutBenchmark",
-                f"created InferenceBenchmark {bench['metadata']['name']}",
-                "Normal",
-            )
+            Event("RolloutBenchmark", f"created InferenceBenchmark {bench['metadata']['name']}")
         )
-    status["observedGeneration"] = gen
+    status.observed_generation = gen
     if not apply:
-        return Outcome(status, events)
+        return Outcome(merge_patch(status), events)
     children = {key: child_version(obj) for key, obj in applied.items()}
-    return Outcome(status, events, children=children)
+    return Outcome(merge_patch(status), events, children=children)
 
 
 def _service_object(objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -189,7 +192,7 @@ def _apply_children(
     objects: Sequence[dict[str, Any]],
     kube: Kube,
     cfg: OperatorConfig,
-    events: list[tuple[str, str, str]],
+    events: list[Event],
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Server-side apply every rendered child, prune owned children no longer rendered."""
     meta = body["metadata"]
@@ -209,14 +212,14 @@ def _apply_children(
         try:
             applied[key] = kube.apply(obj)
         except KubeError as exc:
-            events.append(("ApplyFailed", f"{key[0]} {key[1]}: {exc}", "Warning"))
+            events.append(Event("ApplyFailed", f"{key[0]} {key[1]}: {exc}", "Warning"))
             continue
         if key not in existing:
-            events.append(("Created", f"created {key[0]} {key[1]}", "Normal"))
+            events.append(Event("Created", f"created {key[0]} {key[1]}"))
     for key in sorted(set(existing) - set(applied)):
         if any(ref.get("uid") == meta.get("uid") for ref in _owners(existing[key])):
             kube.delete(key[0], namespace, key[1])
-            events.append(("Deleted", f"deleted {key[0]} {key[1]} (no longer in spec)", "Normal"))
+            events.append(Event("Deleted", f"deleted {key[0]} {key[1]} (no longer in spec)"))
     return applied
 
 
@@ -239,6 +242,7 @@ def _read_workloads(
 
 def _status(
     body: dict[str, Any],
+    old: InferenceServiceStatus,
     svc: InferenceService,
     plans: Sequence[PoolPlan],
     replicas: dict[str, int],
@@ -246,7 +250,8 @@ def _status(
     kube: Kube,
     render_problems: Sequence[str],
     now: datetime,
-) -> dict[str, Any]:
+) -> InferenceServiceStatus:
+    """What the reconcile owns in status, from what exists now (``old``: the stored status)."""
     meta = body["metadata"]
     pods = kube.list("Pod", meta["namespace"], names.selector_for(meta["name"]))
     trouble = observe.pod_problems(pods)
@@ -261,10 +266,9 @@ def _status(
     conds = observe.service_conditions(
         pools, plan_problems, render_problems, meta.get("generation")
     )
-    conds.append(_sla_condition(body, svc))
-    conds.append(_scaling_condition(body, svc))
-    old = (body.get("status") or {}).get("conditions") or []
-    old_pools = {p.get("name"): p for p in (body.get("status") or {}).get("pools") or []}
+    conds.append(_sla_condition(body, old, svc))
+    conds.append(_scaling_condition(body, old, svc))
+    old_pools = {p.name: p for p in old.pools}
     pool_status = [
         PoolStatus(
             name=o.name,
@@ -272,35 +276,50 @@ def _status(
             desired_replicas=o.desired,
             replicas=o.replicas,
             ready_replicas=o.ready,
-            tokens_per_second=old_pools.get(o.name, {}).get("tokensPerSecond"),
-            capacity_per_replica=old_pools.get(o.name, {}).get("capacityPerReplica"),
+            tokens_per_second=_pool_field(old_pools.get(o.name), "tokens_per_second"),
+            capacity_per_replica=_pool_field(old_pools.get(o.name), "capacity_per_replica"),
             message="; ".join(o.problems),
-        ).to_k8s()
+        )
         for o in pools
     ]
-    return {
-        "replicas": sum(replicas.values()),
-        "readyReplicas": sum(o.ready for o in pools),
-        "selector": names.selector_for(meta["name"]),
-        "gpuSummary": ",".join(dict.fromkeys(p.gpu for p in svc.spec.pools)),
-        "pools": pool_status,
-        "plan": [p.to_k8s() for p in plans],
-        "conditions": observe.merge_conditions(old, conds, now),
-    }
+    return InferenceServiceStatus(
+        replicas=sum(replicas.values()),
+        ready_replicas=sum(o.ready for o in pools),
+        selector=names.selector_for(meta["name"]),
+        gpu_summary=",".join(dict.fromkeys(p.gpu for p in svc.spec.pools)),
+        pools=pool_status,
+        plan=list(plans),
+        conditions=observe.merge_conditions(
+            (body.get("status") or {}).get("conditions") or [], conds, now
+        ),
+    )
+
+
+def _pool_field(pool: PoolStatus | None, name: str) -> float | None:
+    """A measured figure the reconcile keeps from the stored pool status (others write it)."""
+    value = getattr(pool, name) if pool is not None else None
+    return None if value is None else float(value)
 
 
 def _rollout_benchmark_due(
-    body: dict[str, Any], svc: InferenceService, status: dict[str, Any]
+    body: dict[str, Any],
+    old: InferenceServiceStatus,
+    svc: InferenceService,
+    status: InferenceServiceStatus,
 ) -> bool:
     """A rollout of this generation finished (Ready, not progressing) and was not benchmarked."""
     auto = svc.spec.benchmark_on_rollout
     if auto is None or not auto.enabled:
         return False
-    done = (body.get("status") or {}).get("rolloutBenchmarkGeneration")
-    conds = {x["type"]: x for x in status["conditions"]}
-    ready = conds.get(c.COND_READY, {}).get("status") == "True"
-    settled = conds.get(c.COND_PROGRESSING, {}).get("status") == "False"
-    return bool(ready and settled and done != body["metadata"].get("generation"))
+    ready = observe.find(status.conditions, c.COND_READY)
+    settled = observe.find(status.conditions, c.COND_PROGRESSING)
+    return bool(
+        ready is not None
+        and ready.status == "True"
+        and settled is not None
+        and settled.status == "False"
+        and old.rollout_benchmark_generation != body["metadata"].get("generation")
+    )
 
 
 def rollout_benchmark(body: dict[str, Any], svc: InferenceService) -> dict[str, Any]:
@@ -331,46 +350,38 @@ def rollout_benchmark(body: dict[str, Any], svc: InferenceService) -> dict[str, 
     }
 
 
-def _scaling_condition(body: dict[str, Any], svc: InferenceService) -> observe.Condition:
+def _scaling_condition(
+    body: dict[str, Any], old: InferenceServiceStatus, svc: InferenceService
+) -> observe.Condition:
     """Scaling from the autoscaler's last conclusion (status.scaling) and the policy mode."""
     gen = body["metadata"].get("generation")
     mode = svc.spec.scaling.mode
     if mode == "off":
         return observe.condition(c.COND_SCALING, False, "Disabled", "scaling.mode is off", gen)
-    latest = (body.get("status") or {}).get("scaling")
-    if not latest:
+    latest = old.scaling
+    if latest is None:
         return observe.condition(c.COND_SCALING, None, "Starting", "no decision yet", gen)
     return observe.condition(
-        c.COND_SCALING,
-        bool(latest.get("able", True)),
-        str(latest.get("reason") or "Active"),
-        str(latest.get("message") or ""),
-        gen,
+        c.COND_SCALING, latest.able, latest.reason or "Active", latest.message, gen
     )
 
 
-def _sla_condition(body: dict[str, Any], svc: InferenceService) -> observe.Condition:
+def _sla_condition(
+    body: dict[str, Any], old: InferenceServiceStatus, svc: InferenceService
+) -> observe.Condition:
     """SLAMet from the latest benchmark summary (written by the benchmark controller)."""
     gen = body["metadata"].get("generation")
-    latest = (body.get("status") or {}).get("benchmark")
+    latest = old.benchmark
     if svc.spec.sla is None:
         return observe.condition(c.COND_SLA_MET, None, "NoSLA", "spec.sla is not set", gen)
-    if not latest:
+    if latest is None:
         msg = "no benchmark has run yet; apply an InferenceBenchmark targeting this service"
         return observe.condition(c.COND_SLA_MET, None, "NotBenchmarked", msg, gen)
-    verdict = latest.get("verdict")
+    verdict = latest.verdict
     reason = "BenchmarkPassed" if verdict == "Pass" else f"Benchmark{verdict}"
     return observe.condition(
-        c.COND_SLA_MET, verdict == "Pass", reason, f"benchmark {latest.get('name')}: {verdict}", gen
+        c.COND_SLA_MET, verdict == "Pass", reason, f"benchmark {latest.name}: {verdict}", gen
     )
-
-
-def _condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for cond in (body.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_:
-            found: dict[str, Any] = cond
-            return found
-    return None
 
 
 def _owners(obj: dict[str, Any]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
 from tokenscale.autoscale.collector import ready_pods
+from tokenscale.controller.events import Event
 from tokenscale.k8s.kube import Kube
 from tokenscale.k8s.owners import owner_reference
 from tokenscale.render import names
@@ -46,7 +47,7 @@ def follow(
     ready_replicas: int,
     current: Route,
     render_service: Callable[[Route], dict[str, Any]],
-    events: list[tuple[str, str, str]],
+    events: list[Event],
 ) -> dict[str, Any] | None:
     """Move the Service to the route the service needs now, if that is not ``current``;
     returns the Service as applied, or None when it was left alone."""
@@ -76,20 +77,18 @@ def follow(
     live = kube.apply(obj)
     if want == "activator":
         events.append(
-            (
+            Event(
                 "RoutedToActivator",
                 f"no ready engine: Service {obj['metadata']['name']} now selects the activator, "
                 "so a request wakes the service instead of being refused",
-                "Normal",
             )
         )
     else:
         events.append(
-            (
+            Event(
                 "RoutedToEngines",
                 f"{ready_replicas} engine(s) ready: Service {obj['metadata']['name']} selects "
                 "the engines again",
-                "Normal",
             )
         )
     return live

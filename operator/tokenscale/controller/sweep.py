@@ -17,7 +17,12 @@ from datetime import datetime
 from typing import Any
 
 from tokenscale import constants as c
-from tokenscale.api.benchmark import InferenceBenchmarkSpec, SweepPoint, SweepStatus
+from tokenscale.api.benchmark import (
+    InferenceBenchmarkSpec,
+    InferenceBenchmarkStatus,
+    SweepPoint,
+    SweepStatus,
+)
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.autoscale.collector import engine_pods
@@ -32,7 +37,9 @@ from tokenscale.controller.benchrun import (
     start_job,
     with_conditions,
 )
+from tokenscale.controller.events import Event
 from tokenscale.controller.hold import hold_value, release
+from tokenscale.controller.observe import benchmark_status
 from tokenscale.k8s.kube import Kube
 from tokenscale.render.names import selector_for
 
@@ -83,20 +90,17 @@ def begin(
     )
     sweep = SweepStatus(levels=levels, restore_replicas=svc_body["spec"].get("replicas"))
     msg = f"replica sweep over {levels} on {service}; autoscaling of {service} held meanwhile"
-    status = {
-        "phase": "Running",
-        "startTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "sweep": sweep.to_k8s(),
-    }
+    status = InferenceBenchmarkStatus(phase="Running", start_time=now, sweep=sweep)
     return BenchOutcome(
         with_conditions(body, status, "Sweeping", msg, meta.get("generation"), now),
-        [("SweepStarted", msg, "Normal")],
+        [Event("SweepStarted", msg)],
     )
 
 
 def step(
     body: dict[str, Any],
     spec: InferenceBenchmarkSpec,
+    sweep: SweepStatus,
     svc_body: dict[str, Any],
     svc_spec: InferenceServiceSpec,
     kube: Kube,
@@ -106,8 +110,6 @@ def step(
     """Move the sweep one step: scale, wait for the level, run it, record it, go on or finish."""
     meta = body["metadata"]
     name, namespace, gen = meta["name"], meta["namespace"], meta.get("generation")
-    status = body.get("status") or {}
-    sweep = SweepStatus.model_validate(status["sweep"])
     service = svc_body["metadata"]["name"]
     n = sweep.levels[sweep.index]
 
@@ -130,9 +132,7 @@ def step(
         msg = (
             f"level {sweep.index + 1}/{len(sweep.levels)}: started Job {job_name} at {n} replica(s)"
         )
-        out = _progress(body, sweep, msg, gen, now, ("Started", msg))
-        out.status["jobName"] = job_name
-        return out
+        return _progress(body, sweep, msg, gen, now, ("Started", msg), job_name=job_name)
 
     state, message = job_state(job)
     if state == "failed":
@@ -164,15 +164,21 @@ def step(
         p.scaling_efficiency = None if eff is None else round(eff, 4)
     release(kube, namespace, service, name, sweep.restore_replicas)
     outcome = finish(
-        body, spec, merged.model_copy(update={"replica_sweep": curve}), svc_body, kube, cfg, now
+        body,
+        spec,
+        merged.model_copy(update={"replica_sweep": curve}),
+        svc_body,
+        kube,
+        cfg,
+        now,
+        sweep=sweep,
     )
-    outcome.status["sweep"] = sweep.to_k8s()
     eff = curve[-1].scaling_efficiency
     summary = ", ".join(f"{p.replicas}: {p.tokens_per_second:,.0f}" for p in sweep.points)
     text = f"replica sweep tok/s {summary}" + (
         f"; scaling efficiency at {n}: {eff:.1%}" if eff is not None else ""
     )
-    outcome.events.append(("SweepFinished", text, "Normal"))
+    outcome.events.append(Event("SweepFinished", text))
     return outcome
 
 
@@ -192,13 +198,16 @@ def _progress(
     gen: int | None,
     now: datetime,
     event: tuple[str, str] | None = None,
+    job_name: str | None = None,
 ) -> BenchOutcome:
     """Status with the sweep and a Running condition; nothing written when nothing changed."""
-    old = body.get("status") or {}
-    sweep_k8s = sweep.to_k8s()
-    same_msg = any(x.get("message") == message for x in old.get("conditions") or [])
-    if event is None and same_msg and old.get("sweep") == sweep_k8s:
+    old = benchmark_status(body)
+    same_msg = any(x.message == message for x in old.conditions)
+    unchanged = old.sweep is not None and old.sweep.to_k8s() == sweep.to_k8s()
+    if event is None and same_msg and unchanged:
         return BenchOutcome({})
-    status = {"phase": "Running", "sweep": sweep_k8s}
-    events = [(event[0], event[1], "Normal")] if event else []
+    status = InferenceBenchmarkStatus(phase="Running", sweep=sweep)
+    if job_name is not None:
+        status.job_name = job_name
+    events = [Event(event[0], event[1])] if event else []
     return BenchOutcome(with_conditions(body, status, "Sweeping", message, gen, now), events)

@@ -1,0 +1,236 @@
+"""Every status the controllers write is what the status models allow, by camelCase name.
+
+The API server silently prunes status fields its schema does not know, so a typo would show
+up only as an empty printer column. Here the reconcile, the autoscaler, the benchmark run and
+the replica sweep are driven through their paths on the fake API; each status patch goes
+through the fake's ``patch_merge`` the way the handlers send it, where
+:func:`tests.unit.statuscheck.check_status_patch` validates it strictly against
+``InferenceServiceStatus`` / ``InferenceBenchmarkStatus``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from tests.invalid_manifests import benchmark, service
+from tests.unit.fakekube import FakeKube
+from tests.unit.statuscheck import check_status_patch
+from tests.unit.test_bench_merge import as_result, make_records
+from tokenscale import constants as c
+from tokenscale.api.config import OperatorConfig
+from tokenscale.autoscale.collector import CollectResult, EnginePod
+from tokenscale.autoscale.rates import PoolSignal, Sample
+from tokenscale.bench import resultchannel
+from tokenscale.bench.models import BenchResult
+from tokenscale.controller.autoscaler import LoopState, run_pass
+from tokenscale.controller.benchmark import reconcile_benchmark
+from tokenscale.controller.benchrun import BenchOutcome
+from tokenscale.controller.reconcile import reconcile_service, refresh_status
+
+CFG = OperatorConfig()
+T0 = datetime(2026, 11, 28, 12, 0, 7, 123456, tzinfo=UTC)  # sub-second: written as whole seconds
+
+
+def test_the_check_catches_a_typo_a_snake_case_name_and_a_bad_time() -> None:
+    check_status_patch("InferenceService", {"metrics": {"tokensPerSecond": 1.0}})
+    for bad in (
+        {"metrics": {"tokensPerSecnd": 1.0}},
+        {"metrics": {"tokens_per_second": 1.0}},
+        {"scaling": {"panic": "yes"}},
+    ):
+        with pytest.raises(ValidationError):
+            check_status_patch("InferenceService", bad)
+    with pytest.raises(AssertionError, match=r"metav1\.Time"):
+        check_status_patch(
+            "InferenceService", {"metrics": {"observedAt": "2026-11-28T12:00:07.1Z"}}
+        )
+    with pytest.raises(ValidationError):
+        check_status_patch("InferenceBenchmark", {"phase": "Done"})
+
+
+def _write_service(kube: FakeKube, out_status: dict[str, Any]) -> dict[str, Any]:
+    """What the handler does with a reconcile's outcome: one status patch."""
+    assert out_status, "a reconcile always writes status"
+    return kube.patch_merge("InferenceService", "ns", "llm", {"status": out_status}, "status")
+
+
+def test_reconcile_refresh_and_invalid_spec_patches_validate() -> None:
+    kube = FakeKube()
+    doc = service(benchmarkOnRollout={"enabled": True, "qps": 5, "durationSeconds": 30})
+    doc["metadata"] = {"name": "llm", "namespace": "ns"}
+    body = kube.put(doc)
+    body = _write_service(kube, reconcile_service(body, kube, CFG, T0).status)
+    for obj in kube.objects.values():
+        if obj["kind"] == "Deployment":
+            n = obj["spec"]["replicas"]
+            obj["status"] = {"replicas": n, "readyReplicas": n, "updatedReplicas": n}
+    out = reconcile_service(body, kube, CFG, T0 + timedelta(seconds=5))
+    assert out.status["rolloutBenchmarkGeneration"] == 1  # the rollout benchmark path ran too
+    body = _write_service(kube, out.status)
+    body = _write_service(kube, refresh_status(body, kube, CFG, T0 + timedelta(seconds=9)).status)
+    ready = next(x for x in body["status"]["conditions"] if x["type"] == c.COND_READY)
+    assert ready["status"] == "True"
+    assert ready["lastTransitionTime"] == "2026-11-28T12:00:12Z"
+
+    body["spec"]["pools"][0]["maxReplicas"] = 0  # operator-judged: max below min
+    out = reconcile_service(body, kube, CFG, T0)
+    assert out.invalid and out.error is not None
+    assert out.events[0] == ("InvalidSpec", out.error, "Warning")
+    _write_service(kube, out.status)
+
+
+class SteadyLoad:
+    """A metrics source reporting a fixed generation tokens/s per pool."""
+
+    def __init__(self, tokens_per_s: float) -> None:
+        self.tokens_per_s = tokens_per_s
+
+    async def collect(
+        self, pods: Sequence[EnginePod], pools: Sequence[str], now: float
+    ) -> CollectResult:
+        signal = PoolSignal(generation_tps=self.tokens_per_s, pods_reporting=len(pods))
+        return CollectResult(Sample(now, {p: signal for p in pools}), (), 0)
+
+
+def _autoscaled(kube: FakeKube, mode: str, annotations: dict[str, str]) -> dict[str, Any]:
+    doc = service(
+        scaling={"mode": mode, "targetPerReplica": 1000, "windowSeconds": 10},
+        pools=[{"name": "mi300x", "gpu": "MI300X", "minReplicas": 1, "maxReplicas": 8}],
+    )
+    doc["metadata"] = {"name": "llm", "namespace": "ns", "annotations": annotations}
+    doc["status"] = {"pools": [{"name": "mi300x", "gpu": "MI300X", "desiredReplicas": 1,
+                                "readyReplicas": 1}]}  # fmt: skip
+    kube.put({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "llm-mi300x-a", "namespace": "ns",
+                     "labels": {c.LABEL_SERVICE: "llm", c.LABEL_POOL: "mi300x"}},
+        "status": {"phase": "Running", "podIP": "127.10.0.1",
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    })  # fmt: skip
+    kube.put({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "n0", "labels": {c.NODE_LABEL_DEVICE_ID: "74a1"}},
+        "status": {"allocatable": {c.RESOURCE_GPU: "8"}},
+    })  # fmt: skip
+    return kube.put(doc)
+
+
+@pytest.mark.parametrize(
+    ("mode", "annotations"),
+    [
+        ("builtin", {}),
+        ("external", {}),
+        ("builtin", {c.ANNOTATION_SCALING_HOLD: "benchmark/sw"}),
+        # a scaler-state annotation that is valid JSON but not an object reads as no state
+        ("builtin", {c.ANNOTATION_SCALER_STATE: "[1, 2]"}),
+    ],
+)
+async def test_autoscaler_patches_validate_and_panic_is_written(
+    mode: str, annotations: dict[str, str]
+) -> None:
+    kube = FakeKube()
+    body = _autoscaled(kube, mode, annotations)
+    kube.put({
+        "apiVersion": "tokenscale.dev/v1alpha1", "kind": "InferenceBenchmark",
+        "metadata": {"name": "sw", "namespace": "ns"}, "status": {"phase": "Running"},
+    })  # fmt: skip
+    loop = LoopState()
+    for second in range(0, 20, 2):
+        body = kube.get("InferenceService", "ns", "llm") or body
+        await run_pass(body, kube, CFG, SteadyLoad(3500.0), loop, T0 + timedelta(seconds=second))
+    scaling = [p["scaling"] for kind, p in kube.status_patches if "scaling" in p]
+    assert len(scaling) == 10  # every pass wrote metrics and scaling, each one validated
+    assert all("panic" in s for s in scaling)  # the field the schema promises is written
+    history = (kube.get("InferenceService", "ns", "llm") or {})["status"].get("scalingHistory")
+    if mode == "builtin" and not annotations.get(c.ANNOTATION_SCALING_HOLD):
+        # 3.5x the ready capacity within the panic window: Knative-style panic, and it shows
+        assert any(s["panic"] and s["reason"] == "Panic" for s in scaling)
+        assert history and history[0]["time"] == "2026-11-28T12:00:07Z"
+        assert any("lastScaleTime" in s for s in scaling)
+    else:
+        assert not any(s["panic"] for s in scaling) and not history
+
+
+@pytest.fixture
+def result_json() -> str:
+    result: BenchResult = as_result(make_records(200, seed=1), [0.01] * 50, 1.7e9, 1, 0)
+    return result.model_dump_json()
+
+
+def _bench_pass(kube: FakeKube, name: str) -> BenchOutcome:
+    """One benchmark pass as the handler runs it: its status, then the target's status."""
+    body = kube.get("InferenceBenchmark", "ns", name)
+    assert body is not None
+    out = reconcile_benchmark(body, kube, CFG, T0)
+    if out.status:
+        kube.patch_merge("InferenceBenchmark", "ns", name, {"status": out.status}, "status")
+    if out.service_status is not None:
+        patch = {"status": out.service_status}
+        kube.patch_merge("InferenceService", "ns", "llama2-70b", patch, "status")
+    return out
+
+
+def _target(kube: FakeKube, replicas: int) -> None:
+    svc = service(pools=[{"name": "mi300x", "gpu": "MI300X", "minReplicas": 1, "maxReplicas": 4}])
+    svc["metadata"] = {"name": "llama2-70b", "namespace": "ns"}
+    svc["spec"]["replicas"] = replicas
+    svc["status"] = {"observedGeneration": 1, "readyReplicas": replicas,
+                     "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
+    kube.put(svc)
+
+
+def _complete(kube: FakeKube, bench: str, job: str, result_json: str) -> None:
+    kube.objects[("Job", "ns", job)]["status"] = {
+        "conditions": [{"type": "Complete", "status": "True"}]
+    }
+    resultchannel.publish(kube, "ns", bench, "uid", 0, result_json, run=job)
+
+
+def test_benchmark_run_patches_validate_and_history_accumulates(result_json: str) -> None:
+    kube = FakeKube()
+    kube.put({**benchmark(), "metadata": {"name": "b", "namespace": "ns"}})
+    assert _bench_pass(kube, "b").status["phase"] == "WaitingForTarget"
+    _target(kube, 2)
+    assert _bench_pass(kube, "b").status["phase"] == "Running"
+    _complete(kube, "b", "b-run", result_json)
+    out = _bench_pass(kube, "b")
+    assert out.finished and out.status["phase"] == "Succeeded"
+    kube.put({**benchmark(), "metadata": {"name": "b2", "namespace": "ns"}})
+    _bench_pass(kube, "b2")
+    _complete(kube, "b2", "b2-run", result_json)
+    _bench_pass(kube, "b2")
+    svc = kube.get("InferenceService", "ns", "llama2-70b")
+    assert svc is not None
+    assert [h["name"] for h in svc["status"]["benchmarkHistory"]] == ["b", "b2"]
+    kinds = [kind for kind, _ in kube.status_patches]
+    assert kinds.count("InferenceService") == 2 and kinds.count("InferenceBenchmark") == 5
+
+
+def test_replica_sweep_and_failure_patches_validate(result_json: str) -> None:
+    kube = FakeKube()
+    _target(kube, 3)
+    body = benchmark(scenario="replicaSweep", load={"replicas": [1], "durationSeconds": 5})
+    kube.put({**body, "metadata": {"name": "sw", "namespace": "ns"}})
+    assert _bench_pass(kube, "sw").status["sweep"]["levels"] == [1]
+    _bench_pass(kube, "sw")  # writes /scale
+    kube.put({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "e0", "namespace": "ns",
+                     "labels": {c.LABEL_SERVICE: "llama2-70b", c.LABEL_POOL: "mi300x"}},
+        "status": {"phase": "Running", "podIP": "127.10.0.1",
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    })  # fmt: skip
+    assert _bench_pass(kube, "sw").status["jobName"] == "sw-run-r1"
+    _complete(kube, "sw", "sw-run-r1", result_json)
+    out = _bench_pass(kube, "sw")
+    assert out.finished and out.status["sweep"]["points"][0]["replicas"] == 1
+
+    bad = benchmark(scenario="replicaSweep", load={"replicas": [9], "durationSeconds": 5})
+    kube.put({**bad, "metadata": {"name": "bad", "namespace": "ns"}})
+    out = _bench_pass(kube, "bad")
+    assert out.finished and out.status["phase"] == "Failed"
