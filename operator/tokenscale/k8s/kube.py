@@ -19,6 +19,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from tokenscale.api.wire import k8s_time
 from tokenscale.constants import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class Kube:
     ) -> None:
         """Post a core/v1 Event; failures are logged, never raised (events are best effort)."""
         meta = involved["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = k8s_time(datetime.now(UTC))
         body = {
             "apiVersion": "v1",
             "kind": "Event",
