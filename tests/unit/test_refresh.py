@@ -16,7 +16,7 @@ from typing import Any
 from tests.invalid_manifests import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import OperatorConfig
-from tokenscale.controller import handlers, refresh, resync
+from tokenscale.controller import refresh, resync
 from tokenscale.controller.reconcile import reconcile_service, refresh_status
 
 CFG = OperatorConfig()
@@ -131,32 +131,32 @@ def test_child_event_needs_a_reconcile_only_when_the_child_drifted() -> None:
     _reconciled(kube)
     child = kube.get("Deployment", "ns", "llm-mi300x")
     assert child is not None
-    assert handlers.child_needs_reconcile("MODIFIED", child) is False
-    assert handlers.child_needs_reconcile(None, child) is False  # listed after a re-watch
-    assert handlers.child_needs_reconcile("DELETED", child) is True
+    assert refresh.child_needs_reconcile("MODIFIED", child) is False
+    assert refresh.child_needs_reconcile(None, child) is False  # listed after a re-watch
+    assert refresh.child_needs_reconcile("DELETED", child) is True
     edited = {**child, "metadata": {**child["metadata"], "generation": 2}}
-    assert handlers.child_needs_reconcile("MODIFIED", edited) is True
+    assert refresh.child_needs_reconcile("MODIFIED", edited) is True
     deleting = {**child, "metadata": {**child["metadata"], "deletionTimestamp": "now"}}
-    assert handlers.child_needs_reconcile("MODIFIED", deleting) is True
+    assert refresh.child_needs_reconcile("MODIFIED", deleting) is True
     orphan = {**child, "metadata": {**child["metadata"], "ownerReferences": []}}
-    assert handlers.child_needs_reconcile("MODIFIED", orphan) is True
+    assert refresh.child_needs_reconcile("MODIFIED", orphan) is True
     resync.LEDGER.forget(child["metadata"]["ownerReferences"][0]["uid"])
-    assert handlers.child_needs_reconcile("MODIFIED", child) is True  # restarted: unknown
+    assert refresh.child_needs_reconcile("MODIFIED", child) is True  # restarted: unknown
 
 
 def test_refresh_service_applies_only_when_needed() -> None:
     kube = CountingKube()
     _reconciled(kube)
     _mark_ready(kube)
-    handlers.refresh_service(kube, CFG, "ns", "llm", full=False)
+    refresh.refresh_service(kube, CFG, "ns", "llm", full=False)
     assert kube.applies == []
     found = kube.get("InferenceService", "ns", "llm")
     assert found is not None and _ready(found) == "True"
 
-    handlers.refresh_service(kube, CFG, "ns", "llm", full=True)
+    refresh.refresh_service(kube, CFG, "ns", "llm", full=True)
     assert kube.applies, "a full refresh converges the children"
 
     kube.applies.clear()
     kube.objects[("InferenceService", "ns", "llm")]["metadata"]["generation"] = 2
-    handlers.refresh_service(kube, CFG, "ns", "llm", full=False)
+    refresh.refresh_service(kube, CFG, "ns", "llm", full=False)
     assert kube.applies, "a spec generation not yet observed is reconciled in full"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.invalid_manifests import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import OperatorConfig
@@ -171,3 +173,27 @@ def test_an_activator_that_comes_up_after_a_service_fell_asleep_gets_its_traffic
         resync.resync_pass(kube, ["ns"], KINDS, ledger, refresh, activator_selector=selector) == []
     )
     assert calls == ["sleepy"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matching", "not_matching"),
+    [
+        # the examples of Kopf's own docstring for its (private) match_namespace
+        (
+            "myapp-*, !*-pr-*, *pr-123",
+            ["myapp-test", "myapp-live", "myapp-pr-123"],
+            ["myapp-pr-456", "otherapp-pr-123"],
+        ),
+        (
+            "!*-pr-*, *pr-123",
+            ["myapp-test", "myapp-pr-123", "anyapp-anything", "otherapp-pr-123"],
+            ["myapp-pr-456"],
+        ),
+        ("team-?", ["team-a"], ["team-ab", "Team-a"]),
+    ],
+)
+def test_namespace_patterns_read_as_kopf_reads_them(
+    pattern: str, matching: list[str], not_matching: list[str]
+) -> None:
+    assert all(resync.namespace_matches(ns, pattern) for ns in matching)
+    assert not any(resync.namespace_matches(ns, pattern) for ns in not_matching)

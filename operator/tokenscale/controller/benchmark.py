@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from tokenscale.api.benchmark import FINISHED, InferenceBenchmarkSpec, InferenceBenchmarkStatus
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
-from tokenscale.controller import sweep
+from tokenscale.controller import metrics, refresh, sweep
 from tokenscale.controller.benchrun import (
     BenchOutcome,
     collect_run,
@@ -106,3 +106,21 @@ def _wake(
     outcome = wait(body, message, now)
     outcome.events.append(Event("WokeTarget", message))
     return outcome
+
+
+def update_target(
+    body: dict[str, Any], outcome: BenchOutcome, kube: Kube, cfg: OperatorConfig
+) -> None:
+    """A finished run's summary onto the target service: its status.benchmark and history, the
+    benchmark gauges, and a status refresh so SLAMet follows at once (not at the next resync)."""
+    target = (body.get("spec") or {}).get("target") or {}
+    if outcome.service_status is None or not target.get("service"):
+        return
+    namespace, service = body["metadata"]["namespace"], target["service"]
+    patch = {"status": outcome.service_status}
+    kube.patch_merge("InferenceService", namespace, service, patch, "status")
+    verdict = str(outcome.status.get("verdict"))
+    metrics.BENCHMARK_VERDICTS.labels(namespace, service, verdict).inc()
+    tps = (outcome.status.get("results") or {}).get("tokensPerSecond") or 0.0
+    metrics.BENCHMARK_TOKENS_PER_SECOND.labels(namespace, service).set(float(tps))
+    refresh.refresh_service(kube, cfg, namespace, service)

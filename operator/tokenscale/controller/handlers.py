@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import kopf
-from kopf._cogs.structs.references import NamespaceName, match_namespace
 
 from tokenscale import GROUP, VERSION
 from tokenscale import constants as c
@@ -22,18 +21,12 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import ScrapeCollector
 from tokenscale.controller import events, hold, metrics, refresh, resync
 from tokenscale.controller.autoscaler import LoopState, run_pass
-from tokenscale.controller.benchmark import reconcile_benchmark
+from tokenscale.controller.benchmark import reconcile_benchmark, update_target
 from tokenscale.controller.reconcile import (
-    CHILD_KINDS,
     Outcome,
-    child_version,
-    kind_available,
     reconcile_service,
-    refresh_status,
 )
 from tokenscale.k8s.kube import Kube, KubeError
-from tokenscale.k8s.peering import Peering, is_active
-from tokenscale.render import names
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +61,18 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.refreshes = refresh.RefreshQueue()
     kube, cfg = memo.kube, memo.config
     refresh.start(
-        memo.refreshes, lambda ns, name, full: refresh_service(kube, cfg, ns, name, full=full)
+        memo.refreshes,
+        lambda ns, name, full: refresh.refresh_service(kube, cfg, ns, name, full=full),
     )
     memo.resync_stop = threading.Event()
     threading.Thread(
-        target=_resync_forever,
+        target=resync.resync_forever,
         args=(
             memo.kube,
             memo.config,
             list(memo.get("namespaces") or []),
             memo.resync_stop,
+            lambda ns, name: refresh.refresh_service(kube, cfg, ns, name),
             memo.get("peering"),
         ),
         name="resync",
@@ -96,44 +91,8 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
         refreshes.close()
 
 
-def _resync_forever(
-    kube: Kube,
-    cfg: OperatorConfig,
-    patterns: list[str],
-    stop: threading.Event,
-    peering: Peering | None = None,
-) -> None:
-    """Level-based safety net for every service (see :mod:`resync`); one pass per interval.
-
-    A thread, not a Kopf timer per object: one loop costs the same at 10 or 10,000 services.
-    Kopf pauses its own handlers and daemons on a standby replica, not this thread, so with
-    peering each pass first asks whether this replica is the active one.
-    """
-    exact = all(not set(p) & set("*?!,") for p in patterns)
-    namespaces: list[str | None] = list(patterns) if patterns and exact else [None]
-
-    def wanted(namespace: str) -> bool:
-        return exact or any(match_namespace(NamespaceName(namespace), p) for p in patterns)
-
-    while not stop.wait(resync.RESYNC_SECONDS):
-        if peering is not None and not is_active(kube, peering):
-            log.debug("resync skipped: standby replica")
-            continue
-        try:
-            resync.resync_pass(
-                kube,
-                namespaces,
-                [k for k in CHILD_KINDS if kind_available(kube, cfg, k)],
-                resync.LEDGER,
-                lambda ns, name: refresh_service(kube, cfg, ns, name),
-                wanted,
-                names.selector_string(cfg.activator.selector) if cfg.activator.enabled else None,
-            )
-        except KubeError as exc:
-            log.warning("resync pass failed (next in %.0fs): %s", resync.RESYNC_SECONDS, exc)
-
-
 def _write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome, kube: Kube) -> None:
+    """A reconcile's outcome through Kopf's patch (one status write with the handler's own)."""
     patch.status.update(outcome.status)
     meta = body["metadata"]
     metrics.record_pools(meta["namespace"], meta["name"], outcome.status.get("pools", []))
@@ -141,6 +100,7 @@ def _write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome, kube: Kube) -> 
 
 
 def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
+    """Reconcile with metrics; an API error becomes Kopf's retry, the ledger learns the children."""
     started = time.perf_counter()
     try:
         outcome = reconcile_service(dict(body), memo.kube, memo.config)
@@ -177,59 +137,7 @@ async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_:
     name, namespace = (meta.get("labels") or {}).get(c.LABEL_SERVICE), meta.get("namespace")
     if not name or not namespace:
         return
-    memo.refreshes.mark((namespace, name), full=child_needs_reconcile(type, dict(body)))
-
-
-def child_needs_reconcile(event_type: str | None, child: dict[str, Any]) -> bool:
-    """Whether a child's event calls for a full reconcile, not just a status refresh.
-
-    Only status moved when the child is the version the owner's last reconcile applied (same
-    ``generation``: nobody edited its spec). A deleted or deleting child, an edited one, or one
-    the ledger does not know (another process applied it, or this one restarted) is converged.
-    """
-    meta = child.get("metadata") or {}
-    if event_type == "DELETED" or meta.get("deletionTimestamp"):
-        return True
-    owner = next(
-        (r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("controller")), None
-    )
-    applied = resync.LEDGER.get(str(owner)) if owner else None
-    if applied is None:
-        return True
-    key = (str(child.get("kind") or "Deployment"), str(meta.get("name")))
-    return applied.get(key) != child_version(child)
-
-
-def refresh_service(
-    kube: Kube, cfg: OperatorConfig, namespace: str, name: str, *, full: bool = True
-) -> None:
-    """Re-run the service's reconcile outside its own handler and patch its status.
-
-    ``full=False`` asks only for a status refresh; it is done only when the spec's generation
-    was observed and the ledger knows the service, else the reconcile runs in full.
-    """
-    owner = kube.get("InferenceService", namespace, name)
-    if owner is None or owner["metadata"].get("deletionTimestamp"):
-        return
-    meta = owner["metadata"]
-    observed = (owner.get("status") or {}).get("observedGeneration")
-    status_only = (
-        not full
-        and meta.get("generation") == observed
-        and resync.LEDGER.get(str(meta.get("uid") or "")) is not None
-    )
-    if status_only:
-        outcome = refresh_status(owner, kube, cfg)
-    else:
-        outcome = reconcile_service(owner, kube, cfg)
-    if outcome.children is not None:
-        resync.LEDGER.record(meta.get("uid"), outcome.children)
-    try:
-        kube.patch_merge("InferenceService", namespace, name, {"status": outcome.status}, "status")
-    except KubeError as exc:
-        log.info("status refresh of %s/%s failed: %s", namespace, name, exc)
-        return
-    events.post(kube, owner, outcome.events)
+    memo.refreshes.mark((namespace, name), full=refresh.child_needs_reconcile(type, dict(body)))
 
 
 def _scaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
@@ -258,6 +166,7 @@ BENCHMARKS = "inferencebenchmarks"
 
 
 def _bench(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    """One benchmark step: status, Events, then the target service's summary (if any)."""
     kube: Kube = memo.kube
     try:
         outcome = reconcile_benchmark(dict(body), kube, memo.config)
@@ -268,17 +177,7 @@ def _bench(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     if outcome.status:
         patch.status.update(outcome.status)
     events.post(kube, dict(body), outcome.events)
-    target = (body.get("spec") or {}).get("target") or {}
-    if outcome.service_status is not None and target.get("service"):
-        namespace, service = body["metadata"]["namespace"], target["service"]
-        kube.patch_merge(
-            "InferenceService", namespace, service, {"status": outcome.service_status}, "status"
-        )
-        verdict = str(outcome.status.get("verdict"))
-        metrics.BENCHMARK_VERDICTS.labels(namespace, service, verdict).inc()
-        tps = (outcome.status.get("results") or {}).get("tokensPerSecond") or 0.0
-        metrics.BENCHMARK_TOKENS_PER_SECOND.labels(namespace, service).set(float(tps))
-        refresh_service(kube, memo.config, namespace, service)
+    update_target(dict(body), outcome, kube, memo.config)
 
 
 @kopf.on.resume(GROUP, VERSION, BENCHMARKS)

@@ -22,8 +22,13 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
-from tokenscale.k8s.kube import KubeError
+from tokenscale.api.config import OperatorConfig
+from tokenscale.controller import events
+from tokenscale.controller.reconcile import child_version, reconcile_service, refresh_status
+from tokenscale.controller.resync import LEDGER
+from tokenscale.k8s.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +108,55 @@ def start(
         threading.Thread(
             target=serve, args=(queue, refresh), name=f"refresh-{i}", daemon=True
         ).start()
+
+
+def child_needs_reconcile(event_type: str | None, child: dict[str, Any]) -> bool:
+    """Whether a child's event calls for a full reconcile, not just a status refresh.
+
+    Only status moved when the child is the version the owner's last reconcile applied (same
+    ``generation``: nobody edited its spec). A deleted or deleting child, an edited one, or one
+    the ledger does not know (another process applied it, or this one restarted) is converged.
+    """
+    meta = child.get("metadata") or {}
+    if event_type == "DELETED" or meta.get("deletionTimestamp"):
+        return True
+    owner = next(
+        (r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("controller")), None
+    )
+    applied = LEDGER.get(str(owner)) if owner else None
+    if applied is None:
+        return True
+    key = (str(child.get("kind") or "Deployment"), str(meta.get("name")))
+    return applied.get(key) != child_version(child)
+
+
+def refresh_service(
+    kube: Kube, cfg: OperatorConfig, namespace: str, name: str, *, full: bool = True
+) -> None:
+    """Re-run the service's reconcile outside its own handler and patch its status.
+
+    ``full=False`` asks only for a status refresh; it is done only when the spec's generation
+    was observed and the ledger knows the service, else the reconcile runs in full.
+    """
+    owner = kube.get("InferenceService", namespace, name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    meta = owner["metadata"]
+    observed = (owner.get("status") or {}).get("observedGeneration")
+    status_only = (
+        not full
+        and meta.get("generation") == observed
+        and LEDGER.get(str(meta.get("uid") or "")) is not None
+    )
+    if status_only:
+        outcome = refresh_status(owner, kube, cfg)
+    else:
+        outcome = reconcile_service(owner, kube, cfg)
+    if outcome.children is not None:
+        LEDGER.record(meta.get("uid"), outcome.children)
+    try:
+        kube.patch_merge("InferenceService", namespace, name, {"status": outcome.status}, "status")
+    except KubeError as exc:
+        log.info("status refresh of %s/%s failed: %s", namespace, name, exc)
+        return
+    events.post(kube, owner, outcome.events)

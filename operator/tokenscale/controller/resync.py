@@ -28,6 +28,7 @@ reconciled on the next pass.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -35,10 +36,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenscale import constants as c
+from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import ready_pods
 from tokenscale.controller import observe
-from tokenscale.controller.reconcile import WORKLOAD_KINDS, child_version
+from tokenscale.controller.reconcile import (
+    CHILD_KINDS,
+    WORKLOAD_KINDS,
+    child_version,
+    kind_available,
+)
 from tokenscale.k8s.kube import Kube, KubeError
+from tokenscale.k8s.peering import Peering, is_active
 from tokenscale.render import names
 
 log = logging.getLogger(__name__)
@@ -241,3 +249,62 @@ def resync_pass(
         except KubeError as exc:
             log.warning("resync of %s/%s failed: %s", view.namespace, view.name, exc)
     return stale
+
+
+def resync_forever(
+    kube: Kube,
+    cfg: OperatorConfig,
+    patterns: list[str],
+    stop: threading.Event,
+    refresh: Callable[[str, str], None],
+    peering: Peering | None = None,
+) -> None:
+    """Level-based safety net for every service (see :func:`resync_pass`); one pass per interval.
+
+    A thread, not a Kopf timer per object: one loop costs the same at 10 or 10,000 services.
+    Kopf pauses its own handlers and daemons on a standby replica, not this thread, so with
+    peering each pass first asks whether this replica is the active one.
+    """
+    exact = all(not set(p) & set("*?!,") for p in patterns)
+    namespaces: list[str | None] = list(patterns) if patterns and exact else [None]
+
+    def wanted(namespace: str) -> bool:
+        return exact or any(namespace_matches(namespace, p) for p in patterns)
+
+    while not stop.wait(RESYNC_SECONDS):
+        if peering is not None and not is_active(kube, peering):
+            log.debug("resync skipped: standby replica")
+            continue
+        try:
+            resync_pass(
+                kube,
+                namespaces,
+                [k for k in CHILD_KINDS if kind_available(kube, cfg, k)],
+                LEDGER,
+                refresh,
+                wanted,
+                names.selector_string(cfg.activator.selector) if cfg.activator.enabled else None,
+            )
+        except KubeError as exc:
+            log.warning("resync pass failed (next in %.0fs): %s", RESYNC_SECONDS, exc)
+
+
+def namespace_matches(namespace: str, pattern: str) -> bool:
+    """Whether a namespace matches one ``--namespace`` pattern, as Kopf reads it.
+
+    Kopf's documented syntax (its "Scopes" page): comma-separated globs (``*``, ``?``), where
+    ``!glob`` excludes and a leading exclusion implies a catch-all first. The first inclusive
+    glob decides the initial match; later inclusive globs only re-admit a namespace the first
+    one matched. Kopf's own function is private, so this is ours; ``test_resync`` pins the
+    semantics with the examples from Kopf's docstring.
+    """
+    globs = [glob.strip() for glob in pattern.split(",")]
+    if not globs or globs[0].startswith("!"):
+        globs.insert(0, "*")
+    matches = first = fnmatch.fnmatchcase(namespace, globs[0])
+    for glob in globs[1:]:
+        if glob.startswith("!"):
+            matches = matches and not fnmatch.fnmatchcase(namespace, glob.lstrip("!"))
+        else:
+            matches = matches or (first and fnmatch.fnmatchcase(namespace, glob))
+    return matches
