@@ -27,6 +27,7 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.autoscale.collector import engine_pods
 from tokenscale.bench import metrics
+from tokenscale.bench.models import BenchResult
 from tokenscale.controller.benchrun import (
     VERDICTS,
     BenchOutcome,
@@ -157,12 +158,28 @@ def step(
         msg = f"{n} replica(s): {point.tokens_per_second:,.0f} tok/s; next {following}"
         return _progress(body, sweep, msg, gen, now, ("SweepLevel", msg))
 
+    release(kube, namespace, service, name, sweep.restore_replicas)
+    return _finished(body, spec, sweep, merged, svc_body, kube, cfg, now)
+
+
+def _finished(
+    body: dict[str, Any],
+    spec: InferenceBenchmarkSpec,
+    sweep: SweepStatus,
+    merged: BenchResult,
+    svc_body: dict[str, Any],
+    kube: Kube,
+    cfg: OperatorConfig,
+    now: datetime,
+) -> BenchOutcome:
+    """The last level is in: per-level scaling efficiency, the run's results with the replica
+    curve (the report plots it), and a SweepFinished Event. /scale was given back already."""
+    n = sweep.levels[-1]
     curve = metrics.replica_points({p.replicas: p.tokens_per_second for p in sweep.points})
     by_n = {p.replicas: p for p in curve}
     for p in sweep.points:
         eff = by_n[p.replicas].scaling_efficiency
         p.scaling_efficiency = None if eff is None else round(eff, 4)
-    release(kube, namespace, service, name, sweep.restore_replicas)
     outcome = finish(
         body,
         spec,
