@@ -19,17 +19,23 @@ from pydantic import ValidationError
 
 from tests.invalid_manifests import benchmark, service
 from tests.unit.fakekube import FakeKube
-from tests.unit.statuscheck import check_status_patch
+from tests.unit.statuscheck import MODELS, WRITTEN, check_status_patch, schema_paths
 from tests.unit.test_bench_merge import as_result, make_records
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
+from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale.collector import CollectResult, EnginePod
 from tokenscale.autoscale.rates import PoolSignal, Sample
 from tokenscale.bench import resultchannel
 from tokenscale.bench.models import BenchResult
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark
-from tokenscale.controller.benchrun import BenchOutcome
+from tokenscale.controller.benchrun import (
+    BenchOutcome,
+    EngineIdentity,
+    results_from,
+    service_summary,
+)
 from tokenscale.controller.reconcile import reconcile_service, refresh_status
 
 CFG = OperatorConfig()
@@ -234,3 +240,29 @@ def test_replica_sweep_and_failure_patches_validate(result_json: str) -> None:
     kube.put({**bad, "metadata": {"name": "bad", "namespace": "ns"}})
     out = _bench_pass(kube, "bad")
     assert out.finished and out.status["phase"] == "Failed"
+
+
+async def test_every_field_the_status_schema_promises_is_written() -> None:
+    """A field in the CRD that no controller writes is a promise kubectl explain makes and the
+    operator breaks: drive every path above and compare what was written with the models."""
+    WRITTEN.clear()
+    test_reconcile_refresh_and_invalid_spec_patches_validate()
+    for mode in ("builtin", "external"):
+        await test_autoscaler_patches_validate_and_panic_is_written(mode, {})
+    payload = as_result(make_records(200, seed=1), [0.01] * 50, 1.7e9, 1, 0).model_dump_json()
+    test_benchmark_run_patches_validate_and_history_accumulates(payload)
+    test_replica_sweep_and_failure_patches_validate(payload)
+    # What the fake cannot show (an engine's /version, images, a regression against an earlier
+    # passing run on the same GPU): the same summary function on a target that has them.
+    results = results_from(BenchResult.model_validate_json(payload))
+    identity = EngineIdentity(image="rocm/vllm:1", engine_version="0.9.1", gpu="MI300X")
+    svc: dict[str, Any] = {"metadata": {"name": "llm"}, "status": {"readyReplicas": 1}}
+    for name, scale in (("fast", 1.0), ("slow", 0.5)):
+        slower = results.model_copy(update={"tokens_per_second": results.tokens_per_second * scale})
+        patch = merge_patch(service_summary(svc, name, slower, "Pass", CFG, T0, identity))
+        check_status_patch("InferenceService", patch)
+        svc["status"].update(patch)
+    assert svc["status"]["benchmark"]["regression"] is True
+    for kind, model in MODELS.items():
+        missing = schema_paths(model) - {path for k, path in WRITTEN if k == kind}
+        assert not missing, f"{kind} status fields never written: {sorted(missing)}"

@@ -35,12 +35,6 @@ class PoolStatus(StrictModel):
     desired_replicas: int = Field(default=0, description="Replicas the operator wants.")
     replicas: int = Field(default=0, description="Replicas that exist.")
     ready_replicas: int = Field(default=0, description="Replicas that are ready.")
-    tokens_per_second: float | None = Field(
-        default=None, description="Measured generation tokens/s of the pool."
-    )
-    capacity_per_replica: float | None = Field(
-        default=None, description="Measured or configured tokens/s one replica sustains."
-    )
     message: str = Field(default="", description="Scheduling or rollout problems.")
 
 

@@ -268,7 +268,6 @@ def _status(
     )
     conds.append(_sla_condition(body, old, svc))
     conds.append(_scaling_condition(body, old, svc))
-    old_pools = {p.name: p for p in old.pools}
     pool_status = [
         PoolStatus(
             name=o.name,
@@ -276,8 +275,6 @@ def _status(
             desired_replicas=o.desired,
             replicas=o.replicas,
             ready_replicas=o.ready,
-            tokens_per_second=_pool_field(old_pools.get(o.name), "tokens_per_second"),
-            capacity_per_replica=_pool_field(old_pools.get(o.name), "capacity_per_replica"),
             message="; ".join(o.problems),
         )
         for o in pools
@@ -293,12 +290,6 @@ def _status(
             (body.get("status") or {}).get("conditions") or [], conds, now
         ),
     )
-
-
-def _pool_field(pool: PoolStatus | None, name: str) -> float | None:
-    """A measured figure the reconcile keeps from the stored pool status (others write it)."""
-    value = getattr(pool, name) if pool is not None else None
-    return None if value is None else float(value)
 
 
 def _rollout_benchmark_due(

@@ -89,7 +89,7 @@ def begin(
         service,
         {"metadata": {"annotations": {c.ANNOTATION_SCALING_HOLD: hold_value(meta["name"])}}},
     )
-    sweep = SweepStatus(levels=levels, restore_replicas=svc_body["spec"].get("replicas"))
+    sweep = SweepStatus(levels=levels, index=0, restore_replicas=svc_body["spec"].get("replicas"))
     msg = f"replica sweep over {levels} on {service}; autoscaling of {service} held meanwhile"
     status = InferenceBenchmarkStatus(phase="Running", start_time=now, sweep=sweep)
     return BenchOutcome(
