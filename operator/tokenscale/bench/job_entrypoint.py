@@ -18,6 +18,8 @@ import click
 @click.argument("bench_args", nargs=-1, type=click.UNPROCESSED)
 def bench_job_command(bench_args: tuple[str, ...]) -> None:
     """Run `tokenscale bench BENCH_ARGS...` and publish the result for the operator."""
+    # Imported here, not at the top: the CLI lists every subcommand lazily, and these pull in
+    # the load generator and the Kubernetes client, which only a running bench-job needs.
     from tokenscale.bench import resultchannel
     from tokenscale.bench.cli import bench_command
     from tokenscale.k8s.kube import Kube

@@ -8,6 +8,9 @@ from pathlib import Path
 import click
 import kopf
 
+from tokenscale.k8s import peering as k8s_peering
+from tokenscale.k8s.kube import Kube, KubeError
+
 
 @click.command("run")
 @click.option(
@@ -74,7 +77,9 @@ def run_command(
     workers: int,
 ) -> None:
     """Run the tokenscale operator against the current kubeconfig or in-cluster account."""
-    from tokenscale.controller import handlers  # noqa: F401 - registers the handlers
+    # Imported here, not at the top: importing handlers registers them with Kopf, which only
+    # running the operator should do.
+    from tokenscale.controller import handlers  # noqa: F401
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format.upper()])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -88,11 +93,9 @@ def run_command(
     )
     identity = None
     if peering:
-        from tokenscale.k8s.peering import Peering, own_identity
-
         priority = _prepare_peering(peering, ns_list, priority)
-        identity = own_identity()
-        memo.peering = Peering(peering, tuple(ns_list), identity, priority)
+        identity = k8s_peering.own_identity()
+        memo.peering = k8s_peering.Peering(peering, tuple(ns_list), identity, priority)
     kopf.run(
         identity=identity,  # type: ignore[arg-type]  # Kopf's Identity is a NewType of str
         clusterwide=not ns_list,
@@ -107,15 +110,12 @@ def run_command(
 
 def _prepare_peering(name: str, namespaces: list[str], priority: int | None) -> int:
     """Make sure the peering object(s) exist and pick this replica's priority."""
-    from tokenscale.k8s import peering
-    from tokenscale.k8s.kube import Kube, KubeError
-
     try:
-        created = peering.ensure_peering_objects(Kube(), name, namespaces)
+        created = k8s_peering.ensure_peering_objects(Kube(), name, namespaces)
     except KubeError as exc:
         raise click.ClickException(f"peering {name!r}: {exc}") from None
     for what in created:
         click.echo(f"created {what}", err=True)
-    chosen = priority if priority is not None else peering.random_priority()
+    chosen = priority if priority is not None else k8s_peering.random_priority()
     click.echo(f"peering {name!r}: priority {chosen}", err=True)
     return chosen
