@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokenscale.api.config import OperatorConfig
-from tokenscale.controller import events
+from tokenscale.controller import events, observe
 from tokenscale.controller.reconcile import child_version, reconcile_service, refresh_status
 from tokenscale.controller.resync import LEDGER
 from tokenscale.k8s.kube import Kube, KubeError
@@ -142,7 +142,7 @@ def refresh_service(
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
     meta = owner["metadata"]
-    observed = (owner.get("status") or {}).get("observedGeneration")
+    observed = observe.service_status(owner).observed_generation
     status_only = (
         not full
         and meta.get("generation") == observed
