@@ -42,8 +42,9 @@ fmt: $(STAMP) ## Format and auto-fix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-crds: $(STAMP) ## Regenerate crds/ from the API models
+crds: $(STAMP) ## Regenerate crds/, the chart's schema and docs/configuration.md from the API models
 	$(VENV)/bin/tokenscale crds --out crds --chart charts/tokenscale
+	$(VENV)/bin/tokenscale config-docs --out docs/configuration.md
 
 demo: $(STAMP) ## The whole product locally: control plane, Helm install, services, load, autoscaling, benchmark
 	$(PY) -m tests.testbed.demo

@@ -9,10 +9,10 @@ defaults taken from AMD's device plugin / node labeller and can be overridden by
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from tokenscale.api.base import StrictModel
 
@@ -187,14 +187,68 @@ class OperatorConfig(StrictModel):
 
     @classmethod
     def load(cls, path: str | Path | None) -> OperatorConfig:
-        """Built-in defaults, overridden key by key by a YAML file when given."""
+        """Built-in defaults with a YAML file deep-merged over them when given.
+
+        A platform team writes only what differs (``gpus.MI300X.costPerGpuHour: 3``); a shallow
+        merge would replace the whole MI300X entry and fail on its missing ``arch``.
+        """
         if path is None:
             return cls()
         raw = yaml.safe_load(Path(path).read_text()) or {}
-        gpus = dict(DEFAULT_GPUS)
-        for name, spec in (raw.pop("gpus", None) or {}).items():
-            gpus[name] = GPUSpec.model_validate(spec)
-        return cls.model_validate({**raw, "gpus": gpus})
+        if not isinstance(raw, dict):
+            return cls.model_validate(raw)  # fails naming the type it expected
+        return cls.model_validate(merge_over_defaults(cls, cls().model_dump(by_alias=True), raw))
+
+
+def merge_over_defaults(
+    model: type[BaseModel], defaults: dict[str, Any], override: dict[str, Any]
+) -> dict[str, Any]:
+    """``override`` merged into ``defaults`` (camelCase keys) along the model's structure.
+
+    Nested settings objects and named catalogues (``gpus``, ``partitions``) merge entry by
+    entry. Lists and plain string maps (labels, selectors) are values and are replaced whole:
+    merging a selector would make it match fewer pods than the user wrote. Keys the model does
+    not know are passed through so that validation names them.
+    """
+    wire_of = {name: info.alias or name for name, info in model.model_fields.items()}
+    field_of = {wire: name for name, wire in wire_of.items()} | {n: n for n in wire_of}
+    merged = dict(defaults)
+    for key, value in override.items():
+        name = field_of.get(key)
+        if name is None:
+            merged[key] = value
+            continue
+        wire = wire_of[name]
+        base = merged.get(wire)
+        annotation = model.model_fields[name].annotation
+        if not (isinstance(base, dict) and isinstance(value, dict)):
+            merged[wire] = value
+        elif (sub := settings_model_in(annotation)) is not None:
+            merged[wire] = merge_over_defaults(sub, base, value)
+        elif (entry := catalogue_entry_in(annotation)) is not None:
+            merged[wire] = {**base}
+            for item, spec in value.items():
+                known = base.get(item)
+                if isinstance(known, dict) and isinstance(spec, dict):
+                    spec = merge_over_defaults(entry, known, spec)
+                merged[wire][item] = spec
+        else:
+            merged[wire] = value
+    return merged
+
+
+def settings_model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (``images: ImageSpec``), if it holds one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def catalogue_entry_in(annotation: Any) -> type[BaseModel] | None:
+    """The entry model of a named catalogue (``dict[str, GPUSpec]``), if the field is one."""
+    if get_origin(annotation) is dict:
+        return settings_model_in(get_args(annotation)[1])
+    return None
 
 
 DEFAULT_GPUS: dict[str, GPUSpec] = {
