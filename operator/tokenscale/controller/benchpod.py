@@ -20,7 +20,7 @@ def bench_job_command(bench_args: tuple[str, ...]) -> None:
     """Run `tokenscale bench BENCH_ARGS...` and publish the result for the operator."""
     from tokenscale.bench.cli import bench_command
     from tokenscale.controller import resultchannel
-    from tokenscale.controller.kube import Kube
+    from tokenscale.controller.kube import Kube, KubeError
 
     name = os.environ["TOKENSCALE_BENCHMARK"]
     namespace = os.environ.get("POD_NAMESPACE") or _namespace_file()
@@ -32,15 +32,19 @@ def bench_job_command(bench_args: tuple[str, ...]) -> None:
         except click.ClickException as exc:
             exc.show()
             sys.exit(2)
-        parts = resultchannel.publish(
-            Kube(),
-            namespace,
-            name,
-            os.environ.get("TOKENSCALE_BENCHMARK_UID"),
-            shard,
-            out.read_text(),
-            run=os.environ.get("TOKENSCALE_BENCH_RUN"),
-        )
+        try:
+            parts = resultchannel.publish(
+                Kube(),
+                namespace,
+                name,
+                os.environ.get("TOKENSCALE_BENCHMARK_UID"),
+                shard,
+                out.read_text(),
+                run=os.environ.get("TOKENSCALE_BENCH_RUN"),
+            )
+        except KubeError as exc:  # retried already; say what was lost instead of a traceback
+            click.echo(f"error: result of shard {shard} of {name} not published: {exc}", err=True)
+            sys.exit(3)
     click.echo(f"published shard {shard} of {name} in {parts} ConfigMap part(s)")
 
 
