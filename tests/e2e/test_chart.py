@@ -68,6 +68,8 @@ def test_lint_and_templates_validate_against_kubernetes_schemas(cluster: Cluster
         ({"activator": {"enabled": True, "namespaces": "team-a"}}, "namespaces"),
         ({"activator": {"replicas": 0}}, "replicas"),
         ({"operatorConfig": {"activator": {"enabeld": True}}}, "enabeld"),
+        ({"operatorConfig": {"metricsSource": {"type": "promql"}}}, "type"),
+        ({"operatorConfig": {"metricsSource": {"prometheus": {"url": "prom:9090"}}}}, "url"),
     ],
 )
 def test_bad_values_fail_at_install_time(

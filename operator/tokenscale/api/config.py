@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tokenscale.api.base import StrictModel
 
@@ -156,6 +156,61 @@ class ActivatorSettings(StrictModel):
     )
 
 
+class PrometheusSettings(StrictModel):
+    """Where and how to query Prometheus when it is the metrics source."""
+
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of the Prometheus HTTP API, e.g. http://prometheus.monitoring:9090; "
+        "required when metricsSource.type is prometheus.",
+    )
+    namespace_label: str = Field(
+        default="namespace", min_length=1, description="Series label holding the namespace."
+    )
+    service_label: str = Field(
+        default="tokenscale_dev_service",
+        min_length=1,
+        description="Series label holding the InferenceService name (the pod label "
+        "tokenscale.dev/service as a ServiceMonitor's podTargetLabels names it).",
+    )
+    pool_label: str = Field(
+        default="tokenscale_dev_pool",
+        min_length=1,
+        description="Series label holding the pool (the pod label tokenscale.dev/pool as "
+        "podTargetLabels names it). Series without it count as missing pods: scaling holds.",
+    )
+    rate_window: str = Field(
+        default="1m",
+        pattern=r"^[0-9]+[smh]$",
+        description="rate() window; at least two Prometheus scrape intervals.",
+    )
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60, description="Query timeout.")
+
+
+class MetricsSourceSettings(StrictModel):
+    """Where the autoscaler reads engine metrics."""
+
+    type: Literal["scrape", "prometheus"] = Field(
+        default="scrape",
+        description="scrape: read each ready engine pod's /metrics directly (fresh, needs no "
+        "Prometheus); prometheus: query the Prometheus HTTP API (for clusters where the operator "
+        "may not reach pod IPs; lags by a scrape interval plus the rate() range).",
+    )
+    prometheus: PrometheusSettings = Field(
+        default_factory=PrometheusSettings, description="Prometheus query settings."
+    )
+
+    @model_validator(mode="after")
+    def _url_when_prometheus(self) -> MetricsSourceSettings:
+        if self.type == "prometheus" and not self.prometheus.url:
+            raise ValueError(
+                "metricsSource.prometheus.url is required when metricsSource.type is prometheus; "
+                "fix: set it to your Prometheus base URL (http://prometheus.monitoring:9090)"
+            )
+        return self
+
+
 class OperatorConfig(StrictModel):
     """Everything cluster-specific the operator needs."""
 
@@ -183,6 +238,10 @@ class OperatorConfig(StrictModel):
     )
     activator: ActivatorSettings = Field(
         default_factory=ActivatorSettings, description="Request-driven scale from zero."
+    )
+    metrics_source: MetricsSourceSettings = Field(
+        default_factory=MetricsSourceSettings,
+        description="Where the autoscaler reads engine metrics: scrape pods or query Prometheus.",
     )
 
     @classmethod
