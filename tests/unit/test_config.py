@@ -116,3 +116,21 @@ def test_configuration_reference_lists_every_setting() -> None:
     for section, model in [("", OperatorConfig), ("gpus.<name>.", GPUSpec), ("pods.", PodSettings)]:
         for name, info in model.model_fields.items():
             assert f"| `{section}{info.alias or name}` |" in text
+
+
+def test_the_operator_refuses_a_bad_config_naming_the_field_before_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kopf
+
+    from tokenscale.controller.cli import run_command
+
+    started: list[object] = []
+    monkeypatch.setattr(kopf, "run", lambda **kw: started.append(kw))
+    path = tmp_path / "config.yaml"
+    path.write_text("metricsSource:\n  type: prometheus\n")
+    result = CliRunner().invoke(run_command, ["--config", str(path)])
+    assert result.exit_code == 1
+    assert "metricsSource.prometheus.url is required" in result.output
+    assert "Traceback" not in result.output
+    assert started == []

@@ -74,6 +74,9 @@ def run_command(
     workers: int,
 ) -> None:
     """Run the tokenscale operator against the current kubeconfig or in-cluster account."""
+    from tokenscale.render.cli import load_config
+
+    load_config(config_path)  # a bad file stops here naming the field, not in a Kopf traceback
     from tokenscale.controller import handlers  # noqa: F401 - registers the handlers
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format.upper()])
