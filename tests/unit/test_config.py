@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tokenscale.api.config import DEFAULT_GPUS, GPUSpec, OperatorConfig, PodSettings
+from tokenscale.api.config import DEFAULT_GPUS, GPUSpec, ImageSpec, OperatorConfig, PodSettings
 from tokenscale.chartgen import configuration_markdown
 from tokenscale.cli import main
 
@@ -134,3 +134,8 @@ def test_the_operator_refuses_a_bad_config_naming_the_field_before_starting(
     assert "metricsSource.prometheus.url is required" in result.output
     assert "Traceback" not in result.output
     assert started == []
+
+
+def test_image_keys_are_the_gfx_target_names(tmp_path: Path) -> None:
+    assert set(ImageSpec().to_k8s()) >= {"gfx90a", "gfx942", "gfx950", "cpu"}
+    assert load(tmp_path, "images:\n  gfx90a: mine\n").images.gfx90a == "mine"

@@ -62,6 +62,7 @@ class ImageSpec(StrictModel):
         description="vLLM ROCm image for MI350X/MI355X (gfx950).",
     )
     gfx90a: str = Field(
+        alias="gfx90a",  # camelCase would make it "gfx90A": not the target's name
         default="rocm/vllm:rocm7.14.0_cdna_ubuntu24.04_py3.14_pytorch_2.11.0_vllm_0.23.0",
         description="Image for MI210/MI250X.",
     )
