@@ -76,7 +76,7 @@ def api(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[tuple[FakeAp
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
     api_client = client.ApiClient(config)
