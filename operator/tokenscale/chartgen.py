@@ -1,4 +1,4 @@
-"""Generate the Helm chart's ``values.schema.json``.
+"""Generate the Helm chart's ``values.schema.json`` and the operator configuration reference.
 
 The ``operatorConfig`` part is the OperatorConfig model's own schema, so a typo in a values
 file fails ``helm install`` with the same field names the operator would reject at start-up.
@@ -7,9 +7,18 @@ file fails ``helm install`` with the same field names the operator would reject 
 from __future__ import annotations
 
 import json
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from tokenscale.api.config import OperatorConfig
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from tokenscale.api.config import (
+    DEFAULT_GPUS,
+    OperatorConfig,
+    catalogue_entry_in,
+    settings_model_in,
+)
 from tokenscale.crdgen import structural
 
 _STR = {"type": "string"}
@@ -107,3 +116,107 @@ def values_schema() -> dict[str, Any]:
 
 def dump_values_schema() -> str:
     return json.dumps(values_schema(), indent=2, sort_keys=False) + "\n"
+
+
+def configuration_markdown() -> str:
+    """``docs/configuration.md``: every OperatorConfig setting, generated from the model so the
+    reference cannot drift from what the operator accepts (a unit test compares the file)."""
+    lines = [
+        "# Operator configuration",
+        "",
+        "<!-- Generated from operator/tokenscale/api/config.py by `tokenscale config-docs`"
+        " (`make crds`); do not edit. -->",
+        "",
+        "The operator reads one YAML file (`--config`, `TOKENSCALE_CONFIG`); the Helm chart "
+        "renders `operatorConfig` from its values into it. The file is **deep-merged over the "
+        "built-in defaults**: write only what differs. Nested settings and the named catalogues "
+        "(`gpus`, a GPU's `partitions`) merge entry by entry, so",
+        "",
+        "```yaml",
+        "operatorConfig:",
+        "  gpus:",
+        "    MI300X:",
+        "      costPerGpuHour: 3",
+        "```",
+        "",
+        "changes one number and keeps every other MI300X fact. Lists and string maps (labels, "
+        "selectors, tolerations) replace the default whole. A GPU that is not built in must be "
+        "complete (`arch` and `hbmGib` are required). Unknown keys are errors that name the key, "
+        "both at `helm install` (the chart's values schema) and at operator start.",
+        "",
+        "Keys are camelCase; snake_case is accepted too.",
+        "",
+    ]
+    lines += _settings_table("", OperatorConfig)
+    lines += [
+        "## Built-in GPU catalogue",
+        "",
+        "| GPU | arch | HBM GiB | FP8 | GPUs/node | cost/GPU-hour | tok/s/GPU | partitions |",
+        "|---|---|---:|---|---:|---:|---:|---|",
+    ]
+    for name, gpu in DEFAULT_GPUS.items():
+        parts = ", ".join(gpu.partitions) or "—"
+        tps = "—" if gpu.tokens_per_second_per_gpu is None else f"{gpu.tokens_per_second_per_gpu:g}"
+        lines.append(
+            f"| {name} | {gpu.arch} | {gpu.hbm_gib:g} | {'yes' if gpu.fp8 else 'no'} | "
+            f"{gpu.gpus_per_node} | {gpu.cost_per_gpu_hour:g} | {tps} | {parts} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _settings_table(prefix: str, model: type[BaseModel]) -> list[str]:
+    """One section per settings model: key, type, default, description; nested models after."""
+    title = f"`{prefix.rstrip('.')}`" if prefix else "Top level"
+    lines = [f"## {title}", "", model.__doc__ or "", "", "| key | type | default | description |",
+             "|---|---|---|---|"]  # fmt: skip
+    nested: list[tuple[str, type[BaseModel]]] = []
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        annotation = info.annotation
+        sub = settings_model_in(annotation)
+        entry = catalogue_entry_in(annotation)
+        if sub is not None:
+            nested.append((f"{prefix}{key}.", sub))
+            default = f"see [`{prefix}{key}`](#{(prefix + key).replace('.', '').lower()})"
+        elif entry is not None:
+            nested.append((f"{prefix}{key}.<name>.", entry))
+            default = "built-in catalogue" if key == "gpus" else "see below"
+        elif (item := _list_item_model(annotation)) is not None:
+            nested.append((f"{prefix}{key}[].", item))
+            default = f"`{json.dumps(_default(info))}`"
+        elif info.is_required():
+            default = "required"
+        else:
+            default = f"`{json.dumps(_default(info))}`"
+        type_ = _type_name(annotation).replace("|", "\\|")
+        description = (info.description or "").replace("|", "\\|")
+        lines.append(f"| `{prefix}{key}` | {type_} | {default} | {description} |")
+    lines.append("")
+    for sub_prefix, sub_model in nested:
+        lines += _settings_table(sub_prefix, sub_model)
+    return lines
+
+
+def _default(info: FieldInfo) -> Any:
+    value = info.get_default(call_default_factory=True)
+    return value.model_dump(by_alias=True) if isinstance(value, BaseModel) else value
+
+
+def _list_item_model(annotation: Any) -> type[BaseModel] | None:
+    if get_origin(annotation) is list:
+        return settings_model_in(get_args(annotation)[0])
+    return None
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(a) for a in get_args(annotation))
+    if origin in (Union, UnionType):
+        return " or ".join(_type_name(a) for a in get_args(annotation))
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(annotation))}]"
+    if annotation is type(None):
+        return "null"
+    name: str = getattr(annotation, "__name__", str(annotation))
+    return name

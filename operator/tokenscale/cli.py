@@ -99,6 +99,29 @@ def crds(out_dir: Path | None, chart_dir: Path | None, check: bool) -> None:
     click.echo(f"wrote {len(targets)} files")
 
 
+@main.command("config-docs")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the reference here (docs/configuration.md) instead of printing it.",
+)
+@click.option("--check", is_flag=True, help="Fail if the written file differs (drift check).")
+def config_docs(out: Path | None, check: bool) -> None:
+    """Generate the operator configuration reference from the OperatorConfig model."""
+    from tokenscale.chartgen import configuration_markdown
+
+    text = configuration_markdown()
+    if out is None:
+        click.echo(text, nl=False)
+    elif check:
+        if _read(out) != text:
+            raise click.ClickException(f"out of date: {out}; fix: run `make crds`")
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}")
+
+
 def _read(path: Path) -> str | None:
     return path.read_text() if path.exists() else None
 

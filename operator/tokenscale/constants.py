@@ -41,7 +41,7 @@ ANNOTATION_SCALING_HOLD: Final = f"{GROUP}/scaling-hold"
 # On the rendered Service: "engines" or "activator" (where it routes while scaled to zero).
 ANNOTATION_ROUTE: Final = f"{GROUP}/route"
 
-# AMD device plugin resources and node-labeller labels (see docs/amd.md).
+# AMD device plugin resources and node-labeller labels (docs/autoscaling.md, "Capacity and drain").
 RESOURCE_GPU: Final = "amd.com/gpu"
 RESOURCE_PREFIX: Final = "amd.com/"
 NODE_LABEL_PREFIX: Final = "amd.com/gpu."

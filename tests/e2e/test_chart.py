@@ -18,6 +18,7 @@ import yaml
 from tests.e2e.operator_proc import CHART, OPERATOR_CONFIG, OperatorProcess
 from tests.e2e.test_operator import apply, condition, example, get, wait_for
 from tests.testbed.cluster import Cluster
+from tokenscale.api.config import DEFAULT_GPUS, OperatorConfig
 
 pytestmark = pytest.mark.e2e
 RELEASE_NS = "tokenscale-chart"
@@ -67,6 +68,8 @@ def test_lint_and_templates_validate_against_kubernetes_schemas(cluster: Cluster
         ({"activator": {"enabled": True, "namespaces": "team-a"}}, "namespaces"),
         ({"activator": {"replicas": 0}}, "replicas"),
         ({"operatorConfig": {"activator": {"enabeld": True}}}, "enabeld"),
+        ({"operatorConfig": {"metricsSource": {"type": "promql"}}}, "type"),
+        ({"operatorConfig": {"metricsSource": {"prometheus": {"url": "prom:9090"}}}}, "url"),
     ],
 )
 def test_bad_values_fail_at_install_time(
@@ -78,6 +81,25 @@ def test_bad_values_fail_at_install_time(
     out = helm(cluster, *args, check=False)
     assert out.returncode != 0
     assert says in out.stderr
+
+
+def test_partial_gpu_override_renders_a_config_the_operator_loads(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The documented partial override passes the values schema and the operator's own load
+    (before the deep merge it installed cleanly and then crash-looped the operator)."""
+    override = {"gpus": {"MI300X": {"costPerGpuHour": 3}}}
+    out = helm(cluster, "template", "t", str(CHART), "--set-json",
+               f"operatorConfig={json.dumps(override)}")  # fmt: skip
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (cm,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")
+    ]
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    config = OperatorConfig.load(path)
+    assert config.gpus["MI300X"].cost_per_gpu_hour == 3
+    assert config.gpus["MI300X"].hbm_gib == DEFAULT_GPUS["MI300X"].hbm_gib
 
 
 @pytest.fixture
@@ -97,7 +119,11 @@ def test_install_reconcile_upgrade_uninstall(
         "bindAddress": "$(POD_IP)",
         "logFormat": "plain",
         "watchNamespaces": [namespace],
-        "operatorConfig": yaml.safe_load(OPERATOR_CONFIG.read_text()),
+        # A partial GPU entry (deep-merged over the built-in MI355X) must not stop the operator.
+        "operatorConfig": {
+            **yaml.safe_load(OPERATOR_CONFIG.read_text()),
+            "gpus": {"MI355X": {"costPerGpuHour": 3.5}},
+        },
     }
     path = tmp_path / "values.yaml"
     path.write_text(yaml.safe_dump(values))

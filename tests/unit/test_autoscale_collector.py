@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydantic
 import pytest
 
+from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import (
     EnginePod,
     PromQLSource,
     ScrapeCollector,
     engine_pods,
+    source_for,
     startup_seconds,
 )
 from tokenscale.constants import LABEL_POOL
@@ -176,3 +179,42 @@ def test_startup_seconds_is_the_median_creation_to_ready() -> None:
     ]
     assert startup_seconds(pods) == 180.0
     assert startup_seconds([], default=90.0) == 90.0
+
+
+def test_prometheus_needs_a_url_and_the_error_names_the_field() -> None:
+    with pytest.raises(
+        pydantic.ValidationError, match=r"metricsSource\.prometheus\.url is required"
+    ):
+        OperatorConfig.model_validate({"metricsSource": {"type": "prometheus"}})
+    with pytest.raises(pydantic.ValidationError, match="url"):
+        OperatorConfig.model_validate(
+            {"metricsSource": {"type": "prometheus", "prometheus": {"url": "prometheus:9090"}}}
+        )
+
+
+async def test_configured_source_scrapes_by_default_and_queries_prometheus_when_set() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        query = request.url.params["query"]
+        value = [{"metric": {"tokenscale_dev_pool": "a"}, "value": [0, "7"]}]
+        return httpx.Response(
+            200,
+            json={"status": "success", "data": {"result": value if "generation" in query else []}},
+        )
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        default = source_for(OperatorConfig().metrics_source, client, "ns", "llm", 2.0)
+        assert isinstance(default, ScrapeCollector) and default.timeout_seconds == 2.0
+        cfg = OperatorConfig.model_validate(
+            {"metricsSource": {"type": "prometheus",
+                               "prometheus": {"url": "http://prom:9090", "rateWindow": "2m"}}}
+        )  # fmt: skip
+        source = source_for(cfg.metrics_source, client, "ns", "llm", 2.0)
+        result = await source.collect([EnginePod("x", "a", "1.1.1.1")], ["a"], now=1.0)
+    assert result.sample.pools["a"].generation_tps == 7
+    assert all(url.startswith("http://prom:9090/api/v1/query?") for url in seen)
+    generation = next(u for u in seen if "generation_tokens" in u)
+    assert 'namespace="ns",tokenscale_dev_service="llm"' in httpx.URL(generation).params["query"]
+    assert "[2m]" in httpx.URL(generation).params["query"]

@@ -112,7 +112,9 @@ def test_new_pod_problem_is_reported() -> None:
 def test_unobserved_generation_and_unknown_services_are_reconciled() -> None:
     kube, ledger, _calls, refresh = _fleet()
     kube.objects[("InferenceService", "ns", "llm-0")]["metadata"]["generation"] = 2
-    ledger.forget(kube.objects[("InferenceService", "ns", "llm-2")]["metadata"]["uid"])
+    ledger.retain(
+        kube.objects[("InferenceService", "ns", n)]["metadata"]["uid"] for n in ("llm-0", "llm-1")
+    )
     assert sorted(n for _, n, _ in _pass(kube, ledger, refresh)) == ["llm-0", "llm-2"]
     assert _pass(kube, ledger, refresh) == []
 

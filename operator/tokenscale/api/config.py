@@ -9,10 +9,10 @@ defaults taken from AMD's device plugin / node labeller and can be overridden by
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
 
 from tokenscale.api.base import StrictModel
 
@@ -62,6 +62,7 @@ class ImageSpec(StrictModel):
         description="vLLM ROCm image for MI350X/MI355X (gfx950).",
     )
     gfx90a: str = Field(
+        alias="gfx90a",  # camelCase would make it "gfx90A": not the target's name
         default="rocm/vllm:rocm7.14.0_cdna_ubuntu24.04_py3.14_pytorch_2.11.0_vllm_0.23.0",
         description="Image for MI210/MI250X.",
     )
@@ -156,6 +157,61 @@ class ActivatorSettings(StrictModel):
     )
 
 
+class PrometheusSettings(StrictModel):
+    """Where and how to query Prometheus when it is the metrics source."""
+
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of the Prometheus HTTP API, e.g. http://prometheus.monitoring:9090; "
+        "required when metricsSource.type is prometheus.",
+    )
+    namespace_label: str = Field(
+        default="namespace", min_length=1, description="Series label holding the namespace."
+    )
+    service_label: str = Field(
+        default="tokenscale_dev_service",
+        min_length=1,
+        description="Series label holding the InferenceService name (the pod label "
+        "tokenscale.dev/service as a ServiceMonitor's podTargetLabels names it).",
+    )
+    pool_label: str = Field(
+        default="tokenscale_dev_pool",
+        min_length=1,
+        description="Series label holding the pool (the pod label tokenscale.dev/pool as "
+        "podTargetLabels names it). Series without it count as missing pods: scaling holds.",
+    )
+    rate_window: str = Field(
+        default="1m",
+        pattern=r"^[0-9]+[smh]$",
+        description="rate() window; at least two Prometheus scrape intervals.",
+    )
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60, description="Query timeout.")
+
+
+class MetricsSourceSettings(StrictModel):
+    """Where the autoscaler reads engine metrics."""
+
+    type: Literal["scrape", "prometheus"] = Field(
+        default="scrape",
+        description="scrape: read each ready engine pod's /metrics directly (fresh, needs no "
+        "Prometheus); prometheus: query the Prometheus HTTP API (for clusters where the operator "
+        "may not reach pod IPs; lags by a scrape interval plus the rate() range).",
+    )
+    prometheus: PrometheusSettings = Field(
+        default_factory=PrometheusSettings, description="Prometheus query settings."
+    )
+
+    @model_validator(mode="after")
+    def _url_when_prometheus(self) -> MetricsSourceSettings:
+        if self.type == "prometheus" and not self.prometheus.url:
+            raise ValueError(
+                "metricsSource.prometheus.url is required when metricsSource.type is prometheus; "
+                "fix: set it to your Prometheus base URL (http://prometheus.monitoring:9090)"
+            )
+        return self
+
+
 class OperatorConfig(StrictModel):
     """Everything cluster-specific the operator needs."""
 
@@ -184,17 +240,75 @@ class OperatorConfig(StrictModel):
     activator: ActivatorSettings = Field(
         default_factory=ActivatorSettings, description="Request-driven scale from zero."
     )
+    metrics_source: MetricsSourceSettings = Field(
+        default_factory=MetricsSourceSettings,
+        description="Where the autoscaler reads engine metrics: scrape pods or query Prometheus.",
+    )
 
     @classmethod
     def load(cls, path: str | Path | None) -> OperatorConfig:
-        """Built-in defaults, overridden key by key by a YAML file when given."""
+        """Built-in defaults with a YAML file deep-merged over them when given.
+
+        A platform team writes only what differs (``gpus.MI300X.costPerGpuHour: 3``); a shallow
+        merge would replace the whole MI300X entry and fail on its missing ``arch``.
+        """
         if path is None:
             return cls()
         raw = yaml.safe_load(Path(path).read_text()) or {}
-        gpus = dict(DEFAULT_GPUS)
-        for name, spec in (raw.pop("gpus", None) or {}).items():
-            gpus[name] = GPUSpec.model_validate(spec)
-        return cls.model_validate({**raw, "gpus": gpus})
+        if not isinstance(raw, dict):
+            return cls.model_validate(raw)  # fails naming the type it expected
+        return cls.model_validate(merge_over_defaults(cls, cls().model_dump(by_alias=True), raw))
+
+
+def merge_over_defaults(
+    model: type[BaseModel], defaults: dict[str, Any], override: dict[str, Any]
+) -> dict[str, Any]:
+    """``override`` merged into ``defaults`` (camelCase keys) along the model's structure.
+
+    Nested settings objects and named catalogues (``gpus``, ``partitions``) merge entry by
+    entry. Lists and plain string maps (labels, selectors) are values and are replaced whole:
+    merging a selector would make it match fewer pods than the user wrote. Keys the model does
+    not know are passed through so that validation names them.
+    """
+    wire_of = {name: info.alias or name for name, info in model.model_fields.items()}
+    field_of = {wire: name for name, wire in wire_of.items()} | {n: n for n in wire_of}
+    merged = dict(defaults)
+    for key, value in override.items():
+        name = field_of.get(key)
+        if name is None:
+            merged[key] = value
+            continue
+        wire = wire_of[name]
+        base = merged.get(wire)
+        annotation = model.model_fields[name].annotation
+        if not (isinstance(base, dict) and isinstance(value, dict)):
+            merged[wire] = value
+        elif (sub := settings_model_in(annotation)) is not None:
+            merged[wire] = merge_over_defaults(sub, base, value)
+        elif (entry := catalogue_entry_in(annotation)) is not None:
+            merged[wire] = {**base}
+            for item, spec in value.items():
+                known = base.get(item)
+                if isinstance(known, dict) and isinstance(spec, dict):
+                    spec = merge_over_defaults(entry, known, spec)
+                merged[wire][item] = spec
+        else:
+            merged[wire] = value
+    return merged
+
+
+def settings_model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (``images: ImageSpec``), if it holds one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def catalogue_entry_in(annotation: Any) -> type[BaseModel] | None:
+    """The entry model of a named catalogue (``dict[str, GPUSpec]``), if the field is one."""
+    if get_origin(annotation) is dict:
+        return settings_model_in(get_args(annotation)[1])
+    return None
 
 
 DEFAULT_GPUS: dict[str, GPUSpec] = {

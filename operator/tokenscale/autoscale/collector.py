@@ -5,7 +5,8 @@ Why scrape pods directly: the signal must exist on clusters without Prometheus, 
 status, never from EndpointSlices: a ready pod can be scraped before endpoint propagation, and a
 pod being drained (already out of the endpoints) still serves the requests it holds.
 
-Both sources implement :class:`MetricsSource`, so the loop does not care which one is configured.
+Both sources implement :class:`MetricsSource`, so the loop does not care which one
+``operatorConfig.metricsSource`` selects (:func:`source_for`).
 Failures (timeouts, refused connections, non-200, garbage bodies) are counted per pod and reported;
 they never raise out of :meth:`collect`.
 """
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from tokenscale.api.config import MetricsSourceSettings
 from tokenscale.autoscale.rates import (
     MetricsParseError,
     PodRates,
@@ -128,7 +130,8 @@ class MetricsSource(Protocol):
     async def collect(
         self, pods: Sequence[EnginePod], pools: Sequence[str], now: float
     ) -> CollectResult:
-        """Gather one sample at ``now`` (monotonic seconds) for ``pools``."""
+        """Gather one sample at ``now`` (wall-clock epoch seconds, as the decision state
+        stores them so that it survives an operator restart) for ``pools``."""
         ...
 
 
@@ -266,3 +269,24 @@ class PromQLSource:
                 pods_missing=n - reporting,
             )
         return CollectResult(Sample(now, signals), (), scrape_errors=0)
+
+
+def source_for(
+    settings: MetricsSourceSettings,
+    client: httpx.AsyncClient,
+    namespace: str,
+    service: str,
+    scrape_timeout_seconds: float,
+) -> MetricsSource:
+    """The configured source for one InferenceService (one per autoscaling loop)."""
+    prom = settings.prometheus
+    if settings.type == "prometheus" and prom.url:
+        return PromQLSource(
+            client,
+            prom.url,
+            selector=f'{prom.namespace_label}="{namespace}",{prom.service_label}="{service}"',
+            pool_label=prom.pool_label,
+            range_=prom.rate_window,
+            timeout_seconds=prom.timeout_seconds,
+        )
+    return ScrapeCollector(client=client, timeout_seconds=scrape_timeout_seconds)

@@ -180,8 +180,3 @@ class Decision:
     def changed(self) -> bool:
         """Whether any pool's replicas change."""
         return any(p.changed for p in self.pools)
-
-    @property
-    def total_desired(self) -> int:
-        """Sum over pools (the ``/scale`` spec.replicas value)."""
-        return sum(p.desired for p in self.pools)

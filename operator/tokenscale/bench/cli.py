@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import math
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, cast
 
@@ -20,6 +22,7 @@ import httpx
 from tokenscale import sla as sla_presets
 from tokenscale.bench import datasets, metrics, scenarios
 from tokenscale.bench.models import BenchConfig, BenchResult, Scenario, SLASpec, Thresholds
+from tokenscale.bench.retry import RETRYABLE_STATUSES, GaveUp, with_backoff
 
 EXIT_CODES = {"pass": 0, "no_sla": 0, "fail": 1, "invalid": 3, "unstable": 4}
 
@@ -95,13 +98,35 @@ def _prompt_source(
     return (lambda n: datasets.from_jsonl(path, n, out_final, seed)), None, out_final
 
 
-def _detect_model(url: str, api_key: str | None) -> str:
+def _detect_model(
+    url: str,
+    api_key: str | None,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    attempts: int = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """The served model's id from ``/v1/models``, retried with backoff on connection errors,
+    409, 429 and 5xx (a benchmark Job has one chance; an engine or proxy blip must not end it)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        resp = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=10.0)
+
+    def fetch() -> str:
+        resp = client.get(url.rstrip("/") + "/v1/models", headers=headers)
         resp.raise_for_status()
         return str(resp.json()["data"][0]["id"])
-    except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+
+    def transient(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError):
+            return exc.response.status_code in RETRYABLE_STATUSES
+        return isinstance(exc, httpx.TransportError)
+
+    try:
+        with httpx.Client(transport=transport, timeout=10.0) as client:
+            return with_backoff(
+                fetch, what=f"GET {url}/v1/models", retryable=transient, attempts=attempts,
+                sleep=sleep,
+            )  # fmt: skip
+    except (GaveUp, httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
         raise click.UsageError(f"--model not given and {url}/v1/models failed: {exc}") from exc
 
 

@@ -22,7 +22,7 @@ def bench_job_command(bench_args: tuple[str, ...]) -> None:
     # the load generator and the Kubernetes client, which only a running bench-job needs.
     from tokenscale.bench import resultchannel
     from tokenscale.bench.cli import bench_command
-    from tokenscale.k8s.kube import Kube
+    from tokenscale.k8s.kube import Kube, KubeError
 
     name = os.environ["TOKENSCALE_BENCHMARK"]
     namespace = os.environ.get("POD_NAMESPACE") or _namespace_file()
@@ -34,15 +34,19 @@ def bench_job_command(bench_args: tuple[str, ...]) -> None:
         except click.ClickException as exc:
             exc.show()
             sys.exit(2)
-        parts = resultchannel.publish(
-            Kube(),
-            namespace,
-            name,
-            os.environ.get("TOKENSCALE_BENCHMARK_UID"),
-            shard,
-            out.read_text(),
-            run=os.environ.get("TOKENSCALE_BENCH_RUN"),
-        )
+        try:
+            parts = resultchannel.publish(
+                Kube(),
+                namespace,
+                name,
+                os.environ.get("TOKENSCALE_BENCHMARK_UID"),
+                shard,
+                out.read_text(),
+                run=os.environ.get("TOKENSCALE_BENCH_RUN"),
+            )
+        except KubeError as exc:  # retried already; say what was lost instead of a traceback
+            click.echo(f"error: result of shard {shard} of {name} not published: {exc}", err=True)
+            sys.exit(3)
     click.echo(f"published shard {shard} of {name} in {parts} ConfigMap part(s)")
 
 

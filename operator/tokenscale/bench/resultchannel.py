@@ -9,12 +9,16 @@ Results are keyed by run (the Job's name): a replica sweep runs one Job per leve
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
+import time
+from collections.abc import Callable
 from typing import Any
 
 from tokenscale import constants as c
 from tokenscale.bench.models import BenchResult
-from tokenscale.k8s.kube import Kube
+from tokenscale.bench.retry import RETRYABLE_STATUSES, GaveUp, with_backoff
+from tokenscale.k8s.kube import Kube, KubeError
 
 PART_BYTES = 700_000  # base64 grows data by 4/3: stays well under the 1 MiB object limit
 KEY = "result.json.gz"
@@ -32,8 +36,17 @@ def publish(
     shard: int,
     result_json: str,
     run: str | None = None,
+    *,
+    attempts: int = 8,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Write one shard's result; returns the number of ConfigMaps written."""
+    """Write one shard's result; returns the number of ConfigMaps written.
+
+    Each part is retried with backoff (up to about 90 s in all) on connection errors, 409, 429
+    and 5xx: the Job has no second chance, so an API-server blip must not lose the run. Apply
+    is idempotent, so a retry after a lost response is harmless. After the bound, a
+    :class:`KubeError` says which part could not be written and why.
+    """
     run = run or bench
     blob = gzip.compress(result_json.encode(), compresslevel=6)
     parts = [blob[i : i + PART_BYTES] for i in range(0, len(blob), PART_BYTES)] or [b""]
@@ -61,15 +74,31 @@ def publish(
                     "uid": uid,
                 }
             ]
-        kube.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": meta,
-                "binaryData": {KEY: base64.b64encode(chunk).decode()},
-            }
-        )
+        obj = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta,
+            "binaryData": {KEY: base64.b64encode(chunk).decode()},
+        }
+        what = f"publishing ConfigMap {namespace}/{meta['name']} (part {index + 1}/{len(parts)})"
+        try:
+            with_backoff(
+                functools.partial(kube.apply, obj),
+                what=what,
+                retryable=_transient,
+                attempts=attempts,
+                base_seconds=1.0,
+                sleep=sleep,
+            )
+        except GaveUp as exc:
+            status = exc.last.status if isinstance(exc.last, KubeError) else 0
+            raise KubeError(status, str(exc)) from exc
     return len(parts)
+
+
+def _transient(exc: Exception) -> bool:
+    """Worth another try: no response at all (status 0), a conflict, throttling, a 5xx."""
+    return isinstance(exc, KubeError) and (exc.status == 0 or exc.status in RETRYABLE_STATUSES)
 
 
 def collect(

@@ -77,6 +77,9 @@ def run_command(
     workers: int,
 ) -> None:
     """Run the tokenscale operator against the current kubeconfig or in-cluster account."""
+    from tokenscale.render.cli import load_config
+
+    load_config(config_path)  # a bad file stops here naming the field, not in a Kopf traceback
     # Imported here, not at the top: importing handlers registers them with Kopf, which only
     # running the operator should do.
     from tokenscale.controller import handlers  # noqa: F401

@@ -18,7 +18,7 @@ from tokenscale import GROUP, VERSION
 from tokenscale import constants as c
 from tokenscale.api.benchmark import FINISHED
 from tokenscale.api.config import OperatorConfig
-from tokenscale.autoscale.collector import ScrapeCollector
+from tokenscale.autoscale.collector import source_for
 from tokenscale.controller import events, hold, metrics, refresh, resync
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark, update_target
@@ -152,7 +152,10 @@ async def autoscale(
 ) -> None:
     """Per-service autoscaling loop: scrape engines, decide, write /scale (never raises)."""
     cfg: OperatorConfig = memo.config
-    source = ScrapeCollector(client=memo.http, timeout_seconds=cfg.scrape_timeout_seconds)
+    meta = body["metadata"]
+    source = source_for(
+        cfg.metrics_source, memo.http, meta["namespace"], meta["name"], cfg.scrape_timeout_seconds
+    )
     loop = LoopState()
     while not stopped:
         try:

@@ -75,10 +75,6 @@ class Ledger:
         with self._lock:
             return self._applied.get(uid)
 
-    def forget(self, uid: str | None) -> None:
-        with self._lock:
-            self._applied.pop(uid or "", None)
-
     def retain(self, uids: Iterable[str]) -> None:
         """Drop services that no longer exist."""
         keep = set(uids)

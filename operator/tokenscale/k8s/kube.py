@@ -1,8 +1,13 @@
 """The operator's only door to the API server: server-side apply, list, delete, events.
 
-Raw REST calls through the official client's ``ApiClient`` keep this small and predictable:
-we know every kind we write, so a fixed path table replaces the dynamic client's discovery
-round-trips (which cost seconds per start on a busy API server).
+Raw REST calls through the official client's public dynamic client
+(``DynamicClient.request``): we know every kind we write, so a fixed path table replaces
+per-kind resource discovery (one discovery round-trip per API group, seconds per start on a
+busy API server). Only the client's public surface is used, not ``ApiClient.param_serialize``
+/ ``call_api``: those are generated plumbing that the generator reshaped in v36/v37, which is
+what the old ``<38`` pin guarded; the dynamic client is kept working across such changes by
+the client's maintainers. What the route costs (two discovery GETs at first use, memory) is
+measured by ``benchmarks/operator_rss.py`` and recorded in docs/operator.md.
 """
 
 from __future__ import annotations
@@ -10,13 +15,14 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client, config, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from tokenscale.api.wire import k8s_time
@@ -56,6 +62,9 @@ KINDS: dict[str, Kind] = {
     "LeaderWorkerSet": Kind("leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
     "InferenceService": Kind("tokenscale.dev/v1alpha1", "inferenceservices"),
     "InferenceBenchmark": Kind("tokenscale.dev/v1alpha1", "inferencebenchmarks"),
+    # Kopf's peering records (controller/peering.py creates and reads them).
+    "KopfPeering": Kind("kopf.dev/v1", "kopfpeerings"),
+    "ClusterKopfPeering": Kind("kopf.dev/v1", "clusterkopfpeerings", namespaced=False),
     "CustomResourceDefinition": Kind(
         "apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False
     ),
@@ -75,7 +84,19 @@ class Kube:
 
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.api = api or _default_client()
+        self._rest: dynamic.DynamicClient | None = None
+        self._rest_lock = threading.Lock()
         self._crds: dict[str, bool] = {}
+
+    def _dynamic(self) -> dynamic.DynamicClient:
+        """The dynamic client, made on first use: making it fetches /version and the API group
+        list (then cached in a temp file), so a call's error handling and its caller's retries
+        cover that too, and constructing a Kube stays free of I/O. Per-kind discovery never
+        runs: paths come from KINDS."""
+        with self._rest_lock:
+            if self._rest is None:
+                self._rest = dynamic.DynamicClient(self.api)  # type: ignore[no-untyped-call]
+            return self._rest
 
     def _call(
         self,
@@ -85,23 +106,24 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        method_, url, headers, payload, _post = self.api.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
         try:
-            response = self.api.call_api(
-                method_, url, header_params=headers, body=payload, _request_timeout=30
+            response = self._dynamic().request(
+                method,
+                path,
+                body=body,
+                query_params=query or [],
+                header_params={"Accept": "application/json"},
+                content_type=content_type,
+                _request_timeout=30,
+                serialize=False,  # the raw response: we parse JSON ourselves, no wrapper objects
             )
-            raw: bytes = response.read()  # type: ignore[no-untyped-call]
-        except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+            raw: bytes = response.data
+        except ApiException as exc:
+            if not exc.status:
+                raise KubeError(0, f"{method} {path}: {exc}") from None
+            raise KubeError(exc.status, _reason(exc.body, exc.reason)) from None
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise KubeError(0, f"{method} {path}: {exc}") from None
-        if response.status >= 400:
-            raise KubeError(response.status, _reason(raw, response.reason))
         return json.loads(raw) if raw else None
 
     def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
@@ -114,6 +136,14 @@ class Kube:
             "PATCH", path, json.dumps(obj), query, "application/apply-patch+yaml"
         )
         return result
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST a new object; 409 (``KubeError.status``) when it exists already."""
+        kind = KINDS[obj["kind"]]
+        created: dict[str, Any] = self._call(
+            "POST", kind.path(obj["metadata"].get("namespace")), obj
+        )
+        return created
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
@@ -212,7 +242,7 @@ class Kube:
             log.warning("could not post event %s: %s", reason, exc)
 
 
-def _reason(raw: bytes | None, fallback: str | None) -> str:
+def _reason(raw: str | bytes | None, fallback: str | None) -> str:
     try:
         return str(json.loads(raw or b"{}").get("message") or fallback)
     except (ValueError, AttributeError):

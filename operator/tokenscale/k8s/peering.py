@@ -76,33 +76,25 @@ def random_priority() -> int:
 
 def ensure_peering_objects(kube: Kube, name: str, namespaces: Sequence[str]) -> list[str]:
     """Create the peering object(s) Kopf will keep-alive in; returns what was created."""
-    from kubernetes.client import CustomObjectsApi
-    from kubernetes.client.exceptions import ApiException
-
-    api = CustomObjectsApi(kube.api)
     created = []
     scopes: list[str | None] = [*namespaces] or [None]
     for namespace in scopes:
         kind = "KopfPeering" if namespace else "ClusterKopfPeering"
-        plural = kind.lower() + "s"
         meta: dict[str, Any] = {"name": name}
-        body = {"apiVersion": f"{GROUP}/v1", "kind": kind, "metadata": meta}
+        if namespace:
+            meta["namespace"] = namespace
         try:
-            if namespace:
-                meta["namespace"] = namespace
-                api.create_namespaced_custom_object(GROUP, "v1", namespace, plural, body)
-            else:
-                api.create_cluster_custom_object(GROUP, "v1", plural, body)
-        except ApiException as exc:
+            kube.create({"apiVersion": f"{GROUP}/v1", "kind": kind, "metadata": meta})
+        except KubeError as exc:
             if exc.status == 409:  # another replica (or a previous run) made it
                 continue
             if exc.status == 404:
                 raise KubeError(
                     404,
-                    f"the {kind} CRD ({plural}.{GROUP}) is not installed; fix: install the "
-                    "chart with peering.enabled=true (it ships Kopf's peering CRDs)",
+                    f"the {kind} CRD ({kind.lower()}s.{GROUP}) is not installed; fix: install "
+                    "the chart with peering.enabled=true (it ships Kopf's peering CRDs)",
                 ) from None
-            raise KubeError(exc.status or 0, f"creating {kind} {name}: {exc.reason}") from None
+            raise KubeError(exc.status, f"creating {kind} {name}: {exc}") from None
         created.append(f"{kind} {namespace + '/' if namespace else ''}{name}")
     return created
 
@@ -152,26 +144,19 @@ def outranked_by(
 
 def is_active(kube: Kube, peering: Peering, now: datetime | None = None) -> bool:
     """True when Kopf would not pause this replica (our own loops outside Kopf ask this)."""
-    from kubernetes.client import CustomObjectsApi
-    from kubernetes.client.exceptions import ApiException
-
-    api = CustomObjectsApi(kube.api)
     now = now or datetime.now(UTC)
     scopes: list[str | None] = [*peering.namespaces] or [None]
     for namespace in scopes:
+        kind = "KopfPeering" if namespace else "ClusterKopfPeering"
         try:
-            if namespace:
-                obj = api.get_namespaced_custom_object(
-                    GROUP, "v1", namespace, "kopfpeerings", peering.name
-                )
-            else:
-                obj = api.get_cluster_custom_object(
-                    GROUP, "v1", "clusterkopfpeerings", peering.name
-                )
-        except ApiException as exc:
-            log.warning("cannot read peering %s: %s; acting as standby", peering.name, exc.reason)
+            obj = kube.get(kind, namespace, peering.name)
+        except KubeError as exc:
+            log.warning("cannot read peering %s: %s; acting as standby", peering.name, exc)
             return False
-        records = obj.get("status") or {} if isinstance(obj, dict) else {}
+        if obj is None:
+            log.warning("peering %s does not exist; acting as standby", peering.name)
+            return False
+        records = obj.get("status") or {}
         if outranked_by(records, peering.identity, peering.priority, now):
             return False
     return True

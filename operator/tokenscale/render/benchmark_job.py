@@ -13,14 +13,12 @@ from tokenscale.api.benchmark import InferenceBenchmarkSpec, LengthDistribution
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.sla import SLASpec
 
-ENGINE_PORT = c.ENGINE_PORT
-
 
 def target_url(spec: InferenceBenchmarkSpec, namespace: str) -> str:
     """The Service DNS name of the target (no test-only overrides: DNS resolves in-cluster)."""
     if spec.target.url:
         return spec.target.url.rstrip("/")
-    return f"http://{spec.target.service}.{namespace}.svc:{ENGINE_PORT}"
+    return f"http://{spec.target.service}.{namespace}.svc:{c.ENGINE_PORT}"
 
 
 def _length(dist: LengthDistribution) -> str:
