@@ -299,6 +299,7 @@ def _status(
         "replicas": sum(replicas.values()),
         "readyReplicas": sum(o.ready for o in pools),
         "selector": selector_for(meta["name"]),
+        "url": names.service_url(meta["name"], meta["namespace"]),
         "gpuSummary": ",".join(dict.fromkeys(p.gpu for p in svc.spec.pools)),
         "pools": pool_status,
         "plan": [p.to_k8s() for p in plans],
