@@ -19,7 +19,7 @@ from tokenscale import GROUP, VERSION
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import ScrapeCollector
-from tokenscale.controller import metrics, refresh, resync, sweep
+from tokenscale.controller import metrics, refresh, resync, sweep, watches
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import FINISHED, reconcile_benchmark
 from tokenscale.controller.kube import Kube, KubeError
@@ -65,6 +65,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     if port:
         metrics.serve(int(port), str(memo.get("metrics_addr") or "0.0.0.0"))  # noqa: S104
     memo.refreshes = refresh.RefreshQueue()
+    watches.watch_leader_worker_sets(memo.config, child_changed)
     kube, cfg = memo.kube, memo.config
     refresh.start(
         memo.refreshes, lambda ns, name, full: refresh_service(kube, cfg, ns, name, full=full)
@@ -210,6 +211,7 @@ def refresh_service(
     """
     owner = kube.get("InferenceService", namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
+        metrics.remove_service(namespace, name)
         return
     meta = owner["metadata"]
     observed = (owner.get("status") or {}).get("observedGeneration")
