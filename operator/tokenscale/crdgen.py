@@ -232,6 +232,7 @@ def benchmark_crd() -> dict[str, Any]:
         _column("Phase", "string", ".status.phase", "Phase."),
         _column("Tok/s", "number", ".status.results.tokensPerSecond", "Output tokens/s."),
         _column("P99 TTFT(ms)", "number", ".status.results.ttftMs.p99", "p99 TTFT in ms."),
+        _column("P99 TPOT(ms)", "number", ".status.results.tpotMs.p99", "p99 TPOT in ms."),
         _column("SLA", "string", ".status.verdict", "SLA verdict."),
         _column(
             "Scaling Eff",

@@ -145,3 +145,9 @@ def test_converter_rejects_list_maps_the_api_server_would(
 def test_converter_keeps_a_valid_list_map() -> None:
     schema = _listy(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     assert structural(schema)["x-kubernetes-list-map-keys"] == ["name"]
+
+
+def test_benchmark_columns_show_both_sla_latencies() -> None:
+    crd = all_crds()["tokenscale.dev_inferencebenchmarks.yaml"]
+    paths = [c["jsonPath"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert ".status.results.ttftMs.p99" in paths and ".status.results.tpotMs.p99" in paths
