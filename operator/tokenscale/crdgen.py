@@ -80,7 +80,37 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
         out["type"] = _enum_type(out["enum"])
     if "type" not in out and "x-kubernetes-preserve-unknown-fields" not in out:
         raise SchemaError(f"schema node without a type: {sorted(schema)}")
+    if "x-kubernetes-list-type" in out:
+        _check_list_type(out)
     return out
+
+
+_LIST_TYPES = ("atomic", "set", "map")
+_SCALARS = ("string", "integer", "number", "boolean")
+
+
+def _check_list_type(node: dict[str, Any]) -> None:
+    """Refuse list-type markers the API server would reject, so ``make crds`` fails, not the
+    ``kubectl apply`` of the generated CRD (a map key must be a required or defaulted scalar
+    of object items, or the server cannot key the entries)."""
+    kind = node["x-kubernetes-list-type"]
+    if kind not in _LIST_TYPES or node.get("type") != "array":
+        raise SchemaError(f"x-kubernetes-list-type {kind!r} needs an array, one of {_LIST_TYPES}")
+    keys = node.get("x-kubernetes-list-map-keys")
+    if kind != "map":
+        if keys is not None:
+            raise SchemaError("x-kubernetes-list-map-keys needs x-kubernetes-list-type: map")
+        return
+    items = node.get("items") or {}
+    if not keys or items.get("type") != "object":
+        raise SchemaError("x-kubernetes-list-type: map needs map keys and object items")
+    props = items.get("properties") or {}
+    for key in keys:
+        prop = props.get(key)
+        if prop is None or prop.get("type") not in _SCALARS:
+            raise SchemaError(f"list-map key {key!r} is not a scalar property of the items")
+        if key not in items.get("required", []) and "default" not in prop:
+            raise SchemaError(f"list-map key {key!r} must be required or have a default")
 
 
 def _any_of(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -172,15 +202,18 @@ def _crd(
 def service_crd() -> dict[str, Any]:
     """The InferenceService CRD, with /scale driving the total replica count."""
     sla = '.status.conditions[?(@.type=="SLAMet")].status'
-    ready = '.status.conditions[?(@.type=="Ready")].status'
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    # READY is the Ready condition (True/False), as KServe users read it; the counts follow.
     columns = [
         _column("Model", "string", ".spec.model.name", "Served model name."),
-        _column("GPU", "string", ".status.gpuSummary", "GPU models of the pools."),
-        _column("Ready", "integer", ".status.readyReplicas", "Ready replicas."),
+        _column("Ready", "string", f"{ready}.status", "The Ready condition."),
+        _column("Replicas", "integer", ".status.readyReplicas", "Ready replicas."),
         _column("Desired", "integer", ".status.replicas", "Desired replicas."),
+        _column("Reason", "string", f"{ready}.reason", "Why Ready is what it is."),
+        _column("URL", "string", ".status.url", "In-cluster URL of the API."),
         _column("Tok/s", "number", ".status.metrics.tokensPerSecond", "Output tokens/s."),
         _column("SLA", "string", sla, "Whether the latest benchmark met the SLA."),
-        _column("Available", "string", ready, "Ready condition.", priority=1),
+        _column("GPU", "string", ".status.gpuSummary", "GPU models of the pools.", priority=1),
         _column("Age", "date", ".metadata.creationTimestamp", "Age."),
     ]
     scale = {
@@ -199,6 +232,7 @@ def benchmark_crd() -> dict[str, Any]:
         _column("Phase", "string", ".status.phase", "Phase."),
         _column("Tok/s", "number", ".status.results.tokensPerSecond", "Output tokens/s."),
         _column("P99 TTFT(ms)", "number", ".status.results.ttftMs.p99", "p99 TTFT in ms."),
+        _column("P99 TPOT(ms)", "number", ".status.results.tpotMs.p99", "p99 TPOT in ms."),
         _column("SLA", "string", ".status.verdict", "SLA verdict."),
         _column(
             "Scaling Eff",

@@ -6,7 +6,12 @@ verdict lands in its status and in the service's SLAMet condition."""
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
+import subprocess
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +22,30 @@ from tests.testbed.cluster import Cluster
 from tests.testbed.request_job import sleeping_service
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).parents[2]
+
+#: The report recipes users are given (NOTES.txt, docs/benchmarks.md), by status.report key.
+REPORT_RECIPES = {
+    "report.html": "kubectl get cm {cm} -o jsonpath='{{.data.report\\.html}}' > report.html",
+    "report.html.gz": "kubectl get cm {cm} -o jsonpath='{{.binaryData.report\\.html\\.gz}}'"
+    " | base64 -d | gunzip > report.html",
+}
+
+
+def fetch_report_as_documented(cluster: Cluster, namespace: str, report: str, workdir: Path) -> str:
+    """Run the documented recipe for ``status.report`` in a shell, as a user would; the text of
+    the report.html it writes."""
+    for recipe in REPORT_RECIPES.values():
+        example = recipe.format(cm="llama2-70b-server-report")
+        for doc in ("charts/tokenscale/templates/NOTES.txt", "docs/benchmarks.md"):
+            assert example in (ROOT / doc).read_text(), f"{doc} lost the recipe {example}"
+    kind, cm, key = report.split("/")
+    assert kind == "configmap" and key in REPORT_RECIPES, report
+    kubectl = f'"{cluster.bin_dir / "kubectl"}" --kubeconfig="{cluster.kubeconfig}" -n {namespace}'
+    script = f'kubectl() {{ {kubectl} "$@"; }}\nset -o pipefail\n'
+    script += REPORT_RECIPES[key].format(cm=cm)
+    subprocess.run(["bash", "-c", script], cwd=workdir, check=True, timeout=60)
+    return (workdir / "report.html").read_text()
 
 
 def bench(name: str, target: str, qps: float, seconds: int, sla: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +72,7 @@ def replicas(cluster: Cluster, namespace: str, name: str) -> int:
 
 
 def test_simulated_engines_scale_up_and_down_with_load_and_benchmark_judges_sla(
-    cluster: Cluster, operator: OperatorProcess, namespace: str
+    cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     doc = example("simulated-llama2-70b.yaml")
     doc["metadata"]["name"] = "sim"
@@ -92,6 +121,19 @@ def test_simulated_engines_scale_up_and_down_with_load_and_benchmark_judges_sla(
     assert status["results"]["tokensPerSecond"] > 1000
     assert status["results"]["ttftMs"]["p99"] is not None
     assert status["report"].startswith("configmap/load-report/")
+    html = fetch_report_as_documented(cluster, namespace, status["report"], tmp_path)
+    assert html.lstrip().lower().startswith("<!doctype html") and "</html>" in html, html[:200]
+    assert "<title>tokenscale bench — server" in html  # this benchmark's report, not any file
+    # A report too large for text is gzipped into binaryData: the same recipe for that key,
+    # on a ConfigMap stored that way, gives back the same document.
+    packed = base64.b64encode(gzip.compress(html.encode())).decode()
+    big = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big-report"},
+           "binaryData": {"report.html.gz": packed}}  # fmt: skip
+    cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(big))
+    gz_dir = tmp_path / "gz"
+    gz_dir.mkdir()
+    report_gz = "configmap/big-report/report.html.gz"
+    assert fetch_report_as_documented(cluster, namespace, report_gz, gz_dir) == html
     svc = get(cluster, "tsvc", "sim", "-n", namespace)
     assert svc["status"]["benchmark"]["name"] == "load"
     sla = wait_condition(

@@ -6,6 +6,7 @@ no duplicates. The operator runs under the Helm chart's RBAC (a ServiceAccount t
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -121,6 +122,16 @@ def test_example_reaches_ready_on_the_right_gpus(
         assert limits[c.RESOURCE_GPU] == str(gpus_per_pod)
     assert cluster.kubectl("wait", "--for=condition=Ready", f"tsvc/{name}", "-n", namespace,
                            "--timeout=5s").returncode == 0  # fmt: skip
+    assert svc["status"]["url"] == f"http://{name}.{namespace}.svc:{c.ENGINE_PORT}"
+    # What a user reads first: the API server evaluates the CRD's printer columns.
+    table = cluster.kubectl("get", "tsvc", name, "-n", namespace).stdout.split("\n")
+    starts = [m.start() for m in re.finditer(r"\S+", table[0])]  # empty cells are blank
+    cells = [table[1][a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+    row = dict(zip(table[0].split(), cells, strict=True))
+    assert row["READY"] == "True" and row["REASON"] == "ReplicasReady", table
+    assert row["URL"] == svc["status"]["url"], table
+    assert int(row["REPLICAS"]) == svc["status"]["readyReplicas"] >= 1, table
+    assert row["DESIRED"] == str(svc["status"]["replicas"]), table
     assert operator.alive()
 
 

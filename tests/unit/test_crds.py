@@ -69,8 +69,12 @@ def test_service_crd_has_scale_printer_columns_and_cel() -> None:
     version = crd["spec"]["versions"][0]
     assert version["subresources"]["scale"]["labelSelectorPath"] == ".status.selector"
     assert crd["spec"]["names"]["shortNames"] == ["tsvc"]
-    columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns[:6] == ["Model", "GPU", "Ready", "Desired", "Tok/s", "SLA"]
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"] if not c.get("priority")}
+    assert list(columns)[:6] == ["Model", "Ready", "Replicas", "Desired", "Reason", "URL"]
+    # READY is the Ready condition (as in KServe), REASON its reason, URL the status field.
+    assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
+    assert columns["URL"]["jsonPath"] == ".status.url"
     text = dump(crd)
     assert "minReplicas must be <= maxReplicas" in text
     assert "set exactly one of huggingFace, pvc, s3" in text
@@ -83,3 +87,67 @@ def test_converter_rejects_real_unions() -> None:
         "type": "string"
     }
     assert structural({"const": "x"}) == {"enum": ["x"], "type": "string"}
+
+
+def _prop(crd: dict[str, Any], *path: str) -> dict[str, Any]:
+    node = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for name in path:
+        node = node["properties"][name]
+    return node
+
+
+@pytest.mark.parametrize(
+    ("crd_file", "path", "key"),
+    [
+        ("tokenscale.dev_inferenceservices.yaml", ("status", "conditions"), "type"),
+        ("tokenscale.dev_inferenceservices.yaml", ("status", "pools"), "name"),
+        ("tokenscale.dev_inferenceservices.yaml", ("spec", "pools"), "name"),
+        ("tokenscale.dev_inferencebenchmarks.yaml", ("status", "conditions"), "type"),
+    ],
+)
+def test_keyed_lists_are_list_maps(crd_file: str, path: tuple[str, ...], key: str) -> None:
+    node = _prop(all_crds()[crd_file], *path)
+    assert node["x-kubernetes-list-type"] == "map"
+    assert node["x-kubernetes-list-map-keys"] == [key]
+    assert key in node["items"]["required"]
+
+
+def _listy(key_required: bool = True, **extra: Any) -> dict[str, Any]:
+    item = {"type": "object", "properties": {"name": {"type": "string"}, "n": {"type": "object"}}}
+    if key_required:
+        item["required"] = ["name"]
+    return {"type": "array", "items": item, **extra}
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        (_listy(False, **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
+         "must be required or have a default"),
+        (_listy(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["n"]}),
+         "not a scalar"),
+        (_listy(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["nope"]}),
+         "not a scalar"),
+        (_listy(**{"x-kubernetes-list-type": "map"}), "needs map keys"),
+        (_listy(**{"x-kubernetes-list-type": "set", "x-kubernetes-list-map-keys": ["name"]}),
+         "needs x-kubernetes-list-type: map"),
+        (_listy(**{"x-kubernetes-list-type": "dict"}), "needs an array"),
+        ({"type": "string", "x-kubernetes-list-type": "map"}, "needs an array"),
+    ],
+)  # fmt: skip
+def test_converter_rejects_list_maps_the_api_server_would(
+    schema: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(SchemaError, match=says):
+        structural(schema)
+
+
+def test_converter_keeps_a_valid_list_map() -> None:
+    schema = _listy(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    assert structural(schema)["x-kubernetes-list-map-keys"] == ["name"]
+
+
+def test_benchmark_columns_show_both_sla_latencies() -> None:
+    crd = all_crds()["tokenscale.dev_inferencebenchmarks.yaml"]
+    paths = [c["jsonPath"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert ".status.results.ttftMs.p99" in paths and ".status.results.tpotMs.p99" in paths

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tokenscale import constants as c
 from tokenscale.controller.metrics import REGISTRY
 
 ROOT = Path(__file__).parents[2]
@@ -20,7 +22,8 @@ FIXTURE = ROOT / "tests/fixtures/vllm-0.32-metrics-shared.txt"
 PROMQL_WORDS = {
     "sum", "avg", "max", "min", "by", "on", "rate", "increase", "histogram_quantile",
     "group_left", "label_values", "without", "count", "le", "namespace", "service", "pool",
-    "model_name", "direction", "verdict", "bool",
+    "model_name", "direction", "verdict", "bool", "kind", "result",
+    "tokenscale_dev_service", "tokenscale_dev_pool",
 }  # fmt: skip
 
 
@@ -41,7 +44,7 @@ def _exposed_names() -> set[str]:
 
 def _queries() -> list[str]:
     dash = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     exprs += [v["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
     return exprs
 
@@ -69,6 +72,59 @@ def test_checker_catches_a_renamed_metric() -> None:
 
 def test_dashboard_covers_the_required_panels() -> None:
     titles = " ".join(p["title"] for p in json.loads(DASHBOARD.read_text())["panels"]).lower()
-    for word in ("tokens/s vs target", "replicas", "ttft", "tpot", "kv-cache", "queue", "scaling"):
+    for word in ("tokens/s", "target", "replicas", "ttft", "tpot", "kv-cache", "queue", "scaling"):
         assert word in titles
     assert "benchmark" in titles
+
+
+def _panels() -> list[dict[str, Any]]:
+    return [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] != "row"]
+
+
+def _target_label(pod_label: str) -> str:
+    """How the Prometheus Operator names a podTargetLabels label on the series."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", pod_label)
+
+
+def test_engine_panels_filter_by_the_service_the_servicemonitor_labels() -> None:
+    label = _target_label(c.LABEL_SERVICE)  # the ServiceMonitor copies this pod label
+    engine = [p for p in _panels() if any("vllm:" in t["expr"] for t in p["targets"])]
+    assert len(engine) >= 5
+    for panel in engine:
+        for target in panel["targets"]:
+            assert f'{label}=~"$service"' in target["expr"], panel["title"]
+            assert "model_name" not in target["expr"], panel["title"]
+
+
+def test_operator_health_row_plots_reconciles_duration_and_scrape_errors() -> None:
+    dash = json.loads(DASHBOARD.read_text())["panels"]
+    start = next(i for i, p in enumerate(dash) if p["type"] == "row" and "health" in p["title"])
+    rest = dash[start + 1 :]
+    row = rest[: next((i for i, p in enumerate(rest) if p["type"] == "row"), len(rest))]
+    exprs = " ".join(t["expr"] for p in row for t in p["targets"])
+    for metric in (
+        "tokenscale_reconciles_total",
+        "tokenscale_reconcile_duration_seconds_bucket",
+        "tokenscale_scrape_errors_total",
+    ):
+        assert metric in exprs
+    assert "result" in exprs  # reconciles broken down by result: errors are visible
+
+
+def _unit_kind(expr: str) -> str:
+    if re.search(r"tokens_per_second|_tokens_total", expr):
+        return "tok/s"
+    if "histogram_quantile" in expr:
+        return "seconds"
+    return "other"
+
+
+def test_each_panel_has_one_unit_and_throughput_is_in_tok_s() -> None:
+    for panel in _panels():
+        kinds = {_unit_kind(t["expr"]) for t in panel["targets"]}
+        assert len(kinds) == 1, f"{panel['title']} mixes {kinds}"
+        unit = panel["fieldConfig"]["defaults"]["unit"]
+        if kinds == {"tok/s"}:
+            assert unit == "suffix: tok/s", panel["title"]
+        if kinds == {"seconds"}:
+            assert unit == "s", panel["title"]

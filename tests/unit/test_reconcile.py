@@ -60,3 +60,14 @@ def test_benchmark_after_rollout_created_once_per_generation() -> None:
     body["status"] = second.status
     reconcile_service(body, kube, CFG)
     assert len([k for k in kube.objects if k[0] == "InferenceBenchmark"]) == 1
+
+
+def test_status_carries_the_in_cluster_url_and_validates() -> None:
+    from tokenscale.api.status import InferenceServiceStatus
+    from tokenscale.render.names import service_url
+
+    kube = FakeKube()
+    out = reconcile_service(_svc(kube), kube, CFG)
+    assert out.status["url"] == "http://llm.ns.svc:8000"
+    assert InferenceServiceStatus.model_validate(out.status).url == out.status["url"]
+    assert service_url("a", "team-b") == "http://a.team-b.svc:8000"

@@ -130,8 +130,10 @@ def _check_lws(obj: dict[str, Any]) -> None:
 def _check_service_monitor(obj: dict[str, Any]) -> None:
     assert obj["apiVersion"] == c.SERVICEMONITOR_API_VERSION
     spec = obj["spec"]
-    assert set(spec) == {"selector", "endpoints"}
+    assert set(spec) == {"selector", "endpoints", "podTargetLabels"}
     assert spec["selector"]["matchLabels"]
+    # engine series carry the InferenceService and pool (the dashboard's $service filter)
+    assert spec["podTargetLabels"] == [c.LABEL_SERVICE, c.LABEL_POOL]
     for ep in spec["endpoints"]:
         assert set(ep) <= {"port", "path", "interval"}
         assert ep["port"] == c.ENGINE_PORT_NAME and ep["interval"].endswith("s")

@@ -44,6 +44,21 @@ def cel(*rules: tuple[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
 
 
+def list_map(*keys: str) -> dict[str, Any]:
+    """JSON-schema extra making a list an associative list keyed by ``keys``.
+
+    Why: the API server then rejects two entries with one key, and server-side apply merges
+    entries by key instead of replacing the whole list (what ``kubectl apply --server-side``
+    users and other field managers expect of conditions and pools). The keys must be
+    required (or defaulted) scalar fields of the items; :mod:`tokenscale.crdgen` checks it.
+    """
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+#: ``conditions`` lists are keyed by ``type`` (metav1.Condition convention).
+CONDITIONS_LIST = list_map("type")
+
+
 class ObjectMeta(StrictModel):
     """The part of Kubernetes object metadata that manifests carry."""
 

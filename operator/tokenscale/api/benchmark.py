@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
-from tokenscale.api.base import Condition, ObjectMeta, StrictModel, cel
+from tokenscale.api.base import CONDITIONS_LIST, Condition, ObjectMeta, StrictModel, cel
 from tokenscale.api.sla import SLASpec
 from tokenscale.api.wire import Timestamp
 
@@ -213,7 +213,9 @@ class InferenceBenchmarkStatus(StrictModel):
         default=None, description="Where the HTML report is (ConfigMap/key or path)."
     )
     sweep: SweepStatus | None = Field(default=None, description="Replica sweep progress.")
-    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Conditions.", json_schema_extra=CONDITIONS_LIST
+    )
 
 
 class InferenceBenchmark(StrictModel):

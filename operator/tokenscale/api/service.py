@@ -12,6 +12,7 @@ from tokenscale.api.base import (
     ObjectMeta,
     StrictModel,
     cel,
+    list_map,
 )
 from tokenscale.api.sla import SLASpec
 from tokenscale.api.status import InferenceServiceStatus
@@ -327,7 +328,10 @@ class InferenceServiceSpec(StrictModel):
     model: ModelSpec = Field(description="The model and its sizing facts.")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine settings.")
     pools: list[GPUPool] = Field(
-        min_length=1, max_length=8, description="GPU pools; one Deployment each."
+        min_length=1,
+        max_length=8,
+        description="GPU pools; one Deployment each.",
+        json_schema_extra=list_map("name"),
     )
     parallelism: ParallelismSpec = Field(
         default_factory=ParallelismSpec, description="Tensor/pipeline/node parallelism."

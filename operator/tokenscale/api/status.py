@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tokenscale.api.base import Condition, StrictModel
+from tokenscale.api.base import CONDITIONS_LIST, Condition, StrictModel, list_map
 from tokenscale.api.wire import Timestamp
 
 
@@ -121,10 +121,20 @@ class InferenceServiceStatus(StrictModel):
     ready_replicas: int = Field(default=0, description="Total ready replicas.")
     selector: str = Field(default="", description="Label selector of all engine pods (/scale).")
     gpu_summary: str = Field(default="", description="GPU models of the pools, for display.")
-    conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Progressing, Degraded, Scaling, SLAMet."
+    url: str | None = Field(
+        default=None,
+        description="In-cluster base URL of the service's OpenAI-compatible API "
+        "(http://NAME.NAMESPACE.svc:8000; clients add /v1/...).",
+        examples=["http://llama2-70b.team-a.svc:8000"],
     )
-    pools: list[PoolStatus] = Field(default_factory=list, description="Per-pool state.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing, Degraded, Scaling, SLAMet.",
+        json_schema_extra=CONDITIONS_LIST,
+    )
+    pools: list[PoolStatus] = Field(
+        default_factory=list, description="Per-pool state.", json_schema_extra=list_map("name")
+    )
     plan: list[PoolPlan] = Field(default_factory=list, description="Capacity plan per pool.")
     metrics: MetricsStatus | None = Field(default=None, description="Latest metrics.")
     scaling: ScalingStatus | None = Field(default=None, description="Autoscaler state.")

@@ -19,7 +19,7 @@ from tokenscale import constants as c
 from tokenscale.api.benchmark import FINISHED
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import source_for
-from tokenscale.controller import events, hold, metrics, refresh, resync
+from tokenscale.controller import events, hold, metrics, refresh, resync, watches
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark, update_target
 from tokenscale.controller.reconcile import (
@@ -59,6 +59,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     if port:
         metrics.serve(int(port), str(memo.get("metrics_addr") or "0.0.0.0"))  # noqa: S104
     memo.refreshes = refresh.RefreshQueue()
+    watches.watch_leader_worker_sets(memo.config, child_changed)
     kube, cfg = memo.kube, memo.config
     refresh.start(
         memo.refreshes,

@@ -1,6 +1,12 @@
-"""The operator's own Prometheus metrics (its registry, separate from the engines')."""
+"""The operator's own Prometheus metrics (its registry, separate from the engines').
+
+Series labelled by service (and pool) are removed when the service or pool goes away, so a
+deleted service stops exporting its last value instead of reporting it forever.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -74,8 +80,63 @@ def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - in a pod, e
     start_http_server(port, addr=addr, registry=REGISTRY)
 
 
+#: Every metric labelled by service: its label names, in order (``namespace``, ``service`` first).
+PER_SERVICE: tuple[tuple[Counter | Gauge, tuple[str, ...]], ...] = (
+    (DESIRED_REPLICAS, ("namespace", "service", "pool")),
+    (READY_REPLICAS, ("namespace", "service", "pool")),
+    (TOKENS_PER_SECOND, ("namespace", "service")),
+    (TARGET_PER_REPLICA, ("namespace", "service")),
+    (SCALING_DECISIONS, ("namespace", "service", "pool", "direction")),
+    (SCRAPE_ERRORS, ("namespace", "service")),
+    (BENCHMARK_VERDICTS, ("namespace", "service", "verdict")),
+    (BENCHMARK_TOKENS_PER_SECOND, ("namespace", "service")),
+)
+
+
+def _series(metric: Counter | Gauge, names: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """Label values of every series the metric holds now (public API: ``collect``)."""
+    return {
+        tuple(sample.labels[n] for n in names)
+        for family in metric.collect()
+        for sample in family.samples
+        if all(n in sample.labels for n in names)
+    }
+
+
+def _remove(keep: Callable[[dict[str, str]], bool]) -> None:
+    """Remove every per-service series for which ``keep(labels)`` is false."""
+    for metric, names in PER_SERVICE:
+        for values in _series(metric, names):
+            if not keep(dict(zip(names, values, strict=True))):
+                metric.remove(*values)
+
+
 def record_pools(namespace: str, service: str, pools: list[dict[str, object]]) -> None:
+    """Publish per-pool replica gauges; a pool no longer in ``pools`` loses its series."""
+    current = {str(pool.get("name")) for pool in pools}
     for pool in pools:
         labels = (namespace, service, str(pool.get("name")))
         DESIRED_REPLICAS.labels(*labels).set(float(str(pool.get("desiredReplicas", 0))))
         READY_REPLICAS.labels(*labels).set(float(str(pool.get("readyReplicas", 0))))
+    for gauge in (DESIRED_REPLICAS, READY_REPLICAS):
+        for ns, svc, name in _series(gauge, ("namespace", "service", "pool")):
+            if (ns, svc) == (namespace, service) and name not in current:
+                gauge.remove(ns, svc, name)
+
+
+def remove_service(namespace: str, service: str) -> None:
+    """Drop every series of one service (it was deleted)."""
+    _remove(lambda labels: (labels["namespace"], labels["service"]) != (namespace, service))
+
+
+def services() -> set[tuple[str, str]]:
+    """(namespace, service) of every service that has a series now."""
+    return {(v[0], v[1]) for metric, names in PER_SERVICE for v in _series(metric, names)}
+
+
+def remove_services(gone: Iterable[tuple[str, str]]) -> None:
+    """Drop the series of the given services. The resync pass passes those that had series
+    before it listed the fleet and were not in the listing: this catches deletions no handler
+    saw, and never touches a service created while the pass ran."""
+    drop = set(gone)
+    _remove(lambda labels: (labels["namespace"], labels["service"]) not in drop)

@@ -283,6 +283,7 @@ def _status(
         replicas=sum(replicas.values()),
         ready_replicas=sum(o.ready for o in pools),
         selector=names.selector_for(meta["name"]),
+        url=names.service_url(meta["name"], meta["namespace"]),
         gpu_summary=",".join(dict.fromkeys(p.gpu for p in svc.spec.pools)),
         pools=pool_status,
         plan=list(plans),

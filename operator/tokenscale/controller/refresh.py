@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokenscale.api.config import OperatorConfig
-from tokenscale.controller import events, observe
+from tokenscale.controller import events, metrics, observe
 from tokenscale.controller.reconcile import child_version, reconcile_service, refresh_status
 from tokenscale.controller.resync import LEDGER
 from tokenscale.k8s.kube import Kube, KubeError
@@ -140,6 +140,7 @@ def refresh_service(
     """
     owner = kube.get("InferenceService", namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
+        metrics.remove_service(namespace, name)
         return
     meta = owner["metadata"]
     observed = observe.service_status(owner).observed_generation

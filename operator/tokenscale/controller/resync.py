@@ -38,7 +38,7 @@ from typing import Any
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import ready_pods
-from tokenscale.controller import observe
+from tokenscale.controller import metrics, observe
 from tokenscale.controller.reconcile import (
     CHILD_KINDS,
     WORKLOAD_KINDS,
@@ -206,6 +206,7 @@ def resync_pass(
     ``activator_selector`` (when the activator is enabled) adds one pod list per namespace that
     has a sleeping service whose Service still points at its engines."""
     kinds = list(child_kinds)
+    exported = metrics.services()
     views: dict[tuple[str, str], ServiceView] = {}
     for ns in namespaces:
         for page in kube.list_pages("InferenceService", ns, "", PAGE_SIZE):
@@ -227,6 +228,7 @@ def resync_pass(
                     else:
                         add_child(found, {**obj, "kind": kind})
     ledger.retain(v.uid for v in views.values())
+    metrics.remove_services(exported - views.keys())
     activators: set[str] = set()
     if activator_selector:
         asleep = {v.namespace for v in views.values() if v.sleeping and v.route == "engines"}

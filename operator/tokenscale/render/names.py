@@ -36,6 +36,16 @@ def service(service: str) -> str:
     return _checked(service)
 
 
+def service_url(service: str, namespace: str) -> str:
+    """In-cluster base URL of a service's API (``status.url``).
+
+    ``NAME.NAMESPACE.svc`` without the cluster domain: it resolves through every pod's DNS
+    search path whatever the domain is (not always ``cluster.local``), and the activator
+    accepts it as a Host when the service sleeps at zero.
+    """
+    return f"http://{_checked(service)}.{namespace}.svc:{c.ENGINE_PORT}"
+
+
 def common_labels(service: str) -> dict[str, str]:
     """Labels on every child object of a service."""
     return {

@@ -1,0 +1,124 @@
+"""The operator's per-service series go when their service or pool goes.
+
+A deleted service must not keep exporting its last desired/ready/tok-s values: the series are
+dropped when a refresh finds the owner gone, when a pool leaves the spec (next reconcile), and
+by the resync pass for deletions no handler saw. Each test uses its own namespace, because the
+registry is the operator's process-wide one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.invalid_manifests import service
+from tests.unit.fakekube import FakeKube
+from tokenscale.api.config import OperatorConfig
+from tokenscale.controller import handlers, metrics, resync
+from tokenscale.controller.reconcile import CHILD_KINDS, reconcile_service
+
+CFG = OperatorConfig()
+KINDS = [k for k in CHILD_KINDS if k not in ("LeaderWorkerSet", "ServiceMonitor")]
+
+
+def _fill(namespace: str, svc: str, pools: tuple[str, ...] = ("a", "b")) -> None:
+    metrics.record_pools(
+        namespace, svc, [{"name": p, "desiredReplicas": 2, "readyReplicas": 1} for p in pools]
+    )
+    metrics.TOKENS_PER_SECOND.labels(namespace, svc).set(123.0)
+    metrics.TARGET_PER_REPLICA.labels(namespace, svc).set(50.0)
+    metrics.SCRAPE_ERRORS.labels(namespace, svc).inc()
+    metrics.SCALING_DECISIONS.labels(namespace, svc, pools[0], "up").inc()
+    metrics.BENCHMARK_VERDICTS.labels(namespace, svc, "Pass").inc()
+    metrics.BENCHMARK_TOKENS_PER_SECOND.labels(namespace, svc).set(99.0)
+
+
+def _series_of(namespace: str) -> set[tuple[str, ...]]:
+    """(metric name, service, pool-or-empty) of every sample in ``namespace``."""
+    out = set()
+    for family in metrics.REGISTRY.collect():
+        for sample in family.samples:
+            if sample.labels.get("namespace") == namespace:
+                out.add((family.name, sample.labels["service"], sample.labels.get("pool", "")))
+    return out
+
+
+def test_a_pool_that_left_the_spec_loses_its_series() -> None:
+    _fill("m-pool", "llm", ("a", "b"))
+    metrics.record_pools("m-pool", "llm", [{"name": "a", "desiredReplicas": 3}])
+    pools = {p for name, _, p in _series_of("m-pool") if name.endswith("_replicas")}
+    assert pools == {"a"}
+    value = metrics.REGISTRY.get_sample_value(
+        "tokenscale_service_desired_replicas",
+        {"namespace": "m-pool", "service": "llm", "pool": "a"},
+    )
+    assert value == 3.0
+
+
+def test_removing_a_service_drops_all_its_series_and_no_other() -> None:
+    _fill("m-one", "gone")
+    _fill("m-one", "stays")
+    _fill("m-two", "gone")  # same name, other namespace
+    assert {s for _, s, _ in _series_of("m-one")} == {"gone", "stays"}
+    metrics.remove_service("m-one", "gone")
+    assert {s for _, s, _ in _series_of("m-one")} == {"stays"}
+    left = {name for name, _, _ in _series_of("m-one")}
+    assert len(left) == len(metrics.PER_SERVICE)  # every per-service metric of the other one
+    assert {s for _, s, _ in _series_of("m-two")} == {"gone"}
+    assert ("m-one", "stays") in metrics.services() and ("m-one", "gone") not in metrics.services()
+
+
+def test_per_service_table_covers_every_metric_labelled_by_service() -> None:
+    listed = {m._name for m, _ in metrics.PER_SERVICE}
+    labelled = {
+        family.name.removesuffix("_total")
+        for family in metrics.REGISTRY.collect()
+        if any("service" in s.labels for s in family.samples)
+    }
+    _fill("m-table", "x")
+    labelled |= {
+        family.name
+        for family in metrics.REGISTRY.collect()
+        if any(s.labels.get("namespace") == "m-table" for s in family.samples)
+    }
+    assert labelled <= listed
+
+
+def _put(kube: FakeKube, namespace: str, name: str) -> dict[str, Any]:
+    doc = service()
+    doc["metadata"] = {"name": name, "namespace": namespace}
+    return kube.put(doc)
+
+
+def test_refresh_of_a_deleted_service_drops_its_series() -> None:
+    kube = FakeKube()
+    _fill("m-refresh", "llm")
+    handlers.refresh_service(kube, CFG, "m-refresh", "llm")  # the owner is gone
+    assert _series_of("m-refresh") == set()
+
+
+def test_resync_drops_series_of_deleted_services_and_keeps_live_ones() -> None:
+    kube, ledger = FakeKube(), resync.Ledger()
+    for name in ("live", "deleted"):
+        body = _put(kube, "m-resync", name)
+        out = reconcile_service(body, kube, CFG)
+        kube.patch_merge("InferenceService", "m-resync", name, {"status": out.status}, "status")
+        assert out.children is not None
+        ledger.record(body["metadata"]["uid"], out.children)
+        _fill("m-resync", name)
+    kube.delete("InferenceService", "m-resync", "deleted")
+    resync.resync_pass(kube, ["m-resync"], KINDS, ledger, lambda ns, n: None)  # type: ignore[arg-type]
+    assert {s for _, s, _ in _series_of("m-resync")} == {"live"}
+
+
+def test_resync_leaves_series_made_while_it_listed() -> None:
+    """A service created after the pass took its snapshot is not in the listing but must keep
+    the series its first reconcile just published."""
+    kube, ledger = FakeKube(), resync.Ledger()
+
+    class LateKube(FakeKube):
+        def list_pages(self, *args: Any, **kwargs: Any) -> Any:
+            _fill("m-late", "new")  # published while the pass lists
+            return kube.list_pages(*args, **kwargs)
+
+    resync.resync_pass(LateKube(), ["m-late"], KINDS, ledger, lambda ns, n: None)  # type: ignore[arg-type]
+    assert {s for _, s, _ in _series_of("m-late")} == {"new"}
