@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tokenscale.api.service import ScalingMetric, ScalingSpec
 from tokenscale.autoscale.rates import PoolSignal, Sample
@@ -225,6 +226,37 @@ def _sanitise(state: ScalerState, policy: ScalingSpec, now: float) -> ScalerStat
     return state
 
 
+@dataclass(frozen=True, slots=True)
+class _Signal:
+    """What the window says about load (rule 1) and where it is heading (rule 2)."""
+
+    complete: bool
+    """Every ready pod reported in the latest sample: the load is exact, not a lower bound."""
+    stable_load: float
+    panic_load: float
+    slope: float
+    lead: float
+    """Longest pool startup: how far ahead a rising load is projected."""
+    fall: float
+    """How far ahead a falling load is projected."""
+    forecast: float
+    ready_capacity: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Recommendation:
+    """Replicas per pool before stabilisation and limits (rules 2, 3 and 5)."""
+
+    panicking: bool
+    within: bool
+    needed: float
+    replicas: dict[str, int]
+    shortage: float
+    gpu_limited: bool
+    floor: dict[str, int]
+    """Replicas the short-window load needs: never scale down below them."""
+
+
 def decide(
     window: Sequence[Sample],
     policy: ScalingSpec,
@@ -232,7 +264,13 @@ def decide(
     state: ScalerState,
     now: float,
 ) -> Decision:
-    """Desired replicas per pool with reasons, and the state to persist for the next pass."""
+    """Desired replicas per pool with reasons, and the state to persist for the next pass.
+
+    Four phases, each its own function: :func:`_signal` (load and forecast),
+    :func:`_recommend` (ratio rule, panic mode, split over pools), :func:`_limit_pool`
+    (stabilisation, steps, floors and clamps per pool) and :func:`_explain` (reason codes and
+    the message). ``state`` is a sanitised copy that the phases update in this order.
+    """
     state = _sanitise(state, policy, now)
     names = [p.name for p in pools]
     if policy.mode != "builtin":
@@ -243,24 +281,37 @@ def decide(
         state.idle_since = None
     if any(p.target_per_replica <= 0 for p in pools):
         return _hold(pools, policy, state, "NoTarget", "no target per replica; holding")
-    unit = UNITS[policy.metric]
     current = [s for s in window if s.time <= now]
     stable = [s for s in current if s.time > now - policy.window_seconds and _has_data(s, names)]
     if not stable:
         return _hold(pools, policy, state, "NoMetrics", "no metrics in the window; holding")
+    signal = _signal(current, stable, pools, policy, now)
+    allow_zero = _track_idle(signal, policy, state, now)
+    rec = _recommend(signal, pools, policy, state, now)
+    desired: dict[str, int] = {}
+    codes: dict[str, ReasonCode] = {}
+    for pool in pools:
+        desired[pool.name], codes[pool.name] = _limit_pool(pool, signal, rec, policy, state, now)
+    kept = _ensure_one(desired, pools, policy, allow_zero=allow_zero)
+    if kept is not None:
+        codes[kept] = "AtMin"
+    return _explain(pools, desired, codes, signal, rec, policy, state)
+
+
+def _signal(
+    current: Sequence[Sample],
+    stable: Sequence[Sample],
+    pools: Sequence[PoolInput],
+    policy: ScalingSpec,
+    now: float,
+) -> _Signal:
+    """Stable and panic-window load, the trend and the forecast (rules 1 and 2)."""
+    names = [p.name for p in pools]
     latest = max(current, key=lambda s: s.time)
-    complete = _complete(latest, pools)
     drain = float(policy.window_seconds)
     stable_load = window_load(stable, names, policy.metric, drain)
     short = [s for s in stable if s.time > now - policy.panic_window_seconds] or [stable[-1]]
     panic_load = window_load(short, names, policy.metric, drain)
-
-    idle = stable_load <= _EPS and panic_load <= _EPS and complete
-    state.idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
-    allow_zero = state.idle_since is not None and (
-        now - state.idle_since >= policy.scale_to_zero_grace_seconds
-    )
-
     lead = max((p.startup_seconds for p in pools), default=0.0)
     trend_samples = [s for s in current if s.time > now - TREND_SECONDS and _has_data(s, names)]
     slope = trend(trend_samples, names, policy.metric) if lead > 0 else 0.0
@@ -269,7 +320,36 @@ def decide(
     # lags the load by half of it), never below zero; the stabilisation window still applies.
     fall = min(lead, float(policy.window_seconds))
     forecast = max(0.0, stable_load + max(0.0, slope) * lead + min(0.0, slope) * fall)
-    ready_capacity = sum(p.ready_replicas * p.target_per_replica for p in pools)
+    return _Signal(
+        complete=_complete(latest, pools),
+        stable_load=stable_load,
+        panic_load=panic_load,
+        slope=slope,
+        lead=lead,
+        fall=fall,
+        forecast=forecast,
+        ready_capacity=sum(p.ready_replicas * p.target_per_replica for p in pools),
+    )
+
+
+def _track_idle(signal: _Signal, policy: ScalingSpec, state: ScalerState, now: float) -> bool:
+    """Update ``state.idle_since``; True when scaling to zero is allowed now (rule 6)."""
+    idle = signal.stable_load <= _EPS and signal.panic_load <= _EPS and signal.complete
+    state.idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+    return state.idle_since is not None and (
+        now - state.idle_since >= policy.scale_to_zero_grace_seconds
+    )
+
+
+def _recommend(
+    signal: _Signal,
+    pools: Sequence[PoolInput],
+    policy: ScalingSpec,
+    state: ScalerState,
+    now: float,
+) -> _Recommendation:
+    """Enter, stay in or leave panic mode (updates ``state``), then the replicas per pool."""
+    ready_capacity, panic_load = signal.ready_capacity, signal.panic_load
     if ready_capacity > 0:
         panic_ratio = panic_load / ready_capacity
     else:
@@ -281,51 +361,79 @@ def decide(
         state.panic_until = None
         state.panic_replicas = {}
 
-    ratio = forecast / ready_capacity if ready_capacity > 0 else None
+    ratio = signal.forecast / ready_capacity if ready_capacity > 0 else None
     within = ratio is not None and abs(ratio - 1) <= policy.tolerance and not panicking
-    needed = max(forecast, panic_load) if panicking else forecast
-    recommended, shortage, gpu_limited = split(needed, pools)
+    needed = max(signal.forecast, panic_load) if panicking else signal.forecast
+    replicas, shortage, gpu_limited = split(needed, pools)
     if within:
-        recommended = {p.name: p.replicas for p in pools}
+        replicas = {p.name: p.replicas for p in pools}
     floor, _, _ = split(panic_load, pools)
+    return _Recommendation(
+        panicking=panicking,
+        within=within,
+        needed=needed,
+        replicas=replicas,
+        shortage=shortage,
+        gpu_limited=gpu_limited,
+        floor=floor,
+    )
 
+
+def _limit_pool(
+    pool: PoolInput,
+    signal: _Signal,
+    rec: _Recommendation,
+    policy: ScalingSpec,
+    state: ScalerState,
+    now: float,
+) -> tuple[int, ReasonCode]:
+    """One pool's replicas after stabilisation, steps, panic, floors and clamps (rule 4).
+
+    Records the recommendation in ``state.recommendations`` (and the panic high-water mark in
+    ``state.panic_replicas``). The last limit that changed the value names the code.
+    """
     keep = max(policy.scale_up_stabilization_seconds, policy.scale_down_stabilization_seconds)
-    desired: dict[str, int] = {}
-    codes: dict[str, ReasonCode] = {}
-    for pool in pools:
-        history = [(t, r) for t, r in state.recommendations.get(pool.name, []) if t > now - keep]
-        history.append((now, recommended[pool.name]))
-        state.recommendations[pool.name] = history
-        cur = pool.replicas
-        rec = recommended[pool.name]
-        value = _stabilise(history, cur, now, policy)
-        code: ReasonCode = "WithinTolerance" if within else "Hold"
-        if value != rec and not within:
-            code = "Stabilizing"
-        value = min(value, cur + policy.max_scale_up_step)
-        value = max(value, cur - policy.max_scale_down_step)
-        if panicking:
-            value = max(value, cur, state.panic_replicas.get(pool.name, 0))
-            state.panic_replicas[pool.name] = value
-            code = "Panic"
-        if value < cur and value < floor[pool.name]:
-            value, code = min(cur, floor[pool.name]), "LoadFloor"
-        if value < cur and not complete:
-            value, code = cur, "MissingData"
-        if value > pool.max_replicas:
-            value, code = pool.max_replicas, "AtMax"
-        if value < pool.min_replicas:
-            value, code = pool.min_replicas, "AtMin"
-        if value > pool.placeable_max and value > cur:
-            value, code = max(cur, pool.placeable_max), "InsufficientGPU"
-        desired[pool.name] = value
-        codes[pool.name] = code
-    kept = _ensure_one(desired, pools, policy, allow_zero=allow_zero)
-    if kept is not None:
-        codes[kept] = "AtMin"
+    history = [(t, r) for t, r in state.recommendations.get(pool.name, []) if t > now - keep]
+    history.append((now, rec.replicas[pool.name]))
+    state.recommendations[pool.name] = history
+    cur = pool.replicas
+    value = _stabilise(history, cur, now, policy)
+    code: ReasonCode = "WithinTolerance" if rec.within else "Hold"
+    if value != rec.replicas[pool.name] and not rec.within:
+        code = "Stabilizing"
+    value = min(value, cur + policy.max_scale_up_step)
+    value = max(value, cur - policy.max_scale_down_step)
+    if rec.panicking:
+        value = max(value, cur, state.panic_replicas.get(pool.name, 0))
+        state.panic_replicas[pool.name] = value
+        code = "Panic"
+    floor = rec.floor[pool.name]
+    if value < cur and value < floor:
+        value, code = min(cur, floor), "LoadFloor"
+    if value < cur and not signal.complete:
+        value, code = cur, "MissingData"
+    if value > pool.max_replicas:
+        value, code = pool.max_replicas, "AtMax"
+    if value < pool.min_replicas:
+        value, code = pool.min_replicas, "AtMin"
+    if value > pool.placeable_max and value > cur:
+        value, code = max(cur, pool.placeable_max), "InsufficientGPU"
+    return value, code
 
-    insufficient = gpu_limited and shortage > _EPS
+
+def _explain(
+    pools: Sequence[PoolInput],
+    desired: dict[str, int],
+    codes: dict[str, ReasonCode],
+    signal: _Signal,
+    rec: _Recommendation,
+    policy: ScalingSpec,
+    state: ScalerState,
+) -> Decision:
+    """The final reason code per pool, the human-readable reasons and the :class:`Decision`."""
+    insufficient = rec.gpu_limited and rec.shortage > _EPS
     min_capacity = sum(p.min_replicas * p.target_per_replica for p in pools)
+    unit = UNITS[policy.metric]
     decisions = []
     for pool in pools:
         value, code = desired[pool.name], codes[pool.name]
@@ -333,41 +441,41 @@ def decide(
             code = "ScaleUp" if value > pool.replicas else "ScaleDown"
         if value == 0 and pool.replicas > 0 and sum(desired.values()) == 0:
             code = "ScaleToZero"
-        if shortage > _EPS and not gpu_limited and value >= pool.max_replicas:
+        if rec.shortage > _EPS and not rec.gpu_limited and value >= pool.max_replicas:
             code = "AtMax"
-        if value == pool.min_replicas == pool.replicas and needed < min_capacity - _EPS:
+        if value == pool.min_replicas == pool.replicas and rec.needed < min_capacity - _EPS:
             code = "AtMin"
-        if insufficient and value >= pool.placeable_max and recommended[pool.name] >= value:
+        if insufficient and value >= pool.placeable_max and rec.replicas[pool.name] >= value:
             code = "InsufficientGPU"
         why = (
-            f"{pool.name} {pool.replicas}->{value} ({code}): load {stable_load:.4g} {unit} "
-            f"({policy.window_seconds}s avg), {panic_load:.4g} ({policy.panic_window_seconds}s)"
-            f", target {pool.target_per_replica:.4g}/replica"
+            f"{pool.name} {pool.replicas}->{value} ({code}): load {signal.stable_load:.4g} {unit} "
+            f"({policy.window_seconds}s avg), {signal.panic_load:.4g} "
+            f"({policy.panic_window_seconds}s), target {pool.target_per_replica:.4g}/replica"
         )
-        if forecast > stable_load + _EPS:
-            why += f", forecast {forecast:.4g} in {lead:.0f}s"
-        elif forecast < stable_load - _EPS:
-            why += f", falling to {forecast:.4g} in {fall:.0f}s"
+        if signal.forecast > signal.stable_load + _EPS:
+            why += f", forecast {signal.forecast:.4g} in {signal.lead:.0f}s"
+        elif signal.forecast < signal.stable_load - _EPS:
+            why += f", falling to {signal.forecast:.4g} in {signal.fall:.0f}s"
         decisions.append(PoolDecision(pool.name, pool.replicas, value, code, why))
     summary = "; ".join(f"{d.pool} {d.current}->{d.desired} {d.code}" for d in decisions)
     if insufficient:
-        summary += f"; InsufficientGPU: {shortage:.4g} {unit} of capacity cannot be placed"
-    if panicking:
+        summary += f"; InsufficientGPU: {rec.shortage:.4g} {unit} of capacity cannot be placed"
+    if rec.panicking:
         summary += "; panic mode"
     return Decision(
         pools=tuple(decisions),
         state=state,
         reason=summary,
-        load=stable_load,
+        load=signal.stable_load,
         target_capacity=sum(desired[p.name] * p.target_per_replica for p in pools),
-        panic=panicking,
+        panic=rec.panicking,
         insufficient_gpu=insufficient,
         details={
-            "stable_load": stable_load,
-            "panic_load": panic_load,
-            "ready_capacity": ready_capacity,
-            "needed": needed,
-            "slope_per_s": slope,
-            "forecast": forecast,
+            "stable_load": signal.stable_load,
+            "panic_load": signal.panic_load,
+            "ready_capacity": signal.ready_capacity,
+            "needed": rec.needed,
+            "slope_per_s": signal.slope,
+            "forecast": signal.forecast,
         },
     )
