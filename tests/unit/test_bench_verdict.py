@@ -196,3 +196,20 @@ def _config():  # type: ignore[no-untyped-def]
         seed=0,
         timeout_s=10.0,
     )
+
+
+def test_sla_verdict_uses_loadgen_nearest_rank_not_the_interpolated_figure() -> None:
+    # 99 fast requests and one at 10 s: the reported (interpolated) p99 is 0.199 s, but LoadGen's
+    # p99 of 100 samples is the slowest one, so a 2 s p99 TTFT limit fails, as it would there.
+    recs = records(99, ttft=0.1) + records(1, ttft=10.0)
+    m = metrics.compute(recs, metrics.ITLSketch(), 10.0)
+    assert m.ttft.p99 == pytest.approx(0.199)
+    v = verdict.decide(
+        sla=SLASpec(ttft_s=2.0),
+        metrics=m,
+        records=recs,
+        valid=True,
+        invalid_reasons=[],
+        stable=True,
+    )
+    assert v.status == "fail" and v.reasons == ["p99 TTFT 10 s > 2 s"]

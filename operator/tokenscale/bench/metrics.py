@@ -1,9 +1,11 @@
 """Metric arithmetic over per-request records, as vLLM and MLPerf define it.
 
 Kept pure (records in, models out) so it is table-tested by hand and so merged shards and a
-single run go through exactly the same code. TTFT/TPOT/E2E percentiles are exact (sorted
-per-request values, linear interpolation like ``numpy.percentile``); ITL has one sample per
-token, so it is kept in a mergeable log histogram with bounded relative error instead.
+single run go through exactly the same code. Reported TTFT/TPOT/E2E percentiles are exact
+(sorted per-request values, :func:`~tokenscale.percentiles.percentile_linear` like
+``numpy.percentile`` and ``vllm bench serve``; SLA verdicts use LoadGen's nearest rank instead,
+see :mod:`tokenscale.percentiles`); ITL has one sample per token, so it is kept in a mergeable
+log histogram with bounded relative error instead.
 """
 
 from __future__ import annotations
@@ -21,21 +23,11 @@ from tokenscale.bench.models import (
     RequestRecord,
     SLASpec,
 )
+from tokenscale.percentiles import percentile_linear
 
 QUANTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 ITL_ACCURACY = 0.005
 _ZERO = 1e-6
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """``q``-th percentile (0-100) of already sorted values, linear interpolation."""
-    if not sorted_values:
-        raise ValueError("percentile of no values")
-    rank = (len(sorted_values) - 1) * q / 100.0
-    lo = math.floor(rank)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    frac = rank - lo
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
 
 
 def summarize(values: Iterable[float]) -> Percentiles:
@@ -43,7 +35,7 @@ def summarize(values: Iterable[float]) -> Percentiles:
     data = sorted(values)
     if not data:
         return Percentiles(count=0)
-    p50, p90, p95, p99, p999 = (percentile(data, q) for q in QUANTILES)
+    p50, p90, p95, p99, p999 = (percentile_linear(data, q) for q in QUANTILES)
     return Percentiles(
         count=len(data),
         mean=math.fsum(data) / len(data),

@@ -25,7 +25,9 @@ DEFINITIONS = (
     "the server's usage (stream_options.include_usage), counted chunks only when absent. "
     "Throughput counts output tokens only, over the run's wall time (first planned send to last "
     "completion). Percentiles: linear interpolation on exact per-request values (TTFT, TPOT, "
-    "E2E); ITL from a mergeable log histogram with 0.5 % relative accuracy."
+    "E2E), like numpy and vllm bench serve; ITL from a mergeable log histogram with 0.5 % "
+    "relative accuracy. The SLA verdict uses MLPerf LoadGen's percentile instead (the sorted "
+    "value at index floor(n x p)), which can exceed the interpolated figure when few requests ran."
 )
 
 

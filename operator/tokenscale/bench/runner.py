@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import IO
 
 from tokenscale.bench.httpclient import ConnectionPool, Endpoint, Exchange
-from tokenscale.bench.metrics import ITLSketch, percentile
+from tokenscale.bench.metrics import ITLSketch
 from tokenscale.bench.models import RequestRecord, ScheduleLag, SelfCheck, Thresholds
 from tokenscale.bench.progress import Progress
+from tokenscale.percentiles import percentile_linear
 
 
 @dataclass(slots=True)
@@ -214,7 +215,9 @@ def self_check(out: RunOutput, thresholds: Thresholds) -> SelfCheck:
     recs = out.records
     if out.open_loop and recs:
         lags = sorted(max(0.0, r.sent_s - r.planned_s) for r in recs)
-        lag = ScheduleLag(p50=percentile(lags, 50), p99=percentile(lags, 99), max=lags[-1])
+        lag = ScheduleLag(
+            p50=percentile_linear(lags, 50), p99=percentile_linear(lags, 99), max=lags[-1]
+        )
         if lag.p99 > thresholds.max_lag_p99_s:
             reasons.append(
                 f"p99 schedule lag {lag.p99 * 1000:.1f} ms > "

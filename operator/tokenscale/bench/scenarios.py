@@ -27,6 +27,7 @@ from tokenscale.bench.models import (
     SweepPoint,
 )
 from tokenscale.bench.runner import RunOutput, RunPlan, execute, self_check
+from tokenscale.percentiles import percentile_linear
 
 PromptSource = Callable[[int], list[datasets.Prompt]]
 _OFFLINE_DURATION_CAP = 1_000_000
@@ -303,7 +304,7 @@ def _merge_checks(checks: Sequence[SelfCheck], records: Sequence[RequestRecord])
         max_in_flight=sum(c.max_in_flight for c in checks),
         mean_in_flight=sum(c.mean_in_flight for c in checks),
         schedule_lag=ScheduleLag(
-            p50=metrics.percentile(lags, 50), p99=metrics.percentile(lags, 99), max=lags[-1]
+            p50=percentile_linear(lags, 50), p99=percentile_linear(lags, 99), max=lags[-1]
         )
         if open_loop and lags
         else None,

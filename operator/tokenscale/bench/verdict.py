@@ -3,15 +3,18 @@
 Order matters and is deliberate: a result measured by a saturated client says nothing about the
 server, so ``invalid`` wins over everything; an unreproducible result is ``unstable`` even if it
 happens to be under the limits; only then are the limits checked. Percentiles for the verdict
-are computed from exact per-request values at whatever percentile the SLA names.
+are computed from exact per-request values at whatever percentile the SLA names, by MLPerf
+LoadGen's nearest rank (:func:`~tokenscale.percentiles.percentile_nearest_rank`), so a limit
+passes or fails as LoadGen would judge it; the reported figures interpolate (see that module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tokenscale.bench.metrics import percentile, tpot
+from tokenscale.bench.metrics import tpot
 from tokenscale.bench.models import Metrics, RequestRecord, SLAFailure, SLASpec, Verdict
+from tokenscale.percentiles import percentile_nearest_rank
 
 
 def fmt_seconds(value: float) -> str:
@@ -46,7 +49,7 @@ def check_sla(sla: SLASpec, metrics: Metrics, records: Sequence[RequestRecord]) 
     for name, (limit, values) in series.items():
         if limit is None or not values:
             continue
-        value = percentile(values, p)
+        value = percentile_nearest_rank(values, p)
         if value > limit:
             failures.append(
                 SLAFailure(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from .replay import percentile
+from .summary import RunSummary
 from .workload import Request
 
 
@@ -47,43 +47,21 @@ class Outcome:
         return (self.e2e - self.ttft) / (self.output_tokens - 1)
 
 
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """MLPerf-style summary of a run."""
-
-    requests: int
-    errors: int
-    output_tokens: int
-    duration_s: float
-    tokens_per_s: float
-    ttft_p99_s: float
-    tpot_p99_s: float
-    ttft_p50_s: float
-    tpot_p50_s: float
-    issue_lag_p99_s: float
-
-    def meets(self, ttft_s: float, tpot_s: float) -> bool:
-        """Both p99 limits hold."""
-        return self.errors == 0 and self.ttft_p99_s <= ttft_s and self.tpot_p99_s <= tpot_s
-
-
-def summarise(outcomes: Sequence[Outcome]) -> Summary:
+def summarise(outcomes: Sequence[Outcome]) -> RunSummary:
     """Tokens/s = output tokens / time the last request finished (LoadGen's Server formula)."""
     ok = [o for o in outcomes if not o.error]
     tokens = sum(o.output_tokens for o in ok)
     end = max((o.issued + o.e2e for o in ok), default=0.0)
-    tpots = [t for o in ok if (t := o.tpot) is not None]
-    return Summary(
+    return RunSummary.of(
         requests=len(outcomes),
-        errors=len(outcomes) - len(ok),
+        completed=len(ok),
         output_tokens=tokens,
         duration_s=end,
         tokens_per_s=tokens / end if end > 0 else 0.0,
-        ttft_p99_s=percentile([o.ttft for o in ok], 99),
-        tpot_p99_s=percentile(tpots, 99),
-        ttft_p50_s=percentile([o.ttft for o in ok], 50),
-        tpot_p50_s=percentile(tpots, 50),
-        issue_lag_p99_s=percentile([o.lag for o in outcomes], 99),
+        ttfts=[o.ttft for o in ok],
+        tpots=[t for o in ok if (t := o.tpot) is not None],
+        errors=len(outcomes) - len(ok),
+        issue_lags=[o.lag for o in outcomes],
     )
 
 
