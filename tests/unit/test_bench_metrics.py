@@ -13,7 +13,7 @@ import random
 import pytest
 
 from tokenscale.bench import metrics
-from tokenscale.bench.models import RequestRecord, SLASpec
+from tokenscale.bench.models import BenchSLA, RequestRecord
 from tokenscale.percentiles import percentile_linear
 
 
@@ -57,7 +57,7 @@ def test_compute_hand_case() -> None:
     itl = metrics.ITLSketch()
     duration = metrics.run_duration(records)
     assert duration == pytest.approx(10.5)  # record 3 ends at 1.5 + 9.0
-    m = metrics.compute(records, itl, duration, SLASpec(ttft_s=0.25, tpot_s=0.2))
+    m = metrics.compute(records, itl, duration, BenchSLA(ttft_s=0.25, tpot_s=0.2))
     assert (m.requests_total, m.requests_ok, m.requests_failed) == (4, 3, 1)
     assert m.errors == {"timeout": 1}
     assert m.output_tokens == 43

@@ -15,13 +15,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from tokenscale.bench.models import (
+    BenchSLA,
     FigureSpread,
     LogHistogram,
     Metrics,
     Percentiles,
     ReplicaPoint,
     RequestRecord,
-    SLASpec,
 )
 from tokenscale.percentiles import percentile_linear
 
@@ -158,7 +158,7 @@ def tpot(rec: RequestRecord) -> float | None:
     return (rec.e2e_s - rec.ttft_s) / (rec.output_tokens - 1)
 
 
-def meets_sla(rec: RequestRecord, sla: SLASpec) -> bool:
+def meets_sla(rec: RequestRecord, sla: BenchSLA) -> bool:
     """Whether one request met every latency limit (for goodput)."""
     if rec.error is not None or rec.ttft_s is None:
         return False
@@ -172,7 +172,7 @@ def compute(
     records: Sequence[RequestRecord],
     itl: ITLSketch,
     duration_s: float,
-    sla: SLASpec | None = None,
+    sla: BenchSLA | None = None,
 ) -> Metrics:
     """All headline metrics from per-request records (the one path for runs and merges)."""
     ok = [r for r in records if r.error is None]

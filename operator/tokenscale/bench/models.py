@@ -49,8 +49,12 @@ class Percentiles(_Strict):
     p99_9: float | None = Field(default=None, description="99.9th percentile.")
 
 
-class SLASpec(_Strict):
-    """Latency limits the verdict checks (a preset from MLPerf or explicit values)."""
+class BenchSLA(_Strict):
+    """Latency limits the verdict checks, in seconds (a preset from MLPerf or explicit values).
+
+    Not the CRD's :class:`tokenscale.api.sla.SLASpec`, which is in milliseconds; the operator
+    converts one into the other when it builds the benchmark Job.
+    """
 
     preset: str | None = Field(default=None, description="MLPerf preset name, if one was used.")
     ttft_s: float | None = Field(default=None, description="TTFT limit at `percentile` (s).")
@@ -96,7 +100,7 @@ class BenchConfig(_Strict):
     input_len: LengthDist | None = Field(default=None, description="Prompt length distribution.")
     output_len: LengthDist | None = Field(default=None, description="Output length (max_tokens).")
     ignore_eos: bool = Field(description="Whether ignore_eos was sent to fix output lengths.")
-    sla: SLASpec | None = Field(default=None, description="Limits for the verdict.")
+    sla: BenchSLA | None = Field(default=None, description="Limits for the verdict.")
     thresholds: Thresholds = Field(description="Self-check thresholds.")
     repeats: int = Field(default=1, ge=1, description="How many times the scenario ran.")
     seed: int = Field(description="Seed for arrivals and synthetic data.")
@@ -198,7 +202,7 @@ class RepeatSummary(_Strict):
     unstable_figures: list[str] = Field(default_factory=list, description="Figures over it.")
 
 
-class SweepPoint(_Strict):
+class ConcurrencyPoint(_Strict):
     """One concurrency level of a sweep."""
 
     concurrency: int = Field(description="Max requests in flight.")
@@ -297,7 +301,7 @@ class BenchResult(_Strict):
     verdict: Verdict = Field(description="SLA verdict.")
     runs: list[RunResult] = Field(default_factory=list, description="Every repeat/sweep/shard.")
     repeats: RepeatSummary | None = Field(default=None, description="Spread across repeats.")
-    sweep: list[SweepPoint] | None = Field(default=None, description="Concurrency sweep.")
+    sweep: list[ConcurrencyPoint] | None = Field(default=None, description="Concurrency sweep.")
     replica_sweep: list[ReplicaPoint] | None = Field(default=None, description="Replica sweep.")
     shards_merged: int = Field(default=1, description="How many shard results this combines.")
     records: list[RequestRecord] = Field(

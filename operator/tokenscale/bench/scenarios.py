@@ -19,12 +19,12 @@ from tokenscale.bench.httpclient import Endpoint
 from tokenscale.bench.models import (
     BenchConfig,
     BenchResult,
+    ConcurrencyPoint,
     RepeatSummary,
     RequestRecord,
     RunResult,
     ScheduleLag,
     SelfCheck,
-    SweepPoint,
 )
 from tokenscale.bench.runner import RunOutput, RunPlan, execute, self_check
 from tokenscale.percentiles import percentile_linear
@@ -165,7 +165,7 @@ def assemble(
     points = None
     if sweep:
         points = [
-            SweepPoint(
+            ConcurrencyPoint(
                 concurrency=r.concurrency or 0,
                 tokens_per_s=r.metrics.tokens_per_s,
                 requests_per_s=r.metrics.requests_per_s,

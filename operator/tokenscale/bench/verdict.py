@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tokenscale.bench.metrics import tpot
-from tokenscale.bench.models import Metrics, RequestRecord, SLAFailure, SLASpec, Verdict
+from tokenscale.bench.models import BenchSLA, Metrics, RequestRecord, SLAFailure, Verdict
 from tokenscale.percentiles import percentile_nearest_rank
 
 
@@ -28,7 +28,9 @@ def _pct_label(p: float) -> str:
     return f"p{p:g}"
 
 
-def check_sla(sla: SLASpec, metrics: Metrics, records: Sequence[RequestRecord]) -> list[SLAFailure]:
+def check_sla(
+    sla: BenchSLA, metrics: Metrics, records: Sequence[RequestRecord]
+) -> list[SLAFailure]:
     """Every limit that ``metrics``/``records`` exceed (empty list = all met)."""
     failures: list[SLAFailure] = []
     ok = [r for r in records if r.error is None]
@@ -86,7 +88,7 @@ def check_sla(sla: SLASpec, metrics: Metrics, records: Sequence[RequestRecord]) 
 
 def decide(
     *,
-    sla: SLASpec | None,
+    sla: BenchSLA | None,
     metrics: Metrics,
     records: Sequence[RequestRecord],
     valid: bool,
