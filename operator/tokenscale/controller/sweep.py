@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from tokenscale import constants as c
-from tokenscale.api.benchmark import InferenceBenchmarkSpec, SweepPoint, SweepStatus
+from tokenscale.api.benchmark import InferenceBenchmarkSpec, ReplicaSweepLevel, SweepStatus
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceServiceSpec
 from tokenscale.autoscale.collector import engine_pods
@@ -148,7 +148,7 @@ def step(
     merged = collect_run(kube, namespace, name, spec, job_name)
     if merged is None:
         return BenchOutcome({})
-    point = SweepPoint(
+    point = ReplicaSweepLevel(
         replicas=n,
         job=job_name,
         tokens_per_second=round(merged.metrics.tokens_per_s, 3),
