@@ -157,7 +157,7 @@ def _wait_healthy(urls: list[str], proc: subprocess.Popen[bytes], deadline_s: fl
 
 async def _http_run(
     urls: list[str], reqs: list[workload.Request], speed: float, duration: float
-) -> tuple[list[loadgen.Outcome], float]:
+) -> tuple[list[loadgen.RequestOutcome], float]:
     """Run the load; sample generation_tokens_total at 25 % and 100 % of the arrival window."""
     loop = asyncio.get_running_loop()
     load = asyncio.create_task(loadgen.run(urls, reqs, model=MODEL, speed=speed))

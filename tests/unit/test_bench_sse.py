@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from tokenscale.bench.httpclient import ConnectionPool, Endpoint, Exchange
+from tokenscale.bench.httpclient import ConnectionPool, Exchange, HttpTarget
 from tokenscale.bench.sse import SSEStream
 
 COMPLETIONS = (
@@ -119,7 +119,7 @@ RESPONSE_HEAD = (
 
 
 async def exchange_over(raw: bytes, split: int) -> tuple[Exchange, FakeTransport]:
-    pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+    pool = ConnectionPool(HttpTarget("http://127.0.0.1:9"))
     conn = pool._conn_factory()
     tr = FakeTransport()
     conn.connection_made(tr)
@@ -151,12 +151,12 @@ async def test_sized_error_response_is_reported_with_status() -> None:
 
 
 def test_endpoint_request_bytes() -> None:
-    ep = Endpoint("http://127.0.0.1:8000/base/", api_key="k")
+    ep = HttpTarget("http://127.0.0.1:8000/base/", api_key="k")
     req = ep.request_bytes("/v1/completions", b"{}")
     assert req.startswith(b"POST /base/v1/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n")
     assert b"Authorization: Bearer k\r\n" in req and req.endswith(b"Content-Length: 2\r\n\r\n{}")
     with pytest.raises(ValueError):
-        Endpoint("ftp://x")
+        HttpTarget("ftp://x")
 
 
 def test_one_event_line_counts_once_even_with_two_output_fields() -> None:
@@ -182,7 +182,7 @@ async def test_random_chunkings_and_read_splits_agree() -> None:
         raw = RESPONSE_HEAD + chunked(COMPLETIONS, rng.randint(1, 80))
         cuts = sorted(rng.sample(range(1, len(raw)), rng.randint(1, 12)))
         pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
-        pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+        pool = ConnectionPool(HttpTarget("http://127.0.0.1:9"))
         conn = pool._conn_factory()
         tr = FakeTransport()
         conn.connection_made(tr)
@@ -198,7 +198,7 @@ async def test_random_chunkings_and_read_splits_agree() -> None:
 
 async def test_keep_alive_reuse_with_late_trailer_crlf() -> None:
     raw = RESPONSE_HEAD + chunked(COMPLETIONS, 30)
-    pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+    pool = ConnectionPool(HttpTarget("http://127.0.0.1:9"))
     conn = pool._conn_factory()
     tr = FakeTransport()
     conn.connection_made(tr)
@@ -222,7 +222,7 @@ async def one_response(head: bytes, body: bytes = BODY) -> tuple[Exchange | None
     raw = head + body
     outcomes = []
     for split in (1, 5, len(raw)):
-        pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+        pool = ConnectionPool(HttpTarget("http://127.0.0.1:9"))
         conn = pool._conn_factory()
         tr = FakeTransport()
         conn.connection_made(tr)
@@ -280,7 +280,7 @@ async def test_bodiless_statuses_finish_at_the_head_and_keep_the_connection(stat
 
 
 async def test_http_1_0_without_keep_alive_reads_to_close() -> None:
-    pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+    pool = ConnectionPool(HttpTarget("http://127.0.0.1:9"))
     conn = pool._conn_factory()
     tr = FakeTransport()
     conn.connection_made(tr)

@@ -44,7 +44,7 @@ class Exchange:
 DoneCallback = Callable[[Exchange], None]
 
 
-class Endpoint:
+class HttpTarget:
     """Where requests go: parsed once so the hot path only concatenates bytes."""
 
     def __init__(self, url: str, api_key: str | None = None) -> None:
@@ -327,7 +327,7 @@ class ConnectionPool:
     """Idle keep-alive connections to one endpoint; opens more on demand (no upper bound:
     the caller's scenario bounds concurrency, exactly as a real client fleet would)."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float = 600.0) -> None:
+    def __init__(self, endpoint: HttpTarget, timeout_s: float = 600.0) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._idle: list[_Conn] = []

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from tokenscale.bench.httpclient import ConnectionPool, Endpoint, Exchange
+from tokenscale.bench.httpclient import ConnectionPool, Exchange, HttpTarget
 from tokenscale.bench.metrics import ITLSketch
 from tokenscale.bench.models import RequestRecord, ScheduleLag, SelfCheck, Thresholds
 from tokenscale.bench.progress import Progress
@@ -29,7 +29,7 @@ from tokenscale.percentiles import percentile_linear
 class RunPlan:
     """Everything a run needs, prepared before the clock starts."""
 
-    endpoint: Endpoint
+    endpoint: HttpTarget
     requests: Sequence[bytes]  #: complete HTTP requests; send i uses requests[i % len]
     planned: Sequence[float]  #: planned offsets (s) from the run start
     input_tokens: Sequence[int | None] = ()

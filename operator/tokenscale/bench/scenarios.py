@@ -15,7 +15,7 @@ from typing import IO
 
 from tokenscale import __version__
 from tokenscale.bench import arrivals, datasets, metrics, verdict
-from tokenscale.bench.httpclient import Endpoint
+from tokenscale.bench.httpclient import HttpTarget
 from tokenscale.bench.models import (
     BenchConfig,
     BenchResult,
@@ -35,7 +35,7 @@ _MAX_UNIQUE_PROMPTS = 100_000
 SPREAD_FIGURES = ("tokens_per_s", "requests_per_s", "ttft_p99_s", "tpot_p99_s")
 
 
-def _bodies(config: BenchConfig, prompts: Sequence[datasets.Prompt], ep: Endpoint) -> list[bytes]:
+def _bodies(config: BenchConfig, prompts: Sequence[datasets.Prompt], ep: HttpTarget) -> list[bytes]:
     path = "/v1/chat/completions" if config.api == "chat" else "/v1/completions"
     return [
         ep.request_bytes(
@@ -47,7 +47,7 @@ def _bodies(config: BenchConfig, prompts: Sequence[datasets.Prompt], ep: Endpoin
 
 
 def _plan(
-    config: BenchConfig, source: PromptSource, ep: Endpoint, concurrency: int | None
+    config: BenchConfig, source: PromptSource, ep: HttpTarget, concurrency: int | None
 ) -> RunPlan:
     seed = arrivals.shard_seed(config.seed, config.shard_index)
     if config.scenario in ("server", "interactive"):
@@ -205,7 +205,7 @@ async def run(
     trace: IO[str] | None = None,
 ) -> BenchResult:
     """Run the configured scenario (with repeats or sweep points) and assemble the result."""
-    ep = Endpoint(config.url, api_key)
+    ep = HttpTarget(config.url, api_key)
     open_file_budget()  # open loop has no cap in flight: allow as many sockets as permitted
     outputs: list[tuple[RunOutput, int | None]] = []
     if config.scenario == "sweep":

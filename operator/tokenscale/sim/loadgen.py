@@ -29,7 +29,7 @@ def prompt_text(tokens: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class RequestOutcome:
     """One request as the client saw it (simulated seconds from the run start)."""
 
     issued: float
@@ -47,7 +47,7 @@ class Outcome:
         return (self.e2e - self.ttft) / (self.output_tokens - 1)
 
 
-def summarise(outcomes: Sequence[Outcome]) -> RunSummary:
+def summarise(outcomes: Sequence[RequestOutcome]) -> RunSummary:
     """Tokens/s = output tokens / time the last request finished (LoadGen's Server formula)."""
     ok = [o for o in outcomes if not o.error]
     tokens = sum(o.output_tokens for o in ok)
@@ -87,7 +87,7 @@ async def _one(
     req: Request,
     t0: float,
     speed: float,
-) -> Outcome:
+) -> RequestOutcome:
     loop = asyncio.get_running_loop()
     body = {
         "model": model,
@@ -105,15 +105,17 @@ async def _one(
     try:
         async with session.post(url, json=body) as resp:
             if resp.status != 200:
-                return Outcome(issued, lag, 0.0, 0.0, 0, f"HTTP {resp.status}")
+                return RequestOutcome(issued, lag, 0.0, 0.0, 0, f"HTTP {resp.status}")
             async for data in resp.content.iter_any():
                 if first < 0:
                     first = loop.time()
                 tail = (tail + data)[-2048:]
     except aiohttp.ClientError as err:
-        return Outcome(issued, lag, 0.0, 0.0, 0, repr(err))
+        return RequestOutcome(issued, lag, 0.0, 0.0, 0, repr(err))
     done = loop.time()
-    return Outcome(issued, lag, (first - sent) * speed, (done - sent) * speed, _usage_tokens(tail))
+    return RequestOutcome(
+        issued, lag, (first - sent) * speed, (done - sent) * speed, _usage_tokens(tail)
+    )
 
 
 async def run(
@@ -123,7 +125,7 @@ async def run(
     model: str,
     speed: float = 1.0,
     max_in_flight: int = 15_000,
-) -> list[Outcome]:
+) -> list[RequestOutcome]:
     """Issue ``requests`` at their (simulated) arrival times, round robin over engine base URLs.
 
     Requests that would exceed ``max_in_flight`` open streams are not sent and count as errors
@@ -159,7 +161,7 @@ async def _run(
     model: str,
     speed: float,
     max_in_flight: int,
-) -> list[Outcome]:
+) -> list[RequestOutcome]:
     targets = [u.rstrip("/") + "/v1/completions" for u in urls]
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
@@ -172,7 +174,9 @@ async def _run(
             if delay > 0:
                 await asyncio.sleep(delay)
             if in_flight[0] >= max_in_flight:
-                skipped = Outcome((loop.time() - t0) * speed, 0.0, 0.0, 0.0, 0, "in-flight cap")
+                skipped = RequestOutcome(
+                    (loop.time() - t0) * speed, 0.0, 0.0, 0.0, 0, "in-flight cap"
+                )
                 tasks.append(asyncio.create_task(_done(skipped)))
                 continue
             in_flight[0] += 1
@@ -185,12 +189,12 @@ async def _run(
         return list(await asyncio.gather(*tasks))
 
 
-async def _counted(in_flight: list[int], request: Awaitable[Outcome]) -> Outcome:
+async def _counted(in_flight: list[int], request: Awaitable[RequestOutcome]) -> RequestOutcome:
     try:
         return await request
     finally:
         in_flight[0] -= 1
 
 
-async def _done(outcome: Outcome) -> Outcome:
+async def _done(outcome: RequestOutcome) -> RequestOutcome:
     return outcome
