@@ -18,10 +18,10 @@ from tokenscale.bench.models import (
     BenchSLA,
     FigureSpread,
     LogHistogram,
-    Metrics,
     Percentiles,
     ReplicaPoint,
     RequestRecord,
+    RunMetrics,
 )
 from tokenscale.percentiles import percentile_linear
 
@@ -173,7 +173,7 @@ def compute(
     itl: ITLSketch,
     duration_s: float,
     sla: BenchSLA | None = None,
-) -> Metrics:
+) -> RunMetrics:
     """All headline metrics from per-request records (the one path for runs and merges)."""
     ok = [r for r in records if r.error is None]
     errors = Counter(r.error for r in records if r.error is not None)
@@ -185,7 +185,7 @@ def compute(
         n_good = sum(1 for r in ok if meets_sla(r, sla))
         good = n_good / dur if ok else 0.0
         good_frac = n_good / len(records) if records else 0.0
-    return Metrics(
+    return RunMetrics(
         requests_total=len(records),
         requests_ok=len(ok),
         requests_failed=len(records) - len(ok),

@@ -136,7 +136,7 @@ class SelfCheck(_Strict):
     reasons: list[str] = Field(default_factory=list, description="Why valid is false.")
 
 
-class Metrics(_Strict):
+class RunMetrics(_Strict):
     """Headline figures of one run (or of merged shards)."""
 
     requests_total: int = Field(description="Requests sent.")
@@ -256,7 +256,7 @@ class RunResult(_Strict):
     """One execution of the scenario (a repeat, a sweep point or a shard)."""
 
     started_at_unix: float = Field(description="Wall-clock time of the run start (s).")
-    metrics: Metrics = Field(description="Figures of this run.")
+    metrics: RunMetrics = Field(description="Figures of this run.")
     self_check: SelfCheck = Field(description="Client self-check of this run.")
     concurrency: int | None = Field(default=None, description="Concurrency bound, if any.")
 
@@ -294,7 +294,7 @@ class BenchResult(_Strict):
     config: BenchConfig = Field(description="What was run.")
     started_at: datetime = Field(description="Start of the first run (UTC).")
     finished_at: datetime = Field(description="End of the last run (UTC).")
-    metrics: Metrics = Field(description="Headline figures (median-throughput repeat).")
+    metrics: RunMetrics = Field(description="Headline figures (median-throughput repeat).")
     self_check: SelfCheck = Field(description="Self-check of the headline run (merged: all).")
     valid: bool = Field(description="Every run's self-check passed.")
     stable: bool = Field(description="Repeats within the stability margin (True if 1 run).")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tokenscale.bench.metrics import tpot
-from tokenscale.bench.models import BenchSLA, Metrics, RequestRecord, SLAFailure, Verdict
+from tokenscale.bench.models import BenchSLA, RequestRecord, RunMetrics, SLAFailure, Verdict
 from tokenscale.percentiles import percentile_nearest_rank
 
 
@@ -29,7 +29,7 @@ def _pct_label(p: float) -> str:
 
 
 def check_sla(
-    sla: BenchSLA, metrics: Metrics, records: Sequence[RequestRecord]
+    sla: BenchSLA, metrics: RunMetrics, records: Sequence[RequestRecord]
 ) -> list[SLAFailure]:
     """Every limit that ``metrics``/``records`` exceed (empty list = all met)."""
     failures: list[SLAFailure] = []
@@ -89,7 +89,7 @@ def check_sla(
 def decide(
     *,
     sla: BenchSLA | None,
-    metrics: Metrics,
+    metrics: RunMetrics,
     records: Sequence[RequestRecord],
     valid: bool,
     invalid_reasons: Sequence[str],
