@@ -7,7 +7,7 @@ table-tested in ``tests/unit/test_autoscale_decision.py``:
 1. Load is the policy metric summed over pools and averaged over a window. Served tokens/s
    saturates at capacity and would hide an overload, so token metrics add the queue: its growth
    and its drain over one window, converted to tokens with the window's tokens per finished
-   request (:func:`window_load`).
+   request (:func:`~tokenscale.autoscale.load.window_load`, in :mod:`.load`).
 2. HPA ratio rule on the stable window average, with a tolerance band around the ready capacity.
    With a startup time, a rising load is projected that far ahead, a falling one a window ahead.
 3. Knative panic mode: when the short-window load is ``panic_threshold`` x the ready capacity,
@@ -27,14 +27,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tokenscale.api.service import ScalingMetric, ScalingSpec
-from tokenscale.autoscale.rates import PoolSignal, Sample
+from tokenscale.api.service import ScalingSpec
+from tokenscale.autoscale.load import TREND_SECONDS, all_reported, has_data, trend, window_load
+from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolDecision, PoolInput, ReasonCode, ScalerState
 
 _EPS = 1e-9
-TOKEN_METRICS = ("generationTokensPerSecond", "totalTokensPerSecond")
-TREND_SECONDS = 300.0
-"""Span of the load-trend fit; long enough that noise does not look like a ramp."""
 UNITS: dict[str, str] = {
     "generationTokensPerSecond": "tok/s",
     "totalTokensPerSecond": "tok/s",
@@ -43,94 +41,9 @@ UNITS: dict[str, str] = {
 }
 
 
-def signal_value(signal: PoolSignal, metric: ScalingMetric) -> float:
-    """One pool's instantaneous value of the policy metric (no queue term)."""
-    if metric == "generationTokensPerSecond":
-        return signal.generation_tps
-    if metric == "totalTokensPerSecond":
-        return signal.generation_tps + signal.prompt_tps
-    if metric == "requestsInFlight":
-        return signal.requests_running + signal.requests_waiting
-    return signal.kv_cache_usage_sum
-
-
-def _load(sample: Sample, names: Sequence[str], metric: ScalingMetric) -> float:
-    return sum(signal_value(sample.pools[n], metric) for n in names if n in sample.pools)
-
-
-def _queue_term(
-    samples: Sequence[Sample], names: Sequence[str], metric: ScalingMetric, drain_seconds: float
-) -> float:
-    """Token demand that saturation hides: queue growth plus draining the queue.
-
-    Served tokens/s stops at capacity, so an overload shows up only as waiting requests. Each
-    waiting request stands for ``tokens/s / finished requests/s`` tokens (the window's mean
-    tokens per request), so demand = served + growth of the queue (in tokens/s) + the queue
-    itself spread over ``drain_seconds``. Zero when nothing waits; a shrinking queue adds no
-    growth (it does not lower the estimate below what is served).
-    """
-    if metric not in TOKEN_METRICS or not samples:
-        return 0.0
-    first, last = samples[0], samples[-1]
-    span = last.time - first.time
-    extra = 0.0
-    for name in names:
-        end = last.pools.get(name)
-        if end is None or end.requests_waiting <= 0:
-            continue
-        signals = [s.pools[name] for s in samples if name in s.pools]
-        finished = sum(p.finished_per_s for p in signals)
-        if finished <= 0:
-            continue
-        per_request = sum(signal_value(p, metric) for p in signals) / finished
-        start = first.pools.get(name)
-        growth = (end.requests_waiting - start.requests_waiting) / span if start and span else 0.0
-        extra += per_request * (max(0.0, growth) + end.requests_waiting / drain_seconds)
-    return extra
-
-
-def trend(samples: Sequence[Sample], names: Sequence[str], metric: ScalingMetric) -> float:
-    """Least-squares slope of the load (units per second) over ``samples``; 0 if too few."""
-    points = [(s.time, _load(s, names, metric)) for s in samples]
-    if len(points) < 3:
-        return 0.0
-    mean_t = sum(t for t, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    if var <= 0:
-        return 0.0
-    return sum((t - mean_t) * (y - mean_y) for t, y in points) / var
-
-
 def history_seconds(policy: ScalingSpec) -> float:
     """How much sample history the loop should pass to :func:`decide`."""
     return float(max(policy.window_seconds, TREND_SECONDS))
-
-
-def window_load(
-    samples: Sequence[Sample], names: Sequence[str], metric: ScalingMetric, drain_seconds: float
-) -> float:
-    """Mean load over ``samples`` plus, for token metrics, the hidden queue demand."""
-    if not samples:
-        return 0.0
-    mean = sum(_load(s, names, metric) for s in samples) / len(samples)
-    return mean + _queue_term(samples, names, metric, drain_seconds)
-
-
-def _has_data(sample: Sample, names: Sequence[str]) -> bool:
-    return any(sample.pools[n].pods_reporting > 0 for n in names if n in sample.pools)
-
-
-def _complete(sample: Sample, pools: Sequence[PoolInput]) -> bool:
-    """Every ready pod of every pool reported: the load is exact, not a lower bound."""
-    for pool in pools:
-        signal = sample.pools.get(pool.name)
-        if signal is None:
-            if pool.ready_replicas > 0:
-                return False
-        elif not signal.complete or signal.pods_reporting < pool.ready_replicas:
-            return False
-    return True
 
 
 def split(capacity: float, pools: Sequence[PoolInput]) -> tuple[dict[str, int], float, bool]:
@@ -282,7 +195,7 @@ def decide(
     if any(p.target_per_replica <= 0 for p in pools):
         return _hold(pools, policy, state, "NoTarget", "no target per replica; holding")
     current = [s for s in window if s.time <= now]
-    stable = [s for s in current if s.time > now - policy.window_seconds and _has_data(s, names)]
+    stable = [s for s in current if s.time > now - policy.window_seconds and has_data(s, names)]
     if not stable:
         return _hold(pools, policy, state, "NoMetrics", "no metrics in the window; holding")
     signal = _signal(current, stable, pools, policy, now)
@@ -313,7 +226,7 @@ def _signal(
     short = [s for s in stable if s.time > now - policy.panic_window_seconds] or [stable[-1]]
     panic_load = window_load(short, names, policy.metric, drain)
     lead = max((p.startup_seconds for p in pools), default=0.0)
-    trend_samples = [s for s in current if s.time > now - TREND_SECONDS and _has_data(s, names)]
+    trend_samples = [s for s in current if s.time > now - TREND_SECONDS and has_data(s, names)]
     slope = trend(trend_samples, names, policy.metric) if lead > 0 else 0.0
     # Up: a new replica serves only after ``lead``, so a rising load is projected that far.
     # Down: removal is immediate, so a falling load is projected one averaging window (the mean
@@ -321,7 +234,7 @@ def _signal(
     fall = min(lead, float(policy.window_seconds))
     forecast = max(0.0, stable_load + max(0.0, slope) * lead + min(0.0, slope) * fall)
     return _Signal(
-        complete=_complete(latest, pools),
+        complete=all_reported(latest, pools),
         stable_load=stable_load,
         panic_load=panic_load,
         slope=slope,
