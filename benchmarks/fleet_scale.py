@@ -39,7 +39,7 @@ try:
     from benchmarks.procstat import cpu_seconds
 except ImportError:  # run as a script: benchmarks/ is on sys.path
     from procstat import cpu_seconds  # type: ignore[no-redef]
-from tokenscale.sim.replay import percentile
+from tokenscale.sim.summary import nearest_rank_or_nan
 
 RESULTS = Path(__file__).parent / "results"
 FAMILIES = ("vllm:generation_tokens", "vllm:num_requests_running", "vllm:num_requests_waiting")
@@ -134,8 +134,8 @@ async def operator_phase(args: argparse.Namespace, background_qps: float) -> dic
         "passes": len(latencies),
         "operator_cpu_fraction": round(cpu / wall / (os.cpu_count() or 1), 4),
         "operator_cpu_fraction_of_one_core": round(cpu / wall, 4),
-        "decision_latency_s": round(percentile(latencies, 50), 3),
-        "decision_latency_p99_s": round(percentile(latencies, 99), 3),
+        "decision_latency_s": round(nearest_rank_or_nan(latencies, 50), 3),
+        "decision_latency_p99_s": round(nearest_rank_or_nan(latencies, 99), 3),
         "decision_latency_max_s": round(max(latencies), 3),
     }
 
@@ -217,7 +217,7 @@ async def phase(
         "running_last": last["vllm:num_requests_running"],
         "waiting_last": last["vllm:num_requests_waiting"],
         "scrape_rounds": len(rounds),
-        "scrape_round_p99_s": round(percentile([r["scrape_s"] for r in rounds], 99), 3),
+        "scrape_round_p99_s": round(nearest_rank_or_nan([r["scrape_s"] for r in rounds], 99), 3),
         "load_average_1m_at_start": round(load0, 2),
     }
     if outcomes:

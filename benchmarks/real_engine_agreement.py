@@ -72,8 +72,8 @@ from tests.testbed import vllm_cpu
 from benchmarks.loadgen_per_core import PEERS, peer_python, pkg_version, tree_cpu_seconds
 from tokenscale import __version__ as TOKENSCALE_VERSION
 from tokenscale.bench import arrivals, datasets
-from tokenscale.bench.metrics import percentile
 from tokenscale.bench.models import BenchResult
+from tokenscale.percentiles import percentile_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "real-engine-agreement.json"
@@ -672,8 +672,8 @@ def pool(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     client = {
         "rounds": len(rounds),
         "tokens_per_s": rnd(sum(c["output_tokens"] for c in clients) / window, 2),
-        "ttft_p50_s": rnd(percentile(ttfts, 50), 6),
-        "ttft_p90_s": rnd(percentile(ttfts, 90), 6),
+        "ttft_p50_s": rnd(percentile_linear(ttfts, 50), 6),
+        "ttft_p90_s": rnd(percentile_linear(ttfts, 90), 6),
         "ttft_mean_s": rnd(sum(ttfts) / len(ttfts), 6),
         "e2e_mean_s": rnd(e2e_total / ok, 6) if ok else None,
         "duration_s": rnd(window, 4),

@@ -40,7 +40,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tokenscale.sim import loadgen, workload
 from tokenscale.sim.model import Engine
 from tokenscale.sim.profiles import Profile, get_profile
-from tokenscale.sim.replay import RunStats, replay, summarise
+from tokenscale.sim.replay import replay, summarise
+from tokenscale.sim.summary import RunSummary
 
 TTFT_LIMIT, TPOT_LIMIT = 2.0, 0.200
 MODEL = "llama-2-70b"
@@ -53,12 +54,12 @@ def node(profile: Profile, seed: int) -> list[Engine]:
     return [Engine(profile, seed=seed * 100_003 + i) for i in range(GPUS_PER_NODE)]
 
 
-def server_run(profile: Profile, qps: float, duration: float, seed: int) -> RunStats:
+def server_run(profile: Profile, qps: float, duration: float, seed: int) -> RunSummary:
     reqs = workload.poisson(qps, max(1, int(qps * duration)), seed)
     return summarise(replay(node(profile, seed), reqs))
 
 
-def offline_run(profile: Profile, seed: int) -> RunStats:
+def offline_run(profile: Profile, seed: int) -> RunSummary:
     ref = profile.reference
     rate = (ref.offline_tokens_per_s or ref.server_tokens_per_s or 1e5) if ref else 1e5
     count = int(rate / 294.45 * 600)  # LoadGen sizes the Offline query to last min_duration
@@ -68,7 +69,7 @@ def offline_run(profile: Profile, seed: int) -> RunStats:
 def search_qps(profile: Profile, capacity_qps: float, seed: int, iters: int) -> dict[str, Any]:
     """Bisection on QPS in [0.8, 1.02] x the Offline capacity; keeps the best VALID run."""
     lo, hi = 0.8 * capacity_qps, 1.02 * capacity_qps
-    best: tuple[float, RunStats] | None = None
+    best: tuple[float, RunSummary] | None = None
     trials = []
     for _ in range(iters):
         qps = (lo + hi) / 2
@@ -105,7 +106,7 @@ def model_level(gpu: str, seed: int, iters: int) -> dict[str, Any]:
     off = offline_run(profile, seed)
     print(f"  {gpu}: offline {off.tokens_per_s:,.0f} tok/s ({off.requests} samples)", flush=True)
     found = search_qps(profile, off.tokens_per_s / 294.45, seed, iters)
-    stats: RunStats = found["stats"]
+    stats: RunSummary = found["stats"]
     ref = profile.reference
     return {
         "gpu": gpu,
@@ -156,7 +157,7 @@ def _wait_healthy(urls: list[str], proc: subprocess.Popen[bytes], deadline_s: fl
 
 async def _http_run(
     urls: list[str], reqs: list[workload.Request], speed: float, duration: float
-) -> tuple[list[loadgen.Outcome], float]:
+) -> tuple[list[loadgen.RequestOutcome], float]:
     """Run the load; sample generation_tokens_total at 25 % and 100 % of the arrival window."""
     loop = asyncio.get_running_loop()
     load = asyncio.create_task(loadgen.run(urls, reqs, model=MODEL, speed=speed))

@@ -7,43 +7,10 @@ CEL) can reject it on its own (``server``) — the rest are judged by the operat
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
-
-def service(**spec_changes: Any) -> dict[str, Any]:
-    """A valid InferenceService; keyword arguments replace top-level spec keys."""
-    spec: dict[str, Any] = {
-        "model": {"name": "llama-2-70b", "source": {"huggingFace": "meta-llama/Llama-2-70b-hf"}},
-        "pools": [{"name": "mi300x", "gpu": "MI300X", "minReplicas": 1, "maxReplicas": 2}],
-        "scaling": {"mode": "builtin", "targetPerReplica": 2500},
-        "sla": {"preset": "llama2-70b-server"},
-    }
-    spec.update(copy.deepcopy(spec_changes))
-    return {
-        "apiVersion": "tokenscale.dev/v1alpha1",
-        "kind": "InferenceService",
-        "metadata": {"name": "bad"},
-        "spec": spec,
-    }
-
-
-def benchmark(**spec_changes: Any) -> dict[str, Any]:
-    """A valid InferenceBenchmark; keyword arguments replace top-level spec keys."""
-    spec: dict[str, Any] = {
-        "target": {"service": "llama2-70b"},
-        "scenario": "server",
-        "load": {"qps": 10, "durationSeconds": 60},
-        "sla": {"preset": "llama2-70b-server"},
-    }
-    spec.update(copy.deepcopy(spec_changes))
-    return {
-        "apiVersion": "tokenscale.dev/v1alpha1",
-        "kind": "InferenceBenchmark",
-        "metadata": {"name": "bad-bench"},
-        "spec": spec,
-    }
+from tests.factories import benchmark, service
 
 
 def _pool(**changes: Any) -> list[dict[str, Any]]:

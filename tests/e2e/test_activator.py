@@ -15,8 +15,8 @@ import json
 import pytest
 import yaml
 
+from tests.e2e.helpers import apply, get, wait_condition, wait_for
 from tests.e2e.operator_proc import OperatorProcess, helm_template
-from tests.e2e.test_operator import apply, get, wait_condition, wait_for
 from tests.testbed.cluster import Cluster
 from tests.testbed.request_job import request_job, sleeping_service
 

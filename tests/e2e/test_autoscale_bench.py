@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.helpers import apply, condition, example, get, wait_condition, wait_for
 from tests.e2e.operator_proc import OperatorProcess
-from tests.e2e.test_operator import apply, condition, example, get, wait_condition, wait_for
 from tests.testbed.cluster import Cluster
 from tests.testbed.request_job import sleeping_service
 

@@ -15,8 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.e2e.helpers import apply, condition, example, get, wait_for
 from tests.e2e.operator_proc import CHART, OPERATOR_CONFIG, OperatorProcess
-from tests.e2e.test_operator import apply, condition, example, get, wait_for
 from tests.testbed.cluster import Cluster
 from tokenscale.api.config import DEFAULT_GPUS, OperatorConfig
 

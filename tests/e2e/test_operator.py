@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from tests.e2e.helpers import apply, condition, example, get, pods_of, wait_condition, wait_for
 from tests.e2e.operator_proc import OperatorProcess
 from tests.invalid_manifests import CASES, Case
 from tests.testbed.cluster import Cluster
@@ -22,67 +20,7 @@ from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 
 pytestmark = pytest.mark.e2e
-EXAMPLES = Path(__file__).parents[2] / "examples"
 CFG = OperatorConfig()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 90, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
-
-
-def get(cluster: Cluster, *args: str) -> Any:
-    out = cluster.kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else None
-
-
-def apply(cluster: Cluster, namespace: str, doc: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
-
-
-def example(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
-    return doc
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if cond["type"] == type_:
-            found: dict[str, Any] = cond
-            return found
-    return {}
-
-
-def wait_condition(
-    cluster: Cluster,
-    namespace: str,
-    name: str,
-    type_: str,
-    accept: Callable[[dict[str, Any]], bool],
-    timeout: float = 90,
-) -> dict[str, Any]:
-    """Poll an InferenceService until its ``type_`` condition satisfies ``accept``."""
-    found: dict[str, Any] = wait_for(
-        lambda: (
-            (cd := condition(get(cluster, "tsvc", name, "-n", namespace), type_))
-            and accept(cd)
-            and cd
-        ),
-        timeout=timeout,
-        what=f"{name} {type_}",
-    )
-    return found
-
-
-def pods_of(cluster: Cluster, namespace: str, service: str) -> list[dict[str, Any]]:
-    found = get(cluster, "pods", "-n", namespace, "-l", f"{c.LABEL_SERVICE}={service}")
-    return list((found or {}).get("items") or [])
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.helpers import apply, example, get, wait_condition, wait_for
 from tests.e2e.operator_proc import OperatorProcess, helm_template
-from tests.e2e.test_operator import apply, example, get, wait_condition, wait_for
 from tests.testbed.cluster import Cluster
 
 pytestmark = pytest.mark.e2e

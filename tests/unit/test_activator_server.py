@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from tests.invalid_manifests import service
+from tests.factories import service
 from tests.unit.fakekube import FakeKube
 from tokenscale import constants as c
 from tokenscale.activator.backend import KubeBackend

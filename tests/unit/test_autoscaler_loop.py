@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.invalid_manifests import service
+from tests.factories import service
 from tests.unit.fakekube import FakeKube
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from tokenscale.bench import datasets, fakeserver, report, scenarios
 from tokenscale.bench.cli import bench_command
-from tokenscale.bench.models import BenchConfig, BenchResult, SLASpec, Thresholds
+from tokenscale.bench.models import BenchConfig, BenchResult, BenchSLA, Thresholds
 
 
 class ServerThread:
@@ -115,7 +115,7 @@ async def test_server_scenario_poisson_with_sla(server: ServerThread) -> None:
             qps=100.0,
             concurrency=None,
             requests=60,
-            sla=SLASpec(ttft_s=5.0, tpot_s=1.0),
+            sla=BenchSLA(ttft_s=5.0, tpot_s=1.0),
         ),
         source(8),
     )
@@ -123,7 +123,7 @@ async def test_server_scenario_poisson_with_sla(server: ServerThread) -> None:
     assert r.self_check.schedule_lag is not None and r.self_check.offered_rps is not None
     assert r.verdict.status == "pass"
     assert r.metrics.goodput_fraction == 1.0
-    tight = cfg(server.url, sla=SLASpec(ttft_s=0.001, tpot_s=1.0))
+    tight = cfg(server.url, sla=BenchSLA(ttft_s=0.001, tpot_s=1.0))
     r2 = await scenarios.run(tight, source(4))
     assert r2.verdict.status == "fail" and r2.verdict.reasons[0].startswith("p99 TTFT")
 
@@ -131,7 +131,7 @@ async def test_server_scenario_poisson_with_sla(server: ServerThread) -> None:
 async def test_failures_are_counted_by_kind() -> None:
     s = ServerThread(fakeserver.FakeConfig(fail_every=4))
     try:
-        r = await scenarios.run(cfg(s.url, requests=20, sla=SLASpec(ttft_s=5.0)), source(4))
+        r = await scenarios.run(cfg(s.url, requests=20, sla=BenchSLA(ttft_s=5.0)), source(4))
     finally:
         s.stop()
     assert r.metrics.errors == {"http_500": 5} and r.metrics.requests_ok == 15

@@ -10,72 +10,8 @@ import random
 
 import pytest
 
-from tokenscale.bench import metrics, scenarios
-from tokenscale.bench.models import BenchConfig, RequestRecord, Thresholds
-from tokenscale.bench.runner import RunOutput
-
-
-def make_records(n: int, seed: int) -> list[RequestRecord]:
-    rng = random.Random(seed)
-    out, t = [], 0.0
-    for i in range(n):
-        t += rng.expovariate(40.0)
-        ttft = rng.lognormvariate(-2.0, 0.5)
-        tokens = rng.randint(1, 300)
-        e2e = ttft + rng.uniform(0.005, 0.05) * max(0, tokens - 1)
-        err = "timeout" if rng.random() < 0.02 else None
-        out.append(
-            RequestRecord(
-                i=i,
-                planned_s=t,
-                sent_s=t + rng.uniform(0, 0.002),
-                ttft_s=ttft,
-                e2e_s=e2e,
-                input_tokens=100,
-                output_tokens=tokens,
-                from_usage=True,
-                chunks=tokens,
-                error=err,
-            )
-        )
-    return out
-
-
-def config(shards: int = 1, index: int = 0) -> BenchConfig:
-    return BenchConfig(
-        url="http://127.0.0.1:1",
-        model="m",
-        api="completions",
-        scenario="server",
-        qps=40.0,
-        dataset="synthetic",
-        ignore_eos=True,
-        thresholds=Thresholds(),
-        seed=0,
-        timeout_s=10.0,
-        shard_count=shards,
-        shard_index=index,
-        sla=None,
-    )
-
-
-def as_result(
-    recs: list[RequestRecord], itl_values: list[float], start: float, shards: int, k: int
-):  # type: ignore[no-untyped-def]
-    itl = metrics.ITLSketch()
-    itl.add_many(itl_values)
-    out = RunOutput(
-        started_at_unix=start,
-        records=recs,
-        itl=itl,
-        cpu_seconds=1.0,
-        wall_seconds=max(r.sent_s + (r.e2e_s or 0) for r in recs),
-        max_in_flight=5,
-        mean_in_flight=2.0,
-        connections_opened=5,
-        open_loop=True,
-    )
-    return scenarios.assemble(config(shards, k), [(out, None)])
+from tests.unit.builders import as_result, make_records
+from tokenscale.bench import scenarios
 
 
 @pytest.mark.parametrize("shards", [2, 3, 5])

@@ -1,7 +1,8 @@
 """Metric arithmetic against hand-computed cases: if these drift, every published figure lies.
 
-TPOT follows MLPerf/vLLM ((E2E - TTFT) / (out - 1), per request); percentiles interpolate
-linearly like numpy; throughput counts output tokens only.
+TPOT follows MLPerf/vLLM ((E2E - TTFT) / (out - 1), per request); reported percentiles
+interpolate linearly like numpy (both definitions are pinned in test_percentiles.py); throughput
+counts output tokens only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import random
 import pytest
 
 from tokenscale.bench import metrics
-from tokenscale.bench.models import RequestRecord, SLASpec
+from tokenscale.bench.models import BenchSLA, RequestRecord
+from tokenscale.percentiles import percentile_linear
 
 
 def rec(
@@ -39,18 +41,6 @@ def rec(
     )
 
 
-def test_percentile_linear_interpolation_matches_hand_values() -> None:
-    data = [1.0, 2.0, 3.0, 4.0]
-    assert metrics.percentile(data, 50) == 2.5
-    assert metrics.percentile(data, 0) == 1.0
-    assert metrics.percentile(data, 100) == 4.0
-    assert metrics.percentile(data, 90) == pytest.approx(3.7)  # rank 2.7
-    assert metrics.percentile([5.0], 99) == 5.0
-    hundred = [float(i) for i in range(1, 101)]
-    assert metrics.percentile(hundred, 99) == pytest.approx(99.01)
-    assert metrics.percentile(hundred, 99.9) == pytest.approx(99.901)
-
-
 def test_tpot_is_decode_time_over_tokens_minus_one() -> None:
     assert metrics.tpot(rec(0, ttft=0.5, e2e=2.5, out=11)) == pytest.approx(0.2)
     assert metrics.tpot(rec(0, ttft=0.5, e2e=0.5, out=1)) is None  # undefined, excluded
@@ -67,7 +57,7 @@ def test_compute_hand_case() -> None:
     itl = metrics.ITLSketch()
     duration = metrics.run_duration(records)
     assert duration == pytest.approx(10.5)  # record 3 ends at 1.5 + 9.0
-    m = metrics.compute(records, itl, duration, SLASpec(ttft_s=0.25, tpot_s=0.2))
+    m = metrics.compute(records, itl, duration, BenchSLA(ttft_s=0.25, tpot_s=0.2))
     assert (m.requests_total, m.requests_ok, m.requests_failed) == (4, 3, 1)
     assert m.errors == {"timeout": 1}
     assert m.output_tokens == 43
@@ -90,7 +80,7 @@ def test_itl_sketch_relative_accuracy_and_exact_merge() -> None:
     whole.add_many(values)
     exact = sorted(values)
     for q in (50, 90, 99, 99.9):
-        want = metrics.percentile(exact, q)
+        want = percentile_linear(exact, q)
         got = whole.quantile(q)
         assert got is not None
         assert abs(got - want) <= 0.011 * want  # bucket width plus rank rounding

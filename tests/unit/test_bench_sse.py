@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from tokenscale.bench.httpclient import ConnectionPool, Endpoint, Exchange
+from tokenscale.bench.httpclient import ConnectionPool, Exchange, HttpTarget
 from tokenscale.bench.sse import SSEStream
 
 COMPLETIONS = (
@@ -119,7 +119,7 @@ RESPONSE_HEAD = (
 
 
 async def exchange_over(raw: bytes, split: int) -> tuple[Exchange, FakeTransport]:
-    pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+    pool = ConnectionPool(HttpTarget("http://127.0.0.1:9"))
     conn = pool._conn_factory()
     tr = FakeTransport()
     conn.connection_made(tr)
@@ -151,12 +151,12 @@ async def test_sized_error_response_is_reported_with_status() -> None:
 
 
 def test_endpoint_request_bytes() -> None:
-    ep = Endpoint("http://127.0.0.1:8000/base/", api_key="k")
+    ep = HttpTarget("http://127.0.0.1:8000/base/", api_key="k")
     req = ep.request_bytes("/v1/completions", b"{}")
     assert req.startswith(b"POST /base/v1/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n")
     assert b"Authorization: Bearer k\r\n" in req and req.endswith(b"Content-Length: 2\r\n\r\n{}")
     with pytest.raises(ValueError):
-        Endpoint("ftp://x")
+        HttpTarget("ftp://x")
 
 
 def test_one_event_line_counts_once_even_with_two_output_fields() -> None:
@@ -182,7 +182,7 @@ async def test_random_chunkings_and_read_splits_agree() -> None:
         raw = RESPONSE_HEAD + chunked(COMPLETIONS, rng.randint(1, 80))
         cuts = sorted(rng.sample(range(1, len(raw)), rng.randint(1, 12)))
         pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
-        pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+        pool = ConnectionPool(HttpTarget("http://127.0.0.1:9"))
         conn = pool._conn_factory()
         tr = FakeTransport()
         conn.connection_made(tr)
@@ -198,7 +198,7 @@ async def test_random_chunkings_and_read_splits_agree() -> None:
 
 async def test_keep_alive_reuse_with_late_trailer_crlf() -> None:
     raw = RESPONSE_HEAD + chunked(COMPLETIONS, 30)
-    pool = ConnectionPool(Endpoint("http://127.0.0.1:9"))
+    pool = ConnectionPool(HttpTarget("http://127.0.0.1:9"))
     conn = pool._conn_factory()
     tr = FakeTransport()
     conn.connection_made(tr)
@@ -210,3 +210,102 @@ async def test_keep_alive_reuse_with_late_trailer_crlf() -> None:
     conn.data_received(raw[-2:] + raw)  # late CRLF glued to the next response
     assert len(done) == 2 and done[1].error_kind is None and done[1].status == 200
     assert len(done[1].stream.arrivals) == 3 and not tr.closed
+
+
+# Response heads as real servers write them: the client reads header lines, not exact bytes.
+
+BODY = chunked(COMPLETIONS, 40)
+
+
+async def one_response(head: bytes, body: bytes = BODY) -> tuple[Exchange | None, FakeTransport]:
+    """Feed ``head`` + ``body`` at every split; the outcome of the first split (all must agree)."""
+    raw = head + body
+    outcomes = []
+    for split in (1, 5, len(raw)):
+        pool = ConnectionPool(HttpTarget("http://127.0.0.1:9"))
+        conn = pool._conn_factory()
+        tr = FakeTransport()
+        conn.connection_made(tr)
+        done: list[Exchange] = []
+        conn.start(b"REQ", Exchange(0.0), done.append)
+        for k in range(0, len(raw), split):
+            conn.data_received(raw[k : k + split])
+        ex = done[0] if done else None
+        outcomes.append(
+            (ex and (ex.status, ex.error_kind, len(ex.stream.arrivals)), tr.closed, len(done))
+        )
+    assert outcomes.count(outcomes[0]) == len(outcomes), outcomes
+    return ex, tr
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"transfer-encoding:chunked",  # no space after the colon
+        b"TRANSFER-ENCODING:   Chunked  ",
+        b"Transfer-Encoding: identity, chunked",  # a list: chunked is the final coding
+        b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked",  # repeated header
+    ],
+)
+async def test_chunked_framing_from_any_spelling_of_the_header(headers: bytes) -> None:
+    ex, tr = await one_response(b"HTTP/1.1 200 OK\r\n" + headers + b"\r\n\r\n")
+    assert ex is not None and (ex.status, ex.error_kind) == (200, None)
+    assert len(ex.stream.arrivals) == 3 and ex.stream.done and not tr.closed
+
+
+async def test_content_length_without_space_and_connection_list_with_close() -> None:
+    body = b'{"error":"busy"}'
+    head = b"HTTP/1.1 429 Too Many\r\ncontent-length:%d\r\nConnection: keep-alive, Close\r\n\r\n"
+    ex, tr = await one_response(head % len(body), body)
+    assert ex is not None and ex.error_kind == "http_429" and ex.error_text == '{"error":"busy"}'
+    assert tr.closed  # "close" in the Connection list: never reused
+
+
+async def test_interim_100_and_103_responses_are_skipped() -> None:
+    head = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" + RESPONSE_HEAD
+    )
+    ex, tr = await one_response(head)
+    assert ex is not None and (ex.status, ex.error_kind) == (200, None)
+    assert len(ex.stream.arrivals) == 3 and not tr.closed
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+async def test_bodiless_statuses_finish_at_the_head_and_keep_the_connection(status: bytes) -> None:
+    # 304 may carry the Content-Length of the representation it stands for: still no body.
+    ex, tr = await one_response(b"HTTP/1.1 " + status + b"\r\nContent-Length: 10\r\n\r\n", b"")
+    assert ex is not None and ex.error_kind == f"http_{status[:3].decode()}"
+    assert not tr.closed
+
+
+async def test_http_1_0_without_keep_alive_reads_to_close() -> None:
+    pool = ConnectionPool(HttpTarget("http://127.0.0.1:9"))
+    conn = pool._conn_factory()
+    tr = FakeTransport()
+    conn.connection_made(tr)
+    done: list[Exchange] = []
+    conn.start(b"REQ", Exchange(0.0), done.append)
+    conn.data_received(b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + COMPLETIONS)
+    assert not done  # the body ends when the server closes
+    conn.connection_lost(None)
+    assert len(done) == 1 and done[0].error_kind is None and len(done[0].stream.arrivals) == 3
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked", "unsupported transfer coding"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6", "conflicting"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: five", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b", "bad header line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Type : text/plain", "bad header line"),
+        (b"ICY 200 OK", "bad status line"),
+    ],
+)
+async def test_malformed_or_unsupported_heads_are_protocol_errors(
+    head: bytes, message: str
+) -> None:
+    ex, tr = await one_response(head + b"\r\n\r\n")
+    assert ex is not None and ex.error_kind == "protocol_error"
+    assert ex.error_text is not None and message in ex.error_text and tr.closed

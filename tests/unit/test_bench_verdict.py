@@ -11,7 +11,7 @@ import pytest
 
 from tokenscale import sla
 from tokenscale.bench import metrics, scenarios, verdict
-from tokenscale.bench.models import RequestRecord, SLASpec, Thresholds
+from tokenscale.bench.models import BenchSLA, RequestRecord, Thresholds
 from tokenscale.bench.runner import RunOutput, self_check
 
 
@@ -63,7 +63,7 @@ def test_saturated_cpu_is_invalid_never_pass() -> None:
     assert "client CPU 96% of a core" in check.reasons[0]
     m = metrics.compute(records(100), metrics.ITLSketch(), 10.0)
     v = verdict.decide(
-        sla=SLASpec(ttft_s=2.0, tpot_s=0.2),
+        sla=BenchSLA(ttft_s=2.0, tpot_s=0.2),
         metrics=m,
         records=records(100),
         valid=check.valid,
@@ -92,7 +92,7 @@ def test_schedule_lag_and_delivered_rate() -> None:
 def test_sla_pass_and_fail_messages() -> None:
     recs = records(100, ttft=2.31, tpot=0.05)
     m = metrics.compute(recs, metrics.ITLSketch(), 10.0)
-    spec = SLASpec(preset="llama2-70b-server", ttft_s=2.0, tpot_s=0.2)
+    spec = BenchSLA(preset="llama2-70b-server", ttft_s=2.0, tpot_s=0.2)
     v = verdict.decide(
         sla=spec, metrics=m, records=recs, valid=True, invalid_reasons=[], stable=True
     )
@@ -127,7 +127,7 @@ def test_errors_fail_and_unstable_and_no_sla() -> None:
         ),
     ]
     m = metrics.compute(recs, metrics.ITLSketch(), 10.0)
-    spec = SLASpec(ttft_s=2.0, tpot_s=0.2)
+    spec = BenchSLA(ttft_s=2.0, tpot_s=0.2)
     v = verdict.decide(
         sla=spec, metrics=m, records=recs, valid=True, invalid_reasons=[], stable=True
     )
@@ -196,3 +196,20 @@ def _config():  # type: ignore[no-untyped-def]
         seed=0,
         timeout_s=10.0,
     )
+
+
+def test_sla_verdict_uses_loadgen_nearest_rank_not_the_interpolated_figure() -> None:
+    # 99 fast requests and one at 10 s: the reported (interpolated) p99 is 0.199 s, but LoadGen's
+    # p99 of 100 samples is the slowest one, so a 2 s p99 TTFT limit fails, as it would there.
+    recs = records(99, ttft=0.1) + records(1, ttft=10.0)
+    m = metrics.compute(recs, metrics.ITLSketch(), 10.0)
+    assert m.ttft.p99 == pytest.approx(0.199)
+    v = verdict.decide(
+        sla=BenchSLA(ttft_s=2.0),
+        metrics=m,
+        records=recs,
+        valid=True,
+        invalid_reasons=[],
+        stable=True,
+    )
+    assert v.status == "fail" and v.reasons == ["p99 TTFT 10 s > 2 s"]

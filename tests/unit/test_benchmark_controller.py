@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.invalid_manifests import benchmark, service
+from tests.factories import benchmark, service
+from tests.unit.builders import as_result, make_records
 from tests.unit.fakekube import FakeKube
-from tests.unit.test_bench_merge import as_result, make_records
 from tokenscale import constants as c
 from tokenscale.api.benchmark import BenchmarkResults, InferenceBenchmarkSpec, LatencySummary
 from tokenscale.api.config import OperatorConfig

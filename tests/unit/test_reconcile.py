@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.invalid_manifests import service
+from tests.factories import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import OperatorConfig
 from tokenscale.controller.reconcile import reconcile_service

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from tests.invalid_manifests import service
+from tests.factories import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import OperatorConfig
 from tokenscale.controller import refresh, resync

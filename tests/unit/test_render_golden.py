@@ -10,6 +10,9 @@ Regenerate on purpose only::
 
     UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_render_golden.py
 
+That run rewrites the files and fails on purpose; review ``git diff tests/golden/`` and run again
+without ``UPDATE_GOLDEN`` to see it pass.
+
 Every rendered object is also validated offline against the Kubernetes 1.34 OpenAPI schemas
 (``kubernetes-validate``, strict: unknown fields fail); CRD kinds it has no schema for
 (LeaderWorkerSet, ServiceMonitor) are checked structurally here, their pod templates through the
@@ -87,12 +90,42 @@ def test_every_example_has_a_case() -> None:
 
 @pytest.mark.parametrize(("name", "path", "lws"), CASES, ids=[c[0] for c in CASES])
 def test_golden(name: str, path: Path, lws: bool) -> None:
-    text = golden_text(*_render(path, lws))
-    golden = GOLDEN / f"{name}.yaml"
+    check_golden(GOLDEN / f"{name}.yaml", golden_text(*_render(path, lws)))
+
+
+def check_golden(golden: Path, text: str) -> None:
+    """Compare ``text`` with the golden file; with ``UPDATE_GOLDEN=1`` rewrite it and *fail*.
+
+    Failing after a rewrite (as inference-perf does) means a regenerated golden is never green
+    by itself: the run that writes it cannot pass, only a later run after ``git diff`` review.
+    """
     if os.environ.get("UPDATE_GOLDEN") == "1":
+        old = golden.read_text() if golden.exists() else None
         golden.write_text(text)
+        what = "created" if old is None else ("unchanged" if old == text else "REWRITTEN")
+        pytest.fail(
+            f"UPDATE_GOLDEN=1: {golden.name} {what}; review `git diff {golden.parent.name}/`, "
+            "then rerun without UPDATE_GOLDEN"
+        )
     assert golden.exists(), f"missing {golden}; run with UPDATE_GOLDEN=1 to create it"
     assert text == golden.read_text(), f"{golden} differs; review, then UPDATE_GOLDEN=1"
+
+
+def test_update_golden_rewrites_and_then_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    golden = tmp_path / "case.yaml"
+    golden.write_text("old\n")
+    monkeypatch.setenv("UPDATE_GOLDEN", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"case\.yaml REWRITTEN"):
+        check_golden(golden, "new\n")
+    assert golden.read_text() == "new\n"  # written, yet the run is red
+    with pytest.raises(pytest.fail.Exception, match="unchanged"):
+        check_golden(golden, "new\n")
+    monkeypatch.delenv("UPDATE_GOLDEN")
+    check_golden(golden, "new\n")  # the review run passes
+    with pytest.raises(AssertionError, match="differs"):
+        check_golden(golden, "other\n")
 
 
 def test_no_stale_golden_files() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tests.invalid_manifests import benchmark, service
+from tests.factories import benchmark, service
 from tests.unit.fakekube import FakeKube
 from tests.unit.statuscheck import MODELS, WRITTEN, check_status_patch, schema_paths
 from tests.unit.test_bench_merge import as_result, make_records

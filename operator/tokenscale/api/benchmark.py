@@ -170,7 +170,7 @@ class BenchmarkResults(StrictModel):
     )
 
 
-class SweepPoint(StrictModel):
+class ReplicaSweepLevel(StrictModel):
     """One finished level of a replica sweep."""
 
     replicas: int = Field(description="Ready replicas of the target during the run.")
@@ -193,7 +193,7 @@ class SweepStatus(StrictModel):
     restore_replicas: int | None = Field(
         default=None, description="The target's spec.replicas before the sweep (restored after)."
     )
-    points: list[SweepPoint] = Field(default_factory=list, description="Finished levels.")
+    points: list[ReplicaSweepLevel] = Field(default_factory=list, description="Finished levels.")
 
 
 class InferenceBenchmarkStatus(StrictModel):

@@ -7,7 +7,7 @@ table-tested in ``tests/unit/test_autoscale_decision.py``:
 1. Load is the policy metric summed over pools and averaged over a window. Served tokens/s
    saturates at capacity and would hide an overload, so token metrics add the queue: its growth
    and its drain over one window, converted to tokens with the window's tokens per finished
-   request (:func:`window_load`).
+   request (:func:`~tokenscale.autoscale.load.window_load`, in :mod:`.load`).
 2. HPA ratio rule on the stable window average, with a tolerance band around the ready capacity.
    With a startup time, a rising load is projected that far ahead, a falling one a window ahead.
 3. Knative panic mode: when the short-window load is ``panic_threshold`` x the ready capacity,
@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from tokenscale.api.service import ScalingMetric, ScalingSpec
-from tokenscale.autoscale.rates import PoolSignal, Sample
+from tokenscale.api.service import ScalingSpec
+from tokenscale.autoscale.load import TREND_SECONDS, all_reported, has_data, trend, window_load
+from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolDecision, PoolInput, ReasonCode, ScalerState
 
 _EPS = 1e-9
-TOKEN_METRICS = ("generationTokensPerSecond", "totalTokensPerSecond")
-TREND_SECONDS = 300.0
-"""Span of the load-trend fit; long enough that noise does not look like a ramp."""
 UNITS: dict[str, str] = {
     "generationTokensPerSecond": "tok/s",
     "totalTokensPerSecond": "tok/s",
@@ -42,94 +41,9 @@ UNITS: dict[str, str] = {
 }
 
 
-def signal_value(signal: PoolSignal, metric: ScalingMetric) -> float:
-    """One pool's instantaneous value of the policy metric (no queue term)."""
-    if metric == "generationTokensPerSecond":
-        return signal.generation_tps
-    if metric == "totalTokensPerSecond":
-        return signal.generation_tps + signal.prompt_tps
-    if metric == "requestsInFlight":
-        return signal.requests_running + signal.requests_waiting
-    return signal.kv_cache_usage_sum
-
-
-def _load(sample: Sample, names: Sequence[str], metric: ScalingMetric) -> float:
-    return sum(signal_value(sample.pools[n], metric) for n in names if n in sample.pools)
-
-
-def _queue_term(
-    samples: Sequence[Sample], names: Sequence[str], metric: ScalingMetric, drain_seconds: float
-) -> float:
-    """Token demand that saturation hides: queue growth plus draining the queue.
-
-    Served tokens/s stops at capacity, so an overload shows up only as waiting requests. Each
-    waiting request stands for ``tokens/s / finished requests/s`` tokens (the window's mean
-    tokens per request), so demand = served + growth of the queue (in tokens/s) + the queue
-    itself spread over ``drain_seconds``. Zero when nothing waits; a shrinking queue adds no
-    growth (it does not lower the estimate below what is served).
-    """
-    if metric not in TOKEN_METRICS or not samples:
-        return 0.0
-    first, last = samples[0], samples[-1]
-    span = last.time - first.time
-    extra = 0.0
-    for name in names:
-        end = last.pools.get(name)
-        if end is None or end.requests_waiting <= 0:
-            continue
-        signals = [s.pools[name] for s in samples if name in s.pools]
-        finished = sum(p.finished_per_s for p in signals)
-        if finished <= 0:
-            continue
-        per_request = sum(signal_value(p, metric) for p in signals) / finished
-        start = first.pools.get(name)
-        growth = (end.requests_waiting - start.requests_waiting) / span if start and span else 0.0
-        extra += per_request * (max(0.0, growth) + end.requests_waiting / drain_seconds)
-    return extra
-
-
-def trend(samples: Sequence[Sample], names: Sequence[str], metric: ScalingMetric) -> float:
-    """Least-squares slope of the load (units per second) over ``samples``; 0 if too few."""
-    points = [(s.time, _load(s, names, metric)) for s in samples]
-    if len(points) < 3:
-        return 0.0
-    mean_t = sum(t for t, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    if var <= 0:
-        return 0.0
-    return sum((t - mean_t) * (y - mean_y) for t, y in points) / var
-
-
 def history_seconds(policy: ScalingSpec) -> float:
     """How much sample history the loop should pass to :func:`decide`."""
     return float(max(policy.window_seconds, TREND_SECONDS))
-
-
-def window_load(
-    samples: Sequence[Sample], names: Sequence[str], metric: ScalingMetric, drain_seconds: float
-) -> float:
-    """Mean load over ``samples`` plus, for token metrics, the hidden queue demand."""
-    if not samples:
-        return 0.0
-    mean = sum(_load(s, names, metric) for s in samples) / len(samples)
-    return mean + _queue_term(samples, names, metric, drain_seconds)
-
-
-def _has_data(sample: Sample, names: Sequence[str]) -> bool:
-    return any(sample.pools[n].pods_reporting > 0 for n in names if n in sample.pools)
-
-
-def _complete(sample: Sample, pools: Sequence[PoolInput]) -> bool:
-    """Every ready pod of every pool reported: the load is exact, not a lower bound."""
-    for pool in pools:
-        signal = sample.pools.get(pool.name)
-        if signal is None:
-            if pool.ready_replicas > 0:
-                return False
-        elif not signal.complete or signal.pods_reporting < pool.ready_replicas:
-            return False
-    return True
 
 
 def split(capacity: float, pools: Sequence[PoolInput]) -> tuple[dict[str, int], float, bool]:
@@ -225,6 +139,37 @@ def _sanitise(state: ScalerState, policy: ScalingSpec, now: float) -> ScalerStat
     return state
 
 
+@dataclass(frozen=True, slots=True)
+class _Signal:
+    """What the window says about load (rule 1) and where it is heading (rule 2)."""
+
+    complete: bool
+    """Every ready pod reported in the latest sample: the load is exact, not a lower bound."""
+    stable_load: float
+    panic_load: float
+    slope: float
+    lead: float
+    """Longest pool startup: how far ahead a rising load is projected."""
+    fall: float
+    """How far ahead a falling load is projected."""
+    forecast: float
+    ready_capacity: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Recommendation:
+    """Replicas per pool before stabilisation and limits (rules 2, 3 and 5)."""
+
+    panicking: bool
+    within: bool
+    needed: float
+    replicas: dict[str, int]
+    shortage: float
+    gpu_limited: bool
+    floor: dict[str, int]
+    """Replicas the short-window load needs: never scale down below them."""
+
+
 def decide(
     window: Sequence[Sample],
     policy: ScalingSpec,
@@ -232,7 +177,13 @@ def decide(
     state: ScalerState,
     now: float,
 ) -> Decision:
-    """Desired replicas per pool with reasons, and the state to persist for the next pass."""
+    """Desired replicas per pool with reasons, and the state to persist for the next pass.
+
+    Four phases, each its own function: :func:`_signal` (load and forecast),
+    :func:`_recommend` (ratio rule, panic mode, split over pools), :func:`_limit_pool`
+    (stabilisation, steps, floors and clamps per pool) and :func:`_explain` (reason codes and
+    the message). ``state`` is a sanitised copy that the phases update in this order.
+    """
     state = _sanitise(state, policy, now)
     names = [p.name for p in pools]
     if policy.mode != "builtin":
@@ -243,33 +194,75 @@ def decide(
         state.idle_since = None
     if any(p.target_per_replica <= 0 for p in pools):
         return _hold(pools, policy, state, "NoTarget", "no target per replica; holding")
-    unit = UNITS[policy.metric]
     current = [s for s in window if s.time <= now]
-    stable = [s for s in current if s.time > now - policy.window_seconds and _has_data(s, names)]
+    stable = [s for s in current if s.time > now - policy.window_seconds and has_data(s, names)]
     if not stable:
         return _hold(pools, policy, state, "NoMetrics", "no metrics in the window; holding")
+    signal = _signal(current, stable, pools, policy, now)
+    allow_zero = _track_idle(signal, policy, state, now)
+    rec = _recommend(signal, pools, policy, state, now)
+    desired: dict[str, int] = {}
+    codes: dict[str, ReasonCode] = {}
+    for pool in pools:
+        desired[pool.name], codes[pool.name] = _limit_pool(pool, signal, rec, policy, state, now)
+    kept = _ensure_one(desired, pools, policy, allow_zero=allow_zero)
+    if kept is not None:
+        codes[kept] = "AtMin"
+    return _explain(pools, desired, codes, signal, rec, policy, state)
+
+
+def _signal(
+    current: Sequence[Sample],
+    stable: Sequence[Sample],
+    pools: Sequence[PoolInput],
+    policy: ScalingSpec,
+    now: float,
+) -> _Signal:
+    """Stable and panic-window load, the trend and the forecast (rules 1 and 2)."""
+    names = [p.name for p in pools]
     latest = max(current, key=lambda s: s.time)
-    complete = _complete(latest, pools)
     drain = float(policy.window_seconds)
     stable_load = window_load(stable, names, policy.metric, drain)
     short = [s for s in stable if s.time > now - policy.panic_window_seconds] or [stable[-1]]
     panic_load = window_load(short, names, policy.metric, drain)
-
-    idle = stable_load <= _EPS and panic_load <= _EPS and complete
-    state.idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
-    allow_zero = state.idle_since is not None and (
-        now - state.idle_since >= policy.scale_to_zero_grace_seconds
-    )
-
     lead = max((p.startup_seconds for p in pools), default=0.0)
-    trend_samples = [s for s in current if s.time > now - TREND_SECONDS and _has_data(s, names)]
+    trend_samples = [s for s in current if s.time > now - TREND_SECONDS and has_data(s, names)]
     slope = trend(trend_samples, names, policy.metric) if lead > 0 else 0.0
     # Up: a new replica serves only after ``lead``, so a rising load is projected that far.
     # Down: removal is immediate, so a falling load is projected one averaging window (the mean
     # lags the load by half of it), never below zero; the stabilisation window still applies.
     fall = min(lead, float(policy.window_seconds))
     forecast = max(0.0, stable_load + max(0.0, slope) * lead + min(0.0, slope) * fall)
-    ready_capacity = sum(p.ready_replicas * p.target_per_replica for p in pools)
+    return _Signal(
+        complete=all_reported(latest, pools),
+        stable_load=stable_load,
+        panic_load=panic_load,
+        slope=slope,
+        lead=lead,
+        fall=fall,
+        forecast=forecast,
+        ready_capacity=sum(p.ready_replicas * p.target_per_replica for p in pools),
+    )
+
+
+def _track_idle(signal: _Signal, policy: ScalingSpec, state: ScalerState, now: float) -> bool:
+    """Update ``state.idle_since``; True when scaling to zero is allowed now (rule 6)."""
+    idle = signal.stable_load <= _EPS and signal.panic_load <= _EPS and signal.complete
+    state.idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+    return state.idle_since is not None and (
+        now - state.idle_since >= policy.scale_to_zero_grace_seconds
+    )
+
+
+def _recommend(
+    signal: _Signal,
+    pools: Sequence[PoolInput],
+    policy: ScalingSpec,
+    state: ScalerState,
+    now: float,
+) -> _Recommendation:
+    """Enter, stay in or leave panic mode (updates ``state``), then the replicas per pool."""
+    ready_capacity, panic_load = signal.ready_capacity, signal.panic_load
     if ready_capacity > 0:
         panic_ratio = panic_load / ready_capacity
     else:
@@ -281,51 +274,79 @@ def decide(
         state.panic_until = None
         state.panic_replicas = {}
 
-    ratio = forecast / ready_capacity if ready_capacity > 0 else None
+    ratio = signal.forecast / ready_capacity if ready_capacity > 0 else None
     within = ratio is not None and abs(ratio - 1) <= policy.tolerance and not panicking
-    needed = max(forecast, panic_load) if panicking else forecast
-    recommended, shortage, gpu_limited = split(needed, pools)
+    needed = max(signal.forecast, panic_load) if panicking else signal.forecast
+    replicas, shortage, gpu_limited = split(needed, pools)
     if within:
-        recommended = {p.name: p.replicas for p in pools}
+        replicas = {p.name: p.replicas for p in pools}
     floor, _, _ = split(panic_load, pools)
+    return _Recommendation(
+        panicking=panicking,
+        within=within,
+        needed=needed,
+        replicas=replicas,
+        shortage=shortage,
+        gpu_limited=gpu_limited,
+        floor=floor,
+    )
 
+
+def _limit_pool(
+    pool: PoolInput,
+    signal: _Signal,
+    rec: _Recommendation,
+    policy: ScalingSpec,
+    state: ScalerState,
+    now: float,
+) -> tuple[int, ReasonCode]:
+    """One pool's replicas after stabilisation, steps, panic, floors and clamps (rule 4).
+
+    Records the recommendation in ``state.recommendations`` (and the panic high-water mark in
+    ``state.panic_replicas``). The last limit that changed the value names the code.
+    """
     keep = max(policy.scale_up_stabilization_seconds, policy.scale_down_stabilization_seconds)
-    desired: dict[str, int] = {}
-    codes: dict[str, ReasonCode] = {}
-    for pool in pools:
-        history = [(t, r) for t, r in state.recommendations.get(pool.name, []) if t > now - keep]
-        history.append((now, recommended[pool.name]))
-        state.recommendations[pool.name] = history
-        cur = pool.replicas
-        rec = recommended[pool.name]
-        value = _stabilise(history, cur, now, policy)
-        code: ReasonCode = "WithinTolerance" if within else "Hold"
-        if value != rec and not within:
-            code = "Stabilizing"
-        value = min(value, cur + policy.max_scale_up_step)
-        value = max(value, cur - policy.max_scale_down_step)
-        if panicking:
-            value = max(value, cur, state.panic_replicas.get(pool.name, 0))
-            state.panic_replicas[pool.name] = value
-            code = "Panic"
-        if value < cur and value < floor[pool.name]:
-            value, code = min(cur, floor[pool.name]), "LoadFloor"
-        if value < cur and not complete:
-            value, code = cur, "MissingData"
-        if value > pool.max_replicas:
-            value, code = pool.max_replicas, "AtMax"
-        if value < pool.min_replicas:
-            value, code = pool.min_replicas, "AtMin"
-        if value > pool.placeable_max and value > cur:
-            value, code = max(cur, pool.placeable_max), "InsufficientGPU"
-        desired[pool.name] = value
-        codes[pool.name] = code
-    kept = _ensure_one(desired, pools, policy, allow_zero=allow_zero)
-    if kept is not None:
-        codes[kept] = "AtMin"
+    history = [(t, r) for t, r in state.recommendations.get(pool.name, []) if t > now - keep]
+    history.append((now, rec.replicas[pool.name]))
+    state.recommendations[pool.name] = history
+    cur = pool.replicas
+    value = _stabilise(history, cur, now, policy)
+    code: ReasonCode = "WithinTolerance" if rec.within else "Hold"
+    if value != rec.replicas[pool.name] and not rec.within:
+        code = "Stabilizing"
+    value = min(value, cur + policy.max_scale_up_step)
+    value = max(value, cur - policy.max_scale_down_step)
+    if rec.panicking:
+        value = max(value, cur, state.panic_replicas.get(pool.name, 0))
+        state.panic_replicas[pool.name] = value
+        code = "Panic"
+    floor = rec.floor[pool.name]
+    if value < cur and value < floor:
+        value, code = min(cur, floor), "LoadFloor"
+    if value < cur and not signal.complete:
+        value, code = cur, "MissingData"
+    if value > pool.max_replicas:
+        value, code = pool.max_replicas, "AtMax"
+    if value < pool.min_replicas:
+        value, code = pool.min_replicas, "AtMin"
+    if value > pool.placeable_max and value > cur:
+        value, code = max(cur, pool.placeable_max), "InsufficientGPU"
+    return value, code
 
-    insufficient = gpu_limited and shortage > _EPS
+
+def _explain(
+    pools: Sequence[PoolInput],
+    desired: dict[str, int],
+    codes: dict[str, ReasonCode],
+    signal: _Signal,
+    rec: _Recommendation,
+    policy: ScalingSpec,
+    state: ScalerState,
+) -> Decision:
+    """The final reason code per pool, the human-readable reasons and the :class:`Decision`."""
+    insufficient = rec.gpu_limited and rec.shortage > _EPS
     min_capacity = sum(p.min_replicas * p.target_per_replica for p in pools)
+    unit = UNITS[policy.metric]
     decisions = []
     for pool in pools:
         value, code = desired[pool.name], codes[pool.name]
@@ -333,41 +354,41 @@ def decide(
             code = "ScaleUp" if value > pool.replicas else "ScaleDown"
         if value == 0 and pool.replicas > 0 and sum(desired.values()) == 0:
             code = "ScaleToZero"
-        if shortage > _EPS and not gpu_limited and value >= pool.max_replicas:
+        if rec.shortage > _EPS and not rec.gpu_limited and value >= pool.max_replicas:
             code = "AtMax"
-        if value == pool.min_replicas == pool.replicas and needed < min_capacity - _EPS:
+        if value == pool.min_replicas == pool.replicas and rec.needed < min_capacity - _EPS:
             code = "AtMin"
-        if insufficient and value >= pool.placeable_max and recommended[pool.name] >= value:
+        if insufficient and value >= pool.placeable_max and rec.replicas[pool.name] >= value:
             code = "InsufficientGPU"
         why = (
-            f"{pool.name} {pool.replicas}->{value} ({code}): load {stable_load:.4g} {unit} "
-            f"({policy.window_seconds}s avg), {panic_load:.4g} ({policy.panic_window_seconds}s)"
-            f", target {pool.target_per_replica:.4g}/replica"
+            f"{pool.name} {pool.replicas}->{value} ({code}): load {signal.stable_load:.4g} {unit} "
+            f"({policy.window_seconds}s avg), {signal.panic_load:.4g} "
+            f"({policy.panic_window_seconds}s), target {pool.target_per_replica:.4g}/replica"
         )
-        if forecast > stable_load + _EPS:
-            why += f", forecast {forecast:.4g} in {lead:.0f}s"
-        elif forecast < stable_load - _EPS:
-            why += f", falling to {forecast:.4g} in {fall:.0f}s"
+        if signal.forecast > signal.stable_load + _EPS:
+            why += f", forecast {signal.forecast:.4g} in {signal.lead:.0f}s"
+        elif signal.forecast < signal.stable_load - _EPS:
+            why += f", falling to {signal.forecast:.4g} in {signal.fall:.0f}s"
         decisions.append(PoolDecision(pool.name, pool.replicas, value, code, why))
     summary = "; ".join(f"{d.pool} {d.current}->{d.desired} {d.code}" for d in decisions)
     if insufficient:
-        summary += f"; InsufficientGPU: {shortage:.4g} {unit} of capacity cannot be placed"
-    if panicking:
+        summary += f"; InsufficientGPU: {rec.shortage:.4g} {unit} of capacity cannot be placed"
+    if rec.panicking:
         summary += "; panic mode"
     return Decision(
         pools=tuple(decisions),
         state=state,
         reason=summary,
-        load=stable_load,
+        load=signal.stable_load,
         target_capacity=sum(desired[p.name] * p.target_per_replica for p in pools),
-        panic=panicking,
+        panic=rec.panicking,
         insufficient_gpu=insufficient,
         details={
-            "stable_load": stable_load,
-            "panic_load": panic_load,
-            "ready_capacity": ready_capacity,
-            "needed": needed,
-            "slope_per_s": slope,
-            "forecast": forecast,
+            "stable_load": signal.stable_load,
+            "panic_load": signal.panic_load,
+            "ready_capacity": signal.ready_capacity,
+            "needed": rec.needed,
+            "slope_per_s": signal.slope,
+            "forecast": signal.forecast,
         },
     )

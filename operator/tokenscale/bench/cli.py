@@ -21,7 +21,7 @@ import httpx
 
 from tokenscale import sla as sla_presets
 from tokenscale.bench import datasets, metrics, scenarios
-from tokenscale.bench.models import BenchConfig, BenchResult, Scenario, SLASpec, Thresholds
+from tokenscale.bench.models import BenchConfig, BenchResult, BenchSLA, Scenario, Thresholds
 from tokenscale.bench.retry import RETRYABLE_STATUSES, GaveUp, with_backoff
 
 EXIT_CODES = {"pass": 0, "no_sla": 0, "fail": 1, "invalid": 3, "unstable": 4}
@@ -47,7 +47,7 @@ def resolve_sla(
     tpot: float | None,
     min_tps: float | None,
     max_error_fraction: float,
-) -> SLASpec | None:
+) -> BenchSLA | None:
     """Preset or explicit limits; Interactive switches a ``-server`` preset to ``-interactive``."""
     if scenario == "interactive" and preset and preset.endswith("-server"):
         alt = preset.removesuffix("-server") + "-interactive"
@@ -65,7 +65,7 @@ def resolve_sla(
     def finite(x: float) -> float | None:
         return None if math.isinf(x) else x
 
-    return SLASpec(
+    return BenchSLA(
         preset=preset,
         ttft_s=finite(limits.ttft_p99_s),
         tpot_s=finite(limits.tpot_p99_s),

@@ -18,7 +18,7 @@ import socket
 import ssl as _ssl
 import time
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final, NamedTuple, cast
 from urllib.parse import urlsplit
 
 from tokenscale.bench.sse import SSEStream
@@ -44,7 +44,7 @@ class Exchange:
 DoneCallback = Callable[[Exchange], None]
 
 
-class Endpoint:
+class HttpTarget:
     """Where requests go: parsed once so the hot path only concatenates bytes."""
 
     def __init__(self, url: str, api_key: str | None = None) -> None:
@@ -68,6 +68,65 @@ class Endpoint:
         """Encode a complete ``POST`` request (done ahead of the run, not per send)."""
         start = f"POST {self.base_path}{path} HTTP/1.1\r\n".encode()
         return b"%s%sContent-Length: %d\r\n\r\n%s" % (start, self._head_tail, len(body), body)
+
+
+class ResponseHead(NamedTuple):
+    """What the client needs from a response head: status, connection reuse, body framing."""
+
+    status: int
+    keep_alive: bool
+    framing: int
+    """``_CHUNKED``, ``_SIZED`` (``length`` bytes) or ``_TO_EOF`` (read until the close)."""
+    length: int = 0
+
+
+def parse_head(head: bytes) -> ResponseHead:
+    """Parse a response head (status line and header lines, without the blank line).
+
+    Once per response, so it reads every header line rather than searching for exact byte
+    strings: names are case-insensitive and the space after the colon optional;
+    ``Transfer-Encoding`` and ``Connection`` are comma-separated lists and may repeat; repeated
+    or listed ``Content-Length`` values must agree. Framing follows RFC 9112 section 6.3:
+    chunked when it is the final transfer coding, else the declared length, else until the
+    server closes. Raises ``ValueError`` naming what is wrong (reported as ``protocol_error``).
+    """
+    lines = head.split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    code = rest[:3]
+    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise ValueError(f"bad status line {lines[0][:80]!r}")
+    codings: list[bytes] = []
+    lengths: set[int] = set()
+    tokens: list[bytes] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip():
+            raise ValueError(f"bad header line {line[:80]!r}")
+        key = name.lower()
+        if key == b"transfer-encoding":
+            codings += [c.strip().lower() for c in value.split(b",") if c.strip()]
+        elif key == b"content-length":
+            for item in value.split(b","):
+                if not item.strip().isdigit():
+                    raise ValueError(f"bad Content-Length {value.strip()[:40]!r}")
+                lengths.add(int(item))
+        elif key == b"connection":
+            tokens += [t.strip().lower() for t in value.split(b",")]
+    status = int(code)
+    keep_alive = b"close" not in tokens and (version == b"HTTP/1.1" or b"keep-alive" in tokens)
+    if codings:
+        unsupported = [c for c in codings if c not in (b"chunked", b"identity")]
+        if unsupported:
+            coding = unsupported[0].decode("ascii", "replace")
+            raise ValueError(f"unsupported transfer coding {coding!r} (the client asks for none)")
+        if codings[-1] == b"chunked":
+            return ResponseHead(status, keep_alive, _CHUNKED)
+        return ResponseHead(status, False, _TO_EOF)
+    if len(lengths) > 1:
+        raise ValueError(f"conflicting Content-Length values {sorted(lengths)}")
+    if lengths:
+        return ResponseHead(status, keep_alive, _SIZED, lengths.pop())
+    return ResponseHead(status, False, _TO_EOF)
 
 
 class _Conn(asyncio.Protocol):
@@ -134,31 +193,33 @@ class _Conn(asyncio.Protocol):
             else:
                 self._raw = buf
             return
-        head, rest = buf[:end].lower(), buf[end + 4 :]
         self._raw = b""
+        rest = buf[end + 4 :]
         try:
-            ex.status = int(head[9:12])
-        except ValueError:
-            self._fail("protocol_error", "bad status line")
+            head = parse_head(buf[:end])
+        except ValueError as exc:
+            self._fail("protocol_error", str(exc))
             return
-        self._keep_alive = b"\r\nconnection: close" not in head and head.startswith(b"http/1.1")
-        if b"\r\ntransfer-encoding: chunked" in head:
-            self._state = _CHUNKED
+        if head.status < 200:
+            # Interim response (100 Continue, 103 Early Hints): the final head follows.
+            if rest:
+                self._head(rest, now, ex)
+            return
+        ex.status, self._keep_alive = head.status, head.keep_alive
+        if head.status in (204, 304):  # never a body, whatever the headers say
+            self._keep_alive = self._keep_alive and not rest
+            self._finish(now)
+            return
+        self._state = head.framing
+        if head.framing == _CHUNKED:
             if rest:
                 self._chunked(rest, now, ex)
-            return
-        idx = head.find(b"\r\ncontent-length:")
-        if idx >= 0:
-            self._state = _SIZED
-            line_end = head.find(b"\r\n", idx + 2)
-            self._left = int(head[idx + 17 : line_end if line_end > 0 else None].strip())
-            self._left -= len(rest)
+        elif head.framing == _SIZED:
+            self._left = head.length - len(rest)
             self._body(rest, now, ex)
             if self._left <= 0:
                 self._finish(now)
-            return
-        self._state, self._keep_alive = _TO_EOF, False
-        if rest:
+        elif rest:
             self._body(rest, now, ex)
 
     def _chunked(self, data: bytes, now: float, ex: Exchange) -> None:
@@ -266,7 +327,7 @@ class ConnectionPool:
     """Idle keep-alive connections to one endpoint; opens more on demand (no upper bound:
     the caller's scenario bounds concurrency, exactly as a real client fleet would)."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float = 600.0) -> None:
+    def __init__(self, endpoint: HttpTarget, timeout_s: float = 600.0) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._idle: list[_Conn] = []

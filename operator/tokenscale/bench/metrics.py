@@ -1,9 +1,11 @@
 """Metric arithmetic over per-request records, as vLLM and MLPerf define it.
 
 Kept pure (records in, models out) so it is table-tested by hand and so merged shards and a
-single run go through exactly the same code. TTFT/TPOT/E2E percentiles are exact (sorted
-per-request values, linear interpolation like ``numpy.percentile``); ITL has one sample per
-token, so it is kept in a mergeable log histogram with bounded relative error instead.
+single run go through exactly the same code. Reported TTFT/TPOT/E2E percentiles are exact
+(sorted per-request values, :func:`~tokenscale.percentiles.percentile_linear` like
+``numpy.percentile`` and ``vllm bench serve``; SLA verdicts use LoadGen's nearest rank instead,
+see :mod:`tokenscale.percentiles`); ITL has one sample per token, so it is kept in a mergeable
+log histogram with bounded relative error instead.
 """
 
 from __future__ import annotations
@@ -13,29 +15,19 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from tokenscale.bench.models import (
+    BenchSLA,
     FigureSpread,
     LogHistogram,
-    Metrics,
     Percentiles,
     ReplicaPoint,
     RequestRecord,
-    SLASpec,
+    RunMetrics,
 )
+from tokenscale.percentiles import percentile_linear
 
 QUANTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 ITL_ACCURACY = 0.005
 _ZERO = 1e-6
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """``q``-th percentile (0-100) of already sorted values, linear interpolation."""
-    if not sorted_values:
-        raise ValueError("percentile of no values")
-    rank = (len(sorted_values) - 1) * q / 100.0
-    lo = math.floor(rank)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    frac = rank - lo
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
 
 
 def summarize(values: Iterable[float]) -> Percentiles:
@@ -43,7 +35,7 @@ def summarize(values: Iterable[float]) -> Percentiles:
     data = sorted(values)
     if not data:
         return Percentiles(count=0)
-    p50, p90, p95, p99, p999 = (percentile(data, q) for q in QUANTILES)
+    p50, p90, p95, p99, p999 = (percentile_linear(data, q) for q in QUANTILES)
     return Percentiles(
         count=len(data),
         mean=math.fsum(data) / len(data),
@@ -166,7 +158,7 @@ def tpot(rec: RequestRecord) -> float | None:
     return (rec.e2e_s - rec.ttft_s) / (rec.output_tokens - 1)
 
 
-def meets_sla(rec: RequestRecord, sla: SLASpec) -> bool:
+def meets_sla(rec: RequestRecord, sla: BenchSLA) -> bool:
     """Whether one request met every latency limit (for goodput)."""
     if rec.error is not None or rec.ttft_s is None:
         return False
@@ -180,8 +172,8 @@ def compute(
     records: Sequence[RequestRecord],
     itl: ITLSketch,
     duration_s: float,
-    sla: SLASpec | None = None,
-) -> Metrics:
+    sla: BenchSLA | None = None,
+) -> RunMetrics:
     """All headline metrics from per-request records (the one path for runs and merges)."""
     ok = [r for r in records if r.error is None]
     errors = Counter(r.error for r in records if r.error is not None)
@@ -193,7 +185,7 @@ def compute(
         n_good = sum(1 for r in ok if meets_sla(r, sla))
         good = n_good / dur if ok else 0.0
         good_frac = n_good / len(records) if records else 0.0
-    return Metrics(
+    return RunMetrics(
         requests_total=len(records),
         requests_ok=len(ok),
         requests_failed=len(records) - len(ok),

@@ -25,7 +25,9 @@ DEFINITIONS = (
     "the server's usage (stream_options.include_usage), counted chunks only when absent. "
     "Throughput counts output tokens only, over the run's wall time (first planned send to last "
     "completion). Percentiles: linear interpolation on exact per-request values (TTFT, TPOT, "
-    "E2E); ITL from a mergeable log histogram with 0.5 % relative accuracy."
+    "E2E), like numpy and vllm bench serve; ITL from a mergeable log histogram with 0.5 % "
+    "relative accuracy. The SLA verdict uses MLPerf LoadGen's percentile instead (the sorted "
+    "value at index floor(n x p)), which can exceed the interpolated figure when few requests ran."
 )
 
 
@@ -47,8 +49,12 @@ class Percentiles(_Strict):
     p99_9: float | None = Field(default=None, description="99.9th percentile.")
 
 
-class SLASpec(_Strict):
-    """Latency limits the verdict checks (a preset from MLPerf or explicit values)."""
+class BenchSLA(_Strict):
+    """Latency limits the verdict checks, in seconds (a preset from MLPerf or explicit values).
+
+    Not the CRD's :class:`tokenscale.api.sla.SLASpec`, which is in milliseconds; the operator
+    converts one into the other when it builds the benchmark Job.
+    """
 
     preset: str | None = Field(default=None, description="MLPerf preset name, if one was used.")
     ttft_s: float | None = Field(default=None, description="TTFT limit at `percentile` (s).")
@@ -94,7 +100,7 @@ class BenchConfig(_Strict):
     input_len: LengthDist | None = Field(default=None, description="Prompt length distribution.")
     output_len: LengthDist | None = Field(default=None, description="Output length (max_tokens).")
     ignore_eos: bool = Field(description="Whether ignore_eos was sent to fix output lengths.")
-    sla: SLASpec | None = Field(default=None, description="Limits for the verdict.")
+    sla: BenchSLA | None = Field(default=None, description="Limits for the verdict.")
     thresholds: Thresholds = Field(description="Self-check thresholds.")
     repeats: int = Field(default=1, ge=1, description="How many times the scenario ran.")
     seed: int = Field(description="Seed for arrivals and synthetic data.")
@@ -130,7 +136,7 @@ class SelfCheck(_Strict):
     reasons: list[str] = Field(default_factory=list, description="Why valid is false.")
 
 
-class Metrics(_Strict):
+class RunMetrics(_Strict):
     """Headline figures of one run (or of merged shards)."""
 
     requests_total: int = Field(description="Requests sent.")
@@ -196,7 +202,7 @@ class RepeatSummary(_Strict):
     unstable_figures: list[str] = Field(default_factory=list, description="Figures over it.")
 
 
-class SweepPoint(_Strict):
+class ConcurrencyPoint(_Strict):
     """One concurrency level of a sweep."""
 
     concurrency: int = Field(description="Max requests in flight.")
@@ -250,7 +256,7 @@ class RunResult(_Strict):
     """One execution of the scenario (a repeat, a sweep point or a shard)."""
 
     started_at_unix: float = Field(description="Wall-clock time of the run start (s).")
-    metrics: Metrics = Field(description="Figures of this run.")
+    metrics: RunMetrics = Field(description="Figures of this run.")
     self_check: SelfCheck = Field(description="Client self-check of this run.")
     concurrency: int | None = Field(default=None, description="Concurrency bound, if any.")
 
@@ -288,14 +294,14 @@ class BenchResult(_Strict):
     config: BenchConfig = Field(description="What was run.")
     started_at: datetime = Field(description="Start of the first run (UTC).")
     finished_at: datetime = Field(description="End of the last run (UTC).")
-    metrics: Metrics = Field(description="Headline figures (median-throughput repeat).")
+    metrics: RunMetrics = Field(description="Headline figures (median-throughput repeat).")
     self_check: SelfCheck = Field(description="Self-check of the headline run (merged: all).")
     valid: bool = Field(description="Every run's self-check passed.")
     stable: bool = Field(description="Repeats within the stability margin (True if 1 run).")
     verdict: Verdict = Field(description="SLA verdict.")
     runs: list[RunResult] = Field(default_factory=list, description="Every repeat/sweep/shard.")
     repeats: RepeatSummary | None = Field(default=None, description="Spread across repeats.")
-    sweep: list[SweepPoint] | None = Field(default=None, description="Concurrency sweep.")
+    sweep: list[ConcurrencyPoint] | None = Field(default=None, description="Concurrency sweep.")
     replica_sweep: list[ReplicaPoint] | None = Field(default=None, description="Replica sweep.")
     shards_merged: int = Field(default=1, description="How many shard results this combines.")
     records: list[RequestRecord] = Field(

@@ -14,8 +14,9 @@ import jinja2
 from markupsafe import Markup
 
 from tokenscale.bench import svg
-from tokenscale.bench.metrics import percentile, tpot
+from tokenscale.bench.metrics import tpot
 from tokenscale.bench.models import BenchResult, Percentiles, RequestRecord
+from tokenscale.percentiles import percentile_linear
 
 
 def _ms(v: float) -> str:
@@ -60,7 +61,7 @@ def timeline(
             vals = sorted(v for v in map(fn, rs) if v is not None)
             if vals:
                 xs.append(t0 + (k + 0.5) * width)
-                ys.append(percentile(vals, q))
+                ys.append(percentile_linear(vals, q))
         series[name] = (xs, ys)
     return series
 

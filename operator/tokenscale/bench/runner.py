@@ -18,17 +18,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from tokenscale.bench.httpclient import ConnectionPool, Endpoint, Exchange
-from tokenscale.bench.metrics import ITLSketch, percentile
+from tokenscale.bench.httpclient import ConnectionPool, Exchange, HttpTarget
+from tokenscale.bench.metrics import ITLSketch
 from tokenscale.bench.models import RequestRecord, ScheduleLag, SelfCheck, Thresholds
 from tokenscale.bench.progress import Progress
+from tokenscale.percentiles import percentile_linear
 
 
 @dataclass(slots=True)
 class RunPlan:
     """Everything a run needs, prepared before the clock starts."""
 
-    endpoint: Endpoint
+    endpoint: HttpTarget
     requests: Sequence[bytes]  #: complete HTTP requests; send i uses requests[i % len]
     planned: Sequence[float]  #: planned offsets (s) from the run start
     input_tokens: Sequence[int | None] = ()
@@ -214,7 +215,9 @@ def self_check(out: RunOutput, thresholds: Thresholds) -> SelfCheck:
     recs = out.records
     if out.open_loop and recs:
         lags = sorted(max(0.0, r.sent_s - r.planned_s) for r in recs)
-        lag = ScheduleLag(p50=percentile(lags, 50), p99=percentile(lags, 99), max=lags[-1])
+        lag = ScheduleLag(
+            p50=percentile_linear(lags, 50), p99=percentile_linear(lags, 99), max=lags[-1]
+        )
         if lag.p99 > thresholds.max_lag_p99_s:
             reasons.append(
                 f"p99 schedule lag {lag.p99 * 1000:.1f} ms > "

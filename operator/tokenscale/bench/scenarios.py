@@ -15,18 +15,19 @@ from typing import IO
 
 from tokenscale import __version__
 from tokenscale.bench import arrivals, datasets, metrics, verdict
-from tokenscale.bench.httpclient import Endpoint
+from tokenscale.bench.httpclient import HttpTarget
 from tokenscale.bench.models import (
     BenchConfig,
     BenchResult,
+    ConcurrencyPoint,
     RepeatSummary,
     RequestRecord,
     RunResult,
     ScheduleLag,
     SelfCheck,
-    SweepPoint,
 )
 from tokenscale.bench.runner import RunOutput, RunPlan, execute, self_check
+from tokenscale.percentiles import percentile_linear
 
 PromptSource = Callable[[int], list[datasets.Prompt]]
 _OFFLINE_DURATION_CAP = 1_000_000
@@ -34,7 +35,7 @@ _MAX_UNIQUE_PROMPTS = 100_000
 SPREAD_FIGURES = ("tokens_per_s", "requests_per_s", "ttft_p99_s", "tpot_p99_s")
 
 
-def _bodies(config: BenchConfig, prompts: Sequence[datasets.Prompt], ep: Endpoint) -> list[bytes]:
+def _bodies(config: BenchConfig, prompts: Sequence[datasets.Prompt], ep: HttpTarget) -> list[bytes]:
     path = "/v1/chat/completions" if config.api == "chat" else "/v1/completions"
     return [
         ep.request_bytes(
@@ -46,7 +47,7 @@ def _bodies(config: BenchConfig, prompts: Sequence[datasets.Prompt], ep: Endpoin
 
 
 def _plan(
-    config: BenchConfig, source: PromptSource, ep: Endpoint, concurrency: int | None
+    config: BenchConfig, source: PromptSource, ep: HttpTarget, concurrency: int | None
 ) -> RunPlan:
     seed = arrivals.shard_seed(config.seed, config.shard_index)
     if config.scenario in ("server", "interactive"):
@@ -164,7 +165,7 @@ def assemble(
     points = None
     if sweep:
         points = [
-            SweepPoint(
+            ConcurrencyPoint(
                 concurrency=r.concurrency or 0,
                 tokens_per_s=r.metrics.tokens_per_s,
                 requests_per_s=r.metrics.requests_per_s,
@@ -204,7 +205,7 @@ async def run(
     trace: IO[str] | None = None,
 ) -> BenchResult:
     """Run the configured scenario (with repeats or sweep points) and assemble the result."""
-    ep = Endpoint(config.url, api_key)
+    ep = HttpTarget(config.url, api_key)
     open_file_budget()  # open loop has no cap in flight: allow as many sockets as permitted
     outputs: list[tuple[RunOutput, int | None]] = []
     if config.scenario == "sweep":
@@ -303,7 +304,7 @@ def _merge_checks(checks: Sequence[SelfCheck], records: Sequence[RequestRecord])
         max_in_flight=sum(c.max_in_flight for c in checks),
         mean_in_flight=sum(c.mean_in_flight for c in checks),
         schedule_lag=ScheduleLag(
-            p50=metrics.percentile(lags, 50), p99=metrics.percentile(lags, 99), max=lags[-1]
+            p50=percentile_linear(lags, 50), p99=percentile_linear(lags, 99), max=lags[-1]
         )
         if open_loop and lags
         else None,

@@ -3,15 +3,18 @@
 Order matters and is deliberate: a result measured by a saturated client says nothing about the
 server, so ``invalid`` wins over everything; an unreproducible result is ``unstable`` even if it
 happens to be under the limits; only then are the limits checked. Percentiles for the verdict
-are computed from exact per-request values at whatever percentile the SLA names.
+are computed from exact per-request values at whatever percentile the SLA names, by MLPerf
+LoadGen's nearest rank (:func:`~tokenscale.percentiles.percentile_nearest_rank`), so a limit
+passes or fails as LoadGen would judge it; the reported figures interpolate (see that module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tokenscale.bench.metrics import percentile, tpot
-from tokenscale.bench.models import Metrics, RequestRecord, SLAFailure, SLASpec, Verdict
+from tokenscale.bench.metrics import tpot
+from tokenscale.bench.models import BenchSLA, RequestRecord, RunMetrics, SLAFailure, Verdict
+from tokenscale.percentiles import percentile_nearest_rank
 
 
 def fmt_seconds(value: float) -> str:
@@ -25,7 +28,9 @@ def _pct_label(p: float) -> str:
     return f"p{p:g}"
 
 
-def check_sla(sla: SLASpec, metrics: Metrics, records: Sequence[RequestRecord]) -> list[SLAFailure]:
+def check_sla(
+    sla: BenchSLA, metrics: RunMetrics, records: Sequence[RequestRecord]
+) -> list[SLAFailure]:
     """Every limit that ``metrics``/``records`` exceed (empty list = all met)."""
     failures: list[SLAFailure] = []
     ok = [r for r in records if r.error is None]
@@ -46,7 +51,7 @@ def check_sla(sla: SLASpec, metrics: Metrics, records: Sequence[RequestRecord]) 
     for name, (limit, values) in series.items():
         if limit is None or not values:
             continue
-        value = percentile(values, p)
+        value = percentile_nearest_rank(values, p)
         if value > limit:
             failures.append(
                 SLAFailure(
@@ -83,8 +88,8 @@ def check_sla(sla: SLASpec, metrics: Metrics, records: Sequence[RequestRecord]) 
 
 def decide(
     *,
-    sla: SLASpec | None,
-    metrics: Metrics,
+    sla: BenchSLA | None,
+    metrics: RunMetrics,
     records: Sequence[RequestRecord],
     valid: bool,
     invalid_reasons: Sequence[str],

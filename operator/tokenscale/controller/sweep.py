@@ -20,7 +20,7 @@ from tokenscale import constants as c
 from tokenscale.api.benchmark import (
     InferenceBenchmarkSpec,
     InferenceBenchmarkStatus,
-    SweepPoint,
+    ReplicaSweepLevel,
     SweepStatus,
 )
 from tokenscale.api.config import OperatorConfig
@@ -144,7 +144,7 @@ def step(
     merged = collect_run(kube, namespace, name, spec, job_name)
     if merged is None:
         return BenchOutcome({})
-    point = SweepPoint(
+    point = ReplicaSweepLevel(
         replicas=n,
         job=job_name,
         tokens_per_second=round(merged.metrics.tokens_per_s, 3),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from .replay import percentile
+from .summary import RunSummary
 from .workload import Request
 
 
@@ -29,7 +29,7 @@ def prompt_text(tokens: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class RequestOutcome:
     """One request as the client saw it (simulated seconds from the run start)."""
 
     issued: float
@@ -47,43 +47,21 @@ class Outcome:
         return (self.e2e - self.ttft) / (self.output_tokens - 1)
 
 
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """MLPerf-style summary of a run."""
-
-    requests: int
-    errors: int
-    output_tokens: int
-    duration_s: float
-    tokens_per_s: float
-    ttft_p99_s: float
-    tpot_p99_s: float
-    ttft_p50_s: float
-    tpot_p50_s: float
-    issue_lag_p99_s: float
-
-    def meets(self, ttft_s: float, tpot_s: float) -> bool:
-        """Both p99 limits hold."""
-        return self.errors == 0 and self.ttft_p99_s <= ttft_s and self.tpot_p99_s <= tpot_s
-
-
-def summarise(outcomes: Sequence[Outcome]) -> Summary:
+def summarise(outcomes: Sequence[RequestOutcome]) -> RunSummary:
     """Tokens/s = output tokens / time the last request finished (LoadGen's Server formula)."""
     ok = [o for o in outcomes if not o.error]
     tokens = sum(o.output_tokens for o in ok)
     end = max((o.issued + o.e2e for o in ok), default=0.0)
-    tpots = [t for o in ok if (t := o.tpot) is not None]
-    return Summary(
+    return RunSummary.of(
         requests=len(outcomes),
-        errors=len(outcomes) - len(ok),
+        completed=len(ok),
         output_tokens=tokens,
         duration_s=end,
         tokens_per_s=tokens / end if end > 0 else 0.0,
-        ttft_p99_s=percentile([o.ttft for o in ok], 99),
-        tpot_p99_s=percentile(tpots, 99),
-        ttft_p50_s=percentile([o.ttft for o in ok], 50),
-        tpot_p50_s=percentile(tpots, 50),
-        issue_lag_p99_s=percentile([o.lag for o in outcomes], 99),
+        ttfts=[o.ttft for o in ok],
+        tpots=[t for o in ok if (t := o.tpot) is not None],
+        errors=len(outcomes) - len(ok),
+        issue_lags=[o.lag for o in outcomes],
     )
 
 
@@ -109,7 +87,7 @@ async def _one(
     req: Request,
     t0: float,
     speed: float,
-) -> Outcome:
+) -> RequestOutcome:
     loop = asyncio.get_running_loop()
     body = {
         "model": model,
@@ -127,15 +105,17 @@ async def _one(
     try:
         async with session.post(url, json=body) as resp:
             if resp.status != 200:
-                return Outcome(issued, lag, 0.0, 0.0, 0, f"HTTP {resp.status}")
+                return RequestOutcome(issued, lag, 0.0, 0.0, 0, f"HTTP {resp.status}")
             async for data in resp.content.iter_any():
                 if first < 0:
                     first = loop.time()
                 tail = (tail + data)[-2048:]
     except aiohttp.ClientError as err:
-        return Outcome(issued, lag, 0.0, 0.0, 0, repr(err))
+        return RequestOutcome(issued, lag, 0.0, 0.0, 0, repr(err))
     done = loop.time()
-    return Outcome(issued, lag, (first - sent) * speed, (done - sent) * speed, _usage_tokens(tail))
+    return RequestOutcome(
+        issued, lag, (first - sent) * speed, (done - sent) * speed, _usage_tokens(tail)
+    )
 
 
 async def run(
@@ -145,7 +125,7 @@ async def run(
     model: str,
     speed: float = 1.0,
     max_in_flight: int = 15_000,
-) -> list[Outcome]:
+) -> list[RequestOutcome]:
     """Issue ``requests`` at their (simulated) arrival times, round robin over engine base URLs.
 
     Requests that would exceed ``max_in_flight`` open streams are not sent and count as errors
@@ -181,7 +161,7 @@ async def _run(
     model: str,
     speed: float,
     max_in_flight: int,
-) -> list[Outcome]:
+) -> list[RequestOutcome]:
     targets = [u.rstrip("/") + "/v1/completions" for u in urls]
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
@@ -194,7 +174,9 @@ async def _run(
             if delay > 0:
                 await asyncio.sleep(delay)
             if in_flight[0] >= max_in_flight:
-                skipped = Outcome((loop.time() - t0) * speed, 0.0, 0.0, 0.0, 0, "in-flight cap")
+                skipped = RequestOutcome(
+                    (loop.time() - t0) * speed, 0.0, 0.0, 0.0, 0, "in-flight cap"
+                )
                 tasks.append(asyncio.create_task(_done(skipped)))
                 continue
             in_flight[0] += 1
@@ -207,12 +189,12 @@ async def _run(
         return list(await asyncio.gather(*tasks))
 
 
-async def _counted(in_flight: list[int], request: Awaitable[Outcome]) -> Outcome:
+async def _counted(in_flight: list[int], request: Awaitable[RequestOutcome]) -> RequestOutcome:
     try:
         return await request
     finally:
         in_flight[0] -= 1
 
 
-async def _done(outcome: Outcome) -> Outcome:
+async def _done(outcome: RequestOutcome) -> RequestOutcome:
     return outcome
