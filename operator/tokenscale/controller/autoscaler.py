@@ -30,6 +30,7 @@ from tokenscale.controller import metrics, sweep
 from tokenscale.controller.kube import Kube
 from tokenscale.controller.reconcile import parse_spec, selector_for
 from tokenscale.plan import plan_service
+from tokenscale.render import gpuplacement
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def with_allocatable(
     """Add how many more replicas the cluster can place per pool (capacity-aware scale-up)."""
     by_plan = {p.pool: p for p in plans}
     pools = {p.name: p for p in svc.spec.pools}
+    cluster = gpuplacement.cluster_gpus(nodes, cfg.pods.tolerations)
     out = []
     for item in inputs:
         pool, plan = pools[item.name], by_plan.get(item.name)
@@ -123,8 +125,15 @@ def with_allocatable(
         if gpu is None or plan is None or pool.gpu == "CPU":
             out.append(item)
             continue
-        resource = capacity.resource_name(pool.partition)
-        free = capacity.free_per_node(nodes, pods, gpu, resource)
+        request = gpuplacement.gpu_request(pool, gpu, cfg, cluster)
+        eligible = [
+            n
+            for n in nodes
+            if gpuplacement.matches_terms(
+                (n.get("metadata") or {}).get("labels") or {}, request.node_terms
+            )
+        ]
+        free = capacity.free_per_node(eligible, pods, gpu, request.resource)
         fit = capacity.replicas_that_fit(free, plan.gpus_per_replica, plan.nodes_per_replica)
         out.append(PoolInput(**{**item.__dict__, "allocatable_replicas": fit}))
     return out

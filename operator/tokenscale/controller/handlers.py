@@ -19,7 +19,7 @@ from tokenscale import GROUP, VERSION
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import ScrapeCollector
-from tokenscale.controller import metrics, refresh, resync, sweep
+from tokenscale.controller import metrics, nodefacts, refresh, resync, sweep
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import FINISHED, reconcile_benchmark
 from tokenscale.controller.kube import Kube, KubeError
@@ -118,6 +118,7 @@ def _resync_forever(
         if peering is not None and not is_active(kube, peering):
             log.debug("resync skipped: standby replica")
             continue
+        nodefacts.for_client(kube).invalidate()  # node facts are read once per pass
         try:
             resync.resync_pass(
                 kube,

@@ -21,7 +21,7 @@ from tokenscale.api.base import ObjectMeta
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService, InferenceServiceSpec
 from tokenscale.api.status import PoolPlan, PoolStatus
-from tokenscale.controller import observe, routing
+from tokenscale.controller import nodefacts, observe, routing
 from tokenscale.controller.kube import Kube, KubeError
 from tokenscale.controller.owners import owner_reference
 from tokenscale.controller.split import split_replicas
@@ -150,7 +150,8 @@ def _reconcile(
     )
     namespace = body["metadata"]["namespace"]
     route = routing.live_route(kube, cfg, svc, namespace)
-    rendered = render_all(svc, cfg, plans, replicas, route)
+    cluster = nodefacts.for_client(kube).get(kube, cfg)  # auto naming, labeller check
+    rendered = render_all(svc, cfg, plans, replicas, route, cluster)
     events: list[tuple[str, str, str]] = []
     if apply:
         applied = _apply_children(body, rendered.objects, kube, cfg, events)
@@ -165,7 +166,7 @@ def _reconcile(
         kube,
         int(status.get("readyReplicas") or 0),
         route,
-        lambda want: _service_object(render_all(svc, cfg, plans, replicas, want).objects),
+        lambda want: _service_object(render_all(svc, cfg, plans, replicas, want, cluster).objects),
         events,
     )
     if moved is not None and apply:  # the ledger must hold the Service as it is now

@@ -273,3 +273,22 @@ def labeller_problem(pool: GPUPool, gpu: GPUSpec, cluster: ClusterGPUs | None) -
         "spec.devicePlugin.enableNodeLabeller: true, or the k8s-device-plugin chart's "
         "labeller.enabled=true)"
     )
+
+
+def matches_terms(labels: Mapping[str, str], terms: Sequence[Obj]) -> bool:
+    """Kubernetes node-affinity semantics for the operators used here (terms OR'ed,
+    expressions AND'ed), so capacity counts only nodes the scheduler would consider."""
+
+    def ok(expr: Obj) -> bool:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if op == "In":
+            return key in labels and labels[key] in values
+        if op == "NotIn":
+            return key not in labels or labels[key] not in values
+        if op == "Exists":
+            return key in labels
+        if op == "DoesNotExist":
+            return key not in labels
+        return False
+
+    return any(all(ok(e) for e in t.get("matchExpressions") or []) for t in terms)
