@@ -78,6 +78,18 @@ def test_whole_gpu_never_lands_on_a_partition_node_in_any_naming() -> None:
                 )
 
 
+def test_auto_only_counts_nodes_the_node_selector_admits() -> None:
+    """Single-named whole MI300X nodes outside pods.nodeSelector do not outvote the mixed
+    node engines may use."""
+    plain = tb.node_manifest(tb.NodePool("mi300x", 2, tb.MI300X), 0)
+    plain2 = tb.node_manifest(tb.NodePool("mi300x", 2, tb.MI300X), 1)
+    everything = [*SHAPES.values(), plain, plain2]
+    gpu = CFG.gpus["MI300X"]
+    assert gp.naming_for(pool("MI300X"), gpu, CFG, gp.cluster_gpus(everything)) == "single"
+    scoped = gp.cluster_gpus(everything, node_selector={tb.POOL_LABEL: "shapes"})
+    assert gp.naming_for(pool("MI300X"), gpu, CFG, scoped) == "mixed"
+
+
 def test_offline_auto_is_the_device_plugins_default() -> None:
     assert gp.naming_for(pool("MI300X"), CFG.gpus["MI300X"], CFG, None) == "single"
 

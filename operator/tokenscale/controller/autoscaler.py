@@ -117,7 +117,7 @@ def with_allocatable(
     """Add how many more replicas the cluster can place per pool (capacity-aware scale-up)."""
     by_plan = {p.pool: p for p in plans}
     pools = {p.name: p for p in svc.spec.pools}
-    cluster = gpuplacement.cluster_gpus(nodes, cfg.pods.tolerations)
+    cluster = gpuplacement.cluster_gpus(nodes, cfg.pods.tolerations, cfg.pods.node_selector)
     out = []
     for item in inputs:
         pool, plan = pools[item.name], by_plan.get(item.name)

@@ -34,7 +34,9 @@ class NodeFacts:
             if not self._fresh:
                 self._fresh = True
                 try:
-                    self._facts = cluster_gpus(kube.list("Node", None), cfg.pods.tolerations)
+                    self._facts = cluster_gpus(
+                        kube.list("Node", None), cfg.pods.tolerations, cfg.pods.node_selector
+                    )
                 except KubeError as exc:
                     log.warning("cannot list nodes (%s): resource naming falls back to single", exc)
                     self._facts = None

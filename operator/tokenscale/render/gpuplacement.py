@@ -86,12 +86,20 @@ def _tolerated(taint: Mapping[str, Any], tolerations: Sequence[Toleration]) -> b
 
 
 def cluster_gpus(
-    nodes: Iterable[Mapping[str, Any]], tolerations: Sequence[Toleration] = ()
+    nodes: Iterable[Mapping[str, Any]],
+    tolerations: Sequence[Toleration] = (),
+    node_selector: Mapping[str, str] | None = None,
 ) -> ClusterGPUs:
-    """Summarise Node objects (API dicts): labels, amd.com/* allocatable, blocking taints."""
+    """Summarise Node objects (API dicts): labels, amd.com/* allocatable, blocking taints.
+
+    Only nodes engines may use count: those matching the operator's ``pods.nodeSelector``.
+    """
     out = []
     for node in nodes:
         meta = node.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if any(labels.get(k) != v for k, v in (node_selector or {}).items()):
+            continue
         spec = node.get("spec") or {}
         allocatable = (node.get("status") or {}).get("allocatable") or {}
         resources = {
