@@ -90,6 +90,19 @@ def test_auto_only_counts_nodes_the_node_selector_admits() -> None:
     assert gp.naming_for(pool("MI300X"), gpu, CFG, scoped) == "mixed"
 
 
+def test_whole_gpu_follows_the_spx_name_the_nodes_advertise() -> None:
+    """An MI355X node in NPS2 reports its unpartitioned GPUs as amd.com/spx_nps2."""
+    node = tb.shape_manifest(
+        tb.NodeShape("nps2", tb.gpu_labels(tb.MI355X_GOP, 8), {"amd.com/spx_nps2": "8"})
+    )
+    cluster = gp.cluster_gpus([node])
+    request = gp.gpu_request(pool("MI355X"), CFG.gpus["MI355X"], CFG, cluster)
+    assert request.resource == "amd.com/spx_nps2"
+    mixed = OperatorConfig.model_validate({"pods": {"resourceNaming": "mixed"}})
+    offline = gp.gpu_request(pool("MI355X"), mixed.gpus["MI355X"], mixed, None)
+    assert offline.resource == "amd.com/spx_nps1"  # the configured wholeGpuProfile
+
+
 def test_offline_auto_is_the_device_plugins_default() -> None:
     assert gp.naming_for(pool("MI300X"), CFG.gpus["MI300X"], CFG, None) == "single"
 

@@ -14,7 +14,8 @@ Rules (sources in ../shared/facts/amd-render-corrections.md §1-§2):
 * Whole-GPU pool, single naming: ``amd.com/gpu`` and, for GPUs that can be partitioned,
   ``amd.com/gpu.vram`` = the unpartitioned size, in the same label form as the identity term, so
   a "whole MI300X" never lands on a 24 GiB CPX partition that also says device-id 74a1.
-* Whole-GPU pool, mixed naming: ``amd.com/<whole_gpu_profile>`` (``spx_nps1``); the name pins it.
+* Whole-GPU pool, mixed naming: ``amd.com/spx_<nps>`` as the nodes advertise it, else the
+  configured ``whole_gpu_profile`` (``spx_nps1``); the name pins it.
 * Partition pool, mixed: ``amd.com/<profile>``; no partition label is required (stock installs
   and heterogeneous nodes never carry it).
 * Partition pool, single: ``amd.com/gpu`` with ``amd.com/gpu.vram`` = the partition's size.
@@ -155,15 +156,33 @@ def _want_vram(pool: GPUPool, gpu: GPUSpec) -> str | None:
     return gpu.vram_label
 
 
+def _usable(gpu: GPUSpec, cluster: ClusterGPUs) -> list[NodeGPUs]:
+    return [n for n in cluster.nodes if not n.blocked and node_has_gpu(n.labels, gpu)]
+
+
+def whole_gpu_profile(gpu: GPUSpec, cluster: ClusterGPUs | None) -> str | None:
+    """The mixed-naming name of one whole GPU: the ``spx_*`` resource the usable nodes carrying
+    the GPU offer most of (an MI35x node may run NPS2: ``spx_nps2``), else the configured one."""
+    if gpu.whole_gpu_profile is None:
+        return None
+    seen: dict[str, int] = {}
+    for node in _usable(gpu, cluster) if cluster is not None else []:
+        for name, count in node.resources.items():
+            profile = name.removeprefix(c.RESOURCE_PREFIX)
+            if profile.startswith("spx_"):
+                seen[profile] = seen.get(profile, 0) + count
+    if not seen:
+        return gpu.whole_gpu_profile
+    return max(sorted(seen), key=lambda p: seen[p])
+
+
 def _offered(pool: GPUPool, gpu: GPUSpec, cluster: ClusterGPUs, naming: Naming) -> int:
     """Devices the usable nodes carrying ``gpu`` offer under one naming for this pool."""
     total = 0
     vram = _want_vram(pool, gpu)
-    for node in cluster.nodes:
-        if node.blocked or not node_has_gpu(node.labels, gpu):
-            continue
+    for node in _usable(gpu, cluster):
         if naming == "mixed":
-            name = pool.partition or gpu.whole_gpu_profile
+            name = pool.partition or whole_gpu_profile(gpu, cluster)
             total += node.resources.get(c.RESOURCE_PREFIX + name, 0) if name else 0
         elif vram is None or vram in node_vram(node.labels):
             total += node.resources.get(c.RESOURCE_GPU, 0)
@@ -251,7 +270,7 @@ def gpu_request(
     """The one place that names a pool's GPUs and picks its nodes (see the module rules)."""
     naming = naming_for(pool, gpu, config, cluster)
     if naming == "mixed":
-        profile = pool.partition or gpu.whole_gpu_profile
+        profile = pool.partition or whole_gpu_profile(gpu, cluster)
         resource = c.RESOURCE_PREFIX + profile if profile else c.RESOURCE_GPU
         terms = _identity_terms(gpu, None)
     else:
