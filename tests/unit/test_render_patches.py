@@ -653,3 +653,31 @@ def test_old_vllm_image_gets_no_shutdown_timeout() -> None:
     unknown = make(engine={"image": "my/vllm:1"})
     assert _arg(engine(render_all(unknown, cfg, plan_service(unknown, cfg)).objects[-1]),
                 "--shutdown-timeout") == "30"  # fmt: skip
+
+
+@pytest.mark.parametrize(("gpus", "cpu", "memory"), [(1, "4", "48Gi"), (8, "18", "160Gi")])
+def test_requests_scale_with_gpus_and_count_shm(gpus: int, cpu: str, memory: str) -> None:
+    """cpu 2 + 2/GPU; memory 16Gi + 16Gi/GPU + the 16Gi /dev/shm memory volume."""
+    svc = make(
+        model={"name": "l", "source": {"huggingFace": "meta-llama/Llama-3.1-8B"}},
+        pools=[{"name": "a", "gpu": "MI300X", "gpusPerReplica": gpus}],
+    )
+    req = engine(workloads(svc)[0])["resources"]["requests"]
+    assert (req["cpu"], req["memory"], req["amd.com/gpu"]) == (cpu, memory, str(gpus))
+    host_ipc = engine(workloads(svc, config(pods={"hostIpc": True}))[0])["resources"]["requests"]
+    assert host_ipc["memory"] == f"{int(memory[:-2]) - 16}Gi"  # no shm volume to charge
+
+
+def test_checkpoint_in_an_emptydir_requests_ephemeral_storage() -> None:
+    """Llama-3.1-8B bf16: 8.03e9 x 2 B = 14.96 GiB -> ceil(14.96 x 1.1 + 1) = 18 GiB; quantized
+    on load to fp8 it is still the BF16 download; a cache PVC needs no request."""
+    model = {"name": "l", "source": {"huggingFace": "meta-llama/Llama-3.1-8B"}}
+    req = engine(workloads(make(model=model))[0])["resources"]["requests"]
+    assert req["ephemeral-storage"] == "18Gi"
+    fp8 = make(model={**model, "dtype": "fp8"}, engine={"args": ["--quantization", "fp8"]})
+    assert engine(workloads(fp8)[0])["resources"]["requests"]["ephemeral-storage"] == "18Gi"
+    pvc = config(pods={"hfCachePvc": "hf-cache"})
+    assert (
+        "ephemeral-storage"
+        not in engine(workloads(make(model=model), pvc)[0])["resources"]["requests"]
+    )
