@@ -7,9 +7,12 @@ pure decision (which resource, which nodes) is checked on the same input the e2e
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
 from tests.invalid_manifests import service
 from tests.testbed import nodes as tb
@@ -18,6 +21,7 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import GPUPool
 from tokenscale.controller import nodefacts
 from tokenscale.controller.reconcile import reconcile_service
+from tokenscale.render import cli as render_cli
 from tokenscale.render import gpuplacement as gp
 
 CFG = OperatorConfig()
@@ -156,3 +160,20 @@ def test_reconcile_reads_nodes_once_per_resync_and_reports_a_missing_labeller() 
     dep = kube.objects[("Deployment", "ns", "llm-b")]
     limits = dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits == {"amd.com/gpu": "1"}  # no mixed nodes left: single, the default
+
+
+def test_render_cli_reads_a_node_list(tmp_path: Path) -> None:
+    """`tokenscale render --nodes` shows what auto naming picks on that cluster."""
+    nodes_file = tmp_path / "nodes.yaml"
+    nodes_file.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List",
+                                          "items": [SHAPES["shape-mixed-spx"]]}))  # fmt: skip
+    example = Path(__file__).parents[2] / "examples" / "gpt-oss-120b-mi300x.yaml"
+    out = CliRunner().invoke(render_cli.render_command, [str(example), "--nodes", str(nodes_file)])
+    assert out.exit_code == 0, out.output
+    assert "amd.com/spx_nps1: '8'" in out.stdout and "amd.com/gpu: '8'" not in out.stdout
+    offline = CliRunner().invoke(render_cli.render_command, [str(example)])
+    assert "amd.com/gpu: '8'" in offline.stdout
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("kind: List\nitems: []\n")
+    bad = CliRunner().invoke(render_cli.render_command, [str(example), "--nodes", str(empty)])
+    assert bad.exit_code != 0 and "no Node objects" in bad.output
