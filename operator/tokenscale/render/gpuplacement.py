@@ -37,6 +37,8 @@ Obj = dict[str, Any]
 Naming = Literal["single", "mixed"]
 
 _PREFIXES = (c.NODE_LABEL_PREFIX, c.NODE_LABEL_PREFIX_LEGACY)
+#: Part of the missing-labeller problem text; the resync loop retries services that show it.
+LABELLER_MISSING = "no node carries AMD node-labeller labels"
 _EVICTING = ("NoSchedule", "NoExecute")
 
 
@@ -293,7 +295,7 @@ def labeller_problem(pool: GPUPool, gpu: GPUSpec, cluster: ClusterGPUs | None) -
         return None
     shown = ", ".join(bare[:3]) + (f" and {len(bare) - 3} more" if len(bare) > 3 else "")
     return (
-        f"pool {pool.name}: no node carries AMD node-labeller labels for {pool.gpu} "
+        f"pool {pool.name}: {LABELLER_MISSING} for {pool.gpu} "
         f"({c.NODE_LABEL_DEVICE_ID} in {sorted(gpu.device_ids)}), and {len(bare)} node(s) "
         f"advertise amd.com GPUs without any labeller label ({shown}); its pods cannot be "
         "placed; fix: enable the AMD node labeller (GPU Operator DeviceConfig "
