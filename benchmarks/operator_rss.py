@@ -39,7 +39,7 @@ from tests.testbed.nodes import scale_pools
 
 from benchmarks.procstat import rss_mb
 from benchmarks.reconcile_scale import create_namespace, manifest, ready_services, wait_count
-from tokenscale.controller.kube import Kube
+from tokenscale.k8s.kube import Kube
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "operator-rss.json"
@@ -47,7 +47,10 @@ RESULTS = Path(__file__).parent / "results" / "operator-rss.json"
 PROBE = """
 import os, sys
 import kopf  # noqa: F401 - Kopf imports the kubernetes client when it is installed
-from tokenscale.controller.kube import Kube
+try:
+    from tokenscale.k8s.kube import Kube
+except ImportError:  # a commit from before the k8s/ layer
+    from tokenscale.controller.kube import Kube
 Kube().list("Pod", "default")
 for line in open(f"/proc/{os.getpid()}/status"):
     if line.startswith("VmRSS:"):

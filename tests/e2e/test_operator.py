@@ -184,20 +184,20 @@ def test_invalid_objects_are_rejected_by_the_api_server(
 def test_dtype_the_gpu_cannot_run_ends_in_a_condition_and_an_event(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    """Only the operator knows the GPU catalogue: mxfp4 on MI300X is valid YAML, invalid intent."""
+    """Only the operator knows the GPU catalogue: fp6 on MI300X is valid YAML, invalid intent."""
     doc = example("llama2-70b-mi355x.yaml")
-    doc["metadata"]["name"] = "fp4-on-mi300x"
-    doc["spec"]["model"]["dtype"] = "mxfp4"
+    doc["metadata"]["name"] = "fp6-on-mi300x"
+    doc["spec"]["model"]["dtype"] = "fp6"
     doc["spec"]["pools"] = [{"name": "mi300x", "gpu": "MI300X"}]
     apply(cluster, namespace, doc)
     ready = wait_condition(
-        cluster, namespace, "fp4-on-mi300x", "Ready", lambda cd: cd.get("reason") == "PlanFailed"
+        cluster, namespace, "fp6-on-mi300x", "Ready", lambda cd: cd.get("reason") == "PlanFailed"
     )
-    assert "mxfp4" in ready["message"]
+    assert "fp6" in ready["message"]
     events = get(cluster, "events", "-n", namespace, "--field-selector",
-                 "involvedObject.name=fp4-on-mi300x")  # fmt: skip
+                 "involvedObject.name=fp6-on-mi300x")  # fmt: skip
     assert any(e["reason"] == "PlanFailed" for e in events["items"])
-    assert not pods_of(cluster, namespace, "fp4-on-mi300x")
+    assert not pods_of(cluster, namespace, "fp6-on-mi300x")
 
 
 def test_scale_subresource_splits_across_pools(

@@ -48,6 +48,12 @@ MI300X = GpuModel("MI300X", "74a1", "AMD_Instinct_MI300X_OAM", "192G", 304, 1216
 MI325X = GpuModel("MI325X", "74a5", "AMD_Instinct_MI325_OAM", "256G", 304, 1216)
 MI355X = GpuModel("MI355X", "75a3", "AMD_Instinct_MI355X_OAM", "288G", 256, 1024)
 GPU_MODELS = {m.name: m for m in (MI300X, MI325X, MI355X)}
+# Shapes of real clusters (node_shapes below); product names as the labeller writes them.
+MI355X_GOP = GpuModel("MI355X", "75a3", "AMD_Instinct_MI355_OAM", "288G", 256, 1024)
+MI210 = GpuModel("MI210", "740f", "Instinct_MI210", "64G", 104, 416)
+MI250X = GpuModel("MI250X", "740c", "AMD_Instinct_MI250X", "64G", 110, 440)
+#: Every node a test bed creates has room for checkpoints (HF cache emptyDirs request it).
+EPHEMERAL_STORAGE = "3Ti"
 
 
 @dataclass(frozen=True)
@@ -90,19 +96,33 @@ def scale_pools(n: int, pools: Sequence[NodePool] = DEFAULT_POOLS) -> tuple[Node
     return tuple(p for p in scaled if p.count > 0)
 
 
-def gpu_labels(model: GpuModel, count: int, partition: str | None = None) -> dict[str, str]:
-    """Labels of a homogeneous node with ``count`` GPUs of ``model``."""
-    props = {
+def _props(model: GpuModel, vram: str | None = None) -> dict[str, str]:
+    return {
         "family": model.family,
         "device-id": model.device_id,
         "product-name": model.product_name,
-        "vram": model.vram,
+        "vram": vram or model.vram,
         "cu-count": str(model.cu_count),
         "simd-count": str(model.simd_count),
     }
+
+
+def gpu_labels(
+    model: GpuModel,
+    count: int,
+    partition: str | None = None,
+    vram: str | None = None,
+    legacy_only: bool = False,
+) -> dict[str, str]:
+    """Labels of a homogeneous node with ``count`` GPUs (or partitions) of ``model``.
+
+    ``vram`` overrides the per-device size (a CPX partition of an MI300X is ``24G`` since KDP
+    ``ba6c6b26``); ``legacy_only`` is an old labeller that writes only ``beta.amd.com/*``.
+    """
     labels = {"feature.node.kubernetes.io/amd-gpu": "true"}
-    for name, value in props.items():
-        labels[f"amd.com/gpu.{name}"] = value
+    for name, value in _props(model, vram).items():
+        if not legacy_only:
+            labels[f"amd.com/gpu.{name}"] = value
         labels[f"beta.amd.com/gpu.{name}"] = value
         labels[f"beta.amd.com/gpu.{name}.{value}"] = str(count)
     if partition:
@@ -116,6 +136,120 @@ def gpu_labels(model: GpuModel, count: int, partition: str | None = None) -> dic
     return labels
 
 
+def heterogeneous_labels(models: Sequence[tuple[GpuModel, int]]) -> dict[str, str]:
+    """A node with several GPU models (KDP ``createLabels``): a property with one distinct
+    value keeps the plain key; one with several gets only ``amd.com/gpu.<name>.<value>=<count>``
+    (no plain key); the legacy prefix always has the counter form."""
+    labels = {"feature.node.kubernetes.io/amd-gpu": "true"}
+    names = list(_props(models[0][0]))
+    for name in names:
+        counts: dict[str, int] = {}
+        for model, n in models:
+            value = _props(model)[name]
+            counts[value] = counts.get(value, 0) + n
+        for value, n in counts.items():
+            labels[f"beta.amd.com/gpu.{name}.{value}"] = str(n)
+            if len(counts) > 1:
+                labels[f"amd.com/gpu.{name}.{value}"] = str(n)
+        if len(counts) == 1:
+            (value,) = counts
+            labels[f"amd.com/gpu.{name}"] = value
+            labels[f"beta.amd.com/gpu.{name}"] = value
+    return labels
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """One node with exactly the labels, allocatable resources and taints of a real shape."""
+
+    name: str
+    labels: dict[str, str]
+    resources: dict[str, str]
+    taints: tuple[dict[str, str], ...] = ()
+    note: str = ""
+
+
+SHAPE_LABEL = "testbed.tokenscale.dev/shape"
+
+
+def node_shapes() -> tuple[NodeShape, ...]:
+    """What the AMD device plugin and node labeller publish on real clusters (issue 15 §1).
+
+    Not part of ``DEFAULT_POOLS``: tests that need them create them (:func:`create_shapes`)
+    and delete them again, so the other tests and the test bed's start time are unaffected.
+    """
+    cpx = gpu_labels(MI300X, 64, vram="24G")
+    return (
+        NodeShape("shape-mixed-spx", gpu_labels(MI300X, 8), {"amd.com/spx_nps1": "8"},
+                  note="mixed naming, unpartitioned MI300X: spx_nps1, no amd.com/gpu"),
+        NodeShape("shape-mixed-cpx", cpx, {"amd.com/cpx_nps4": "64"},
+                  note="mixed naming, CPX/NPS4; stock labeller: no partition label"),
+        NodeShape("shape-single-cpx", cpx, {"amd.com/gpu": "64"},
+                  note="single naming on CPX: 64 x amd.com/gpu of 24 GiB, device-id 74a1"),
+        NodeShape("shape-hetero", heterogeneous_labels([(MI210, 2), (MI250X, 4)]),
+                  {"amd.com/gpu": "6"}, note="two GPU models: device-id only in counter form"),
+        NodeShape("shape-legacy", gpu_labels(MI325X, 8, legacy_only=True), {"amd.com/gpu": "8"},
+                  note="old labeller: beta.amd.com/* only"),
+        NodeShape("shape-no-labeller", {}, {"amd.com/gpu": "8"},
+                  note="device plugin without the node labeller (KDP chart default)"),
+        NodeShape("shape-mi355-oam", gpu_labels(MI355X_GOP, 8), {"amd.com/gpu": "8"},
+                  note="MI355X as GPU-Operator-labelled nodes spell it"),
+        NodeShape("shape-unhealthy", gpu_labels(MI355X_GOP, 8), {"amd.com/gpu": "8"},
+                  ({"key": "amd-gpu-unhealthy", "effect": "NoSchedule"},),
+                  note="GPU Operator auto-remediation taint"),
+        NodeShape("shape-dcm", gpu_labels(MI355X_GOP, 8), {"amd.com/gpu": "8"},
+                  ({"key": "amd-dcm", "value": "up", "effect": "NoExecute"},),
+                  note="GPU Operator repartitioning taint"),
+    )  # fmt: skip
+
+
+def shape_manifest(shape: NodeShape) -> dict[str, Any]:
+    """A KWOK Node for one shape (64 CPUs, 512 GiB, the shape's amd.com/* allocatable)."""
+    capacity = {
+        "cpu": "64",
+        "memory": "512Gi",
+        "pods": "110",
+        "ephemeral-storage": EPHEMERAL_STORAGE,
+        **shape.resources,
+    }
+    labels = {
+        "type": "kwok",
+        POOL_LABEL: "shapes",
+        SHAPE_LABEL: shape.name,
+        "kubernetes.io/hostname": shape.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        **shape.labels,
+    }
+    return _node(shape.name, labels, capacity, shape.taints)
+
+
+def _node(
+    name: str,
+    labels: dict[str, str],
+    capacity: dict[str, str],
+    taints: Sequence[dict[str, str]],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": {"taints": [dict(t) for t in taints]} if taints else {},
+        "status": {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": name},
+            ],
+        },
+    }
+
+
 def node_manifest(pool: NodePool, index: int) -> dict[str, Any]:
     name = f"{pool.name}-{index}"
     labels = {
@@ -126,7 +260,12 @@ def node_manifest(pool: NodePool, index: int) -> dict[str, Any]:
         "kubernetes.io/arch": "amd64",
         "node.kubernetes.io/instance-type": pool.instance_type or f"testbed.{pool.name}",
     }
-    capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": pool.pods}
+    capacity = {
+        "cpu": pool.cpu,
+        "memory": pool.memory,
+        "pods": pool.pods,
+        "ephemeral-storage": EPHEMERAL_STORAGE,
+    }
     if pool.gpu is not None:
         # A partitioned GPU shows up as several devices, which the labeller counts.
         devices = pool.gpus_per_node * (pool.partitions_per_gpu if pool.partition else 1)
@@ -138,24 +277,7 @@ def node_manifest(pool: NodePool, index: int) -> dict[str, Any]:
         else:
             capacity["amd.com/gpu"] = str(pool.gpus_per_node)
     labels.update(pool.extra_labels)
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": labels,
-            "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-        },
-        "spec": {"taints": [dict(t) for t in pool.taints]} if pool.taints else {},
-        "status": {
-            "capacity": capacity,
-            "allocatable": dict(capacity),
-            "addresses": [
-                {"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": name},
-            ],
-        },
-    }
+    return _node(name, labels, capacity, pool.taints)
 
 
 def manifests(pools: Iterable[NodePool] = DEFAULT_POOLS) -> list[dict[str, Any]]:
@@ -170,9 +292,18 @@ def create_nodes(
     ``status`` is accepted on create; KWOK's node-initialize stage keeps capacity and
     addresses and adds the Ready condition, nodeInfo and daemon endpoints.
     """
+    return create_manifests(api_client, manifests(pools))
+
+
+def create_shapes(api_client: client.ApiClient, shapes: Iterable[NodeShape]) -> list[str]:
+    """Create the shape nodes (see :func:`node_shapes`); remove them with :func:`delete_nodes`."""
+    return create_manifests(api_client, [shape_manifest(s) for s in shapes])
+
+
+def create_manifests(api_client: client.ApiClient, docs: Iterable[dict[str, Any]]) -> list[str]:
     core = client.CoreV1Api(api_client)
     names = []
-    for manifest in manifests(pools):
+    for manifest in docs:
         try:
             core.create_node(manifest)
         except ApiException as exc:

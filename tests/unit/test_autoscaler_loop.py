@@ -52,7 +52,9 @@ def _cluster(mode: str = "builtin") -> tuple[FakeKube, dict[str, Any]]:
     for i in range(2):
         kube.put({
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": f"n{i}", "labels": {c.NODE_LABEL_DEVICE_ID: "74a1"}},
+            # what the node labeller writes on an unpartitioned MI300X (device id and vram)
+            "metadata": {"name": f"n{i}", "labels": {c.NODE_LABEL_DEVICE_ID: "74a1",
+                                                     "amd.com/gpu.vram": "192G"}},
             "status": {"allocatable": {c.RESOURCE_GPU: "8"}},
         })  # fmt: skip
     return kube, body

@@ -13,8 +13,8 @@ import pytest
 from tests.unit.fakekube import FakeKube
 from tokenscale.bench.cli import _detect_model
 from tokenscale.bench.retry import GaveUp, with_backoff
-from tokenscale.controller import resultchannel
-from tokenscale.controller.kube import KubeError
+from tokenscale.bench import resultchannel
+from tokenscale.k8s.kube import KubeError
 
 
 class FlakyKube(FakeKube):

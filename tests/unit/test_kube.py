@@ -18,8 +18,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from kubernetes import client
 
-from tokenscale.controller import peering
-from tokenscale.controller.kube import Kube, KubeError
+from tokenscale.k8s import peering
+from tokenscale.k8s.kube import Kube, KubeError
 
 
 @dataclass

@@ -137,6 +137,12 @@ def test_resolve_argv_command_args_and_image_defaults() -> None:
         rewrites=[(["vllm", "serve"], ["python", "-m", "mod"])],
     )
     assert rewritten == ["python", "-m", "mod", "--model", "/m"]
+    positional = resolve_argv(  # what the operator renders: `vllm serve MODEL`
+        {"name": "c", "command": ["vllm", "serve"], "args": ["/m", "--port", "8000"]},
+        env,
+        rewrites=[(["vllm", "serve"], ["python", "-m", "mod"])],
+    )
+    assert positional == ["python", "-m", "mod", "--model", "/m", "--port", "8000"]
     with pytest.raises(SpecError, match="no command"):
         resolve_argv({"name": "c"}, env)
 

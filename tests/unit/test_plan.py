@@ -97,21 +97,53 @@ def test_llama31_405b_bf16_four_gpu_nodes_spans_two_nodes() -> None:
     assert "over 2 nodes" in plan.message
 
 
-def test_mxfp4_rejected_on_mi300x_accepted_on_mi355x() -> None:
-    """MI300X (gfx942) has no FP4; MI355X does: 405.85e9 x 0.5 B = 188.99 GiB fits one GPU
-    (255.2 GiB usable; 66.2 GiB left, 1.97 GiB per 4096-token sequence -> 33 sequences)."""
+def test_mxfp4_emulated_on_mi300x_with_a_note_native_on_mi355x() -> None:
+    """MXFP4 counts its block scales: 4 bits + one E8M0 byte per 32 = 0.53125 B/param.
+    405.85e9 x 0.53125 B = 200.80 GiB. MI355X: fits one GPU (255.2 GiB usable; 54.4 GiB left,
+    1.97 GiB per 4096-token sequence -> 27 sequences). MI300X (gfx942) plans it too (vLLM serves
+    MXFP4 there without native FP4), and the plan says so."""
     svc = service(
         hf("amd/Llama-3.1-405B-Instruct-MXFP4-Preview", dtype="mxfp4"),
         [{"name": "old", "gpu": "MI300X"}, {"name": "new", "gpu": "MI355X"}],
     )
     old, new = planner.plan_service(svc, OperatorConfig())
-    assert not old.fits
-    assert "pool old" in old.message
-    assert "mxfp4" in old.message and "MI300X" in old.message and "MI355X" in old.message
-    assert "fix" in old.message
+    assert old.fits
+    assert "no native FP4" in old.message
     assert new.fits and new.tensor_parallel == 1
-    assert new.weights_gib == pytest.approx(188.99, abs=0.01)
-    assert new.max_concurrent_sequences == 33
+    assert "native FP4" not in new.message
+    assert new.weights_gib == pytest.approx(200.80, abs=0.01)
+    assert new.max_concurrent_sequences == 27
+
+
+def test_mxfp4_refused_on_cdna2() -> None:
+    plan = plan_one(hf("openai/gpt-oss-120b", dtype="mxfp4"), {"gpu": "MI250X"})
+    assert not plan.fits
+    assert "mxfp4" in plan.message and "MI355X" in plan.message and "fix" in plan.message
+
+
+def test_mi250x_is_64_gib_per_gcd_8_per_node() -> None:
+    """One allocatable MI250X is one GCD (64 GiB); 4 OAMs x 2 GCDs = 8 per node."""
+    gpu = OperatorConfig().gpus["MI250X"]
+    assert (gpu.hbm_gib, gpu.gpus_per_node) == (64, 8)
+    assert "dpx_nps2" not in OperatorConfig().gpus["MI300X"].partitions
+
+
+@pytest.mark.parametrize(
+    ("ref", "arch", "limit"),
+    [
+        ("meta-llama/Llama-2-70b-chat-hf", "llama-2-70b", 4096),
+        ("openai/gpt-oss-120b", None, 131072),
+    ],
+)
+def test_max_model_len_above_the_context_is_refused(ref: str, arch: str | None, limit: int) -> None:
+    model = hf(ref, maxModelLen=limit * 2)
+    if arch:
+        model["architecture"] = arch
+    plan = plan_one(model, {"gpu": "MI355X"})
+    assert not plan.fits
+    assert "context length" in plan.message and str(limit) in plan.message
+    assert f"maxModelLen to at most {limit}" in plan.message
+    assert plan_one(hf(ref, maxModelLen=limit), {"gpu": "MI355X"}).fits
 
 
 @pytest.mark.parametrize(

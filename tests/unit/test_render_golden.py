@@ -238,12 +238,29 @@ def test_plan_cli_table_and_exit_code(tmp_path: Path) -> None:
     assert header.split()[:5] == ["POOL", "GPU", "FITS", "TP", "PP"]
     assert row.split()[:7] == ["mi300x", "MI300X", "yes", "8", "1", "8", "1"]
     raw = yaml.safe_load((ROOT / "examples" / "gpt-oss-120b-mi300x.yaml").read_text())
-    raw["spec"]["model"]["dtype"] = "mxfp4"
+    raw["spec"]["model"]["dtype"] = "fp6"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
     refused = CliRunner().invoke(render_cli.plan_command, [str(bad)])
     assert refused.exit_code == 1
-    assert "needs native FP4" in refused.stdout
+    assert "needs native FP6" in refused.stdout
+
+
+def test_plan_cli_refuses_a_max_model_len_above_the_models_context(tmp_path: Path) -> None:
+    """gpt-oss-120b has a 131,072-token context: 200,000 crash-loops vLLM, so plan refuses it
+    before any pod exists and names the limit."""
+    raw = yaml.safe_load((ROOT / "examples" / "gpt-oss-120b-mi300x.yaml").read_text())
+    raw["spec"]["model"]["maxModelLen"] = 200000
+    bad = tmp_path / "long.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    refused = CliRunner().invoke(render_cli.plan_command, [str(bad)])
+    assert refused.exit_code == 1
+    assert "maxModelLen 200000 exceeds the context length of gpt-oss-120b (131072 tokens)" in (
+        refused.stdout
+    )
+    raw["spec"]["model"]["maxModelLen"] = 131072
+    bad.write_text(yaml.safe_dump(raw))
+    assert CliRunner().invoke(render_cli.plan_command, [str(bad)]).exit_code == 0
 
 
 def test_cli_rejects_files_without_a_service(tmp_path: Path) -> None:

@@ -84,10 +84,48 @@ def test_rocm_security_context() -> None:
     assert not any(v.get("hostPath") for v in pod_spec["volumes"])
 
 
-def test_non_root_gets_supplemental_groups() -> None:
+def test_non_root_gets_a_uid_groups_and_writable_caches() -> None:
     cfg = config(pods={"runAsNonRoot": True})
-    pod_spec = workloads(make(), cfg)[0]["spec"]["template"]["spec"]
-    assert pod_spec["securityContext"] == {"runAsNonRoot": True, "supplementalGroups": [44, 110]}
+    obj = workloads(make(), cfg)[0]
+    pod_spec = obj["spec"]["template"]["spec"]
+    assert pod_spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "supplementalGroups": [44, 110],
+    }
+    ctr = engine(obj)
+    env = {e["name"]: e.get("value") for e in ctr["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in ctr["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    for name in ("HOME", "HF_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "AITER_JIT_DIR"):
+        path = env[name]
+        assert path and not path.startswith("/root"), name  # /root is 0700: not traversable
+        mount = next(m for m in mounts if path == m or path.startswith(m + "/"))
+        assert "emptyDir" in volumes[mounts[mount]], name
+
+
+@pytest.mark.parametrize(("seccomp", "ptrace"), [(True, False), (False, True), (False, False)])
+def test_seccomp_and_ptrace_switchable(seccomp: bool, ptrace: bool) -> None:
+    cfg = config(pods={"seccompUnconfined": seccomp, "sysPtrace": ptrace})
+    sc = engine(workloads(make(), cfg)[0])["securityContext"]
+    assert ("seccompProfile" in sc) is seccomp
+    assert ("capabilities" in sc) is ptrace
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+
+
+@pytest.mark.parametrize(("gpu", "aiter"), [("MI300X", True), ("MI355X", True), ("MI250X", False)])
+def test_aiter_on_gfx942_and_gfx950_by_default(gpu: str, aiter: bool) -> None:
+    svc = make(
+        model={"name": "m", "source": {"huggingFace": "meta-llama/Llama-3.1-8B"}},
+        pools=[{"name": "a", "gpu": gpu}],
+    )
+    env = {e["name"]: e.get("value") for e in engine(workloads(svc)[0])["env"]}
+    assert env.get("VLLM_ROCM_USE_AITER") == ("1" if aiter else None)
+    off = config(pods={"rocmAiter": False})
+    env = {e["name"]: e.get("value") for e in engine(workloads(svc, off)[0])["env"]}
+    assert "VLLM_ROCM_USE_AITER" not in env
 
 
 def test_visible_devices_stripped_with_problem() -> None:
@@ -103,9 +141,10 @@ def test_visible_devices_stripped_with_problem() -> None:
     ctr = engine(result.objects[-1])
     assert not set(c.VISIBLE_DEVICES_ENV) & set(env_names(ctr))
     assert "VLLM_ROCM_USE_AITER" in env_names(ctr)
+    assert {e["name"]: e.get("value") for e in ctr["env"]}["VLLM_ROCM_USE_AITER"] == "0"
     assert result.problems == []
-    assert len(result.warnings) == 3
-    assert all("removed" in w and "pool a" in w for w in result.warnings)
+    removed = [w for w in result.warnings if "removed" in w]
+    assert len(removed) == 3 and all("pool a" in w for w in removed)
 
 
 def test_env_order_pod_ip_first_then_sorted() -> None:
@@ -149,9 +188,12 @@ def test_startup_probe_budget(budget: int) -> None:
     assert startup["periodSeconds"] == 10
     assert startup["failureThreshold"] == math.ceil(budget / 10)
     assert startup["periodSeconds"] * startup["failureThreshold"] >= budget
-    assert ctr["readinessProbe"]["periodSeconds"] == 5
-    assert ctr["livenessProbe"]["periodSeconds"] == 10
-    assert ctr["livenessProbe"]["failureThreshold"] == 3
+    ready, live = ctr["readinessProbe"], ctr["livenessProbe"]
+    assert ready["periodSeconds"] == 5 and 10 <= ready["timeoutSeconds"] <= 15
+    assert ready["failureThreshold"] >= 6
+    assert live["periodSeconds"] == 10 and live["failureThreshold"] >= 6
+    # a probe must time out before the next one is due, or the kubelet queues them
+    assert live["timeoutSeconds"] <= live["periodSeconds"] * live["failureThreshold"]
 
 
 def _matches(terms: list[Obj], labels: dict[str, str]) -> bool:
@@ -180,19 +222,38 @@ def test_affinity_terms_mi355x() -> None:
     terms = _terms(workloads(make(pools=[{"name": "a", "gpu": "MI355X"}]))[0])
     flat = [t["matchExpressions"] for t in terms]
     assert flat == [
-        [{"key": "amd.com/gpu.device-id", "operator": "In", "values": ["75a3", "75b3"]}],
+        [
+            {"key": "amd.com/gpu.device-id", "operator": "In", "values": ["75a3", "75b3"]},
+            {"key": "amd.com/gpu.vram", "operator": "In", "values": ["288G"]},
+        ],
         [
             {
                 "key": "amd.com/gpu.product-name",
                 "operator": "In",
-                "values": ["AMD_Instinct_MI355X_OAM"],
-            }
+                "values": ["AMD_Instinct_MI355X_OAM", "AMD_Instinct_MI355_OAM"],
+            },
+            {"key": "amd.com/gpu.vram", "operator": "In", "values": ["288G"]},
         ],
-        [{"key": "amd.com/gpu.device-id.75a3", "operator": "Exists"}],
-        [{"key": "amd.com/gpu.device-id.75b3", "operator": "Exists"}],
-        [{"key": "beta.amd.com/gpu.device-id", "operator": "In", "values": ["75a3", "75b3"]}],
-        [{"key": "beta.amd.com/gpu.device-id.75a3", "operator": "Exists"}],
-        [{"key": "beta.amd.com/gpu.device-id.75b3", "operator": "Exists"}],
+        [
+            {"key": "amd.com/gpu.device-id.75a3", "operator": "Exists"},
+            {"key": "amd.com/gpu.vram.288G", "operator": "Exists"},
+        ],
+        [
+            {"key": "amd.com/gpu.device-id.75b3", "operator": "Exists"},
+            {"key": "amd.com/gpu.vram.288G", "operator": "Exists"},
+        ],
+        [
+            {"key": "beta.amd.com/gpu.device-id", "operator": "In", "values": ["75a3", "75b3"]},
+            {"key": "beta.amd.com/gpu.vram", "operator": "In", "values": ["288G"]},
+        ],
+        [
+            {"key": "beta.amd.com/gpu.device-id.75a3", "operator": "Exists"},
+            {"key": "beta.amd.com/gpu.vram.288G", "operator": "Exists"},
+        ],
+        [
+            {"key": "beta.amd.com/gpu.device-id.75b3", "operator": "Exists"},
+            {"key": "beta.amd.com/gpu.vram.288G", "operator": "Exists"},
+        ],
     ]
 
 
@@ -201,28 +262,64 @@ def test_affinity_matches_real_label_sets() -> None:
     mi300x = _terms(workloads(make())[0])
     assert _matches(mi300x, tb_nodes.gpu_labels(tb_nodes.MI300X, 8))
     assert not _matches(mi300x, tb_nodes.gpu_labels(tb_nodes.MI355X, 8))
-    assert _matches(mi300x, {"amd.com/gpu.device-id.74a1": "4", "amd.com/gpu.device-id.75a3": "4"})
-    assert _matches(mi300x, {"beta.amd.com/gpu.device-id.74a1": "8"})
-    assert _matches(mi300x, {"amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM"})
+    hetero = {
+        "amd.com/gpu.device-id.74a1": "4",
+        "amd.com/gpu.device-id.75a3": "4",
+        "amd.com/gpu.vram.192G": "4",
+        "amd.com/gpu.vram.288G": "4",
+    }
+    assert _matches(mi300x, hetero)
+    assert _matches(
+        mi300x, {"beta.amd.com/gpu.device-id.74a1": "8", "beta.amd.com/gpu.vram.192G": "8"}
+    )
+    assert _matches(
+        mi300x, {"amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM", "amd.com/gpu.vram": "192G"}
+    )
     assert not _matches(mi300x, {"feature.node.kubernetes.io/amd-gpu": "true"})
+    # single naming on a CPX node: same device id, 24 GiB partitions; a whole GPU never lands there
+    cpx = tb_nodes.gpu_labels(tb_nodes.MI300X, 64, vram="24G")
+    assert not _matches(mi300x, cpx)
 
 
-def test_partition_pool_needs_partition_label_and_resource() -> None:
+def test_mi355x_product_name_spellings() -> None:
+    terms = _terms(workloads(make(pools=[{"name": "a", "gpu": "MI355X"}]))[0])
+    for name in ("AMD_Instinct_MI355_OAM", "AMD_Instinct_MI355X_OAM"):
+        assert _matches(terms, {"amd.com/gpu.product-name": name, "amd.com/gpu.vram": "288G"})
+
+
+def test_partition_pool_mixed_naming_needs_no_partition_label() -> None:
+    """Stock installs never emit the partition label: under mixed the resource pins the type."""
     svc = make(
         model={"name": "l8", "source": {"huggingFace": "meta-llama/Llama-3.1-8B"}},
         pools=[{"name": "cpx", "gpu": "MI300X", "partition": "cpx_nps4"}],
     )
-    obj = workloads(svc)[0]
+    obj = workloads(svc, config(pods={"resourceNaming": "mixed"}))[0]
     terms = _terms(obj)
-    assert _matches(terms, tb_nodes.gpu_labels(tb_nodes.MI300X, 8, "cpx_nps4"))
-    assert not _matches(terms, tb_nodes.gpu_labels(tb_nodes.MI300X, 8))
-    assert _matches(
-        terms, {"amd.com/gpu.device-id": "74a1", "amd.com/compute-memory-partition": "cpx_nps4"}
-    )
+    assert _matches(terms, tb_nodes.gpu_labels(tb_nodes.MI300X, 64, "cpx_nps4"))
+    assert _matches(terms, {"amd.com/gpu.device-id": "74a1", "amd.com/gpu.vram": "24G"})
     res = engine(obj)["resources"]
     assert res["limits"] == {"amd.com/cpx_nps4": "1"}
     assert res["requests"]["amd.com/cpx_nps4"] == "1"
-    assert "amd.com/gpu" not in res["limits"]
+
+
+def test_partition_pool_single_naming_selects_by_partition_vram() -> None:
+    svc = make(
+        model={"name": "l8", "source": {"huggingFace": "meta-llama/Llama-3.1-8B"}},
+        pools=[{"name": "cpx", "gpu": "MI300X", "partition": "cpx_nps4"}],
+    )
+    obj = workloads(svc, config(pods={"resourceNaming": "single"}))[0]
+    terms = _terms(obj)
+    assert _matches(terms, {"amd.com/gpu.device-id": "74a1", "amd.com/gpu.vram": "24G"})
+    assert not _matches(terms, {"amd.com/gpu.device-id": "74a1", "amd.com/gpu.vram": "192G"})
+    assert engine(obj)["resources"]["limits"] == {"amd.com/gpu": "1"}
+
+
+@pytest.mark.parametrize(
+    ("naming", "resource"), [("single", "amd.com/gpu"), ("mixed", "amd.com/spx_nps1")]
+)
+def test_whole_gpu_resource_per_naming(naming: str, resource: str) -> None:
+    obj = workloads(make(), config(pods={"resourceNaming": naming}))[0]
+    assert engine(obj)["resources"]["limits"] == {resource: "1"}
 
 
 def test_cpu_pool_avoids_gpu_nodes_and_requests_no_gpu() -> None:
@@ -232,6 +329,7 @@ def test_cpu_pool_avoids_gpu_nodes_and_requests_no_gpu() -> None:
             "architecture": "tiny-llama",
             "source": {"pvc": {"claimName": "models", "path": "tiny-llama"}},
             "dtype": "fp32",
+            "maxModelLen": 512,
         },
         pools=[{"name": "cpu", "gpu": "CPU"}],
     )
@@ -240,10 +338,12 @@ def test_cpu_pool_avoids_gpu_nodes_and_requests_no_gpu() -> None:
     assert _matches(_terms(obj), {"kubernetes.io/os": "linux"})
     ctr = engine(obj)
     assert set(ctr["resources"]) == {"requests"}
-    assert set(ctr["resources"]["requests"]) == {"cpu", "memory"}
+    assert set(ctr["resources"]["requests"]) == {"cpu", "memory"}  # PVC: no ephemeral-storage
     assert "capabilities" not in ctr["securityContext"]
     assert ctr["image"] == config().images.cpu
-    assert ctr["args"][:2] == ["--model", "/models/tiny-llama"]
+    assert ctr["args"][0] == "/models/tiny-llama"  # `vllm serve MODEL`
+    module = config(images={"cpuCommand": ["python3", "-m", "vllm.entrypoints.openai.api_server"]})
+    assert engine(workloads(svc, module)[0])["args"][:2] == ["--model", "/models/tiny-llama"]
     mounts = {m["name"]: m for m in ctr["volumeMounts"]}
     assert mounts["model"] == {"name": "model", "mountPath": "/models", "readOnly": True}
 
@@ -296,7 +396,7 @@ def _arg(ctr: Obj, flag: str) -> str | None:
 @pytest.mark.parametrize(
     ("model_id", "dtype", "quant", "dtype_flag"),
     [
-        ("meta-llama/Llama-2-70b-chat-hf", "fp8", "fp8", None),
+        ("meta-llama/Llama-2-70b-chat-hf", "fp8", None, None),  # vLLM reads quant_method
         ("amd/Llama-3.1-70B-Instruct-FP8-KV", "fp8", None, None),
         ("meta-llama/Llama-2-70b-chat-hf", "bf16", None, "bfloat16"),
         ("meta-llama/Llama-2-70b-chat-hf", "fp16", None, "float16"),
@@ -323,6 +423,7 @@ def test_mxfp4_needs_prequantized_checkpoint() -> None:
     cfg = config()
     result = render_all(svc, cfg, plan_service(svc, cfg))
     assert any("pre-quantized" in w for w in result.warnings)
+    assert "--quantization" not in engine(result.objects[-1])["args"]
     assert result.problems == []
     ok = make(
         model={
@@ -349,12 +450,11 @@ def test_vllm_args_order_and_user_args_last() -> None:
     ctr = engine(workloads(svc)[0])
     assert ctr["command"] == ["vllm", "serve"]
     assert ctr["args"] == [
-        "--model", "meta-llama/Llama-2-70b-chat-hf",
+        "meta-llama/Llama-2-70b-chat-hf",
         "--served-model-name", "llama",
         "--host", "0.0.0.0",
         "--port", "8000",
         "--tensor-parallel-size", "1",
-        "--quantization", "fp8",
         "--max-model-len", "2048",
         "--kv-cache-dtype", "fp8",
         "--shutdown-timeout", "30",
@@ -377,7 +477,7 @@ def test_s3_source() -> None:
         }
     )
     ctr = engine(workloads(svc)[0])
-    assert _arg(ctr, "--model") == "s3://b/llama"
+    assert ctr["args"][0] == "s3://b/llama"  # positional for `vllm serve`
     assert _arg(ctr, "--load-format") == "runai_streamer"
     assert ctr["envFrom"] == [{"secretRef": {"name": "creds"}}]
 
@@ -501,7 +601,7 @@ def test_multinode_leader_and_workers() -> None:
 
 def test_not_fitting_pool_renders_no_workload() -> None:
     svc = make(
-        model={"name": "m", "source": {"huggingFace": "x/y"}, "dtype": "mxfp4",
+        model={"name": "m", "source": {"huggingFace": "x/y"}, "dtype": "fp6",
                "architecture": "llama-2-70b"},
         pools=[{"name": "a", "gpu": "MI300X"}, {"name": "b", "gpu": "MI355X"}],
     )  # fmt: skip
@@ -553,3 +653,31 @@ def test_old_vllm_image_gets_no_shutdown_timeout() -> None:
     unknown = make(engine={"image": "my/vllm:1"})
     assert _arg(engine(render_all(unknown, cfg, plan_service(unknown, cfg)).objects[-1]),
                 "--shutdown-timeout") == "30"  # fmt: skip
+
+
+@pytest.mark.parametrize(("gpus", "cpu", "memory"), [(1, "4", "48Gi"), (8, "18", "160Gi")])
+def test_requests_scale_with_gpus_and_count_shm(gpus: int, cpu: str, memory: str) -> None:
+    """cpu 2 + 2/GPU; memory 16Gi + 16Gi/GPU + the 16Gi /dev/shm memory volume."""
+    svc = make(
+        model={"name": "l", "source": {"huggingFace": "meta-llama/Llama-3.1-8B"}},
+        pools=[{"name": "a", "gpu": "MI300X", "gpusPerReplica": gpus}],
+    )
+    req = engine(workloads(svc)[0])["resources"]["requests"]
+    assert (req["cpu"], req["memory"], req["amd.com/gpu"]) == (cpu, memory, str(gpus))
+    host_ipc = engine(workloads(svc, config(pods={"hostIpc": True}))[0])["resources"]["requests"]
+    assert host_ipc["memory"] == f"{int(memory[:-2]) - 16}Gi"  # no shm volume to charge
+
+
+def test_checkpoint_in_an_emptydir_requests_ephemeral_storage() -> None:
+    """Llama-3.1-8B bf16: 8.03e9 x 2 B = 14.96 GiB -> ceil(14.96 x 1.1 + 1) = 18 GiB; quantized
+    on load to fp8 it is still the BF16 download; a cache PVC needs no request."""
+    model = {"name": "l", "source": {"huggingFace": "meta-llama/Llama-3.1-8B"}}
+    req = engine(workloads(make(model=model))[0])["resources"]["requests"]
+    assert req["ephemeral-storage"] == "18Gi"
+    fp8 = make(model={**model, "dtype": "fp8"}, engine={"args": ["--quantization", "fp8"]})
+    assert engine(workloads(fp8)[0])["resources"]["requests"]["ephemeral-storage"] == "18Gi"
+    pvc = config(pods={"hfCachePvc": "hf-cache"})
+    assert (
+        "ephemeral-storage"
+        not in engine(workloads(make(model=model), pvc)[0])["resources"]["requests"]
+    )

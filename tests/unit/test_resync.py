@@ -199,3 +199,31 @@ def test_namespace_patterns_read_as_kopf_reads_them(
 ) -> None:
     assert all(resync.namespace_matches(ns, pattern) for ns in matching)
     assert not any(resync.namespace_matches(ns, pattern) for ns in not_matching)
+
+
+def test_a_service_waiting_for_the_node_labeller_is_retried_until_labels_appear() -> None:
+    """The operator does not watch nodes: the pass re-reads them (fresh node facts) and
+    reconciles a service whose status says a pool waits for labeller labels."""
+    from tokenscale.controller import nodefacts
+
+    kube, ledger, calls = FakeKube(), resync.Ledger(), []
+    refresh = _refresher(kube, ledger, calls)
+    bare = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-0", "labels": {}},
+            "status": {"allocatable": {"amd.com/gpu": "8"}}}  # fmt: skip
+    kube.put(bare)
+    doc = service(pools=[{"name": "a", "gpu": "MI300A", "minReplicas": 1, "maxReplicas": 1}])
+    doc["metadata"] = {"name": "apu", "namespace": "ns"}
+    kube.put(doc)
+    refresh("ns", "apu")
+    calls.clear()
+    assert [s[1] for s in _pass(kube, ledger, refresh)] == ["apu"]  # retried while waiting
+    bare["metadata"]["labels"] = {"amd.com/gpu.device-id": "74a0"}  # the labeller ran
+    kube.put(bare)
+    nodefacts.for_client(kube).invalidate()  # type: ignore[arg-type]  # what each pass does
+    _pass(kube, ledger, refresh)
+    body = kube.get("InferenceService", "ns", "apu")
+    assert body is not None
+    ready = next(x for x in body["status"]["conditions"] if x["type"] == "Ready")
+    assert "node labeller" not in ready["message"]
+    calls.clear()
+    assert _pass(kube, ledger, refresh) == [] and calls == []

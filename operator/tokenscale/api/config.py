@@ -17,6 +17,8 @@ from pydantic import BaseModel, Field, model_validator
 from tokenscale.api.base import StrictModel
 
 GfxTarget = Literal["gfx90a", "gfx942", "gfx950", "cpu"]
+#: A Kubernetes quantity as the operator does arithmetic on it (decimal or binary suffix).
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 
 
 class PartitionSpec(StrictModel):
@@ -26,11 +28,18 @@ class PartitionSpec(StrictModel):
     hbm_gib: float = Field(gt=0, description="HBM one partition sees (GiB).")
 
 
+ResourceNaming = Literal["single", "mixed", "auto"]
+
+
 class GPUSpec(StrictModel):
     """One GPU model as the planner and renderer need it."""
 
     arch: GfxTarget = Field(description="LLVM target; selects the image.")
-    hbm_gib: float = Field(gt=0, description="HBM per GPU in GiB.")
+    hbm_gib: float = Field(
+        gt=0,
+        description="Memory vLLM can use on one allocatable GPU, in GiB (one GCD on MI250X; "
+        "on MI300A the GPU's share of the unified memory, see docs/capacity-planning.md).",
+    )
     fp8: bool = Field(default=False, description="Native FP8 support.")
     fp6: bool = Field(default=False, description="Native FP6 support.")
     fp4: bool = Field(default=False, description="Native FP4/MXFP4 support.")
@@ -40,7 +49,23 @@ class GPUSpec(StrictModel):
     product_names: list[str] = Field(
         default_factory=list, description="amd.com/gpu.product-name values."
     )
-    gpus_per_node: int = Field(default=8, ge=1, le=64, description="GPUs on one node.")
+    gpus_per_node: int = Field(
+        default=8, ge=1, le=64, description="Allocatable GPUs on one node (GCDs on MI250X)."
+    )
+    whole_gpu_profile: str | None = Field(
+        default=None,
+        pattern=r"^spx_nps[0-9]+$",
+        description="What the device plugin calls one unpartitioned GPU under its mixed naming "
+        "strategy (amd.com/<profile>, e.g. spx_nps1); unset for GPUs without partition "
+        "support, which are always amd.com/gpu.",
+    )
+    vram_label: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+G$",
+        description="amd.com/gpu.vram of one unpartitioned GPU (e.g. 192G). Whole-GPU pools "
+        "require it under single naming so they never land on a partition of this GPU; unset "
+        "when the GPU cannot be partitioned.",
+    )
     cost_per_gpu_hour: float = Field(default=1.0, ge=0, description="Cost weight per GPU-hour.")
     tokens_per_second_per_gpu: float | None = Field(
         default=None, ge=0, description="Rough capacity used before any benchmark exists."
@@ -98,26 +123,81 @@ class Toleration(StrictModel):
 class PodSettings(StrictModel):
     """Cluster-specific pod settings applied to every engine pod."""
 
+    resource_naming: ResourceNaming = Field(
+        default="auto",
+        description="The AMD device plugin's resource naming strategy: single (every GPU or "
+        "partition is amd.com/gpu), mixed (amd.com/<compute>_<nps>, e.g. amd.com/spx_nps1 for "
+        "a whole MI300X) or auto (read the nodes' allocatable resources and pick per pool).",
+    )
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations.")
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Extra node selector for engine pods."
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations.")
-    run_as_non_root: bool = Field(default=False, description="Run engines as non-root.")
+    run_as_non_root: bool = Field(
+        default=False,
+        description="Run engines as runAsUser/runAsGroup with writable cache dirs on emptyDir "
+        "(the ROCm vLLM images run as root).",
+    )
+    run_as_user: int = Field(
+        default=1000, ge=1, le=2**31 - 1, description="UID of non-root engines (not 0)."
+    )
+    run_as_group: int = Field(
+        default=1000, ge=0, le=2**31 - 1, description="Primary GID of non-root engines."
+    )
+    fs_group: int = Field(
+        default=1000, ge=0, le=2**31 - 1, description="fsGroup of non-root engines' volumes."
+    )
     supplemental_groups: list[int] = Field(
         default_factory=lambda: [44, 110],
-        description="Host video/render GIDs given to non-root engines.",
+        description="Host video/render GIDs given to non-root engines (the render GID differs "
+        "by distro: `getent group render` on a GPU node).",
+    )
+    seccomp_unconfined: bool = Field(
+        default=True,
+        description="seccomp Unconfined for GPU engines (AMD's recommendation); false keeps "
+        "the runtime's default profile, as the Baseline Pod Security Standard requires.",
+    )
+    sys_ptrace: bool = Field(
+        default=True,
+        description="Add SYS_PTRACE to GPU engines (ROCm debuggers and core dumps); false for "
+        "namespaces under the Baseline Pod Security Standard.",
+    )
+    rocm_aiter: bool = Field(
+        default=True,
+        description="Set VLLM_ROCM_USE_AITER=1 on gfx942/gfx950 engines (AMD's tuned kernels); "
+        "spec.engine.env overrides it per service.",
     )
     host_ipc: bool = Field(default=False, description="Use hostIPC instead of a /dev/shm volume.")
-    shm_size: str = Field(default="16Gi", description="Size of the /dev/shm memory volume.")
-    cpu_request: str = Field(default="4", description="CPU request of a GPU engine.")
-    memory_request: str = Field(default="32Gi", description="Memory request of a GPU engine.")
+    shm_size: str = Field(
+        default="16Gi",
+        pattern=QUANTITY,
+        description="Size of the /dev/shm memory volume (counted in the memory request).",
+    )
+    cpu_request: str = Field(
+        default="2",
+        pattern=QUANTITY,
+        description="CPU request of an engine before its GPUs (API server, engine core).",
+    )
+    cpu_request_per_gpu: str = Field(
+        default="2", pattern=QUANTITY, description="CPU request added per GPU (one worker each)."
+    )
+    memory_request: str = Field(
+        default="16Gi",
+        pattern=QUANTITY,
+        description="Memory request of an engine before its GPUs; the /dev/shm volume is added.",
+    )
+    memory_request_per_gpu: str = Field(
+        default="16Gi", pattern=QUANTITY, description="Memory request added per GPU."
+    )
     prestop_sleep_seconds: int = Field(
         default=10, ge=0, le=300, description="Delay so endpoints drop the pod first."
     )
     hf_cache_pvc: str | None = Field(
-        default=None, description="PVC for the Hugging Face cache shared by engines."
+        default=None,
+        description="PVC for the Hugging Face cache shared by engines. Without it the cache "
+        "is an emptyDir and engines request ephemeral-storage sized to the checkpoint.",
     )
     bind_address: str = Field(
         default="0.0.0.0",  # noqa: S104 - engines must accept traffic from the Service
@@ -311,6 +391,8 @@ def catalogue_entry_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+#: Sources: ../shared/facts/amd-gpus.md §1-§4 and the render review (device ids from the GPU
+#: Operator's NFD rule, per-GCD memory of MI250X, MI300X memory modes NPS1/NPS4 only).
 DEFAULT_GPUS: dict[str, GPUSpec] = {
     "MI210": GPUSpec(
         arch="gfx90a",
@@ -320,25 +402,36 @@ DEFAULT_GPUS: dict[str, GPUSpec] = {
         gpus_per_node=4,
         cost_per_gpu_hour=0.8,
     ),
+    # One MI250X OAM is two GCDs, each its own 64 GiB amd.com/gpu; 4 OAMs = 8 per node.
     "MI250X": GPUSpec(
         arch="gfx90a",
-        hbm_gib=128,
+        hbm_gib=64,
         device_ids=["740c", "7408"],
-        cost_per_gpu_hour=1.2,
+        gpus_per_node=8,
+        cost_per_gpu_hour=0.6,
     ),
-    "MI300A": GPUSpec(arch="gfx942", hbm_gib=128, fp8=True, device_ids=["74a0"], gpus_per_node=4),
+    # APU: KFD reports the TTM limit (half of the 128 GB unified memory by default).
+    "MI300A": GPUSpec(
+        arch="gfx942",
+        hbm_gib=64,
+        fp8=True,
+        device_ids=["74a0"],
+        gpus_per_node=4,
+        whole_gpu_profile="spx_nps1",
+    ),
     "MI300X": GPUSpec(
         arch="gfx942",
         hbm_gib=192,
         fp8=True,
-        device_ids=["74a1", "74a9", "74b5"],
+        device_ids=["74a1", "74a9", "74b5", "74bd"],
         product_names=["AMD_Instinct_MI300X_OAM"],
         cost_per_gpu_hour=2.0,
         tokens_per_second_per_gpu=2600,
+        whole_gpu_profile="spx_nps1",
+        vram_label="192G",
         partitions={
             "cpx_nps4": PartitionSpec(per_gpu=8, hbm_gib=24),
             "cpx_nps1": PartitionSpec(per_gpu=8, hbm_gib=24),
-            "dpx_nps2": PartitionSpec(per_gpu=2, hbm_gib=96),
             "qpx_nps1": PartitionSpec(per_gpu=4, hbm_gib=48),
             "spx_nps1": PartitionSpec(per_gpu=1, hbm_gib=192),
         },
@@ -351,6 +444,8 @@ DEFAULT_GPUS: dict[str, GPUSpec] = {
         product_names=["AMD_Instinct_MI325_OAM", "AMD_Instinct_MI325X_OAM"],
         cost_per_gpu_hour=2.4,
         tokens_per_second_per_gpu=4000,
+        whole_gpu_profile="spx_nps1",
+        vram_label="256G",
         partitions={
             "cpx_nps4": PartitionSpec(per_gpu=8, hbm_gib=32),
             "dpx_nps2": PartitionSpec(per_gpu=2, hbm_gib=128),
@@ -363,9 +458,13 @@ DEFAULT_GPUS: dict[str, GPUSpec] = {
         fp8=True,
         fp6=True,
         fp4=True,
-        device_ids=["75a0"],
+        device_ids=["75a0", "75b0"],
+        product_names=["AMD_Instinct_MI350_OAM", "AMD_Instinct_MI350X_OAM"],
         cost_per_gpu_hour=2.8,
+        whole_gpu_profile="spx_nps1",
+        vram_label="288G",
     ),
+    # Nodes labelled by the GPU Operator publish "MI355" without the X; both are accepted.
     "MI355X": GPUSpec(
         arch="gfx950",
         hbm_gib=288,
@@ -373,9 +472,11 @@ DEFAULT_GPUS: dict[str, GPUSpec] = {
         fp6=True,
         fp4=True,
         device_ids=["75a3", "75b3"],
-        product_names=["AMD_Instinct_MI355X_OAM"],
+        product_names=["AMD_Instinct_MI355_OAM", "AMD_Instinct_MI355X_OAM"],
         cost_per_gpu_hour=3.0,
         tokens_per_second_per_gpu=12500,
+        whole_gpu_profile="spx_nps1",
+        vram_label="288G",
     ),
     "CPU": GPUSpec(arch="cpu", hbm_gib=16, gpus_per_node=1, cost_per_gpu_hour=0.1),
 }

@@ -36,6 +36,7 @@ from tokenscale.autoscale.state import Decision, PoolInput, ScalerAnnotation, Sc
 from tokenscale.controller import hold, metrics, observe
 from tokenscale.k8s.kube import Kube
 from tokenscale.plan import plan_service
+from tokenscale.render import gpuplacement
 from tokenscale.render.names import selector_for
 from tokenscale.validation import parse_spec
 
@@ -123,6 +124,7 @@ def with_allocatable(
     """Add how many more replicas the cluster can place per pool (capacity-aware scale-up)."""
     by_plan = {p.pool: p for p in plans}
     pools = {p.name: p for p in svc.spec.pools}
+    cluster = gpuplacement.cluster_gpus(nodes, cfg.pods.tolerations, cfg.pods.node_selector)
     out = []
     for item in inputs:
         pool, plan = pools[item.name], by_plan.get(item.name)
@@ -130,8 +132,15 @@ def with_allocatable(
         if gpu is None or plan is None or pool.gpu == "CPU":
             out.append(item)
             continue
-        resource = capacity.resource_name(pool.partition)
-        free = capacity.free_per_node(nodes, pods, gpu, resource)
+        request = gpuplacement.gpu_request(pool, gpu, cfg, cluster)
+        eligible = [
+            n
+            for n in nodes
+            if gpuplacement.matches_terms(
+                (n.get("metadata") or {}).get("labels") or {}, request.node_terms
+            )
+        ]
+        free = capacity.free_per_node(eligible, pods, gpu, request.resource)
         fit = capacity.replicas_that_fit(free, plan.gpus_per_replica, plan.nodes_per_replica)
         out.append(PoolInput(**{**item.__dict__, "allocatable_replicas": fit}))
     return out

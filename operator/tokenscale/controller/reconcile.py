@@ -17,11 +17,11 @@ from pydantic import ValidationError
 
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
-from tokenscale.api.service import InferenceService
+from tokenscale.api.service import InferenceService, InferenceServiceSpec
 from tokenscale.api.status import InferenceServiceStatus, PoolPlan, PoolStatus
 from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale.state import ScalerAnnotation
-from tokenscale.controller import observe, routing
+from tokenscale.controller import nodefacts, observe, routing
 from tokenscale.controller.events import Event
 from tokenscale.controller.split import split_replicas
 from tokenscale.k8s.kube import Kube, KubeError
@@ -138,7 +138,8 @@ def _reconcile(
     )
     namespace = body["metadata"]["namespace"]
     route = routing.live_route(kube, cfg, svc, namespace)
-    rendered = render_all(svc, cfg, plans, replicas, route)
+    cluster = nodefacts.for_client(kube).get(kube, cfg)  # auto naming, labeller check
+    rendered = render_all(svc, cfg, plans, replicas, route, cluster)
     events: list[Event] = []
     if apply:
         applied = _apply_children(body, rendered.objects, kube, cfg, events)
@@ -154,7 +155,7 @@ def _reconcile(
         kube,
         status.ready_replicas,
         route,
-        lambda want: _service_object(render_all(svc, cfg, plans, replicas, want).objects),
+        lambda want: _service_object(render_all(svc, cfg, plans, replicas, want, cluster).objects),
         events,
     )
     if moved is not None and apply:  # the ledger must hold the Service as it is now

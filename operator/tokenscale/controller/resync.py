@@ -19,7 +19,10 @@ disagrees with what the operator last applied or last reported:
   reported pod problems differ from what the pods show now;
 * a sleeping scale-to-zero service's Service still selects its (absent) engines although an
   activator has become ready in its namespace since (nothing else would notice: the operator
-  does not watch pods).
+  does not watch pods);
+* its status says a pool waits for AMD node-labeller labels: node facts are read again each
+  pass, and nothing else would clear the condition once the labeller runs (the operator does
+  not watch nodes).
 
 The :class:`Ledger` (what the last reconcile applied, per service uid) lives in memory; after a
 restart it is empty and Kopf's resume handlers refill it, and a service still missing from it is
@@ -38,7 +41,7 @@ from typing import Any
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import ready_pods
-from tokenscale.controller import metrics, observe
+from tokenscale.controller import metrics, nodefacts, observe
 from tokenscale.controller.reconcile import (
     CHILD_KINDS,
     WORKLOAD_KINDS,
@@ -47,7 +50,7 @@ from tokenscale.controller.reconcile import (
 )
 from tokenscale.k8s.kube import Kube, KubeError
 from tokenscale.k8s.peering import Peering, is_active
-from tokenscale.render import names
+from tokenscale.render import gpuplacement, names
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,8 @@ class ServiceView:
     sleeping: bool = False
     #: where the Service points (its ``tokenscale.dev/route`` annotation), once listed
     route: str | None = None
+    #: status says a pool waits for AMD node-labeller labels (node facts are re-read per pass)
+    awaiting_labeller: bool = False
 
 
 def service_view(obj: Mapping[str, Any]) -> ServiceView:
@@ -135,6 +140,11 @@ def service_view(obj: Mapping[str, Any]) -> ServiceView:
         reported=reported,
         sleeping=bool(((obj.get("spec") or {}).get("scaling") or {}).get("scaleToZero"))
         and not int(status.get("readyReplicas") or 0),
+        awaiting_labeller=any(
+            cond.get("type") == c.COND_READY
+            and gpuplacement.LABELLER_MISSING in str(cond.get("message") or "")
+            for cond in status.get("conditions") or []
+        ),
     )
 
 
@@ -172,6 +182,8 @@ def stale_reason(
         return "no engine is ready and an activator is: the Service should select the activator"
     if view.generation != view.observed_generation:
         return "generation not observed"
+    if view.awaiting_labeller:
+        return "a pool waits for AMD node-labeller labels: read the nodes again"
     if applied is None:
         return "not reconciled by this operator process"
     missing = sorted(set(applied) - set(view.children))
@@ -273,6 +285,7 @@ def resync_forever(
         if peering is not None and not is_active(kube, peering):
             log.debug("resync skipped: standby replica")
             continue
+        nodefacts.for_client(kube).invalidate()  # node facts are read once per pass
         try:
             resync_pass(
                 kube,

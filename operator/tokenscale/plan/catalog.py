@@ -25,6 +25,8 @@ class ModelArch:
     kv_heads: int
     head_dim: int
     params_billions: float
+    #: ``max_position_embeddings`` of the published config: vLLM refuses a longer maxModelLen.
+    max_context: int
     moe: bool = False
     aliases: tuple[str, ...] = ()
     note: str = ""
@@ -43,7 +45,9 @@ class ModelArch:
 CATALOG: dict[str, ModelArch] = {
     m.key: m
     for m in (
-        ModelArch("llama-2-70b", 80, 64, 8, 128, 68.98, aliases=("llama2-70b", "llama-2-70b")),
+        ModelArch(
+            "llama-2-70b", 80, 64, 8, 128, 68.98, 4096, aliases=("llama2-70b", "llama-2-70b")
+        ),
         ModelArch(
             "llama-3.1-8b",
             32,
@@ -51,6 +55,7 @@ CATALOG: dict[str, ModelArch] = {
             8,
             128,
             8.03,
+            131072,
             aliases=("llama-3.1-8b", "llama3.1-8b", "llama-3-8b", "llama3-8b"),
         ),
         ModelArch(
@@ -60,6 +65,7 @@ CATALOG: dict[str, ModelArch] = {
             8,
             128,
             70.55,
+            131072,
             aliases=(
                 "llama-3.1-70b",
                 "llama3.1-70b",
@@ -76,6 +82,7 @@ CATALOG: dict[str, ModelArch] = {
             8,
             128,
             405.85,
+            131072,
             aliases=("llama-3.1-405b", "llama3.1-405b"),
         ),
         ModelArch(
@@ -85,6 +92,7 @@ CATALOG: dict[str, ModelArch] = {
             8,
             64,
             116.83,
+            131072,
             moe=True,
             aliases=("gpt-oss-120b",),
             note="MoE (128 experts, 4 active); the published checkpoint is MXFP4 on the experts",
@@ -96,6 +104,7 @@ CATALOG: dict[str, ModelArch] = {
             8,
             128,
             46.7,
+            32768,
             moe=True,
             aliases=("mixtral-8x7b",),
         ),
@@ -106,6 +115,7 @@ CATALOG: dict[str, ModelArch] = {
             1,
             288,
             671.0,
+            163840,
             moe=True,
             aliases=("deepseek-r1", "deepseek-v3"),
             note=(
@@ -121,6 +131,7 @@ CATALOG: dict[str, ModelArch] = {
             4,
             32,
             0.00085,
+            2048,
             aliases=("tiny-llama",),
             note="2-layer, hidden-128 random Llama of the test bed (tests/testbed/tiny_model.py)",
         ),

@@ -37,8 +37,17 @@ DTYPE_BYTES: dict[str, float] = {
     "fp16": 2,
     "fp32": 4,
     "fp8": 1,
-    "mxfp4": 0.5,
-    "fp6": 0.75,
+    # OCP MX formats: 4 or 6 bits per element plus one E8M0 scale byte per 32-element block.
+    "mxfp4": 0.53125,
+    "fp6": 0.78125,
+}
+#: Precisions allowed without native support: vLLM serves MXFP4 checkpoints on gfx942 through
+#: its Triton MXFP4 MoE (gpt-oss) or the emulated Quark W4A4 kernels, slowly.
+EMULATED: dict[tuple[str, str], str] = {
+    ("mxfp4", "gfx942"): (
+        "mxfp4 on gfx942 has no native FP4: gpt-oss runs its MXFP4 experts through vLLM's "
+        "Triton MoE kernels and Quark W4A4 checkpoints run emulated (slow)"
+    ),
 }
 
 
@@ -107,15 +116,23 @@ def device_for(pool: GPUPool, gpu: GPUSpec) -> Device:
     )
 
 
-def check_dtypes(pool: GPUPool, model: ModelSpec, gpu: GPUSpec, config: OperatorConfig) -> None:
-    """Refuse precisions the GPU has no kernels for (FP4/FP6 only on CDNA4, no FP8 on CDNA2)."""
+def check_dtypes(
+    pool: GPUPool, model: ModelSpec, gpu: GPUSpec, config: OperatorConfig
+) -> list[str]:
+    """Refuse precisions the GPU has no kernels for (FP4/FP6 only on CDNA4, no FP8 on CDNA2).
+
+    Returns notes for precisions vLLM only emulates on this GPU (see ``EMULATED``)."""
     needs = {"mxfp4": "fp4", "fp6": "fp6", "fp8": "fp8"}
     wanted = [(model.dtype, "dtype")]
     if model.kv_cache_dtype == "fp8" and gpu.arch != "cpu":
         wanted.append(("fp8", "kvCacheDtype"))
+    notes: list[str] = []
     for dtype, field in wanted:
         feature = needs.get(dtype)
         if feature is None or getattr(gpu, feature):
+            continue
+        if (dtype, gpu.arch) in EMULATED:
+            notes.append(EMULATED[(dtype, gpu.arch)])
             continue
         able = sorted(n for n, g in config.gpus.items() if getattr(g, feature))
         raise PlanError(
@@ -124,6 +141,18 @@ def check_dtypes(pool: GPUPool, model: ModelSpec, gpu: GPUSpec, config: Operator
             f"{'bf16' if field == 'dtype' else 'kvCacheDtype auto'} or a pool on "
             f"{', '.join(able) or 'a GPU that has it'}"
         )
+    return notes
+
+
+def context_problem(pool: GPUPool, model: ModelSpec, arch: catalog.ModelArch | None) -> str | None:
+    """vLLM refuses a maxModelLen above the model's max_position_embeddings (crash loop)."""
+    if arch is None or model.max_model_len <= arch.max_context:
+        return None
+    return (
+        f"pool {pool.name}: maxModelLen {model.max_model_len} exceeds the context length of "
+        f"{arch.key} ({arch.max_context} tokens); vLLM refuses to start with it; fix: set "
+        f"spec.model.maxModelLen to at most {arch.max_context}"
+    )
 
 
 def tp_problem(arch: catalog.ModelArch | None, tp: int) -> str | None:
@@ -297,30 +326,49 @@ def plan_pool(spec: InferenceServiceSpec, pool: GPUPool, config: OperatorConfig)
             f"and has no parametersBillions; fix: set spec.model.architecture "
             f"to one of {known}, or parametersBillions",
         )
+    too_long = context_problem(pool, model, arch)
+    if too_long:
+        return _refused(pool, too_long)
     try:
-        check_dtypes(pool, model, gpu, config)
-        dev = device_for(pool, gpu)
-        fixed = _explicit_layout(spec, pool, dev)
-        if fixed is not None:
-            _validate(pool, arch, dev, fixed)
-            return _evaluate(pool, model, arch, dev, fixed, params_b)
-        candidates = [
-            lay for lay in _auto_layouts(spec, arch, dev) if _is_valid(pool, arch, dev, lay)
-        ]
-        if not candidates:
-            raise PlanError(
-                f"pool {pool.name}: no valid tensor/pipeline layout on {dev.label} "
-                "for the given parallelism; fix: relax parallelism.nodes/pipeline"
-            )
-        plans = [_evaluate(pool, model, arch, dev, lay, params_b) for lay in candidates]
-        for want in (TARGET_CONCURRENT_SEQUENCES, 1):
-            for plan in plans:
-                if plan.fits and (arch is None or plan.max_concurrent_sequences >= want):
-                    return plan
-        single_node = [p for p in plans if p.nodes_per_replica == 1]
-        return (single_node or plans)[-1]
+        notes = check_dtypes(pool, model, gpu, config)
+        return _with_notes(_choose(spec, pool, model, arch, gpu, params_b), notes)
     except PlanError as exc:
         return _refused(pool, str(exc))
+
+
+def _with_notes(plan: PoolPlan, notes: list[str]) -> PoolPlan:
+    if not notes or not plan.fits:
+        return plan
+    return plan.model_copy(update={"message": f"{plan.message}; note: {'; '.join(notes)}"})
+
+
+def _choose(
+    spec: InferenceServiceSpec,
+    pool: GPUPool,
+    model: ModelSpec,
+    arch: catalog.ModelArch | None,
+    gpu: GPUSpec,
+    params_b: float,
+) -> PoolPlan:
+    """The pinned layout, or the smallest automatic one that holds the target sequences."""
+    dev = device_for(pool, gpu)
+    fixed = _explicit_layout(spec, pool, dev)
+    if fixed is not None:
+        _validate(pool, arch, dev, fixed)
+        return _evaluate(pool, model, arch, dev, fixed, params_b)
+    candidates = [lay for lay in _auto_layouts(spec, arch, dev) if _is_valid(pool, arch, dev, lay)]
+    if not candidates:
+        raise PlanError(
+            f"pool {pool.name}: no valid tensor/pipeline layout on {dev.label} "
+            "for the given parallelism; fix: relax parallelism.nodes/pipeline"
+        )
+    plans = [_evaluate(pool, model, arch, dev, lay, params_b) for lay in candidates]
+    for want in (TARGET_CONCURRENT_SEQUENCES, 1):
+        for plan in plans:
+            if plan.fits and (arch is None or plan.max_concurrent_sequences >= want):
+                return plan
+    single_node = [p for p in plans if p.nodes_per_replica == 1]
+    return (single_node or plans)[-1]
 
 
 def _is_valid(pool: GPUPool, arch: catalog.ModelArch | None, dev: Device, lay: Layout) -> bool:

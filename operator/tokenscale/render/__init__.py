@@ -18,8 +18,8 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import GPUPool, InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.render import deployment as deployment_mod
+from tokenscale.render import gpuplacement, names, pdb, pod, servicemonitor
 from tokenscale.render import leaderworkerset as lws_mod
-from tokenscale.render import names, pdb, pod, servicemonitor
 from tokenscale.render import service as service_mod
 
 Obj = dict[str, Any]
@@ -30,7 +30,8 @@ class RenderResult:
     """The objects to apply, in apply order, plus notes.
 
     ``problems`` block a pool (it renders no workload although its plan fits, e.g. multi-node
-    without LeaderWorkerSet): the service cannot become Ready. ``warnings`` do not block (a
+    without LeaderWorkerSet; or its workload cannot be placed, e.g. no node carries the AMD
+    node labeller's labels): the service cannot become Ready. ``warnings`` do not block (a
     stripped ``*_VISIBLE_DEVICES`` variable, an mxfp4 model id that does not look
     pre-quantized). Pools whose plan does not fit are skipped without a note here: the plan's
     own message already says why, and callers report plans themselves.
@@ -55,23 +56,30 @@ def render_pool(
     plan: PoolPlan,
     config: OperatorConfig,
     replicas: int,
+    cluster: gpuplacement.ClusterGPUs | None = None,
 ) -> RenderResult:
-    """The workload of one pool: a Deployment, a LeaderWorkerSet, or nothing plus a problem."""
+    """The workload of one pool: a Deployment, a LeaderWorkerSet, or nothing plus a problem.
+
+    A pool whose GPU no labelled node carries still renders (it schedules as soon as the
+    labeller runs) but reports why it cannot be placed yet."""
     svc = service.metadata.name
     name = names.pool_workload(svc, pool.name)
     labels = {**names.common_labels(svc), c.LABEL_POOL: pool.name}
     if not plan.fits:
         return RenderResult()
+    gpu = config.gpus.get(pool.gpu)
+    unplaceable = gpuplacement.labeller_problem(pool, gpu, cluster) if gpu else None
+    placement_problems = [unplaceable] if unplaceable else []
     if plan.nodes_per_replica <= 1:
-        tpl = pod.pod_template(service, pool, plan, config, c.ROLE_ENGINE)
+        tpl = pod.pod_template(service, pool, plan, config, c.ROLE_ENGINE, cluster)
         obj = deployment_mod.deployment(
             service, pool, name, labels, names.pool_selector(svc, pool.name), tpl.template, replicas
         )
-        return RenderResult([obj], warnings=tpl.warnings)
+        return RenderResult([obj], problems=placement_problems, warnings=tpl.warnings)
     if not config.leader_worker_set:
         return RenderResult(problems=[lws_missing_problem(pool.name, plan.nodes_per_replica)])
-    leader = pod.pod_template(service, pool, plan, config, c.ROLE_LEADER)
-    worker = pod.pod_template(service, pool, plan, config, c.ROLE_WORKER)
+    leader = pod.pod_template(service, pool, plan, config, c.ROLE_LEADER, cluster)
+    worker = pod.pod_template(service, pool, plan, config, c.ROLE_WORKER, cluster)
     obj = lws_mod.leader_worker_set(
         service,
         pool,
@@ -82,7 +90,11 @@ def render_pool(
         worker.template,
         replicas,
     )
-    return RenderResult([obj], warnings=sorted(set(leader.warnings + worker.warnings)))
+    return RenderResult(
+        [obj],
+        problems=placement_problems,
+        warnings=sorted(set(leader.warnings + worker.warnings)),
+    )
 
 
 def render_all(
@@ -91,6 +103,7 @@ def render_all(
     plans: Sequence[PoolPlan],
     replicas: Mapping[str, int] | None = None,
     route: service_mod.Route = "engines",
+    cluster: gpuplacement.ClusterGPUs | None = None,
 ) -> RenderResult:
     """Every child object of a service: Service, PDB, optional ServiceMonitor, one per pool.
 
@@ -126,7 +139,7 @@ def render_all(
             result.problems.append(f"pool {pool.name}: no capacity plan")
             continue
         count = (replicas or {}).get(pool.name, pool.min_replicas)
-        part = render_pool(service, pool, plan, config, count)
+        part = render_pool(service, pool, plan, config, count, cluster)
         result.objects += part.objects
         result.problems += part.problems
         result.warnings += part.warnings

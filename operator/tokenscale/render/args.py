@@ -1,22 +1,25 @@
 """Engine command lines: vLLM (ROCm or CPU backend) or tokenscale's simulator, from the plan.
 
 Our flags come first and ``spec.engine.args`` last, so a user flag overrides ours (vLLM's
-argument parser keeps the last value). The model is passed as ``--model`` rather than
-positionally: ``vllm serve --model X`` is accepted (vLLM moves it to the front), and the module
-entry points (``python -m vllm.entrypoints...``) that CPU images and the test bed use only
-understand ``--model``.
+argument parser keeps the last value). ``vllm serve`` gets the model positionally (``--model``
+is deprecated there); module entry points (``python -m vllm.entrypoints...``), which CPU images
+and the test bed use, only understand ``--model``. Quantization is not guessed from the model
+name: vLLM reads ``quant_method`` from the checkpoint, and a wrong ``--quantization`` crashes a
+compressed-tensors or Quark checkpoint; users who want on-the-fly FP8 say so in
+``spec.engine.args``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import GPUPool, InferenceService, ModelSpec
 from tokenscale.api.status import PoolPlan
-from tokenscale.plan import catalog
+from tokenscale.plan import catalog, planner
 
 #: Mount point of a PVC holding the weights.
 MODELS_MOUNT = "/models"
@@ -32,6 +35,7 @@ SHUTDOWN_TIMEOUT_SINCE = (0, 18)
 _VLLM_VERSION_IN_TAG = (re.compile(r"vllm[_-]v?(\d+)\.(\d+)"), re.compile(r":v(\d+)\.(\d+)"))
 
 _DTYPE_FLAG = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+#: What names a pre-quantized checkpoint (only used to warn, never to add flags).
 _PREQUANTIZED_MARKERS = {
     "fp8": ("fp8",),
     "mxfp4": ("mxfp4", "fp4", "gpt-oss"),
@@ -66,32 +70,51 @@ def model_path(model: ModelSpec) -> str:
 
 
 def is_prequantized(model: ModelSpec) -> bool:
-    """Whether the checkpoint already carries the requested quantization.
+    """Whether the model reference names the requested quantization.
 
-    Rule: the model reference (HF id, PVC path or S3 URI) names it, as AMD's published
-    checkpoints do (``amd/Llama-3.1-70B-Instruct-FP8-KV``, ``*-MXFP4-*``); gpt-oss ships MXFP4.
+    AMD's published checkpoints do (``amd/Llama-3.1-70B-Instruct-FP8-KV``, ``*-MXFP4-*``);
+    gpt-oss ships MXFP4. Used only for a warning: the checkpoint's own config decides.
     """
     ref = catalog.model_reference(model).lower()
     return any(marker in ref for marker in _PREQUANTIZED_MARKERS.get(model.dtype, ()))
 
 
-def precision_args(model: ModelSpec) -> tuple[list[str], list[str]]:
-    """``--dtype``/``--quantization`` for the weight precision, plus warnings.
+def user_quantization(engine_args: Sequence[str]) -> bool:
+    """The user passed ``--quantization``/``-q`` in spec.engine.args."""
+    return any(
+        a in ("--quantization", "-q") or a.startswith("--quantization=") for a in engine_args
+    )
 
-    bf16/fp16/fp32 set ``--dtype``. fp8 quantizes on load (``--quantization fp8``) unless the
-    checkpoint is already FP8, whose own config vLLM then follows. mxfp4/fp6 cannot be produced
-    on load, so they need a pre-quantized checkpoint and add no flag.
+
+def precision_args(
+    model: ModelSpec, engine_args: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """``--dtype`` for bf16/fp16/fp32, plus warnings; quantized dtypes add no flag.
+
+    fp8/mxfp4/fp6 are what the planner sizes the weights with; vLLM follows the checkpoint's
+    ``quant_method``. When the reference does not look quantized and the user gave no
+    ``--quantization``, a warning says that a BF16 checkpoint would load at twice the planned size.
     """
     if model.dtype in _DTYPE_FLAG:
         return ["--dtype", _DTYPE_FLAG[model.dtype]], []
-    if is_prequantized(model):
+    if is_prequantized(model) or user_quantization(engine_args):
         return [], []
+    ref = catalog.model_reference(model)
     if model.dtype == "fp8":
-        return ["--quantization", "fp8"], []
+        fix = "add --quantization fp8 to spec.engine.args to quantize a BF16 checkpoint on load"
+    else:
+        fix = f"vLLM cannot quantize to {model.dtype} on load; use a pre-quantized checkpoint"
     return [], [
-        f"dtype {model.dtype} needs a pre-quantized checkpoint (e.g. amd/*-MXFP4-*); vLLM cannot "
-        f"quantize {catalog.model_reference(model)} to {model.dtype} on load"
+        f"dtype {model.dtype}: {ref} does not look pre-quantized; vLLM follows the "
+        f"checkpoint's quant_method; if it is not {model.dtype}: {fix}"
     ]
+
+
+def model_args(command: list[str], model: ModelSpec) -> list[str]:
+    """The model positionally for ``vllm serve``, as ``--model`` for module entry points."""
+    if command[-2:] == ["vllm", "serve"] or command[-1:] == ["serve"]:
+        return [model_path(model)]
+    return ["--model", model_path(model)]
 
 
 def _common(service: InferenceService, plan: PoolPlan, config: OperatorConfig) -> list[str]:
@@ -148,8 +171,12 @@ def vllm_command(
     """
     model = service.spec.model
     command = list(config.images.cpu_command if pool.gpu == "CPU" else config.images.gpu_command)
-    args = ["--model", model_path(model), *_common(service, plan, config)]
-    precision, warnings = precision_args(model)
+    args = [*model_args(command, model), *_common(service, plan, config)]
+    precision, warnings = precision_args(model, service.spec.engine.args)
+    gpu = config.gpus.get(pool.gpu)
+    emulated = planner.EMULATED.get((model.dtype, gpu.arch)) if gpu else None
+    if emulated:
+        warnings.append(emulated)
     args += precision
     args += ["--max-model-len", str(model.max_model_len)]
     if model.kv_cache_dtype == "fp8":

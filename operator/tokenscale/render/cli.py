@@ -19,6 +19,7 @@ from tokenscale import render
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
 from tokenscale.api.status import PoolPlan
+from tokenscale.render import gpuplacement
 
 
 def load_services(path: Path) -> list[InferenceService]:
@@ -72,8 +73,35 @@ def dump_objects(objects: list[dict[str, Any]]) -> str:
     )
 
 
+def load_nodes(path: Path | None, config: OperatorConfig) -> gpuplacement.ClusterGPUs | None:
+    """``kubectl get nodes -o yaml`` output (a List, or Node documents) as the operator reads
+    it for ``auto`` resource naming and the labeller check; None without a file."""
+    if path is None:
+        return None
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+    found: list[dict[str, Any]] = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "Node":
+            found.append(doc)
+        elif isinstance(doc, dict) and isinstance(doc.get("items"), list):
+            found += [
+                i for i in doc["items"] if isinstance(i, dict) and i.get("kind", "Node") == "Node"
+            ]
+    if not found:
+        raise click.ClickException(
+            f"{path}: no Node objects (expected `kubectl get nodes -o yaml`)"
+        )
+    return gpuplacement.cluster_gpus(found, config.pods.tolerations, config.pods.node_selector)
+
+
 def render_service(
-    svc: InferenceService, config: OperatorConfig, replicas: dict[str, int]
+    svc: InferenceService,
+    config: OperatorConfig,
+    replicas: dict[str, int],
+    cluster: gpuplacement.ClusterGPUs | None = None,
 ) -> tuple[render.RenderResult, list[str]]:
     """What the operator would apply for one service, and every note about it.
 
@@ -81,7 +109,7 @@ def render_service(
     that fit but cannot be rendered, and ``warning: …`` for non-blocking adjustments.
     """
     plans = planner.plan_service(svc, config)
-    result = render.render_all(svc, config, plans, replicas)
+    result = render.render_all(svc, config, plans, replicas, cluster=cluster)
     notes = [f"plan: {p.message}" for p in plans if not p.fits]
     notes += [f"problem: {p}" for p in result.problems]
     notes += [f"warning: {w}" for w in result.warnings]
@@ -141,13 +169,19 @@ CONFIG_OPTION = click.option(
 @CONFIG_OPTION
 @click.option("--replicas", multiple=True, metavar="POOL=N",
               help="Replicas of a pool (default: its minReplicas). Repeatable.")  # fmt: skip
-def render_command(file: Path, config_path: Path | None, replicas: tuple[str, ...]) -> None:
+@click.option("--nodes", "nodes_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="`kubectl get nodes -o yaml` output: render resource names as the operator "
+                   "would on that cluster (pods.resourceNaming auto).")  # fmt: skip
+def render_command(
+    file: Path, config_path: Path | None, replicas: tuple[str, ...], nodes_path: Path | None
+) -> None:
     """Print the Kubernetes objects the operator would create for FILE, as YAML."""
     config = load_config(config_path)
     counts = parse_replicas(replicas)
+    cluster = load_nodes(nodes_path, config)
     chunks = []
     for svc in load_services(file):
-        result, notes = render_service(svc, config, counts)
+        result, notes = render_service(svc, config, counts, cluster)
         chunks.append(dump_objects(result.objects))
         for note in notes:
             click.echo(f"{svc.metadata.name}: {note}", err=True)

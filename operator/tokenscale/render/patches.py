@@ -12,19 +12,35 @@ import math
 from typing import Any
 
 from tokenscale import constants as c
-from tokenscale.api.config import GPUSpec, OperatorConfig
+from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import EngineSpec, EnvVar, GPUPool, ModelSpec
+from tokenscale.render import quantity
 from tokenscale.render.args import MODELS_MOUNT
+from tokenscale.render.gpuplacement import GpuRequest
 
 Obj = dict[str, Any]
 
 HF_CACHE_PATH = "/root/.cache/huggingface"
+HF_CACHE_PATH_NON_ROOT = "/var/cache/huggingface"
+#: HOME of a non-root engine (an emptyDir) and the caches placed in it.
+ENGINE_HOME = "/home/engine"
+NON_ROOT_CACHE_ENV = {
+    "HOME": "",
+    "VLLM_CACHE_ROOT": ".cache/vllm",
+    "TRITON_CACHE_DIR": ".cache/triton",
+    "AITER_JIT_DIR": ".cache/aiter-jit",
+}
 SHM_PATH = "/dev/shm"
 #: vLLM on ROCm waits this long for worker teardown so VRAM is released (vllm.md §6).
 ROCM_TEARDOWN_SECONDS = 15
 #: Slack on top of preStop + drain + teardown before the kubelet sends SIGKILL.
 GRACE_MARGIN_SECONDS = 10
 PROBE_PATH = "/health"
+#: Probe budgets for a saturated engine (docs/rendering.md "Probes").
+PROBE_TIMEOUT_SECONDS = 10
+READINESS_FAILURES = 6
+LIVENESS_TIMEOUT_SECONDS = 15
+LIVENESS_FAILURES = 6
 
 
 def _mount(container: Obj, name: str, path: str, read_only: bool = False) -> None:
@@ -39,21 +55,54 @@ def _volume(pod: Obj, volume: Obj) -> None:
 
 
 def rocm_security(pod: Obj, container: Obj, config: OperatorConfig, gpu: bool) -> None:
-    """seccomp Unconfined + SYS_PTRACE for ROCm, never privileged; GIDs when non-root.
+    """Never privileged; seccomp Unconfined + SYS_PTRACE for ROCm when enabled; a real UID
+    when non-root.
 
-    The device plugin injects /dev/kfd and /dev/dri nodes, so no privilege is needed; non-root
-    engines need the host's video/render GIDs to open them.
+    The device plugin injects /dev/kfd and /dev/dri nodes, so no privilege is needed. Both
+    ROCm extras are switchable because the Baseline Pod Security Standard refuses them (see
+    docs/rendering.md for what is lost). ``runAsNonRoot`` alone stops a ROCm vLLM image (it
+    runs as root, and the kubelet refuses UID 0), so a non-root engine gets runAsUser/
+    runAsGroup/fsGroup, the host's video/render GIDs and writable cache dirs
+    (:func:`non_root_cache`).
     """
     ctx: Obj = {"allowPrivilegeEscalation": False, "privileged": False}
-    if gpu:
+    if gpu and config.pods.sys_ptrace:
         ctx["capabilities"] = {"add": ["SYS_PTRACE"]}
+    if gpu and config.pods.seccomp_unconfined:
         ctx["seccompProfile"] = {"type": "Unconfined"}
     container["securityContext"] = ctx
     if config.pods.run_as_non_root:
-        pod_ctx: Obj = {"runAsNonRoot": True}
-        if gpu and config.pods.supplemental_groups:
-            pod_ctx["supplementalGroups"] = list(config.pods.supplemental_groups)
+        pods = config.pods
+        pod_ctx: Obj = {
+            "runAsNonRoot": True,
+            "runAsUser": pods.run_as_user,
+            "runAsGroup": pods.run_as_group,
+            "fsGroup": pods.fs_group,
+        }
+        if gpu and pods.supplemental_groups:
+            pod_ctx["supplementalGroups"] = list(pods.supplemental_groups)
         pod["securityContext"] = pod_ctx
+
+
+def non_root_cache(pod: Obj, container: Obj, env: dict[str, Obj], config: OperatorConfig) -> None:
+    """Writable HOME and compile caches on an emptyDir for a non-root engine.
+
+    vLLM, Triton and AITER write under $HOME or their package dirs at start (AITER JIT-compiles
+    kernels there), which a non-root user cannot; each gets a directory on one emptyDir.
+    """
+    if not config.pods.run_as_non_root:
+        return
+    _volume(pod, {"name": "engine-home", "emptyDir": {}})
+    _mount(container, "engine-home", ENGINE_HOME)
+    for name, sub in NON_ROOT_CACHE_ENV.items():
+        value = f"{ENGINE_HOME}/{sub}".rstrip("/")
+        env[name] = {"name": name, "value": value}
+
+
+def hf_cache_path(config: OperatorConfig) -> str:
+    """Under /root for root engines (the image's default); outside it for non-root ones,
+    which cannot traverse /root."""
+    return HF_CACHE_PATH_NON_ROOT if config.pods.run_as_non_root else HF_CACHE_PATH
 
 
 def shared_memory(pod: Obj, container: Obj, config: OperatorConfig) -> None:
@@ -79,8 +128,8 @@ def model_source(
             else {"emptyDir": {}}
         )
         _volume(pod, {"name": "hf-cache", **cache})
-        _mount(container, "hf-cache", HF_CACHE_PATH)
-        env["HF_HOME"] = {"name": "HF_HOME", "value": HF_CACHE_PATH}
+        _mount(container, "hf-cache", hf_cache_path(config))
+        env["HF_HOME"] = {"name": "HF_HOME", "value": hf_cache_path(config)}
     elif src.pvc is not None:
         _volume(
             pod,
@@ -113,26 +162,30 @@ def probes(container: Obj, engine: EngineSpec) -> None:
     """HTTP probes on /health: vLLM only listens once weights are loaded (vllm.md §2).
 
     The startup probe carries the whole load budget; liveness restarts a dead engine (503);
-    readiness takes a pod out of the Service while it is not serving.
+    readiness takes a pod out of the Service while it is not serving. A saturated API server
+    answers /health slowly, so timeouts and thresholds leave room for it: readiness would
+    otherwise flap under peak load and shed capacity exactly when it is needed (llm-d-benchmark
+    #1734 raised vLLM's probes to 15 s / 10 after endpoints flapped). A dead engine answers 503
+    at once, so it still leaves the endpoints within READINESS_FAILURES x 5 s.
     """
     get = {"path": PROBE_PATH, "port": c.ENGINE_PORT_NAME}
     container["startupProbe"] = {
         "httpGet": dict(get),
         "periodSeconds": 10,
-        "timeoutSeconds": 5,
+        "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
         "failureThreshold": startup_failure_threshold(engine),
     }
     container["readinessProbe"] = {
         "httpGet": dict(get),
         "periodSeconds": 5,
-        "timeoutSeconds": 5,
-        "failureThreshold": 3,
+        "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+        "failureThreshold": READINESS_FAILURES,
     }
     container["livenessProbe"] = {
         "httpGet": dict(get),
         "periodSeconds": 10,
-        "timeoutSeconds": 5,
-        "failureThreshold": 3,
+        "timeoutSeconds": LIVENESS_TIMEOUT_SECONDS,
+        "failureThreshold": LIVENESS_FAILURES,
     }
 
 
@@ -175,65 +228,52 @@ def merge_env(builtin: dict[str, Obj], user: list[EnvVar]) -> tuple[list[Obj], l
     return first + [env[k] for k in sorted(env)], warnings
 
 
-def resource_name(pool: GPUPool) -> str:
-    """amd.com/gpu, or amd.com/<profile> for partitioned GPUs (mixed naming strategy)."""
-    return c.RESOURCE_PREFIX + pool.partition if pool.partition else c.RESOURCE_GPU
+def resources(
+    container: Obj,
+    request: GpuRequest | None,
+    devices_per_pod: int,
+    config: OperatorConfig,
+    checkpoint_gib: float | None = None,
+) -> None:
+    """CPU/memory requests that scale with the pod's GPUs; GPUs as limits (= requests).
 
-
-def resources(container: Obj, pool: GPUPool, devices_per_pod: int, config: OperatorConfig) -> None:
-    """CPU/memory requests; GPUs as limits (= requests, as extended resources require)."""
-    requests: Obj = {"cpu": config.pods.cpu_request, "memory": config.pods.memory_request}
+    An engine runs one worker process per GPU besides its API server and engine core, so CPU
+    and memory grow with GPUs per pod; a memory-backed /dev/shm is charged to the pod's memory,
+    so its size is added. ``checkpoint_gib`` (weights downloaded to an emptyDir) becomes an
+    ``ephemeral-storage`` request, so the scheduler only picks nodes with the disk for it.
+    """
+    pods = config.pods
+    gpus = devices_per_pod if request is not None else 0
+    cpu = quantity.parse(pods.cpu_request) + gpus * quantity.parse(pods.cpu_request_per_gpu)
+    memory = quantity.parse(pods.memory_request) + gpus * quantity.parse(
+        pods.memory_request_per_gpu
+    )
+    if not pods.host_ipc:
+        memory += quantity.parse(pods.shm_size)
+    requests: Obj = {"cpu": quantity.cpu(cpu), "memory": quantity.binary(memory)}
+    if checkpoint_gib is not None:
+        requests["ephemeral-storage"] = quantity.binary(ephemeral_bytes(checkpoint_gib))
     res: Obj = {"requests": requests}
-    if pool.gpu != "CPU" and devices_per_pod > 0:
-        requests[resource_name(pool)] = str(devices_per_pod)
-        res["limits"] = {resource_name(pool): str(devices_per_pod)}
+    if request is not None and devices_per_pod > 0:
+        requests[request.resource] = str(devices_per_pod)
+        res["limits"] = {request.resource: str(devices_per_pod)}
     container["resources"] = res
 
 
-def gpu_node_terms(pool: GPUPool, gpu: GPUSpec) -> list[Obj]:
-    """OR'ed node-selector terms on the labels AMD's node labeller really publishes.
-
-    Homogeneous nodes carry ``amd.com/gpu.device-id=<id>`` (and product-name); heterogeneous
-    ones only ``amd.com/gpu.device-id.<id>=<count>``; old labellers the ``beta.`` forms. For a
-    partitioned pool every term also requires the partition label, in both spellings.
-    """
-    ids = sorted(gpu.device_ids)
-    gpu_terms: list[list[Obj]] = []
-    if ids:
-        gpu_terms.append([{"key": c.NODE_LABEL_DEVICE_ID, "operator": "In", "values": ids}])
-    if gpu.product_names:
-        gpu_terms.append(
-            [
-                {
-                    "key": c.NODE_LABEL_PRODUCT_NAME,
-                    "operator": "In",
-                    "values": sorted(gpu.product_names),
-                }
-            ]
-        )
-    gpu_terms += [[{"key": f"{c.NODE_LABEL_DEVICE_ID}.{i}", "operator": "Exists"}] for i in ids]
-    if ids:
-        gpu_terms.append([{"key": c.NODE_LABEL_DEVICE_ID_LEGACY, "operator": "In", "values": ids}])
-    gpu_terms += [
-        [{"key": f"{c.NODE_LABEL_DEVICE_ID_LEGACY}.{i}", "operator": "Exists"}] for i in ids
-    ]
-    if not pool.partition:
-        return [{"matchExpressions": t} for t in gpu_terms]
-    return [
-        {"matchExpressions": [*t, {"key": key, "operator": "In", "values": [pool.partition]}]}
-        for t in gpu_terms
-        for key in (c.NODE_LABEL_PARTITION, c.NODE_LABEL_PARTITION_DOCS)
-    ]
+def ephemeral_bytes(checkpoint_gib: float) -> int:
+    """Room for a checkpoint in the HF cache: +10 % and 1 GiB (tokenizer, configs, partial
+    downloads), rounded up to GiB."""
+    return math.ceil(checkpoint_gib * 1.1 + 1) * 2**30
 
 
-def placement(pod: Obj, pool: GPUPool, gpu: GPUSpec, config: OperatorConfig) -> None:
+def placement(pod: Obj, pool: GPUPool, request: GpuRequest | None, config: OperatorConfig) -> None:
     """Node affinity for the pool's GPU (CPU pools stay off GPU nodes), plus config extras."""
-    if pool.gpu == "CPU":
+    if request is None:
         terms = [
             {"matchExpressions": [{"key": c.NODE_LABEL_NFD_AMD_GPU, "operator": "DoesNotExist"}]}
         ]
     else:
-        terms = gpu_node_terms(pool, gpu)
+        terms = request.node_terms
     pod["affinity"] = {
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}

@@ -15,8 +15,9 @@ from tokenscale import constants as c
 from tokenscale.api.config import GPUSpec, OperatorConfig
 from tokenscale.api.service import GPUPool, InferenceService
 from tokenscale.api.status import PoolPlan
+from tokenscale.plan import planner
 from tokenscale.render import args as vargs
-from tokenscale.render import names, patches
+from tokenscale.render import gpuplacement, names, patches
 
 Obj = dict[str, Any]
 
@@ -51,10 +52,18 @@ def image_for(
     return image
 
 
-def _builtin_env(service: InferenceService, role: str) -> dict[str, Obj]:
+#: gfx targets whose vLLM builds ship AITER kernels (AMD's vLLM guide enables them there).
+AITER_ARCHES = ("gfx942", "gfx950")
+
+
+def _builtin_env(
+    service: InferenceService, role: str, gpu: GPUSpec, config: OperatorConfig
+) -> dict[str, Obj]:
     env: dict[str, Obj] = {
         "POD_IP": {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     }
+    if service.spec.engine.mode == "vllm" and config.pods.rocm_aiter and gpu.arch in AITER_ARCHES:
+        env["VLLM_ROCM_USE_AITER"] = {"name": "VLLM_ROCM_USE_AITER", "value": "1"}
     if service.spec.engine.mode == "vllm":
         # vLLM's own engine-start timeout (600 s) would fire before the startup-probe budget.
         timeout = str(service.spec.engine.startup_timeout_seconds)
@@ -77,14 +86,27 @@ def _builtin_env(service: InferenceService, role: str) -> dict[str, Obj]:
     return env
 
 
+def checkpoint_size_gib(service: InferenceService, plan: PoolPlan) -> float:
+    """What the engine downloads: the planned weights, or BF16 (2 B/param) when the user
+    quantizes on load (``--quantization`` in spec.engine.args)."""
+    dtype = service.spec.model.dtype
+    if vargs.user_quantization(service.spec.engine.args) and dtype in planner.DTYPE_BYTES:
+        return plan.weights_gib * 2 / planner.DTYPE_BYTES[dtype]
+    return plan.weights_gib
+
+
 def pod_template(
     service: InferenceService,
     pool: GPUPool,
     plan: PoolPlan,
     config: OperatorConfig,
     role: str = c.ROLE_ENGINE,
+    cluster: gpuplacement.ClusterGPUs | None = None,
 ) -> PodTemplate:
-    """The pod template of one pool and role, with the spec-hash annotation."""
+    """The pod template of one pool and role, with the spec-hash annotation.
+
+    ``cluster`` (the nodes' GPUs, read by the controller) lets ``auto`` resource naming see
+    what the nodes advertise; offline rendering passes None."""
     spec = service.spec
     gpu = config.gpus[pool.gpu]
     is_gpu = pool.gpu != "CPU"
@@ -102,19 +124,24 @@ def pod_template(
         "ports": [{"name": c.ENGINE_PORT_NAME, "containerPort": c.ENGINE_PORT, "protocol": "TCP"}],
     }
     pod: Obj = {"containers": [container], "restartPolicy": "Always"}
-    env = _builtin_env(service, role)
+    env = _builtin_env(service, role, gpu, config)
+    checkpoint_gib: float | None = None
     if spec.engine.mode == "vllm":  # the simulator reads no weights: no volume to wait for
         patches.model_source(pod, container, env, spec.model, config)
         patches.hf_token(env, spec.model)
+        patches.non_root_cache(pod, container, env, config)
+        if spec.model.source.hugging_face is not None and not config.pods.hf_cache_pvc:
+            checkpoint_gib = checkpoint_size_gib(service, plan)
     container["env"], env_warnings = patches.merge_env(env, spec.engine.env)
     devices_per_pod = plan.gpus_per_replica // max(1, plan.nodes_per_replica)
-    patches.resources(container, pool, devices_per_pod, config)
+    request = gpuplacement.gpu_request(pool, gpu, config, cluster) if is_gpu else None
+    patches.resources(container, request, devices_per_pod, config, checkpoint_gib)
     if role != c.ROLE_WORKER:  # headless workers serve no HTTP
         patches.probes(container, spec.engine)
     patches.drain(pod, container, spec.engine, config)
     patches.rocm_security(pod, container, config, gpu=is_gpu)
     patches.shared_memory(pod, container, config)
-    patches.placement(pod, pool, gpu, config)
+    patches.placement(pod, pool, request, config)
     if role == c.ROLE_WORKER:
         del container["ports"]
     annotations = dict(sorted(config.pods.annotations.items()))

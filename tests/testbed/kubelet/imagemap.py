@@ -16,6 +16,7 @@ File format (YAML or JSON)::
         entrypoint: [tokenscale]             # used when the container has no command
         cmd: []                              # used when it has neither command nor args
         rewrite: [{from: [vllm, serve], to: [python, -m, some.module]}]
+        user: "0"                            # the image's USER (kubelet's non-root check)
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class ImageEntry:
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
     rewrite: list[tuple[list[str], list[str]]] = field(default_factory=list)
+    #: the image's USER; vLLM's ROCm/CPU images and ours run as root
+    user: str = "0"
     _resolved: str | None = field(default=None, repr=False)
 
     def bin_dir(self) -> str | None:
@@ -104,6 +107,7 @@ def _entry(raw: Mapping[str, Any]) -> ImageEntry:
         entrypoint=[str(x) for x in raw["entrypoint"]] if raw.get("entrypoint") else None,
         cmd=[str(x) for x in raw["cmd"]] if raw.get("cmd") is not None else None,
         rewrite=rewrites,
+        user=str(raw.get("user", "0")),
     )
 
 

@@ -23,6 +23,7 @@ from . import process
 from .api import Api, ApiError, event_body, pod_path
 from .container import Conditions, Container, now, pod_status, pre_stop, probe_loop
 from .imagemap import ImageMap, ImageMapError
+from .security import verify_run_as_non_root
 from .spec import SpecError, build_env, resolve_argv, restart_wanted
 from .volumes import PodVolumes, fetch_env_data, render_hosts, render_resolv, write_in_place
 
@@ -218,6 +219,11 @@ class PodWorker:
                     # a bin provider may build a venv first (minutes): keep the loop responsive
                     entry = self.host.image_map.lookup(str(c.spec.get("image", "")))
                     await asyncio.to_thread(entry.bin_dir)
+                    refused = verify_run_as_non_root(
+                        self.pod["spec"], c.spec, entry.user, f"{self.ns}/{self.name}"
+                    )
+                    if refused:
+                        raise SpecError(refused)
                     self._exec_plan(c)
                 break
             except (SpecError, ImageMapError, ApiError) as exc:

@@ -223,6 +223,9 @@ def build_env(
     return env
 
 
+VLLM_SERVE = ["vllm", "serve"]
+
+
 def resolve_argv(
     container: Obj,
     env: Mapping[str, str],
@@ -246,7 +249,12 @@ def resolve_argv(
     argv = [expand(str(a), env.get) for a in argv]
     for old, new in rewrites:
         if old and argv[: len(old)] == old:
-            argv = [*new, *argv[len(old) :]]
+            rest = argv[len(old) :]
+            if old == VLLM_SERVE and rest and not rest[0].startswith("-"):
+                # `vllm serve MODEL`: vLLM's CLI moves the positional to --model; the module
+                # entry points it is rewritten to would ignore it and serve their default model
+                rest = ["--model", *rest]
+            argv = [*new, *rest]
             break
     if not argv:
         raise SpecError(
