@@ -43,6 +43,7 @@ fmt: $(STAMP) ## Format and auto-fix
 	$(VENV)/bin/ruff check --fix .
 
 crds: $(STAMP) ## Regenerate crds/ from the API models
+	$(VENV)/bin/python -c "import sys; from tokenscale.api.k8sschema import main; sys.exit(main([]))"
 	$(VENV)/bin/tokenscale crds --out crds --chart charts/tokenscale
 
 demo: $(STAMP) ## The whole product locally: control plane, Helm install, services, load, autoscaling, benchmark

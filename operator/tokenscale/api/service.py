@@ -13,6 +13,7 @@ from tokenscale.api.base import (
     StrictModel,
     cel,
 )
+from tokenscale.api.podtemplate import PodTemplate
 from tokenscale.api.sla import SLASpec
 from tokenscale.api.status import InferenceServiceStatus
 
@@ -349,6 +350,14 @@ class InferenceServiceSpec(StrictModel):
     )
     service_monitor: bool = Field(
         default=False, description="Also create a Prometheus Operator ServiceMonitor."
+    )
+    pod_template: PodTemplate | None = Field(
+        default=None,
+        description="Per-service pod settings for platform teams (tolerations, nodeSelector, "
+        "affinity, priorityClassName, serviceAccountName, imagePullSecrets, labels, "
+        "annotations, resources, env, envFrom, volumes, volumeMounts), merged over what the "
+        "operator renders for every engine pod; GPU resources, ports, probes and the engine "
+        "command stay the operator's. See docs/rendering.md.",
     )
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from tokenscale.api.service import GPUPool, InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.render import deployment as deployment_mod
 from tokenscale.render import leaderworkerset as lws_mod
-from tokenscale.render import names, pdb, pod, servicemonitor
+from tokenscale.render import names, pdb, pod, podtemplate, servicemonitor
 from tokenscale.render import service as service_mod
 
 Obj = dict[str, Any]
@@ -49,6 +49,15 @@ def lws_missing_problem(pool: str, nodes: int) -> str:
     )
 
 
+def _pod_template(
+    service: InferenceService, pool: GPUPool, plan: PoolPlan, config: OperatorConfig, role: str
+) -> pod.PodTemplate:
+    """The operator's pod template with the service's ``spec.podTemplate`` merged over it."""
+    tpl = pod.pod_template(service, pool, plan, config, role)
+    merged, notes = podtemplate.merge(tpl.template, service.spec.pod_template)
+    return pod.PodTemplate(merged, tpl.warnings + [f"pool {pool.name}: {n}" for n in notes])
+
+
 def render_pool(
     service: InferenceService,
     pool: GPUPool,
@@ -63,15 +72,15 @@ def render_pool(
     if not plan.fits:
         return RenderResult()
     if plan.nodes_per_replica <= 1:
-        tpl = pod.pod_template(service, pool, plan, config, c.ROLE_ENGINE)
+        tpl = _pod_template(service, pool, plan, config, c.ROLE_ENGINE)
         obj = deployment_mod.deployment(
             service, pool, name, labels, names.pool_selector(svc, pool.name), tpl.template, replicas
         )
         return RenderResult([obj], warnings=tpl.warnings)
     if not config.leader_worker_set:
         return RenderResult(problems=[lws_missing_problem(pool.name, plan.nodes_per_replica)])
-    leader = pod.pod_template(service, pool, plan, config, c.ROLE_LEADER)
-    worker = pod.pod_template(service, pool, plan, config, c.ROLE_WORKER)
+    leader = _pod_template(service, pool, plan, config, c.ROLE_LEADER)
+    worker = _pod_template(service, pool, plan, config, c.ROLE_WORKER)
     obj = lws_mod.leader_worker_set(
         service,
         pool,
