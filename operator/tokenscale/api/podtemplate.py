@@ -147,9 +147,11 @@ VOLUME_MESSAGE = (
 )
 
 
-def _prefix_rule(owned: tuple[str, ...]) -> str:
+def _key_rules(owned: tuple[str, ...], message: str) -> list[tuple[str, str]]:
+    """Two CEL rules (keys, prefixes): one rule with both exceeds the API server's cost budget
+    on an unbounded map."""
     prefixes = " && ".join(f"!k.startsWith('{p}')" for p in OWNED_PREFIXES)
-    return f"self.all(k, !(k in {_in(owned)}) && {prefixes})"
+    return [(f"self.all(k, !(k in {_in(owned)}))", message), (f"self.all(k, {prefixes})", message)]
 
 
 def _owned_key(key: str, owned: tuple[str, ...]) -> bool:
@@ -253,7 +255,7 @@ Labels = Annotated[
     WithJsonSchema(
         _string_map(
             "Extra labels on engine pods (the operator's own keys are refused).",
-            [(_prefix_rule(OWNED_LABELS), LABEL_MESSAGE)],
+            _key_rules(OWNED_LABELS, LABEL_MESSAGE),
         )
     ),
     _checked({"type": "object", "additionalProperties": {"type": "string"}}, _labels),
@@ -263,7 +265,7 @@ PodAnnotations = Annotated[
     WithJsonSchema(
         _string_map(
             "Extra annotations on engine pods (the operator's own keys are refused).",
-            [(_prefix_rule(OWNED_ANNOTATIONS), ANNOTATION_MESSAGE)],
+            _key_rules(OWNED_ANNOTATIONS, ANNOTATION_MESSAGE),
         )
     ),
     _checked({"type": "object", "additionalProperties": {"type": "string"}}, _annotations),
