@@ -341,3 +341,57 @@ CASES += [
         "unknown field",
     ),
 ]
+
+
+def _pool_pod(service_fields: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """A service whose only pool has ``fields`` as its podTemplate."""
+    doc = service(pools=_pool(podTemplate=fields))
+    if service_fields is not None:
+        doc["spec"]["podTemplate"] = service_fields
+    return doc
+
+
+#: spec.pools[].podTemplate: the same refusals, the service-wide-only fields, contradictions.
+CASES += [
+    Case(
+        "pool-pod-template-gpu-limit",
+        _pool_pod(resources={"limits": {"amd.com/gpu": 2}}),
+        "spec.pools[0].podTemplate.resources.limits.amd.com/gpu",
+        "GPU resources",
+        server=False,  # no CEL under the pools list (cost budget): the operator refuses it
+    ),
+    Case(
+        "pool-pod-template-selector-label",
+        _pool_pod(labels={"tokenscale.dev/service": "other"}),
+        "spec.pools[0].podTemplate.labels.tokenscale.dev/service",
+        "set by the operator",
+        server=False,
+    ),
+    Case(
+        "pool-pod-template-volumes-are-service-wide",
+        _pool_pod(volumes=[CERTS]),
+        "spec.pools[0].podTemplate.volumes",
+        "unknown field",
+    ),
+    Case(
+        "pool-pod-template-contradicts-node-selector",
+        _pool_pod({"nodeSelector": {"pool": "a"}}, nodeSelector={"pool": "b"}),
+        "spec.pools[0].podTemplate.nodeSelector.pool",
+        "spec.podTemplate.nodeSelector requires pool=a",
+        server=False,
+    ),
+    Case(
+        "pool-pod-template-other-priority",
+        _pool_pod({"priorityClassName": "high"}, priorityClassName="low"),
+        "spec.pools[0].podTemplate.priorityClassName",
+        "spec.podTemplate.priorityClassName is high",
+        server=False,
+    ),
+    Case(
+        "pool-pod-template-env-set-twice",
+        _pool_pod({"env": [SECRET_ENV]}, env=[SECRET_ENV]),
+        "spec.pools[0].podTemplate.env[0].name",
+        "already sets API_KEY",
+        server=False,
+    ),
+]

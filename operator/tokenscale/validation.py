@@ -83,7 +83,9 @@ def problems_from(error: ValidationError) -> list[FieldProblem]:
         hint = _hint(err)
         # Errors from inside Kubernetes objects (spec.podTemplate) carry their own sub-path.
         subpath = str(err.get("ctx", {}).get("subpath", ""))
-        bucket = hints.setdefault(field_path(err["loc"]) + subpath, [])
+        path = field_path(err["loc"])
+        path = subpath.lstrip(".") if subpath and path == "(root)" else path + subpath
+        bucket = hints.setdefault(path, [])
         if hint not in bucket:
             bucket.append(hint)
     return [FieldProblem(path, " | ".join(found)) for path, found in hints.items()]

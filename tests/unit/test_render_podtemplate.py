@@ -375,3 +375,54 @@ def test_quantity_parser_refuses_garbage(text: str) -> None:
     from tokenscale.api.k8sschema import parse_quantity
 
     assert parse_quantity(text) is None
+
+
+def test_pool_pod_template_is_merged_after_the_services_for_its_pool_only() -> None:
+    doc = service(
+        pools=[
+            {"name": "mi300x", "gpu": "MI300X", "podTemplate": {
+                "nodeSelector": {"example.com/node-pool": "mi300x-dedicated"},
+                "tolerations": [{"key": "mi300x-only", "operator": "Exists"}],
+                "labels": {"team": "search-mi300x"},
+                "resources": {"requests": {"memory": "96Gi"}},
+                "priorityClassName": "serving-high",
+                "env": [CM_ENV],
+            }},
+            {"name": "mi355x", "gpu": "MI355X"},
+        ],
+        podTemplate={
+            "labels": {"team": "search"},
+            "resources": {"requests": {"memory": "64Gi"}},
+            "env": [SECRET_ENV],
+        },
+    )  # fmt: skip
+    svc = InferenceService.model_validate(doc)
+    objs = render_all(svc, CONFIG, plan_service(svc, CONFIG)).objects
+    tpl = {o["metadata"]["name"].rsplit("-", 1)[-1]: o["spec"]["template"]
+           for o in objs if o["kind"] == "Deployment"}  # fmt: skip
+    mi300x, mi355x = tpl["mi300x"], tpl["mi355x"]
+    assert mi300x["metadata"]["labels"]["team"] == "search-mi300x"
+    assert mi355x["metadata"]["labels"]["team"] == "search"
+    assert engine(mi300x)["resources"]["requests"]["memory"] == "96Gi"
+    assert engine(mi355x)["resources"]["requests"]["memory"] == "64Gi"
+    assert mi300x["spec"]["nodeSelector"] == {
+        "cluster/pool": "gpu",
+        "example.com/node-pool": "mi300x-dedicated",
+    }
+    assert mi355x["spec"]["nodeSelector"] == {"cluster/pool": "gpu"}
+    assert {"key": "mi300x-only", "operator": "Exists"} in mi300x["spec"]["tolerations"]
+    assert {"key": "mi300x-only", "operator": "Exists"} not in mi355x["spec"]["tolerations"]
+    assert mi300x["spec"]["priorityClassName"] == "serving-high"
+    assert "priorityClassName" not in mi355x["spec"]
+    assert engine(mi300x)["env"][-2:] == [SECRET_ENV, CM_ENV]
+    assert engine(mi355x)["env"][-1] == SECRET_ENV and CM_ENV not in engine(mi355x)["env"]
+
+
+def test_pool_clash_warning_names_the_pool_field() -> None:
+    doc = service(
+        pools=[{"name": "mi300x", "gpu": "MI300X",
+                "podTemplate": {"nodeSelector": {"cluster/pool": "batch"}}}],
+    )  # fmt: skip
+    svc = InferenceService.model_validate(doc)
+    result = render_all(svc, CONFIG, plan_service(svc, CONFIG))
+    assert any("spec.pools[0].podTemplate.nodeSelector.cluster/pool" in w for w in result.warnings)

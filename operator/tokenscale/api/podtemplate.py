@@ -250,25 +250,35 @@ def _mount_paths(value: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return []
 
 
-Labels = Annotated[
-    dict[str, str],
-    WithJsonSchema(
-        _string_map(
-            "Extra labels on engine pods (the operator's own keys are refused).",
-            _key_rules(OWNED_LABELS, LABEL_MESSAGE),
-        )
-    ),
-    _checked({"type": "object", "additionalProperties": {"type": "string"}}, _labels),
-]
+STRING_MAP: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+LABELS = _string_map(
+    "Extra labels on engine pods (the operator's own keys are refused).",
+    _key_rules(OWNED_LABELS, LABEL_MESSAGE),
+)
+ANNOTATIONS = _string_map(
+    "Extra annotations on engine pods (the operator's own keys are refused).",
+    _key_rules(OWNED_ANNOTATIONS, ANNOTATION_MESSAGE),
+)
+
+
+def without_cel(node: Schema) -> Schema:
+    """``node`` without its CEL rules, for the per-pool copy: under the pools list the map
+    rules exceed the API server's cost budget, so there the operator alone refuses them
+    (InvalidSpec condition + Event, same message)."""
+    if isinstance(node, dict):
+        return {k: without_cel(v) for k, v in node.items() if k != "x-kubernetes-validations"}
+    return node
+
+
+Labels = Annotated[dict[str, str], WithJsonSchema(LABELS), _checked(STRING_MAP, _labels)]
 PodAnnotations = Annotated[
-    dict[str, str],
-    WithJsonSchema(
-        _string_map(
-            "Extra annotations on engine pods (the operator's own keys are refused).",
-            _key_rules(OWNED_ANNOTATIONS, ANNOTATION_MESSAGE),
-        )
-    ),
-    _checked({"type": "object", "additionalProperties": {"type": "string"}}, _annotations),
+    dict[str, str], WithJsonSchema(ANNOTATIONS), _checked(STRING_MAP, _annotations)
+]
+PoolLabels = Annotated[
+    dict[str, str], WithJsonSchema(without_cel(LABELS)), _checked(STRING_MAP, _labels)
+]
+PoolAnnotations = Annotated[
+    dict[str, str], WithJsonSchema(without_cel(ANNOTATIONS)), _checked(STRING_MAP, _annotations)
 ]
 NodeSelector = Annotated[
     dict[str, str],
@@ -345,6 +355,9 @@ Affinity = Annotated[
     _checked(schema("Affinity")),
 ]
 Resources = Annotated[dict[str, Any], WithJsonSchema(RESOURCES), _checked(RESOURCES, _resources)]
+PoolResources = Annotated[
+    dict[str, Any], WithJsonSchema(without_cel(RESOURCES)), _checked(RESOURCES, _resources)
+]
 
 MOUNTS_RULE = (
     "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
@@ -354,21 +367,22 @@ MOUNTS_RULE = (
 )
 
 
-class PodTemplate(StrictModel):
-    """Per-service pod settings for platform teams, merged over what the operator renders.
+class PoolPodTemplate(StrictModel):
+    """Pod settings of one pool, merged after the service's ``spec.podTemplate``.
 
-    Applies to every engine pod of the service (Deployment pools, LeaderWorkerSet leaders and
-    workers); container fields (env, envFrom, resources, volumeMounts) go to the engine
-    container. The merge rules are in docs/rendering.md ("Per-service pod settings").
+    The same fields and rules as ``spec.podTemplate`` minus affinity, volumes and volumeMounts,
+    which are service-wide (their Kubernetes schemas are large; a copy per pool would double
+    the CRD). Labels, annotations and resources keys replace the service's; a pool may add to
+    but not contradict the service's nodeSelector, priorityClassName, serviceAccountName or
+    env names (refused naming the field). The API server checks the operator-owned label,
+    annotation and GPU-resource keys only in spec.podTemplate (CEL cost budget); here the
+    operator refuses them.
     """
 
-    model_config = StrictModel.model_config | {"json_schema_extra": cel(MOUNTS_RULE)}
-
-    labels: Labels = Field(default_factory=dict)
-    annotations: PodAnnotations = Field(default_factory=dict)
+    labels: PoolLabels = Field(default_factory=dict)
+    annotations: PoolAnnotations = Field(default_factory=dict)
     node_selector: NodeSelector = Field(default_factory=dict)
     tolerations: Tolerations = Field(default_factory=list)
-    affinity: Affinity = Field(default_factory=dict)
     priority_class_name: str | None = Field(
         default=None,
         max_length=253,
@@ -383,9 +397,25 @@ class PodTemplate(StrictModel):
         "read weights from a bucket).",
     )
     image_pull_secrets: PullSecrets = Field(default_factory=list)
-    resources: Resources = Field(default_factory=dict)
+    resources: PoolResources = Field(default_factory=dict)
     env: Env = Field(default_factory=list)
     env_from: EnvFrom = Field(default_factory=list)
+
+
+class PodTemplate(PoolPodTemplate):
+    """Per-service pod settings for platform teams, merged over what the operator renders.
+
+    Applies to every engine pod of the service (Deployment pools, LeaderWorkerSet leaders and
+    workers); container fields (env, envFrom, resources, volumeMounts) go to the engine
+    container. The merge rules are in docs/rendering.md ("Per-service pod settings").
+    """
+
+    model_config = StrictModel.model_config | {"json_schema_extra": cel(MOUNTS_RULE)}
+
+    labels: Labels = Field(default_factory=dict)
+    annotations: PodAnnotations = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=dict)
+    affinity: Affinity = Field(default_factory=dict)
     volumes: Volumes = Field(default_factory=list)
     volume_mounts: VolumeMounts = Field(default_factory=list)
 
@@ -396,3 +426,33 @@ class PodTemplate(StrictModel):
             if mount["name"] not in names:
                 raise _problem(f".volumeMounts[{i}].name", MOUNTS_RULE[1])
         return self
+
+
+def pool_contradiction(
+    service: PodTemplate | None, pool: PoolPodTemplate
+) -> tuple[str, str] | None:
+    """The first setting of a pool's podTemplate that contradicts the service's, if any.
+
+    ``(sub-path below the pool's podTemplate, message)``. Contradictions are refused rather
+    than resolved: a nodeSelector key with two values can never schedule, and which of two
+    priorities or identities was meant is the author's call.
+    """
+    if service is None:
+        return None
+    fix = "; fix: set it in one place (spec.podTemplate or the pool's)"
+    for key, value in pool.node_selector.items():
+        if service.node_selector.get(key, value) != value:
+            return (
+                f".nodeSelector.{key}",
+                f"spec.podTemplate.nodeSelector requires {key}={service.node_selector[key]}{fix}",
+            )
+    for name in ("priority_class_name", "service_account_name"):
+        mine, theirs = getattr(pool, name), getattr(service, name)
+        if mine is not None and theirs is not None and mine != theirs:
+            field = PoolPodTemplate.model_fields[name].alias or name
+            return (f".{field}", f"spec.podTemplate.{field} is {theirs}{fix}")
+    names = {e["name"] for e in service.env}
+    for i, var in enumerate(pool.env):
+        if var["name"] in names:
+            return (f".env[{i}].name", f"spec.podTemplate.env already sets {var['name']}{fix}")
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from tokenscale.api.base import (
     DNS_LABEL,
@@ -13,7 +14,7 @@ from tokenscale.api.base import (
     StrictModel,
     cel,
 )
-from tokenscale.api.podtemplate import PodTemplate
+from tokenscale.api.podtemplate import PodTemplate, PoolPodTemplate, pool_contradiction
 from tokenscale.api.sla import SLASpec
 from tokenscale.api.status import InferenceServiceStatus
 
@@ -199,6 +200,12 @@ class GPUPool(StrictModel):
         description="Run on partitioned GPUs (mixed naming strategy resource amd.com/<profile>)"
         ", e.g. cpx_nps4.",
     )
+    pod_template: PoolPodTemplate | None = Field(
+        default=None,
+        description="Pod settings of this pool only (e.g. its own node pool, tolerations, "
+        "priority, memory), merged after spec.podTemplate; affinity, volumes and volumeMounts "
+        "are service-wide. See docs/rendering.md.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
@@ -366,6 +373,20 @@ class InferenceServiceSpec(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"pool names must be unique, repeated: {dupes}; fix: rename them")
+        return self
+
+    @model_validator(mode="after")
+    def _pool_pod_templates(self) -> Self:
+        for i, pool in enumerate(self.pools):
+            if pool.pod_template is None:
+                continue
+            found = pool_contradiction(self.pod_template, pool.pod_template)
+            if found is not None:
+                raise PydanticCustomError(
+                    "pod_template",
+                    "{message}",
+                    {"message": found[1], "subpath": f".pools[{i}].podTemplate{found[0]}"},
+                )
         return self
 
 

@@ -52,9 +52,15 @@ def lws_missing_problem(pool: str, nodes: int) -> str:
 def _pod_template(
     service: InferenceService, pool: GPUPool, plan: PoolPlan, config: OperatorConfig, role: str
 ) -> pod.PodTemplate:
-    """The operator's pod template with the service's ``spec.podTemplate`` merged over it."""
+    """The operator's pod template with ``spec.podTemplate`` and the pool's merged over it."""
     tpl = pod.pod_template(service, pool, plan, config, role)
-    merged, notes = podtemplate.merge(tpl.template, service.spec.pod_template)
+    index = service.spec.pools.index(pool)
+    merged, notes = podtemplate.merge(
+        tpl.template,
+        service.spec.pod_template,
+        pool.pod_template,
+        f"spec.pools[{index}].podTemplate",
+    )
     return pod.PodTemplate(merged, tpl.warnings + [f"pool {pool.name}: {n}" for n in notes])
 
 

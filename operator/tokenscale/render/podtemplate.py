@@ -1,4 +1,4 @@
-"""Merge a service's ``spec.podTemplate`` over a rendered engine pod template (pure).
+"""Merge ``spec.podTemplate`` (then a pool's) over a rendered engine pod template (pure).
 
 Applied to every pod template the renderer produces (Deployment pools, LeaderWorkerSet
 leaders and workers) after the operator's own patches, so the operator's invariants hold
@@ -20,6 +20,8 @@ settings"):
 - priorityClassName, serviceAccountName: set.
 - resources: requests/limits replaced key by key; a request above its limit is lowered to the
   limit (as Kubernetes defaults a missing request to the limit).
+- a pool's ``spec.pools[].podTemplate`` is merged after the service's by the same rules (the
+  API refuses a pool value that contradicts the service's).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from tokenscale import constants as c
 from tokenscale.api.k8sschema import parse_quantity
-from tokenscale.api.podtemplate import PodTemplate
+from tokenscale.api.podtemplate import PodTemplate, PoolPodTemplate
 from tokenscale.render.pod import spec_hash
 
 Obj = dict[str, Any]
@@ -88,7 +90,7 @@ def _append_unique(target: Obj, key: str, items: list[Obj]) -> None:
         target[key] = [*existing, *added]
 
 
-def _resources(container: Obj, user: Obj, warn: list[str]) -> None:
+def _resources(container: Obj, user: Obj, at: str, warn: list[str]) -> None:
     res = container.setdefault("resources", {})
     for kind in ("requests", "limits"):
         if user.get(kind):
@@ -98,19 +100,19 @@ def _resources(container: Obj, user: Obj, warn: list[str]) -> None:
         want, cap = parse_quantity(requests.get(key)), parse_quantity(limit)
         if want is not None and cap is not None and want > cap:
             warn.append(
-                f"spec.podTemplate.resources.limits.{key}: the request {requests[key]} is above "
+                f"{at}.resources.limits.{key}: the request {requests[key]} is above "
                 f"the limit {limit}; the request is lowered to the limit"
             )
             requests[key] = limit
 
 
-def _env(container: Obj, user: list[Obj], warn: list[str]) -> None:
+def _env(container: Obj, user: list[Obj], at: str, warn: list[str]) -> None:
     taken = {e["name"] for e in container.get("env", [])}
     added = []
     for i, var in enumerate(user):
         if var["name"] in taken:
             warn.append(
-                f"spec.podTemplate.env[{i}].name: {var['name']} is already set by the operator "
+                f"{at}.env[{i}].name: {var['name']} is already set by the operator "
                 "or spec.engine.env; the operator's value is kept (fix: use another name)"
             )
             continue
@@ -119,7 +121,7 @@ def _env(container: Obj, user: list[Obj], warn: list[str]) -> None:
         container["env"] = [*container.get("env", []), *added]
 
 
-def _volumes(pod: Obj, container: Obj, tpl: PodTemplate, warn: list[str]) -> None:
+def _volumes(pod: Obj, container: Obj, tpl: PodTemplate, at: str, warn: list[str]) -> None:
     taken = {v["name"] for v in pod.get("volumes", [])}
     skipped = set()
     added = []
@@ -128,7 +130,7 @@ def _volumes(pod: Obj, container: Obj, tpl: PodTemplate, warn: list[str]) -> Non
         if vol["name"] in taken:
             skipped.add(vol["name"])
             warn.append(
-                f"spec.podTemplate.volumes[{i}].name: the operator already renders a volume "
+                f"{at}.volumes[{i}].name: the operator already renders a volume "
                 f"named {vol['name']}; yours and its mounts are left out (fix: rename it)"
             )
             continue
@@ -143,7 +145,7 @@ def _volumes(pod: Obj, container: Obj, tpl: PodTemplate, warn: list[str]) -> Non
             continue
         if mount["mountPath"] in paths:
             warn.append(
-                f"spec.podTemplate.volumeMounts[{i}].mountPath: the operator mounts "
+                f"{at}.volumeMounts[{i}].mountPath: the operator mounts "
                 f"{mount['mountPath']} itself; this mount is left out (fix: use another path)"
             )
             continue
@@ -152,12 +154,12 @@ def _volumes(pod: Obj, container: Obj, tpl: PodTemplate, warn: list[str]) -> Non
         container["volumeMounts"] = [*container.get("volumeMounts", []), *mounts]
 
 
-def _node_selector(pod: Obj, user: dict[str, str], warn: list[str]) -> None:
+def _node_selector(pod: Obj, user: dict[str, str], at: str, warn: list[str]) -> None:
     selector = dict(pod.get("nodeSelector", {}))
     for key, value in user.items():
         if key in selector and selector[key] != value:
             warn.append(
-                f"spec.podTemplate.nodeSelector.{key}: operator config pods.nodeSelector "
+                f"{at}.nodeSelector.{key}: operator config pods.nodeSelector "
                 f"requires {key}={selector[key]}; both cannot hold, so the operator's value is "
                 "kept (fix: drop the key or change operator config)"
             )
@@ -167,42 +169,55 @@ def _node_selector(pod: Obj, user: dict[str, str], warn: list[str]) -> None:
         pod["nodeSelector"] = dict(sorted(selector.items()))
 
 
-def _scalar(pod: Obj, key: str, value: str | None, warn: list[str]) -> None:
+def _scalar(pod: Obj, key: str, value: str | None, at: str, warn: list[str]) -> None:
     if value is None:
         return
     if pod.get(key, value) != value:
-        warn.append(f"spec.podTemplate.{key}: the operator sets {pod[key]}; yours is ignored")
+        warn.append(f"{at}.{key}: the operator sets {pod[key]}; yours is ignored")
         return
     pod[key] = value
 
 
-def merge(template: Obj, tpl: PodTemplate | None) -> tuple[Obj, list[str]]:
-    """A copy of the rendered pod ``template`` with ``tpl`` merged in, and warnings.
+def _layer(out: Obj, tpl: PoolPodTemplate, at: str, warn: list[str]) -> None:
+    """Merge one podTemplate (the service's, then a pool's) into ``out`` in place."""
+    meta, pod = out["metadata"], out["spec"]
+    container = _engine(pod)
+    meta["labels"] = dict(sorted({**meta.get("labels", {}), **tpl.labels}.items()))
+    meta["annotations"].update(tpl.annotations)
+    _node_selector(pod, tpl.node_selector, at, warn)
+    _append_unique(pod, "tolerations", tpl.tolerations)
+    _scalar(pod, "priorityClassName", tpl.priority_class_name, at, warn)
+    _scalar(pod, "serviceAccountName", tpl.service_account_name, at, warn)
+    _append_unique(pod, "imagePullSecrets", tpl.image_pull_secrets)
+    _resources(container, tpl.resources, at, warn)
+    _env(container, tpl.env, at, warn)
+    _append_unique(container, "envFrom", tpl.env_from)
+    if isinstance(tpl, PodTemplate):
+        _affinity(pod, tpl.affinity)
+        _volumes(pod, container, tpl, at, warn)
 
-    Without a podTemplate the template is returned unchanged (same spec hash).
+
+def merge(
+    template: Obj,
+    tpl: PodTemplate | None,
+    pool_tpl: PoolPodTemplate | None = None,
+    pool_path: str = "spec.pools[].podTemplate",
+) -> tuple[Obj, list[str]]:
+    """A copy of the rendered pod ``template`` with the service's podTemplate and then the
+    pool's merged in, and warnings naming ``spec.podTemplate`` or ``pool_path``.
+
+    Without either the template is returned unchanged (same spec hash).
     """
-    if tpl is None:
+    if tpl is None and pool_tpl is None:
         return template, []
     out = copy.deepcopy(template)
     warn: list[str] = []
-    meta, pod = out.setdefault("metadata", {}), out["spec"]
-    container = _engine(pod)
-    labels = meta.setdefault("labels", {})
-    labels.update(tpl.labels)
-    meta["labels"] = dict(sorted(labels.items()))
-    annotations = meta.setdefault("annotations", {})
+    annotations = out.setdefault("metadata", {}).setdefault("annotations", {})
     annotations.pop(c.ANNOTATION_SPEC_HASH, None)
-    annotations.update(tpl.annotations)
-    _node_selector(pod, tpl.node_selector, warn)
-    _affinity(pod, tpl.affinity)
-    _append_unique(pod, "tolerations", tpl.tolerations)
-    _scalar(pod, "priorityClassName", tpl.priority_class_name, warn)
-    _scalar(pod, "serviceAccountName", tpl.service_account_name, warn)
-    _append_unique(pod, "imagePullSecrets", tpl.image_pull_secrets)
-    _resources(container, tpl.resources, warn)
-    _env(container, tpl.env, warn)
-    _append_unique(container, "envFrom", tpl.env_from)
-    _volumes(pod, container, tpl, warn)
+    if tpl is not None:
+        _layer(out, tpl, "spec.podTemplate", warn)
+    if pool_tpl is not None:
+        _layer(out, pool_tpl, pool_path, warn)
     annotations[c.ANNOTATION_SPEC_HASH] = spec_hash(out)
-    meta["annotations"] = dict(sorted(annotations.items()))
+    out["metadata"]["annotations"] = dict(sorted(annotations.items()))
     return out, warn
