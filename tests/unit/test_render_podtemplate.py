@@ -426,3 +426,37 @@ def test_pool_clash_warning_names_the_pool_field() -> None:
     svc = InferenceService.model_validate(doc)
     result = render_all(svc, CONFIG, plan_service(svc, CONFIG))
     assert any("spec.pools[0].podTemplate.nodeSelector.cluster/pool" in w for w in result.warnings)
+
+
+def test_every_variable_the_operator_renders_is_refused_up_front() -> None:
+    """The API's list of operator-owned env names covers what the renderer really sets (for
+    every model source, role and engine mode), so a clash is an API error, not a warning."""
+    from tokenscale.api.podtemplate import OWNED_ENV
+
+    sources = [
+        {"huggingFace": "meta-llama/Llama-3.1-405B"},
+        {"pvc": {"claimName": "models", "path": "llama"}},
+        {"s3": {"uri": "s3://bucket/llama", "credentialsSecret": "aws"}},
+    ]
+    config = CONFIG.model_copy(update={"leader_worker_set": True})
+    rendered_names: set[str] = set()
+    for source in sources:
+        for mode in ("vllm", "simulated"):
+            doc = service(
+                model={"name": "llama-3.1-405b", "source": source,
+                       "hfTokenSecret": {"name": "hf", "key": "token"}},
+                engine={"mode": mode},
+                parallelism={"tensor": 8, "pipeline": 2},
+            )  # fmt: skip
+            svc = InferenceService.model_validate(doc)
+            for obj in render_all(svc, config, plan_service(svc, config)).objects:
+                spec = obj.get("spec", {})
+                lwt = spec.get("leaderWorkerTemplate", {})
+                for tpl in (spec.get("template"), lwt.get("leaderTemplate"),
+                            lwt.get("workerTemplate")):  # fmt: skip
+                    if tpl:
+                        rendered_names |= {e["name"] for e in engine(tpl).get("env", [])}
+    assert {"POD_IP", "HF_TOKEN", "HF_HOME", "NODE_RANK", "VLLM_HOST_IP"} <= rendered_names
+    assert rendered_names - set(OWNED_ENV) == set(), (
+        "add these to tokenscale.api.podtemplate.OWNED_ENV (and docs/rendering.md)"
+    )
