@@ -460,3 +460,29 @@ def test_every_variable_the_operator_renders_is_refused_up_front() -> None:
     assert rendered_names - set(OWNED_ENV) == set(), (
         "add these to tokenscale.api.podtemplate.OWNED_ENV (and docs/rendering.md)"
     )
+
+
+def test_every_volume_the_operator_renders_is_refused_up_front() -> None:
+    from tokenscale.api.podtemplate import OWNED_VOLUMES
+
+    configs = [
+        CONFIG,
+        OperatorConfig.model_validate({"pods": {"runAsNonRoot": True, "hfCachePvc": "hf"}}),
+    ]
+    sources = [
+        {"huggingFace": "meta-llama/Llama-2-70b-hf"},
+        {"pvc": {"claimName": "models", "path": "llama"}},
+    ]
+    names: set[str] = set()
+    for config in configs:
+        for source in sources:
+            svc = InferenceService.model_validate(
+                service(model={"name": "llama-2-70b", "source": source})
+            )
+            for obj in render_all(svc, config, plan_service(svc, config)).objects:
+                if obj["kind"] == "Deployment":
+                    names |= {v["name"] for v in obj["spec"]["template"]["spec"]["volumes"]}
+    assert {"shm", "hf-cache", "model"} <= names
+    assert names - set(OWNED_VOLUMES) == set(), (
+        "add these to tokenscale.api.podtemplate.OWNED_VOLUMES (and docs/rendering.md)"
+    )
