@@ -58,7 +58,7 @@ def _in(values: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{v}'" for v in values) + "]"
 
 
-def _problem(subpath: str, message: str) -> PydanticCustomError:
+def field_error(subpath: str, message: str) -> PydanticCustomError:
     """A pydantic error whose ``subpath`` validation.py appends to the field path."""
     return PydanticCustomError(
         "pod_template", "{message}", {"message": message, "subpath": subpath}
@@ -76,7 +76,7 @@ def _checked(node: Schema, extra: Callable[[Any], list[tuple[str, str]]] | None 
             subpath, message = problems[0]
             if "fix:" not in message:
                 message += "; fix: see `kubectl explain` for this field"
-            raise _problem(subpath, message)
+            raise field_error(subpath, message)
         return value
 
     return AfterValidator(run)
@@ -424,7 +424,7 @@ class PodTemplate(PoolPodTemplate):
         names = {v["name"] for v in self.volumes}
         for i, mount in enumerate(self.volume_mounts):
             if mount["name"] not in names:
-                raise _problem(f".volumeMounts[{i}].name", MOUNTS_RULE[1])
+                raise field_error(f".volumeMounts[{i}].name", MOUNTS_RULE[1])
         return self
 
 

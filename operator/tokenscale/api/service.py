@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, model_validator
-from pydantic_core import PydanticCustomError
 
 from tokenscale.api.base import (
     DNS_LABEL,
@@ -14,7 +13,12 @@ from tokenscale.api.base import (
     StrictModel,
     cel,
 )
-from tokenscale.api.podtemplate import PodTemplate, PoolPodTemplate, pool_contradiction
+from tokenscale.api.podtemplate import (
+    PodTemplate,
+    PoolPodTemplate,
+    field_error,
+    pool_contradiction,
+)
 from tokenscale.api.sla import SLASpec
 from tokenscale.api.status import InferenceServiceStatus
 
@@ -382,11 +386,7 @@ class InferenceServiceSpec(StrictModel):
                 continue
             found = pool_contradiction(self.pod_template, pool.pod_template)
             if found is not None:
-                raise PydanticCustomError(
-                    "pod_template",
-                    "{message}",
-                    {"message": found[1], "subpath": f".pools[{i}].podTemplate{found[0]}"},
-                )
+                raise field_error(f".pools[{i}].podTemplate{found[0]}", found[1])
         return self
 
 
