@@ -56,6 +56,7 @@ fmt: $(STAMP) ## Format and auto-fix
 	$(VENV)/bin/ruff check --fix .
 
 crds: $(STAMP) ## Regenerate crds/, the chart's schema and docs/configuration.md from the API models
+	$(VENV)/bin/python -c "import sys; from tokenscale.api.k8sschema import main; sys.exit(main([]))"
 	$(VENV)/bin/tokenscale crds --out crds --chart charts/tokenscale
 	$(VENV)/bin/tokenscale config-docs --out docs/configuration.md
 

@@ -181,3 +181,184 @@ CASES: list[Case] = [
         "at most 16",
     ),
 ]
+
+
+def _pod(**fields: Any) -> dict[str, Any]:
+    """A service whose spec.podTemplate holds ``fields``."""
+    return service(podTemplate=fields)
+
+
+SECRET_ENV = {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "api"}}}
+CERTS = {"name": "certs", "secret": {"secretName": "certs"}}
+#: spec.podTemplate: each field the operator owns, and Kubernetes shapes gone wrong.
+CASES += [
+    Case(
+        "pod-template-gpu-limit",
+        _pod(resources={"limits": {"amd.com/gpu": 8}}),
+        "spec.podTemplate.resources.limits.amd.com/gpu",
+        "GPU resources (amd.com/*) are set by the operator",
+    ),
+    Case(
+        "pod-template-gpu-request-partition",
+        _pod(resources={"requests": {"amd.com/cpx_nps4": "2"}}),
+        "spec.podTemplate.resources.requests.amd.com/cpx_nps4",
+        "GPU resources",
+    ),
+    Case(
+        "pod-template-bad-quantity",
+        _pod(resources={"requests": {"memory": "lots"}}),
+        "spec.podTemplate.resources.requests.memory",
+        "not a Kubernetes quantity",
+        server=False,
+    ),
+    Case(
+        "pod-template-selector-label",
+        _pod(labels={"tokenscale.dev/pool": "other"}),
+        "spec.podTemplate.labels.tokenscale.dev/pool",
+        "set by the operator",
+    ),
+    Case(
+        "pod-template-app-label",
+        _pod(labels={"app.kubernetes.io/instance": "x"}),
+        "spec.podTemplate.labels.app.kubernetes.io/instance",
+        "set by the operator",
+    ),
+    Case(
+        "pod-template-owned-annotation",
+        _pod(annotations={"tokenscale.dev/spec-hash": "0"}),
+        "spec.podTemplate.annotations.tokenscale.dev/spec-hash",
+        "written by the operator",
+    ),
+    Case(
+        "pod-template-owned-env",
+        _pod(env=[{"name": "POD_IP", "value": "1.2.3.4"}]),
+        "spec.podTemplate.env[0].name",
+        "the operator sets this variable",
+    ),
+    Case(
+        "pod-template-visible-devices",
+        _pod(env=[SECRET_ENV, {"name": "HIP_VISIBLE_DEVICES", "value": "0"}]),
+        "spec.podTemplate.env[1].name",
+        "VISIBLE_DEVICES",
+    ),
+    Case(
+        "pod-template-duplicate-env",
+        _pod(env=[SECRET_ENV, SECRET_ENV]),
+        "spec.podTemplate.env[1].name",
+        "unique",
+    ),
+    Case(
+        "pod-template-secret-ref-without-key",
+        _pod(env=[{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys"}}}]),
+        "spec.podTemplate.env[0].valueFrom.secretKeyRef.key",
+        "required",
+    ),
+    Case(
+        "pod-template-owned-volume",
+        _pod(volumes=[{"name": "shm", "emptyDir": {}}]),
+        "spec.podTemplate.volumes[0].name",
+        "are the operator's",
+    ),
+    Case(
+        "pod-template-volume-typo",
+        _pod(volumes=[{"name": "certs", "secret": {"secretNam": "certs"}}]),
+        "spec.podTemplate.volumes[0].secret.secretNam",
+        "unknown field",
+    ),
+    Case(
+        "pod-template-mount-without-volume",
+        _pod(volumeMounts=[{"name": "certs", "mountPath": "/etc/certs"}]),
+        "spec.podTemplate.volumeMounts[0].name",
+        "must be a volume in podTemplate.volumes",
+    ),
+    Case(
+        "pod-template-mount-path-twice",
+        _pod(
+            volumes=[CERTS],
+            volumeMounts=[
+                {"name": "certs", "mountPath": "/etc/certs"},
+                {"name": "certs", "mountPath": "/etc/certs"},
+            ],
+        ),
+        "spec.podTemplate.volumeMounts[1].mountPath",
+        "unique",
+    ),
+    Case(
+        "pod-template-toleration-seconds-text",
+        _pod(tolerations=[{"key": "k", "operator": "Exists", "tolerationSeconds": "forever"}]),
+        "spec.podTemplate.tolerations[0].tolerationSeconds",
+        "wrong type",
+    ),
+    Case(
+        "pod-template-affinity-typo",
+        _pod(affinity={"nodeAffinity": {"requiredDuringScheduling": {}}}),
+        "spec.podTemplate.affinity.nodeAffinity.requiredDuringScheduling",
+        "unknown field",
+    ),
+    Case(
+        "pod-template-priority-class-not-a-name",
+        _pod(priorityClassName="High Priority"),
+        "spec.podTemplate.priorityClassName",
+        "invalid format",
+    ),
+    Case(
+        "pod-template-engine-command",
+        _pod(command=["bash"]),
+        "spec.podTemplate.command",
+        "unknown field",
+    ),
+]
+
+
+def _pool_pod(service_fields: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """A service whose only pool has ``fields`` as its podTemplate."""
+    doc = service(pools=_pool(podTemplate=fields))
+    if service_fields is not None:
+        doc["spec"]["podTemplate"] = service_fields
+    return doc
+
+
+#: spec.pools[].podTemplate: the same refusals, the service-wide-only fields, contradictions.
+CASES += [
+    Case(
+        "pool-pod-template-gpu-limit",
+        _pool_pod(resources={"limits": {"amd.com/gpu": 2}}),
+        "spec.pools[0].podTemplate.resources.limits.amd.com/gpu",
+        "GPU resources",
+        server=False,  # no CEL under the pools list (cost budget): the operator refuses it
+    ),
+    Case(
+        "pool-pod-template-selector-label",
+        _pool_pod(labels={"tokenscale.dev/service": "other"}),
+        "spec.pools[0].podTemplate.labels.tokenscale.dev/service",
+        "set by the operator",
+        server=False,
+    ),
+    Case(
+        "pool-pod-template-volumes-are-service-wide",
+        _pool_pod(volumes=[CERTS]),
+        "spec.pools[0].podTemplate.volumes",
+        "unknown field",
+    ),
+    Case(
+        "pool-pod-template-contradicts-node-selector",
+        _pool_pod({"nodeSelector": {"pool": "a"}}, nodeSelector={"pool": "b"}),
+        "spec.pools[0].podTemplate.nodeSelector.pool",
+        "spec.podTemplate.nodeSelector requires pool=a",
+        server=False,
+    ),
+    Case(
+        "pool-pod-template-other-priority",
+        _pool_pod({"priorityClassName": "high"}, priorityClassName="low"),
+        "spec.pools[0].podTemplate.priorityClassName",
+        "spec.podTemplate.priorityClassName is high",
+        server=False,
+    ),
+    Case(
+        "pool-pod-template-env-set-twice",
+        _pool_pod({"env": [SECRET_ENV]}, env=[SECRET_ENV]),
+        "spec.pools[0].podTemplate.env[0].name",
+        "already sets API_KEY",
+        server=False,
+    ),
+]

@@ -82,7 +82,11 @@ def problems_from(error: ValidationError) -> list[FieldProblem]:
     hints: dict[str, list[str]] = {}
     for err in error.errors():
         hint = _hint(err)
-        bucket = hints.setdefault(field_path(err["loc"]), [])
+        # Errors from inside Kubernetes objects (spec.podTemplate) carry their own sub-path.
+        subpath = str(err.get("ctx", {}).get("subpath", ""))
+        path = field_path(err["loc"])
+        path = subpath.lstrip(".") if subpath and path == "(root)" else path + subpath
+        bucket = hints.setdefault(path, [])
         if hint not in bucket:
             bucket.append(hint)
     return [FieldProblem(path, " | ".join(found)) for path, found in hints.items()]

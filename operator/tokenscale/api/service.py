@@ -14,6 +14,12 @@ from tokenscale.api.base import (
     cel,
     list_map,
 )
+from tokenscale.api.podtemplate import (
+    PodTemplate,
+    PoolPodTemplate,
+    field_error,
+    pool_contradiction,
+)
 from tokenscale.api.sla import SLASpec
 from tokenscale.api.status import InferenceServiceStatus
 
@@ -199,6 +205,12 @@ class GPUPool(StrictModel):
         description="Run on partitioned GPUs (mixed naming strategy resource amd.com/<profile>)"
         ", e.g. cpx_nps4.",
     )
+    pod_template: PoolPodTemplate | None = Field(
+        default=None,
+        description="Pod settings of this pool only (e.g. its own node pool, tolerations, "
+        "priority, memory), merged after spec.podTemplate; affinity, volumes and volumeMounts "
+        "are service-wide. See docs/rendering.md.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
@@ -354,6 +366,14 @@ class InferenceServiceSpec(StrictModel):
     service_monitor: bool = Field(
         default=False, description="Also create a Prometheus Operator ServiceMonitor."
     )
+    pod_template: PodTemplate | None = Field(
+        default=None,
+        description="Per-service pod settings for platform teams (tolerations, nodeSelector, "
+        "affinity, priorityClassName, serviceAccountName, imagePullSecrets, labels, "
+        "annotations, resources, env, envFrom, volumes, volumeMounts), merged over what the "
+        "operator renders for every engine pod; GPU resources, ports, probes and the engine "
+        "command stay the operator's. See docs/rendering.md.",
+    )
 
     @model_validator(mode="after")
     def _unique_pools(self) -> Self:
@@ -361,6 +381,16 @@ class InferenceServiceSpec(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"pool names must be unique, repeated: {dupes}; fix: rename them")
+        return self
+
+    @model_validator(mode="after")
+    def _pool_pod_templates(self) -> Self:
+        for i, pool in enumerate(self.pools):
+            if pool.pod_template is None:
+                continue
+            found = pool_contradiction(self.pod_template, pool.pod_template)
+            if found is not None:
+                raise field_error(f".pools[{i}].podTemplate{found[0]}", found[1])
         return self
 
 

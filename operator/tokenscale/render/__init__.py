@@ -18,7 +18,7 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import GPUPool, InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.render import deployment as deployment_mod
-from tokenscale.render import gpuplacement, names, pdb, pod, servicemonitor
+from tokenscale.render import gpuplacement, names, pdb, pod, podtemplate, servicemonitor
 from tokenscale.render import leaderworkerset as lws_mod
 from tokenscale.render import service as service_mod
 
@@ -50,6 +50,26 @@ def lws_missing_problem(pool: str, nodes: int) -> str:
     )
 
 
+def _pod_template(
+    service: InferenceService,
+    pool: GPUPool,
+    plan: PoolPlan,
+    config: OperatorConfig,
+    role: str,
+    cluster: gpuplacement.ClusterGPUs | None,
+) -> pod.PodTemplate:
+    """The operator's pod template with ``spec.podTemplate`` and the pool's merged over it."""
+    tpl = pod.pod_template(service, pool, plan, config, role, cluster)
+    index = service.spec.pools.index(pool)
+    merged, notes = podtemplate.merge(
+        tpl.template,
+        service.spec.pod_template,
+        pool.pod_template,
+        f"spec.pools[{index}].podTemplate",
+    )
+    return pod.PodTemplate(merged, tpl.warnings + [f"pool {pool.name}: {n}" for n in notes])
+
+
 def render_pool(
     service: InferenceService,
     pool: GPUPool,
@@ -71,15 +91,15 @@ def render_pool(
     unplaceable = gpuplacement.labeller_problem(pool, gpu, cluster) if gpu else None
     placement_problems = [unplaceable] if unplaceable else []
     if plan.nodes_per_replica <= 1:
-        tpl = pod.pod_template(service, pool, plan, config, c.ROLE_ENGINE, cluster)
+        tpl = _pod_template(service, pool, plan, config, c.ROLE_ENGINE, cluster)
         obj = deployment_mod.deployment(
             service, pool, name, labels, names.pool_selector(svc, pool.name), tpl.template, replicas
         )
         return RenderResult([obj], problems=placement_problems, warnings=tpl.warnings)
     if not config.leader_worker_set:
         return RenderResult(problems=[lws_missing_problem(pool.name, plan.nodes_per_replica)])
-    leader = pod.pod_template(service, pool, plan, config, c.ROLE_LEADER, cluster)
-    worker = pod.pod_template(service, pool, plan, config, c.ROLE_WORKER, cluster)
+    leader = _pod_template(service, pool, plan, config, c.ROLE_LEADER, cluster)
+    worker = _pod_template(service, pool, plan, config, c.ROLE_WORKER, cluster)
     obj = lws_mod.leader_worker_set(
         service,
         pool,
