@@ -55,6 +55,11 @@ KINDS: dict[str, Kind] = {
     "LeaderWorkerSet": Kind("leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
     "InferenceService": Kind("tokenscale.dev/v1alpha1", "inferenceservices"),
     "InferenceBenchmark": Kind("tokenscale.dev/v1alpha1", "inferencebenchmarks"),
+    # Dynamic Resource Allocation (allocation: dra/auto; GA in Kubernetes 1.34).
+    "ResourceClaimTemplate": Kind("resource.k8s.io/v1", "resourceclaimtemplates"),
+    "ResourceClaim": Kind("resource.k8s.io/v1", "resourceclaims"),
+    "ResourceSlice": Kind("resource.k8s.io/v1", "resourceslices", namespaced=False),
+    "DeviceClass": Kind("resource.k8s.io/v1", "deviceclasses", namespaced=False),
     "CustomResourceDefinition": Kind(
         "apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False
     ),

@@ -21,7 +21,7 @@ from tokenscale.api.base import ObjectMeta
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService, InferenceServiceSpec
 from tokenscale.api.status import PoolPlan, PoolStatus
-from tokenscale.controller import observe, routing
+from tokenscale.controller import devices, observe, routing
 from tokenscale.controller.kube import Kube, KubeError
 from tokenscale.controller.owners import owner_reference
 from tokenscale.controller.split import split_replicas
@@ -32,7 +32,14 @@ from tokenscale.validation import problems_from
 log = logging.getLogger(__name__)
 
 #: Child kinds the operator may create for a service, and so may have to prune.
-CHILD_KINDS = ("Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget", "ServiceMonitor")
+CHILD_KINDS = (
+    "Deployment",
+    "LeaderWorkerSet",
+    "Service",
+    "PodDisruptionBudget",
+    "ServiceMonitor",
+    "ResourceClaimTemplate",
+)
 #: Child kinds whose status the service's status reports.
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 
@@ -150,7 +157,8 @@ def _reconcile(
     )
     namespace = body["metadata"]["namespace"]
     route = routing.live_route(kube, cfg, svc, namespace)
-    rendered = render_all(svc, cfg, plans, replicas, route)
+    allocations = devices.pool_allocations_for(kube, cfg, svc)
+    rendered = render_all(svc, cfg, plans, replicas, route, allocations)
     events: list[tuple[str, str, str]] = []
     if apply:
         applied = _apply_children(body, rendered.objects, kube, cfg, events)
@@ -403,6 +411,8 @@ _OPTIONAL_CRDS = {
 
 def kind_available(kube: Kube, cfg: OperatorConfig, kind: str) -> bool:
     """Skip listing kinds whose CRD the cluster lacks (a 404 would fail the pass)."""
+    if kind == "ResourceClaimTemplate":  # never listed (nor RBAC needed) for device plugins
+        return cfg.allocation != "devicePlugin"
     crd = _OPTIONAL_CRDS.get(kind)
     if crd is None:
         return True

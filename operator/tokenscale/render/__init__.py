@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenscale import constants as c
-from tokenscale.api.config import OperatorConfig
+from tokenscale.api.config import Allocation, OperatorConfig
 from tokenscale.api.service import GPUPool, InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.render import deployment as deployment_mod
+from tokenscale.render import dra, names, pdb, pod, servicemonitor
 from tokenscale.render import leaderworkerset as lws_mod
-from tokenscale.render import names, pdb, pod, servicemonitor
 from tokenscale.render import service as service_mod
 
 Obj = dict[str, Any]
@@ -55,23 +55,42 @@ def render_pool(
     plan: PoolPlan,
     config: OperatorConfig,
     replicas: int,
+    allocation: Allocation = "devicePlugin",
 ) -> RenderResult:
-    """The workload of one pool: a Deployment, a LeaderWorkerSet, or nothing plus a problem."""
+    """The workload of one pool: a Deployment, a LeaderWorkerSet, or nothing plus a problem.
+
+    ``allocation`` ``dra`` (resolved per pool by the caller; ``auto`` is not a value here) puts
+    a ResourceClaimTemplate first and makes the pods claim their GPUs from it.
+    """
     svc = service.metadata.name
     name = names.pool_workload(svc, pool.name)
     labels = {**names.common_labels(svc), c.LABEL_POOL: pool.name}
     if not plan.fits:
         return RenderResult()
+    claims: list[Obj] = []
+    if allocation == "dra" and pool.gpu != "CPU":
+        issue = dra.problem(pool, config.gpus[pool.gpu], config)
+        if issue:
+            return RenderResult(problems=[issue])
+        per_pod = plan.gpus_per_replica // max(1, plan.nodes_per_replica)
+        claims.append(dra.claim_template(service, pool, config, per_pod))
+
+    def template(role: str) -> pod.PodTemplate:
+        tpl = pod.pod_template(service, pool, plan, config, role)
+        if claims:
+            dra.use_claims(tpl.template, claims[0]["metadata"]["name"])
+        return tpl
+
     if plan.nodes_per_replica <= 1:
-        tpl = pod.pod_template(service, pool, plan, config, c.ROLE_ENGINE)
+        tpl = template(c.ROLE_ENGINE)
         obj = deployment_mod.deployment(
             service, pool, name, labels, names.pool_selector(svc, pool.name), tpl.template, replicas
         )
-        return RenderResult([obj], warnings=tpl.warnings)
+        return RenderResult([*claims, obj], warnings=tpl.warnings)
     if not config.leader_worker_set:
         return RenderResult(problems=[lws_missing_problem(pool.name, plan.nodes_per_replica)])
-    leader = pod.pod_template(service, pool, plan, config, c.ROLE_LEADER)
-    worker = pod.pod_template(service, pool, plan, config, c.ROLE_WORKER)
+    leader = template(c.ROLE_LEADER)
+    worker = template(c.ROLE_WORKER)
     obj = lws_mod.leader_worker_set(
         service,
         pool,
@@ -82,7 +101,8 @@ def render_pool(
         worker.template,
         replicas,
     )
-    return RenderResult([obj], warnings=sorted(set(leader.warnings + worker.warnings)))
+    warnings = sorted(set(leader.warnings + worker.warnings))
+    return RenderResult([*claims, obj], warnings=warnings)
 
 
 def render_all(
@@ -91,6 +111,7 @@ def render_all(
     plans: Sequence[PoolPlan],
     replicas: Mapping[str, int] | None = None,
     route: service_mod.Route = "engines",
+    allocations: Mapping[str, Allocation] | None = None,
 ) -> RenderResult:
     """Every child object of a service: Service, PDB, optional ServiceMonitor, one per pool.
 
@@ -98,6 +119,9 @@ def render_all(
     not in it gets its ``minReplicas``. A pool without a fitting plan renders no workload (its
     plan message is the condition), so an impossible spec yields no pods. ``route`` says whether
     the Service selects the engines or the activator (:func:`service_mod.wants_activator`).
+    ``allocations`` maps pool name to ``devicePlugin`` or ``dra`` (resolved from the operator
+    config's ``allocation`` by :func:`tokenscale.allocation.pool_allocations`); missing pools use
+    the device plugin.
     """
     svc = service.metadata.name
     by_pool = {p.pool: p for p in plans}
@@ -126,7 +150,8 @@ def render_all(
             result.problems.append(f"pool {pool.name}: no capacity plan")
             continue
         count = (replicas or {}).get(pool.name, pool.min_replicas)
-        part = render_pool(service, pool, plan, config, count)
+        mode = (allocations or {}).get(pool.name, "devicePlugin")
+        part = render_pool(service, pool, plan, config, count, mode)
         result.objects += part.objects
         result.problems += part.problems
         result.warnings += part.warnings

@@ -16,6 +16,7 @@ import yaml
 
 from tokenscale import plan as planner
 from tokenscale import render
+from tokenscale.allocation import pool_allocations
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
 from tokenscale.api.status import PoolPlan
@@ -81,8 +82,12 @@ def render_service(
     that fit but cannot be rendered, and ``warning: …`` for non-blocking adjustments.
     """
     plans = planner.plan_service(svc, config)
-    result = render.render_all(svc, config, plans, replicas)
+    # Offline there is no cluster to look at: allocation auto renders for the device plugin.
+    allocations = pool_allocations(svc.spec.pools, config, None)
+    result = render.render_all(svc, config, plans, replicas, allocations=allocations)
     notes = [f"plan: {p.message}" for p in plans if not p.fits]
+    if config.allocation == "auto":
+        notes.append("note: allocation auto renders for the device plugin offline (no cluster)")
     notes += [f"problem: {p}" for p in result.problems]
     notes += [f"warning: {w}" for w in result.warnings]
     return result, notes
