@@ -240,3 +240,35 @@ def test_auto_renders_each_pool_the_way_its_gpus_are_published(
     assert nodes["cpx"] == "mi300x-dra-0"
     assert nodes["whole"].startswith("mi300x-") and "dra" not in nodes["whole"]
     assert op.alive()
+
+
+def test_a_pod_waiting_for_devices_is_reported_with_its_claim(
+    cluster: Cluster, namespace: str, operator_with: Callable[[str], OperatorProcess]
+) -> None:
+    """Two 8-device MI355X replicas, one DRA node with 8: the second pod waits, and the
+    service's Degraded condition (and its Event) names that pod's claim and the scheduler's
+    reason."""
+    op = operator_with("dra")
+    name = "dra-full"
+    pool = _pool("mi355x", "MI355X", replicas=2)
+    pool["gpusPerReplica"] = 8
+    apply(cluster, namespace, _service(name, [pool]))
+    degraded = wait_for(
+        lambda: (
+            (cd := condition(get(cluster, "tsvc", name, "-n", namespace), "Degraded"))
+            and cd.get("status") == "True"
+            and "ResourceClaim" in cd.get("message", "")
+            and cd
+        ),
+        what="Degraded naming the claim",
+    )
+    assert degraded["reason"] == "Unschedulable"
+    pending = [p for p in pods_of(cluster, namespace, name) if not p["spec"].get("nodeName")]
+    assert len(pending) == 1
+    claim = pending[0]["status"]["resourceClaimStatuses"][0]["resourceClaimName"]
+    assert f"ResourceClaim {claim} waits for devices" in degraded["message"]
+    assert "cannot allocate all claims" in degraded["message"]  # the scheduler's own words
+    events = get(cluster, "events", "-n", namespace, "--field-selector",
+                 f"involvedObject.name={name}")  # fmt: skip
+    assert any(claim in e["message"] for e in events["items"] if e["reason"] == "Unschedulable")
+    assert op.alive()

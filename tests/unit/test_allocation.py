@@ -11,16 +11,10 @@ from typing import Any
 
 from tests.testbed import dra as tb_dra
 from tests.testbed import nodes
-from tokenscale.allocation import (
-    allocated_devices,
-    device_key,
-    inventory,
-    pool_allocations,
-    resolve,
-    sliced_devices,
-)
+from tokenscale.allocation import inventory, pool_allocations, resolve
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import GPUPool
+from tokenscale.autoscale.dra import allocated_devices, device_key, sliced_devices
 
 CFG = OperatorConfig()
 NODES = nodes.manifests()

@@ -23,10 +23,11 @@ from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
 from tokenscale.api.status import BenchmarkSummary, PoolPlan, ScalingDecision
-from tokenscale.autoscale import capacity, collector, decision, targets
+from tokenscale.autoscale import capacity, collector, decision, dra, targets
+from tokenscale.autoscale.dra import DraView
 from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolInput, ScalerState
-from tokenscale.controller import metrics, sweep
+from tokenscale.controller import devices, metrics, sweep
 from tokenscale.controller.kube import Kube
 from tokenscale.controller.reconcile import parse_spec, selector_for
 from tokenscale.plan import plan_service
@@ -112,8 +113,13 @@ def with_allocatable(
     plans: Sequence[PoolPlan],
     nodes: list[dict[str, Any]],
     pods: list[dict[str, Any]],
+    dra_view: DraView | None = None,
 ) -> list[PoolInput]:
-    """Add how many more replicas the cluster can place per pool (capacity-aware scale-up)."""
+    """Add how many more replicas the cluster can place per pool (capacity-aware scale-up).
+
+    Pools that claim GPUs through DRA (``dra_view.allocations``) count free devices in
+    ResourceSlices instead of allocatable extended resources on Nodes.
+    """
     by_plan = {p.pool: p for p in plans}
     pools = {p.name: p for p in svc.spec.pools}
     out = []
@@ -123,8 +129,14 @@ def with_allocatable(
         if gpu is None or plan is None or pool.gpu == "CPU":
             out.append(item)
             continue
-        resource = capacity.resource_name(pool.partition)
-        free = capacity.free_per_node(nodes, pods, gpu, resource)
+        if dra_view is not None and dra_view.allocations.get(pool.name) == "dra":
+            key = dra.pool_key(pool.gpu, pool.partition)
+            free = dra.free_per_node(
+                dra_view.slices, dra_view.claims, key, cfg.gpus, cfg.dra.driver
+            )
+        else:
+            resource = capacity.resource_name(pool.partition)
+            free = capacity.free_per_node(nodes, pods, gpu, resource)
         fit = capacity.replicas_that_fit(free, plan.gpus_per_replica, plan.nodes_per_replica)
         out.append(PoolInput(**{**item.__dict__, "allocatable_replicas": fit}))
     return out
@@ -196,7 +208,8 @@ async def run_pass(
     if wants_more and policy.mode == "builtin":
         nodes = await asyncio.to_thread(kube.list, "Node", None)
         all_pods = await asyncio.to_thread(kube.list, "Pod", None, "", "status.phase!=Succeeded")
-        inputs = with_allocatable(inputs, svc, cfg, plans, nodes, all_pods)
+        dra_view = await asyncio.to_thread(devices.dra_view, kube, cfg, svc)
+        inputs = with_allocatable(inputs, svc, cfg, plans, nodes, all_pods, dra_view)
         verdict = decision.decide(list(loop.window), policy, inputs, state, now)
 
     sig = [result.sample.pools[p.name] for p in svc.spec.pools if p.name in result.sample.pools]

@@ -18,6 +18,7 @@ from typing import Any
 from tokenscale.allocation import Inventory, Resolved, inventory, pool_allocations
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
+from tokenscale.autoscale.dra import DraView
 from tokenscale.controller.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,18 @@ def pool_allocations_for(
     """How each GPU pool of ``svc`` asks for GPUs; reads the cluster only for ``auto``."""
     found = cluster_inventory(kube, cfg) if cfg.allocation == "auto" else None
     return pool_allocations(svc.spec.pools, cfg, found)
+
+
+def dra_view(kube: Kube, cfg: OperatorConfig, svc: InferenceService) -> DraView | None:
+    """What DRA capacity needs for ``svc``, or None when none of its pools claims devices.
+
+    Claims are listed fresh (they change with every scheduled pod); slices come from the cache.
+    """
+    allocations = pool_allocations_for(kube, cfg, svc)
+    if "dra" not in allocations.values():
+        return None
+    slices = cluster_lists(kube)["ResourceSlice"]
+    return DraView(allocations, slices, _list_or_empty(kube, "ResourceClaim"))
 
 
 def forget(kube: Kube) -> None:
