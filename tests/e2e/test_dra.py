@@ -11,6 +11,7 @@ Ready, and templates and claims gone after the service is deleted.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -271,4 +272,53 @@ def test_a_pod_waiting_for_devices_is_reported_with_its_claim(
     events = get(cluster, "events", "-n", namespace, "--field-selector",
                  f"involvedObject.name={name}")  # fmt: skip
     assert any(claim in e["message"] for e in events["items"] if e["reason"] == "Unschedulable")
+    assert op.alive()
+
+
+def test_scale_up_on_dra_nodes_stops_at_the_free_devices_without_pending_pods(
+    cluster: Cluster, namespace: str, operator_with: Callable[[str], OperatorProcess]
+) -> None:
+    """Simulated engines (run for real by the process kubelet) with steady background load
+    want ever more replicas; the DRA node has 8 MI355X devices, so 4-device replicas stop at 2
+    and status says InsufficientGPU, with no Pending pod piling up."""
+    op = operator_with("dra")
+    name = "dra-cap"
+    pool = _pool("mi355x", "MI355X", replicas=1)
+    pool.update({"gpusPerReplica": 4, "maxReplicas": 4})
+    doc = _service(name, [pool])
+    doc["spec"]["model"] = {
+        "name": "llama-2-70b",
+        "architecture": "llama-2-70b",
+        "source": {"huggingFace": "meta-llama/Llama-2-70b-chat-hf"},
+        "dtype": "fp8",
+        "maxModelLen": 4096,
+    }
+    # Each engine serves 5 simulated req/s by itself: per-replica load never drops, so the
+    # autoscaler keeps asking for more until the devices run out.
+    doc["spec"]["engine"] = {"mode": "simulated", "args": ["--background-qps", "5"]}
+    doc["spec"]["scaling"] = {
+        "mode": "builtin",
+        "targetFromBenchmark": False,
+        "targetPerReplica": 50,
+        "windowSeconds": 6,
+    }
+    apply(cluster, namespace, doc)
+    blocked = wait_for(
+        lambda: (
+            (o := get(cluster, "tsvc", name, "-n", namespace))
+            and ((o.get("status") or {}).get("scaling") or {}).get("reason") == "InsufficientGPU"
+            and o
+        ),
+        timeout=120,
+        what="scale-up capped with InsufficientGPU",
+    )
+    assert blocked["status"]["replicas"] == 2, blocked["status"]
+    ups = [d for d in blocked["status"]["scalingHistory"] if d["toReplicas"] > d["fromReplicas"]]
+    assert ups and max(d["toReplicas"] for d in ups) == 2
+    for _ in range(3):  # a few autoscaler passes later: still 2 replicas, nothing Pending
+        time.sleep(2)
+        pods = pods_of(cluster, namespace, name)
+        assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+        assert all(p["spec"].get("nodeName") == "mi355x-dra-0" for p in pods)
+    assert len(_allocated(cluster, namespace, name, want=2)["mi355x"]) == 8
     assert op.alive()
