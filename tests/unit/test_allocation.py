@@ -7,7 +7,12 @@ the same objects the e2e tests run on.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+import pytest
+from pydantic import ValidationError
 
 from tests.testbed import dra as tb_dra
 from tests.testbed import nodes
@@ -139,3 +144,23 @@ def test_allocated_devices_from_claim_status() -> None:
         }
     }
     assert allocated_devices([claim, {"status": {}}, {}], "gpu.amd.com") == {("n0", "gpu-1-128")}
+
+
+def test_bad_allocation_settings_name_the_field() -> None:
+    with pytest.raises(ValidationError) as bad_mode:
+        OperatorConfig.model_validate({"allocation": "DRA"})
+    text = str(bad_mode.value)
+    assert "allocation" in text and "'devicePlugin', 'dra' or 'auto'" in text
+    with pytest.raises(ValidationError) as bad_fraction:
+        OperatorConfig.model_validate({"dra": {"memoryFraction": 1.5}})
+    assert "dra.memoryFraction" in str(bad_fraction.value)
+    with pytest.raises(ValidationError) as bad_driver:
+        OperatorConfig.model_validate({"dra": {"driver": "GPU AMD"}})
+    assert "dra.driver" in str(bad_driver.value)
+    # Helm checks the same values at install time (chart values schema from the model).
+    schema = json.loads(
+        (Path(__file__).parents[2] / "charts/tokenscale/values.schema.json").read_text()
+    )
+    props = schema["properties"]["operatorConfig"]["properties"]
+    assert props["allocation"]["enum"] == ["devicePlugin", "dra", "auto"]
+    assert props["dra"]["properties"]["memoryFraction"]["maximum"] == 1
