@@ -120,6 +120,20 @@ def _ready(cluster: Cluster, namespace: str, name: str, timeout: float = 90) -> 
     return found
 
 
+def _delete(cluster: Cluster, namespace: str, name: str) -> None:
+    """Delete the service; its templates (owned by it), pods and their claims must go."""
+    cluster.kubectl("delete", "tsvc", name, "-n", namespace)
+    wait_for(
+        lambda: (
+            not _templates(cluster, namespace, name)
+            and not _claims(cluster, namespace, name)
+            and not pods_of(cluster, namespace, name)
+        ),
+        timeout=90,
+        what="claim templates, claims and pods garbage-collected",
+    )
+
+
 def _attr(device: dict[str, Any], name: str) -> Any:
     return next(iter(device["attributes"][name].values()))
 
@@ -200,16 +214,7 @@ def test_dra_service_gets_whole_gpus_and_partitions_of_the_right_kind_then_clean
         assert "affinity" not in spec
     assert op.alive()
 
-    cluster.kubectl("delete", "tsvc", name, "-n", namespace)
-    wait_for(
-        lambda: (
-            not _templates(cluster, namespace, name)
-            and not _claims(cluster, namespace, name)
-            and not pods_of(cluster, namespace, name)
-        ),
-        timeout=90,
-        what="claim templates, claims and pods garbage-collected",
-    )
+    _delete(cluster, namespace, name)
 
 
 def test_auto_renders_each_pool_the_way_its_gpus_are_published(
@@ -241,6 +246,7 @@ def test_auto_renders_each_pool_the_way_its_gpus_are_published(
     assert nodes["cpx"] == "mi300x-dra-0"
     assert nodes["whole"].startswith("mi300x-") and "dra" not in nodes["whole"]
     assert op.alive()
+    _delete(cluster, namespace, name)
 
 
 def test_a_pod_waiting_for_devices_is_reported_with_its_claim(
@@ -273,6 +279,7 @@ def test_a_pod_waiting_for_devices_is_reported_with_its_claim(
                  f"involvedObject.name={name}")  # fmt: skip
     assert any(claim in e["message"] for e in events["items"] if e["reason"] == "Unschedulable")
     assert op.alive()
+    _delete(cluster, namespace, name)
 
 
 def test_scale_up_on_dra_nodes_stops_at_the_free_devices_without_pending_pods(
@@ -322,3 +329,38 @@ def test_scale_up_on_dra_nodes_stops_at_the_free_devices_without_pending_pods(
         assert all(p["spec"].get("nodeName") == "mi355x-dra-0" for p in pods)
     assert len(_allocated(cluster, namespace, name, want=2)["mi355x"]) == 8
     assert op.alive()
+    _delete(cluster, namespace, name)
+
+
+def test_alternatives_take_the_next_model_when_the_first_is_exhausted(
+    cluster: Cluster, namespace: str, operator_with: Callable[[str], OperatorProcess]
+) -> None:
+    """firstAvailable: 3 replicas of 4 GPUs, MI355X else MI300X. The DRA MI355X node holds two;
+    the third gets the MI300X DRA node's 4 whole GPUs, and status says so per model. (Exactly
+    the DRA capacity: Kubernetes 1.34 tries the entries in order on each node but does not yet
+    score nodes by them (kubernetes/kubernetes#134711, 1.35), so with spare MI355X devices a
+    replica could still land on an MI300X node.)"""
+    op = operator_with("dra")
+    name = "dra-alt"
+    pool = _pool("alt", "MI355X", replicas=3)
+    pool.update({"gpusPerReplica": 4, "alternatives": ["MI300X"]})
+    apply(cluster, namespace, _service(name, [pool]))
+    svc = wait_for(
+        lambda: (
+            (o := _ready(cluster, namespace, name))
+            and (o["status"]["pools"][0].get("models") or {}) == {"MI300X": 1, "MI355X": 2}
+            and o
+        ),
+        what="status naming the model of each replica",
+    )
+    assert svc["status"]["pools"][0]["readyReplicas"] == 3
+    got = _allocated(cluster, namespace, name, want=3)["alt"]
+    by_claim: dict[str, set[str]] = {}
+    for claim, device in got:
+        by_claim.setdefault(claim["metadata"]["name"], set()).add(_attr(device, "productName"))
+    assert sorted(len(v) for v in by_claim.values()) == [1, 1, 1]  # one model per replica
+    products = sorted(next(iter(v)) for v in by_claim.values())
+    assert products == [MI300X, MI355X, MI355X]
+    assert all(_attr(d, "type") == "amdgpu" for _, d in got)
+    assert op.alive()
+    _delete(cluster, namespace, name)

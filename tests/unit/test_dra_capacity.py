@@ -15,7 +15,7 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.autoscale.capacity import replicas_that_fit
-from tokenscale.autoscale.dra import DraView, free_per_node
+from tokenscale.autoscale.dra import DraView, claimed_models, free_per_node
 from tokenscale.autoscale.state import PoolInput
 from tokenscale.controller.autoscaler import with_allocatable
 from tokenscale.controller.observe import pod_problems
@@ -125,3 +125,46 @@ def test_a_pod_waiting_for_devices_names_its_claim_once_per_pool() -> None:
     }
     plain = pod_problems([_pending("c", None, "Insufficient amd.com/gpu")])
     assert plain == {"big": ["Unschedulable: Insufficient amd.com/gpu"]}
+
+
+def test_claimed_models_read_the_first_available_entry() -> None:
+    def claim(pool: str, request: str) -> dict[str, Any]:
+        result = {"request": request, "driver": "gpu.amd.com", "pool": "n", "device": "d"}
+        return {
+            "metadata": {"labels": {"tokenscale.dev/pool": pool}},
+            "status": {"allocation": {"devices": {"results": [result, dict(result)]}}},
+        }
+
+    claims = [
+        claim("big", "gpus/mi355x"),
+        claim("big", "gpus/mi355x"),
+        claim("big", "gpus/mi300x"),
+        claim("plain", "gpus"),  # no alternatives: no entry to report
+        {"metadata": {"labels": {"tokenscale.dev/pool": "big"}}, "status": {}},  # pending
+    ]
+    found = claimed_models(claims, CFG.gpus, "tokenscale.dev/pool", "gpu.amd.com")
+    assert found == {"big": {"MI300X": 1, "MI355X": 2}}
+
+
+def test_capacity_of_a_pool_with_alternatives_adds_each_models_free_devices() -> None:
+    svc = InferenceService.model_validate(
+        {
+            **_svc().model_dump(by_alias=True, exclude_none=True),
+            "spec": {
+                **_svc().spec.model_dump(by_alias=True, exclude_none=True),
+                "pools": [
+                    {
+                        "name": "big",
+                        "gpu": "MI355X",
+                        "alternatives": ["MI300X"],
+                        "gpusPerReplica": 4,
+                        "maxReplicas": 8,
+                    }
+                ],
+            },
+        }
+    )
+    plan = PoolPlan(pool="big", gpu="MI355X", fits=True, gpus_per_replica=4, tensor_parallel=4)
+    view = DraView({"big": "dra"}, SLICES, [])
+    [got] = with_allocatable([_input()], svc, CFG, [plan], [], [], view)
+    assert got.allocatable_replicas == 2 + 1  # 8 MI355X devices, then 4 whole MI300X

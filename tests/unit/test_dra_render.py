@@ -281,3 +281,67 @@ def test_model_without_product_names_is_a_problem_naming_the_fix() -> None:
     assert not any(o["kind"] in ("Deployment", "ResourceClaimTemplate") for o in result.objects)
     assert len(result.problems) == 1
     assert "gpus.MI350X.productNames" in result.problems[0] and "fix" in result.problems[0]
+
+
+def _request(result: render.RenderResult) -> dict[str, Any]:
+    tpl = next(o for o in result.objects if o["kind"] == "ResourceClaimTemplate")
+    kubernetes_validate.validate(tpl, "1.34.0", strict=True)
+    req: dict[str, Any] = tpl["spec"]["spec"]["devices"]["requests"][0]
+    return req
+
+
+def test_alternatives_render_first_available_in_priority_order() -> None:
+    svc = _service(
+        {"name": "p", "gpu": "MI355X", "alternatives": ["MI325X", "MI300X"], "gpusPerReplica": 2}
+    )
+    result = _render(svc, CFG)
+    req = _request(result)
+    assert "exactly" not in req
+    entries = req["firstAvailable"]
+    assert [e["name"] for e in entries] == ["mi355x", "mi325x", "mi300x"]
+    assert all(e["count"] == 2 for e in entries)
+    # each entry selects its own model, and its own memory from the catalogue
+    mi300x = [e["cel"]["expression"] for e in entries[2]["selectors"]]
+    assert any("AMD_Instinct_MI300X_OAM" in e for e in mi300x)
+    devices = _devices("mi300x-dra") + _devices("mi355x-dra")
+    for entry, product in zip(entries, ("MI355X", "MI325", "MI300X"), strict=True):
+        exprs = [s["cel"]["expression"] for s in entry["selectors"]]
+        picked = {d["attributes"]["productName"]["string"] for d in devices if matches(exprs, d)}
+        assert all(product in p for p in picked)
+    assert not result.warnings
+
+
+def test_alternative_that_needs_another_gpu_count_is_dropped_with_a_warning() -> None:
+    """Llama-3.1-405B fp8 needs fewer MI355X (288 GiB) than MI300X (192 GiB): the pod's
+    --tensor-parallel-size is fixed, so MI300X cannot be an alternative of this pool."""
+    svc = InferenceService.model_validate(
+        {
+            "apiVersion": "tokenscale.dev/v1alpha1",
+            "kind": "InferenceService",
+            "metadata": {"name": "big"},
+            "spec": {
+                "model": {
+                    "name": "llama-3.1-405b",
+                    "architecture": "llama-3.1-405b",
+                    "source": {"huggingFace": "meta-llama/Llama-3.1-405B-Instruct"},
+                    "dtype": "fp8",
+                    "maxModelLen": 4096,
+                },
+                "pools": [{"name": "p", "gpu": "MI355X", "alternatives": ["MI300X"]}],
+            },
+        }
+    )
+    plans = plan.plan_service(svc, CFG)
+    result = _render(svc, CFG)
+    alt_plan = plan.plan_pool(svc.spec, svc.spec.pools[0].model_copy(update={"gpu": "MI300X"}), CFG)
+    assert alt_plan.gpus_per_replica != plans[0].gpus_per_replica  # the premise
+    assert "exactly" in _request(result)
+    assert len(result.warnings) == 1
+    assert "alternative MI300X dropped" in result.warnings[0] and "fix" in result.warnings[0]
+
+
+def test_device_plugin_ignores_alternatives_with_a_warning() -> None:
+    svc = _service({"name": "p", "gpu": "MI355X", "alternatives": ["MI300X"], "gpusPerReplica": 2})
+    result = _render(svc, CFG, "devicePlugin")
+    assert not any(o["kind"] == "ResourceClaimTemplate" for o in result.objects)
+    assert any("alternatives MI300X ignored" in w for w in result.warnings)

@@ -43,6 +43,11 @@ class PoolStatus(StrictModel):
         default=None, description="Measured or configured tokens/s one replica sustains."
     )
     message: str = Field(default="", description="Scheduling or rollout problems.")
+    models: dict[str, int] = Field(
+        default_factory=dict,
+        description="Pods per GPU model their DRA claims were allocated (pools with "
+        "alternatives: which model each replica got).",
+    )
 
 
 class MetricsStatus(StrictModel):

@@ -160,3 +160,30 @@ def free_per_node(
         if (dev.pool, dev.name) not in used:
             free[dev.node] += 1
     return dict(sorted(free.items()))
+
+
+def claimed_models(
+    claims: Iterable[Mapping[str, Any]], models: Iterable[str], pool_label: str, driver: str
+) -> dict[str, dict[str, int]]:
+    """Per pool (claim label ``pool_label``): allocated claims per GPU model.
+
+    A ``firstAvailable`` request's results name the chosen entry as ``<request>/<entry>``, and
+    the entries are named after the models (``mi355x``), so the entry says which model the
+    scheduler gave the pod. Claims of a plain request name no entry and are not counted.
+    """
+    by_entry = {m.lower(): m for m in models}
+    out: dict[str, dict[str, int]] = {}
+    for claim in claims:
+        pool = ((claim.get("metadata") or {}).get("labels") or {}).get(pool_label)
+        allocation = (claim.get("status") or {}).get("allocation") or {}
+        results = (allocation.get("devices") or {}).get("results") or []
+        entries = {
+            str(r.get("request", "")).partition("/")[2]
+            for r in results
+            if r.get("driver") == driver
+        }
+        model = next((by_entry[e] for e in sorted(entries) if e in by_entry), None)
+        if pool and model:
+            counts = out.setdefault(str(pool), {})
+            counts[model] = counts.get(model, 0) + 1
+    return {p: dict(sorted(c.items())) for p, c in sorted(out.items())}

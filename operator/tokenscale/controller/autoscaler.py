@@ -31,6 +31,7 @@ from tokenscale.controller import devices, metrics, sweep
 from tokenscale.controller.kube import Kube
 from tokenscale.controller.reconcile import parse_spec, selector_for
 from tokenscale.plan import plan_service
+from tokenscale.render import dra as render_dra
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,22 @@ def with_allocatable(
             out.append(item)
             continue
         if dra_view is not None and dra_view.allocations.get(pool.name) == "dra":
-            key = dra.pool_key(pool.gpu, pool.partition)
-            free = dra.free_per_node(
-                dra_view.slices, dra_view.claims, key, cfg.gpus, cfg.dra.driver
-            )
+            # Each model a claim may take (the pool's, then its usable alternatives) adds the
+            # replicas its free devices hold: the pods are the same shape on every model.
+            models = [pool.gpu, *render_dra.usable_alternatives(svc, pool, plan, cfg)[0]]
+            fit = 0
+            for model in models:
+                key = dra.pool_key(model, pool.partition)
+                free = dra.free_per_node(
+                    dra_view.slices, dra_view.claims, key, cfg.gpus, cfg.dra.driver
+                )
+                fit += capacity.replicas_that_fit(
+                    free, plan.gpus_per_replica, plan.nodes_per_replica
+                )
         else:
             resource = capacity.resource_name(pool.partition)
             free = capacity.free_per_node(nodes, pods, gpu, resource)
-        fit = capacity.replicas_that_fit(free, plan.gpus_per_replica, plan.nodes_per_replica)
+            fit = capacity.replicas_that_fit(free, plan.gpus_per_replica, plan.nodes_per_replica)
         out.append(PoolInput(**{**item.__dict__, "allocatable_replicas": fit}))
     return out
 

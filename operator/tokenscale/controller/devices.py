@@ -15,9 +15,11 @@ import time
 import weakref
 from typing import Any
 
+from tokenscale import constants as c
 from tokenscale.allocation import Inventory, Resolved, inventory, pool_allocations
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
+from tokenscale.autoscale import dra
 from tokenscale.autoscale.dra import DraView
 from tokenscale.controller.kube import Kube, KubeError
 
@@ -88,3 +90,19 @@ def forget(kube: Kube) -> None:
     """Drop the cached view (tests; a known node-pool change)."""
     with _lock:
         _cache.pop(kube, None)
+
+
+def claimed_models(
+    kube: Kube, cfg: OperatorConfig, svc: InferenceService, namespace: str
+) -> dict[str, dict[str, int]]:
+    """Which GPU model each pool's claims got; only read when some pool has alternatives."""
+    if not any(p.alternatives for p in svc.spec.pools):
+        return {}
+    selector = f"{c.LABEL_SERVICE}={svc.metadata.name}"
+    try:
+        claims = kube.list("ResourceClaim", namespace, selector)
+    except KubeError as exc:
+        if exc.status in (403, 404):
+            return {}
+        raise
+    return dra.claimed_models(claims, cfg.gpus, c.LABEL_POOL, cfg.dra.driver)

@@ -165,7 +165,7 @@ def _reconcile(
     else:
         applied = _read_workloads(body, rendered.objects, kube, cfg)
 
-    status = _status(body, svc, plans, replicas, applied, kube, rendered.problems, now)
+    status = _status(body, svc, plans, replicas, applied, kube, rendered.problems, now, cfg)
     moved = routing.follow(
         body,
         svc,
@@ -271,10 +271,12 @@ def _status(
     kube: Kube,
     render_problems: Sequence[str],
     now: datetime,
+    cfg: OperatorConfig,
 ) -> dict[str, Any]:
     meta = body["metadata"]
     pods = kube.list("Pod", meta["namespace"], selector_for(meta["name"]))
     trouble = observe.pod_problems(pods)
+    models = devices.claimed_models(kube, cfg, svc, meta["namespace"])
     by_name = {k[1]: v for k, v in applied.items() if k[0] in WORKLOAD_KINDS}
     pools = []
     for pool in svc.spec.pools:
@@ -300,6 +302,7 @@ def _status(
             tokens_per_second=old_pools.get(o.name, {}).get("tokensPerSecond"),
             capacity_per_replica=old_pools.get(o.name, {}).get("capacityPerReplica"),
             message="; ".join(o.problems),
+            models=models.get(o.name, {}),
         ).to_k8s()
         for o in pools
     ]

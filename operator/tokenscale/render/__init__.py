@@ -68,12 +68,19 @@ def render_pool(
     if not plan.fits:
         return RenderResult()
     claims: list[Obj] = []
+    notes: list[str] = []
     if allocation == "dra" and pool.gpu != "CPU":
         issue = dra.problem(pool, config.gpus[pool.gpu], config)
         if issue:
             return RenderResult(problems=[issue])
         per_pod = plan.gpus_per_replica // max(1, plan.nodes_per_replica)
-        claims.append(dra.claim_template(service, pool, config, per_pod))
+        alternatives, notes = dra.usable_alternatives(service, pool, plan, config)
+        claims.append(dra.claim_template(service, pool, config, per_pod, alternatives))
+    elif pool.alternatives:
+        notes = [
+            f"pool {pool.name}: alternatives {', '.join(pool.alternatives)} ignored: the device "
+            "plugin asks for one GPU model; they need allocation dra (or auto on DRA nodes)"
+        ]
 
     def template(role: str) -> pod.PodTemplate:
         tpl = pod.pod_template(service, pool, plan, config, role)
@@ -86,7 +93,7 @@ def render_pool(
         obj = deployment_mod.deployment(
             service, pool, name, labels, names.pool_selector(svc, pool.name), tpl.template, replicas
         )
-        return RenderResult([*claims, obj], warnings=tpl.warnings)
+        return RenderResult([*claims, obj], warnings=notes + tpl.warnings)
     if not config.leader_worker_set:
         return RenderResult(problems=[lws_missing_problem(pool.name, plan.nodes_per_replica)])
     leader = template(c.ROLE_LEADER)
@@ -101,7 +108,7 @@ def render_pool(
         worker.template,
         replicas,
     )
-    warnings = sorted(set(leader.warnings + worker.warnings))
+    warnings = notes + sorted(set(leader.warnings + worker.warnings))
     return RenderResult([*claims, obj], warnings=warnings)
 
 

@@ -19,13 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from tokenscale import constants as c
 from tokenscale.api.config import DraSettings, GPUSpec, OperatorConfig
 from tokenscale.api.service import GPUPool, InferenceService
+from tokenscale.api.status import PoolPlan
+from tokenscale.plan.planner import plan_pool
 from tokenscale.render import names
-from tokenscale.render.pod import spec_hash
+from tokenscale.render.pod import image_for, spec_hash
 
 Obj = dict[str, Any]
 
@@ -96,8 +99,7 @@ def selectors(pool: GPUPool, gpu: GPUSpec, settings: DraSettings) -> list[str]:
     ]
 
 
-def request(pool: GPUPool, gpu: GPUSpec, count: int, settings: DraSettings) -> Obj:
-    """The ``exactly`` device request: ``count`` devices of the class matching the selectors."""
+def _exact(pool: GPUPool, gpu: GPUSpec, count: int, settings: DraSettings) -> Obj:
     exact: Obj = {
         "deviceClassName": settings.device_class,
         "allocationMode": "ExactCount",
@@ -107,7 +109,73 @@ def request(pool: GPUPool, gpu: GPUSpec, count: int, settings: DraSettings) -> O
     if settings.auto_partition and pool.partition and not pool.partition.startswith("spx"):
         # AutoPartition devices hand out partitions as consumable capacity (one per request).
         exact["capacity"] = {"requests": {"partitions": "1"}}
-    return {"name": CLAIM_NAME, "exactly": exact}
+    return exact
+
+
+def subrequest_name(model: str) -> str:
+    """The firstAvailable entry of a GPU model (a DNS label: ``MI355X`` -> ``mi355x``)."""
+    return model.lower()
+
+
+def request(
+    pool: GPUPool,
+    gpu: GPUSpec,
+    count: int,
+    settings: DraSettings,
+    alternatives: Sequence[tuple[str, GPUSpec]] = (),
+) -> Obj:
+    """The device request: ``count`` devices matching the selectors (``exactly``), or, with
+    alternatives, the first of the pool's GPU and then each alternative that the scheduler can
+    satisfy (``firstAvailable``, same count: the pod's engine arguments are fixed)."""
+    if not alternatives:
+        return {"name": CLAIM_NAME, "exactly": _exact(pool, gpu, count, settings)}
+    choices = [(pool.gpu, gpu), *alternatives]
+    return {
+        "name": CLAIM_NAME,
+        "firstAvailable": [
+            {"name": subrequest_name(model), **_exact(pool, spec, count, settings)}
+            for model, spec in choices
+        ],
+    }
+
+
+def usable_alternatives(
+    service: InferenceService, pool: GPUPool, plan: PoolPlan, config: OperatorConfig
+) -> tuple[list[str], list[str]]:
+    """The pool's alternatives that one pod template can serve, and a warning per dropped one.
+
+    Each alternative is planned on its own (its HBM, its partition sizes). A pod's engine
+    arguments and image are fixed before the scheduler picks a model, so an alternative is kept
+    only if its plan fits with the same GPUs per replica and nodes as the pool's own plan, it
+    runs the same image, and its devices can be selected (catalogue product names).
+    """
+    kept: list[str] = []
+    warnings: list[str] = []
+    own_image = image_for(service, pool, config.gpus[pool.gpu], config)
+    for model in pool.alternatives:
+        alt = pool.model_copy(update={"gpu": model, "alternatives": []})
+        alt_plan = plan_pool(service.spec, alt, config)
+        why = ""
+        if not alt_plan.fits:
+            why = alt_plan.message
+        elif (alt_plan.gpus_per_replica, alt_plan.nodes_per_replica) != (
+            plan.gpus_per_replica,
+            plan.nodes_per_replica,
+        ):
+            why = (
+                f"it needs {alt_plan.gpus_per_replica} GPUs on {alt_plan.nodes_per_replica} "
+                f"node(s) per replica, {pool.gpu} {plan.gpus_per_replica} on "
+                f"{plan.nodes_per_replica}; fix: set gpusPerReplica, or make it its own pool"
+            )
+        elif image_for(service, alt, config.gpus[model], config) != own_image:
+            why = f"its image differs from {pool.gpu}'s; fix: make it its own pool"
+        elif problem(alt, config.gpus[model], config):
+            why = f"fix: add its productName to gpus.{model}.productNames in operator config"
+        if why:
+            warnings.append(f"pool {pool.name}: alternative {model} dropped: {why}")
+        else:
+            kept.append(model)
+    return kept, warnings
 
 
 def problem(pool: GPUPool, gpu: GPUSpec, config: OperatorConfig) -> str | None:
@@ -124,7 +192,11 @@ def problem(pool: GPUPool, gpu: GPUSpec, config: OperatorConfig) -> str | None:
 
 
 def claim_template(
-    service: InferenceService, pool: GPUPool, config: OperatorConfig, devices_per_pod: int
+    service: InferenceService,
+    pool: GPUPool,
+    config: OperatorConfig,
+    devices_per_pod: int,
+    alternatives: Sequence[str] = (),
 ) -> Obj:
     """One ResourceClaimTemplate per pool and pod shape; each pod gets its own claim from it.
 
@@ -137,7 +209,19 @@ def claim_template(
     claim_labels = {c.LABEL_SERVICE: svc, c.LABEL_POOL: pool.name}
     spec: Obj = {
         "metadata": {"labels": dict(sorted(claim_labels.items()))},
-        "spec": {"devices": {"requests": [request(pool, gpu, devices_per_pod, config.dra)]}},
+        "spec": {
+            "devices": {
+                "requests": [
+                    request(
+                        pool,
+                        gpu,
+                        devices_per_pod,
+                        config.dra,
+                        [(m, config.gpus[m]) for m in alternatives],
+                    )
+                ]
+            }
+        },
     }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
     labels = {**names.common_labels(svc), c.LABEL_POOL: pool.name}
