@@ -228,7 +228,9 @@ def test_auto_renders_each_pool_the_way_its_gpus_are_published(
         _pool("whole", "MI300X", replicas=1),
         _pool("cpx", "MI300X", replicas=1, partition="cpx_nps1"),
     ]))  # fmt: skip
-    _ready(cluster, namespace, name)
+    ready = _ready(cluster, namespace, name)
+    chosen = {p["name"]: p.get("allocation") for p in ready["status"]["pools"]}
+    assert chosen == {"whole": "devicePlugin", "cpx": "dra"}
     whole = get(cluster, "deploy", f"{name}-whole", "-n", namespace)
     tpl = whole["spec"]["template"]["spec"]
     assert tpl["containers"][0]["resources"]["limits"] == {c.RESOURCE_GPU: "2"}

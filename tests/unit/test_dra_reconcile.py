@@ -59,6 +59,11 @@ def test_auto_renders_each_pool_its_own_way_and_owns_the_templates() -> None:
     assert cpx["resourceClaims"][0]["resourceClaimTemplateName"] == tpl["metadata"]["name"]
     assert tpl["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
     assert ("ResourceClaimTemplate", tpl["metadata"]["name"]) in (out.children or {})
+    # status shows what auto chose per pool
+    assert {p["name"]: p.get("allocation") for p in out.status["pools"]} == {
+        "whole": "devicePlugin",
+        "cpx": "dra",
+    }
 
 
 def test_a_new_pod_shape_is_a_new_template_and_the_old_one_is_pruned() -> None:

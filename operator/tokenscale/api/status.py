@@ -43,6 +43,11 @@ class PoolStatus(StrictModel):
         default=None, description="Measured or configured tokens/s one replica sustains."
     )
     message: str = Field(default="", description="Scheduling or rollout problems.")
+    allocation: str | None = Field(
+        default=None,
+        description="How the pool's pods ask for GPUs as rendered: dra (ResourceClaims) or "
+        "devicePlugin (amd.com/* resources); shows what allocation auto chose.",
+    )
     models: dict[str, int] = Field(
         default_factory=dict,
         description="Pods per GPU model their DRA claims were allocated (pools with "

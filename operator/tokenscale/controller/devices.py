@@ -106,3 +106,20 @@ def claimed_models(
             return {}
         raise
     return dra.claimed_models(claims, cfg.gpus, c.LABEL_POOL, cfg.dra.driver)
+
+
+def workload_allocation(workload: dict[str, Any] | None) -> str | None:
+    """``dra`` or ``devicePlugin`` as a rendered workload's pod template asks for GPUs (None:
+    no workload, or a pod that asks for no GPU, such as a CPU pool)."""
+    spec = (workload or {}).get("spec") or {}
+    lws = spec.get("leaderWorkerTemplate") or {}
+    templates = [spec.get("template"), lws.get("leaderTemplate"), lws.get("workerTemplate")]
+    for template in filter(None, templates):
+        pod = template.get("spec") or {}
+        if pod.get("resourceClaims"):
+            return "dra"
+        for container in pod.get("containers") or []:
+            limits = (container.get("resources") or {}).get("limits") or {}
+            if any(k.startswith(c.RESOURCE_PREFIX) for k in limits):
+                return "devicePlugin"
+    return None

@@ -279,11 +279,13 @@ def _status(
     models = devices.claimed_models(kube, cfg, svc, meta["namespace"])
     by_name = {k[1]: v for k, v in applied.items() if k[0] in WORKLOAD_KINDS}
     pools = []
+    allocation: dict[str, str | None] = {}
     for pool in svc.spec.pools:
         workload = by_name.get(names.pool_workload(meta["name"], pool.name))
         obs = observe.observe_workload(pool.name, pool.gpu, replicas[pool.name], workload)
         obs.problems = trouble.get(pool.name, [])
         pools.append(obs)
+        allocation[pool.name] = devices.workload_allocation(workload)
     plan_problems = [p.message for p in plans if not p.fits]
     conds = observe.service_conditions(
         pools, plan_problems, render_problems, meta.get("generation")
@@ -302,6 +304,7 @@ def _status(
             tokens_per_second=old_pools.get(o.name, {}).get("tokensPerSecond"),
             capacity_per_replica=old_pools.get(o.name, {}).get("capacityPerReplica"),
             message="; ".join(o.problems),
+            allocation=allocation.get(o.name),
             models=models.get(o.name, {}),
         ).to_k8s()
         for o in pools
