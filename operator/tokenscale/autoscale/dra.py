@@ -14,13 +14,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tokenscale import constants as c
 from tokenscale.api.config import GPUSpec
 
 #: (GPU model in the catalogue, partition profile or None for whole GPUs)
 DeviceKey = tuple[str, str | None]
-
-TYPE_GPU = "amdgpu"
-TYPE_PARTITION = "amdgpu-partition"
 
 
 def _value(attr: Any) -> Any:
@@ -62,9 +60,9 @@ def device_key(
         if compute == "spx":
             return (model, None)
         return (model, f"{compute}_{attribute(device, driver, 'memoryPartition')}")
-    if kind == TYPE_GPU:
+    if kind == c.DRA_TYPE_GPU:
         return (model, None)
-    if kind == TYPE_PARTITION:
+    if kind == c.DRA_TYPE_PARTITION:
         profile = attribute(device, driver, "partitionProfile")
         return (model, str(profile)) if profile else None
     return None

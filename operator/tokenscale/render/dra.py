@@ -35,9 +35,6 @@ Obj = dict[str, Any]
 API_VERSION = "resource.k8s.io/v1"
 #: Name of the claim in the pod spec and of the request inside the claim.
 CLAIM_NAME = "gpus"
-#: Device ``type`` attribute values of AMD's driver.
-TYPE_GPU = "amdgpu"
-TYPE_PARTITION = "amdgpu-partition"
 
 
 def _attr(settings: DraSettings, name: str) -> str:
@@ -85,11 +82,11 @@ def selectors(pool: GPUPool, gpu: GPUSpec, settings: DraSettings) -> list[str]:
         return exprs
     if profile is None:
         return [
-            f"{_attr(settings, 'type')} == {_quote(TYPE_GPU)}",
+            f"{_attr(settings, 'type')} == {_quote(c.DRA_TYPE_GPU)}",
             product,
             _memory_check(settings, gpu.hbm_gib),
         ]
-    device_type = TYPE_GPU if profile.startswith("spx") else TYPE_PARTITION
+    device_type = c.DRA_TYPE_GPU if profile.startswith("spx") else c.DRA_TYPE_PARTITION
     return [
         f"{_attr(settings, 'type')} == {_quote(device_type)}",
         f"has({_attr(settings, 'partitionProfile')}) && "
