@@ -345,3 +345,9 @@ def test_device_plugin_ignores_alternatives_with_a_warning() -> None:
     result = _render(svc, CFG, "devicePlugin")
     assert not any(o["kind"] == "ResourceClaimTemplate" for o in result.objects)
     assert any("alternatives MI300X ignored" in w for w in result.warnings)
+
+
+def test_spx_pool_takes_whole_gpus_like_the_capacity_view_counts_them() -> None:
+    spx = dra.selectors(_pool(gpu="MI300X", partition="spx_nps1"), CFG.gpus["MI300X"], CFG.dra)
+    whole = dra.selectors(_pool(gpu="MI300X"), CFG.gpus["MI300X"], CFG.dra)
+    assert spx == whole

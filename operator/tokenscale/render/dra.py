@@ -80,15 +80,15 @@ def selectors(pool: GPUPool, gpu: GPUSpec, settings: DraSettings) -> list[str]:
         if profile is None:
             exprs.append(_memory_check(settings, gpu.hbm_gib))
         return exprs
-    if profile is None:
+    if profile is None or profile.startswith("spx"):
+        # An SPX "partition" is the whole GPU, whatever the node's memory mode.
         return [
             f"{_attr(settings, 'type')} == {_quote(c.DRA_TYPE_GPU)}",
             product,
             _memory_check(settings, gpu.hbm_gib),
         ]
-    device_type = c.DRA_TYPE_GPU if profile.startswith("spx") else c.DRA_TYPE_PARTITION
     return [
-        f"{_attr(settings, 'type')} == {_quote(device_type)}",
+        f"{_attr(settings, 'type')} == {_quote(c.DRA_TYPE_PARTITION)}",
         f"has({_attr(settings, 'partitionProfile')}) && "
         f"{_attr(settings, 'partitionProfile')} == {_quote(profile)}",
         product,
