@@ -56,6 +56,18 @@ CASES: list[Case] = [
         "minReplicas",
     ),
     Case(
+        "alternative-repeats-gpu",
+        service(pools=_pool(alternatives=["MI325X", "MI300X"])),
+        "spec.pools[0]",
+        "alternatives",
+    ),
+    Case(
+        "alternative-cpu",
+        service(pools=_pool(alternatives=["CPU"])),
+        "spec.pools[0]",
+        "alternatives",
+    ),
+    Case(
         "unknown-gpu-model",
         service(pools=_pool(gpu="H100")),
         "spec.pools[0].gpu",

@@ -73,3 +73,7 @@ COND_PROGRESSING: Final = "Progressing"
 COND_DEGRADED: Final = "Degraded"
 COND_SCALING: Final = "Scaling"
 COND_SLA_MET: Final = "SLAMet"
+
+# AMD DRA driver (gpu.amd.com) device ``type`` attribute values (ROCm/k8s-gpu-dra-driver consts).
+DRA_TYPE_GPU: Final = "amdgpu"
+DRA_TYPE_PARTITION: Final = "amdgpu-partition"

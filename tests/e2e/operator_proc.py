@@ -54,7 +54,9 @@ def helm_template(cluster: Cluster, *show_only: str, values: dict[str, Any] | No
 def install_crds_and_rbac(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
     cluster.kubectl("create", "namespace", SYSTEM_NS, check=False)
-    rbac = helm_template(cluster, "templates/serviceaccount.yaml", "templates/rbac.yaml")
+    rbac = helm_template(
+        cluster, "templates/serviceaccount.yaml", "templates/rbac.yaml", "templates/rbac-dra.yaml"
+    )
     path = cluster.work_dir / "operator-rbac.yaml"
     path.write_text(rbac)
     cluster.kubectl("apply", "-f", str(path))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.operator_proc import OPERATOR_CONFIG, OperatorProcess
 from tests.e2e.helpers import apply, condition, example, get, wait_for
+from tests.e2e.operator_proc import OPERATOR_CONFIG, OperatorProcess
 from tests.testbed.cluster import Cluster
 from tokenscale.controller import resync
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.e2e.operator_proc import OPERATOR_CONFIG, OperatorProcess
 from tests.e2e.helpers import apply, get, wait_condition, wait_for
+from tests.e2e.operator_proc import OPERATOR_CONFIG, OperatorProcess
 from tests.testbed import nodes
 from tests.testbed.cluster import Cluster
 from tokenscale import constants as c

@@ -31,7 +31,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from . import build, nodes, pki
+from . import build, dra, nodes, pki
 from .procs import (
     Proc,
     add_cleanup,
@@ -225,6 +225,7 @@ class Cluster:
         self._wait_http("kwok", self._local("kwok", "http") + "/healthz", 60)
 
         self.node_names = nodes.create_nodes(self.api_client(), self.pools)
+        dra.publish(self.api_client(), self.pools)  # GPUs of DRA pools as ResourceSlices
         wait_until(self._nodes_ready, timeout=timeout, interval=0.5, what="fake nodes Ready")
         self.wait_default_sa("default", timeout=60)
         self._start_extra_components()

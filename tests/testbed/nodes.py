@@ -57,6 +57,22 @@ EPHEMERAL_STORAGE = "3Ti"
 
 
 @dataclass(frozen=True)
+class DraLayout:
+    """How a node running AMD's DRA driver (``gpu.amd.com``) publishes its GPUs.
+
+    ``whole`` GPUs stay in SPX and are published as ``type: amdgpu`` devices; the next
+    ``partitioned`` GPUs are split into ``profile`` (compute mode per GPU, memory mode
+    node-wide, so every profile on one node shares the ``_nps<N>`` part) and published as
+    ``type: amdgpu-partition`` devices. No ``amd.com/*`` extended resource and no node-labeller
+    label exists on such a node: the device plugin does not run there. See tests/testbed/dra.py.
+    """
+
+    whole: int = 8
+    partitioned: int = 0
+    profile: str = "cpx_nps1"
+
+
+@dataclass(frozen=True)
 class NodePool:
     """``count`` identical nodes named ``<name>-<i>``.
 
@@ -77,6 +93,8 @@ class NodePool:
     pods: str = "110"
     extra_labels: dict[str, str] = field(default_factory=dict)
     taints: tuple[dict[str, str], ...] = ()
+    #: GPUs published as DRA ResourceSlices instead of extended resources (``gpu`` required).
+    dra: DraLayout | None = None
 
 
 DEFAULT_POOLS: tuple[NodePool, ...] = (
@@ -85,12 +103,23 @@ DEFAULT_POOLS: tuple[NodePool, ...] = (
     NodePool("mi355x", 2, MI355X, instance_type="testbed.mi355x.8"),
     NodePool("mi300x-cpx", 1, MI300X, partition="cpx_nps4", instance_type="testbed.mi300x.8"),
     NodePool("cpu", 2, None, instance_type="testbed.cpu.64"),
+    # DRA pools (issue 16): few nodes, no amd.com/* labels or resources, so no device-plugin
+    # test can land on them. The MI300X node mixes whole GPUs and CPX partitions on purpose:
+    # a whole-GPU claim must never get a partition there, and vice versa.
+    NodePool("mi355x-dra", 1, MI355X, instance_type="testbed.mi355x.8", dra=DraLayout(8)),
+    NodePool(
+        "mi300x-dra",
+        1,
+        MI300X,
+        instance_type="testbed.mi300x.8",
+        dra=DraLayout(whole=4, partitioned=4, profile="cpx_nps1"),
+    ),
 )
 
 
 def scale_pools(n: int, pools: Sequence[NodePool] = DEFAULT_POOLS) -> tuple[NodePool, ...]:
     """Spread ``n`` GPU nodes over the whole-GPU pools (for scheduling benchmarks)."""
-    gpu_pools = [p for p in pools if p.gpu is not None and p.partition is None]
+    gpu_pools = [p for p in pools if p.gpu is not None and p.partition is None and p.dra is None]
     base, extra = divmod(n, len(gpu_pools))
     scaled = [replace(p, count=base + (1 if i < extra else 0)) for i, p in enumerate(gpu_pools)]
     return tuple(p for p in scaled if p.count > 0)
@@ -266,7 +295,10 @@ def node_manifest(pool: NodePool, index: int) -> dict[str, Any]:
         "pods": pool.pods,
         "ephemeral-storage": EPHEMERAL_STORAGE,
     }
-    if pool.gpu is not None:
+    if pool.dra is not None:
+        # NFD still sees the AMD PCI device; the GPUs themselves are in ResourceSlices.
+        labels["feature.node.kubernetes.io/amd-gpu"] = "true"
+    elif pool.gpu is not None:
         # A partitioned GPU shows up as several devices, which the labeller counts.
         devices = pool.gpus_per_node * (pool.partitions_per_gpu if pool.partition else 1)
         labels.update(gpu_labels(pool.gpu, devices, pool.partition))

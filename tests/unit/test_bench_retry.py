@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from tests.unit.fakekube import FakeKube
+from tokenscale.bench import resultchannel
 from tokenscale.bench.cli import _detect_model
 from tokenscale.bench.retry import GaveUp, with_backoff
-from tokenscale.bench import resultchannel
 from tokenscale.k8s.kube import KubeError
 
 

@@ -46,7 +46,7 @@ def test_nested_catalogue_entries_merge_and_new_ones_are_added(tmp_path: Path) -
     parts = cfg.gpus["MI300X"].partitions
     assert (parts["cpx_nps4"].per_gpu, parts["cpx_nps4"].hbm_gib) == (8, 20)
     assert parts["spx_nps2"].hbm_gib == 190
-    assert parts["dpx_nps2"] == DEFAULT_GPUS["MI300X"].partitions["dpx_nps2"]
+    assert parts["qpx_nps1"] == DEFAULT_GPUS["MI300X"].partitions["qpx_nps1"]
 
 
 def test_nested_settings_merge_but_lists_and_string_maps_are_replaced(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.invalid_manifests import service
+from tests.factories import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api import k8sschema
 from tokenscale.api.config import OperatorConfig

@@ -2,10 +2,12 @@
 
 Why: the rendered objects are what the operator applies to clusters, so any change to them must
 be a visible, reviewed diff. Each example under ``examples/`` (and each extra input under
-``tests/golden/inputs/``, with an optional ``<name>.config.yaml`` operator config) is rendered
-with the default config and compared with ``tests/golden/<name>.yaml``; examples whose replicas
-span nodes are also rendered with ``leaderWorkerSet: true`` into ``<name>.lws.yaml``. Notes
-(``# plan:``, ``# problem:``, ``# warning:``, as ``tokenscale render`` prints them) head the file.
+``tests/golden/inputs/``) is rendered with its optional ``<name>.config.yaml`` operator config
+(beside it or, for an example, in ``tests/golden/inputs/``), else the default config, and
+compared with ``tests/golden/<name>.yaml``; examples whose replicas span nodes are also rendered
+with ``leaderWorkerSet: true`` into ``<name>.lws.yaml``. Notes (``# plan:``, ``# problem:``,
+``# warning:``, as ``tokenscale render`` prints them) head the file.
+
 Regenerate on purpose only::
 
     UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_render_golden.py
@@ -48,6 +50,8 @@ def _is_service(path: Path) -> bool:
 
 def _config(path: Path, lws: bool = False) -> OperatorConfig:
     extra = path.with_name(f"{path.stem}.config.yaml")
+    if not extra.exists():  # examples keep their config with the golden inputs
+        extra = GOLDEN / "inputs" / f"{path.stem}.config.yaml"
     config = OperatorConfig.load(extra if extra.exists() else None)
     return config.model_copy(update={"leader_worker_set": True}) if lws else config
 

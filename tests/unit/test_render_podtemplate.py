@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.invalid_manifests import service
+from tests.factories import service
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService

@@ -25,6 +25,8 @@ def test_default_pools_match_the_brief() -> None:
         "mi355x": 2,
         "mi300x-cpx": 1,
         "cpu": 2,
+        "mi355x-dra": 1,
+        "mi300x-dra": 1,
     }
     mi355 = by_pool["mi355x"][0]
     labels = mi355["metadata"]["labels"]
@@ -47,6 +49,13 @@ def test_default_pools_match_the_brief() -> None:
     cpu = by_pool["cpu"][0]
     assert not any(k.startswith(("amd.com/", "beta.amd.com/")) for k in cpu["metadata"]["labels"])
 
+    # DRA nodes: no device plugin, so no amd.com/* resource and no node-labeller label.
+    for dra_node in by_pool["mi355x-dra"] + by_pool["mi300x-dra"]:
+        labels = dra_node["metadata"]["labels"]
+        assert not any(k.startswith(("amd.com/", "beta.amd.com/")) for k in labels)
+        assert labels["feature.node.kubernetes.io/amd-gpu"] == "true"
+        assert not any(k.startswith("amd.com/") for k in dra_node["status"]["capacity"])
+
 
 def test_label_keys_and_values_are_valid() -> None:
     for m in nodes.manifests():
@@ -58,7 +67,7 @@ def test_label_keys_and_values_are_valid() -> None:
 def test_scale_pools_spreads_exactly_n_gpu_nodes() -> None:
     pools = nodes.scale_pools(500)
     assert sum(p.count for p in pools) == 500
-    assert all(p.gpu is not None and p.partition is None for p in pools)
+    assert all(p.gpu is not None and p.partition is None and p.dra is None for p in pools)
     assert len({m["metadata"]["name"] for m in nodes.manifests(pools)}) == 500
 
 

@@ -292,6 +292,44 @@ class MetricsSourceSettings(StrictModel):
         return self
 
 
+Allocation = Literal["devicePlugin", "dra", "auto"]
+
+
+class DraSettings(StrictModel):
+    """How GPUs published by AMD's DRA driver are asked for (used when allocation is not
+    devicePlugin). Names are settings, not constants: AMD's attribute names and product names
+    for newer GPUs are not verified on hardware (docs/rendering.md, "DRA or device plugin")."""
+
+    driver: str = Field(
+        default="gpu.amd.com",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="DRA driver name: the ResourceSlices' spec.driver and the CEL attribute "
+        'domain (device.attributes["<driver>"]).',
+    )
+    device_class: str = Field(
+        default="gpu.amd.com",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="DeviceClass the claims name (the GPU Operator creates gpu.amd.com).",
+    )
+    auto_partition: bool = Field(
+        default=False,
+        description="Partition pools ask AMD's AutoPartition devices (computePartition, "
+        "memoryPartition, consumable capacity partitions; Kubernetes >= 1.36 with "
+        "DRAConsumableCapacity) instead of pre-partitioned amdgpu-partition devices.",
+    )
+    memory_fraction: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="A device must report at least this fraction of the HBM the catalogue "
+        "lists for its GPU (or partition); drivers report slightly less than the nominal size.",
+    )
+
+
 class OperatorConfig(StrictModel):
     """Everything cluster-specific the operator needs."""
 
@@ -323,6 +361,17 @@ class OperatorConfig(StrictModel):
     metrics_source: MetricsSourceSettings = Field(
         default_factory=MetricsSourceSettings,
         description="Where the autoscaler reads engine metrics: scrape pods or query Prometheus.",
+    )
+    allocation: Allocation = Field(
+        default="devicePlugin",
+        description="How engine pods ask for GPUs: devicePlugin (amd.com/gpu extended "
+        "resources and node-label affinity), dra (ResourceClaims on the gpu.amd.com DRA "
+        "driver's devices), or auto (per GPU model and partition profile, whichever the "
+        "cluster publishes: ResourceSlices of dra.driver with dra.deviceClass present, or "
+        "extended resources).",
+    )
+    dra: DraSettings = Field(
+        default_factory=DraSettings, description="DRA driver settings (allocation dra/auto)."
     )
 
     @classmethod

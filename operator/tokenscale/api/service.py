@@ -181,7 +181,15 @@ class GPUPool(StrictModel):
 
     model_config = StrictModel.model_config | {
         "json_schema_extra": cel(
-            ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas")
+            ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),
+            (
+                "!has(self.alternatives) || !(self.gpu in self.alternatives)",
+                "alternatives must not repeat gpu; fix: list only the other models",
+            ),
+            (
+                "!has(self.alternatives) || !('CPU' in self.alternatives)",
+                "alternatives cannot contain CPU; fix: make a CPU pool",
+            ),
         )
     }
 
@@ -211,6 +219,13 @@ class GPUPool(StrictModel):
         "priority, memory), merged after spec.podTemplate; affinity, volumes and volumeMounts "
         "are service-wide. See docs/rendering.md.",
     )
+    alternatives: list[GPUModel] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Other GPU models a replica may take when gpu has no free device, in "
+        "priority order (DRA firstAvailable; needs operator allocation dra or auto). Each is "
+        "planned on its own and must fit with the same GPUs per replica, e.g. [MI325X, MI300X].",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
@@ -221,6 +236,15 @@ class GPUPool(StrictModel):
             )
         if isinstance(self.gpus_per_replica, int) and self.gpus_per_replica < 1:
             raise ValueError("gpusPerReplica must be >= 1 or 'auto'; fix: use auto")
+        if "CPU" in self.alternatives or (self.alternatives and self.gpu == "CPU"):
+            raise ValueError(
+                "alternatives are GPU models of a GPU pool; fix: remove CPU (make a CPU pool)"
+            )
+        if self.gpu in self.alternatives or len(set(self.alternatives)) < len(self.alternatives):
+            raise ValueError(
+                f"alternatives {self.alternatives} repeat a model (gpu is {self.gpu}); "
+                "fix: list each other model once"
+            )
         return self
 
 

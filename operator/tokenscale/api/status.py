@@ -36,6 +36,16 @@ class PoolStatus(StrictModel):
     replicas: int = Field(default=0, description="Replicas that exist.")
     ready_replicas: int = Field(default=0, description="Replicas that are ready.")
     message: str = Field(default="", description="Scheduling or rollout problems.")
+    allocation: str | None = Field(
+        default=None,
+        description="How the pool's pods ask for GPUs as rendered: dra (ResourceClaims) or "
+        "devicePlugin (amd.com/* resources); shows what allocation auto chose.",
+    )
+    models: dict[str, int] = Field(
+        default_factory=dict,
+        description="Pods per GPU model their DRA claims were allocated (pools with "
+        "alternatives: which model each replica got).",
+    )
 
 
 class MetricsStatus(StrictModel):

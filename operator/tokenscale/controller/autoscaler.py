@@ -30,12 +30,14 @@ from tokenscale.api.status import (
     ScalingStatus,
 )
 from tokenscale.api.wire import merge_patch
-from tokenscale.autoscale import capacity, collector, decision, targets
+from tokenscale.autoscale import capacity, collector, decision, dra, targets
+from tokenscale.autoscale.dra import DraView
 from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolInput, ScalerAnnotation, ScalerState
-from tokenscale.controller import hold, metrics, observe
+from tokenscale.controller import devices, hold, metrics, observe
 from tokenscale.k8s.kube import Kube
 from tokenscale.plan import plan_service
+from tokenscale.render import dra as render_dra
 from tokenscale.render import gpuplacement
 from tokenscale.render.names import selector_for
 from tokenscale.validation import parse_spec
@@ -120,8 +122,13 @@ def with_allocatable(
     plans: Sequence[PoolPlan],
     nodes: list[dict[str, Any]],
     pods: list[dict[str, Any]],
+    dra_view: DraView | None = None,
 ) -> list[PoolInput]:
-    """Add how many more replicas the cluster can place per pool (capacity-aware scale-up)."""
+    """Add how many more replicas the cluster can place per pool (capacity-aware scale-up).
+
+    Pools that claim GPUs through DRA (``dra_view.allocations``) count free devices in
+    ResourceSlices instead of allocatable extended resources on Nodes.
+    """
     by_plan = {p.pool: p for p in plans}
     pools = {p.name: p for p in svc.spec.pools}
     cluster = gpuplacement.cluster_gpus(nodes, cfg.pods.tolerations, cfg.pods.node_selector)
@@ -132,16 +139,30 @@ def with_allocatable(
         if gpu is None or plan is None or pool.gpu == "CPU":
             out.append(item)
             continue
-        request = gpuplacement.gpu_request(pool, gpu, cfg, cluster)
-        eligible = [
-            n
-            for n in nodes
-            if gpuplacement.matches_terms(
-                (n.get("metadata") or {}).get("labels") or {}, request.node_terms
-            )
-        ]
-        free = capacity.free_per_node(eligible, pods, gpu, request.resource)
-        fit = capacity.replicas_that_fit(free, plan.gpus_per_replica, plan.nodes_per_replica)
+        if dra_view is not None and dra_view.allocations.get(pool.name) == "dra":
+            # Each model a claim may take (the pool's, then its usable alternatives) adds the
+            # replicas its free devices hold: the pods are the same shape on every model.
+            models = [pool.gpu, *render_dra.usable_alternatives(svc, pool, plan, cfg)[0]]
+            fit = 0
+            for model in models:
+                key = dra.pool_key(model, pool.partition)
+                free = dra.free_per_node(
+                    dra_view.slices, dra_view.claims, key, cfg.gpus, cfg.dra.driver
+                )
+                fit += capacity.replicas_that_fit(
+                    free, plan.gpus_per_replica, plan.nodes_per_replica
+                )
+        else:
+            request = gpuplacement.gpu_request(pool, gpu, cfg, cluster)
+            eligible = [
+                n
+                for n in nodes
+                if gpuplacement.matches_terms(
+                    (n.get("metadata") or {}).get("labels") or {}, request.node_terms
+                )
+            ]
+            free = capacity.free_per_node(eligible, pods, gpu, request.resource)
+            fit = capacity.replicas_that_fit(free, plan.gpus_per_replica, plan.nodes_per_replica)
         out.append(PoolInput(**{**item.__dict__, "allocatable_replicas": fit}))
     return out
 
@@ -258,7 +279,10 @@ async def decide(
     if wants_more and policy.mode == "builtin":
         nodes = await asyncio.to_thread(kube.list, "Node", None)
         all_pods = await asyncio.to_thread(kube.list, "Pod", None, "", "status.phase!=Succeeded")
-        seen.inputs = with_allocatable(seen.inputs, seen.svc, cfg, seen.plans, nodes, all_pods)
+        dra_view = await asyncio.to_thread(devices.dra_view, kube, cfg, seen.svc)
+        seen.inputs = with_allocatable(
+            seen.inputs, seen.svc, cfg, seen.plans, nodes, all_pods, dra_view
+        )
         verdict = decision.decide(list(loop.window), policy, seen.inputs, seen.state, now)
     return verdict
 

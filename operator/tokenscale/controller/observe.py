@@ -64,12 +64,31 @@ def pod_problems(pods: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
                 msg = cond.get("message") or cond.get("reason") or "unschedulable"
-                _add(found, pool, f"Unschedulable: {msg}")
+                _add_unschedulable(found, pool, msg, claim_names(pod))
         for cs in status.get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in _BAD_WAITING:
                 _add(found, pool, f"{waiting['reason']}: {waiting.get('message', '')}".strip())
     return found
+
+
+def claim_names(pod: dict[str, Any]) -> list[str]:
+    """ResourceClaims generated for the pod (DRA), as the pod's status names them."""
+    statuses = (pod.get("status") or {}).get("resourceClaimStatuses") or []
+    return sorted(str(s["resourceClaimName"]) for s in statuses if s.get("resourceClaimName"))
+
+
+def _add_unschedulable(
+    found: dict[str, list[str]], pool: str, message: str, claims: list[str]
+) -> None:
+    """A pod waiting for DRA devices names its claim (once per pool: one example is enough to
+    ``kubectl describe resourceclaim``, and a long list would bury the scheduler's reason)."""
+    if not claims:
+        _add(found, pool, f"Unschedulable: {message}")
+        return
+    prefix = "Unschedulable: ResourceClaim "
+    if not any(m.startswith(prefix) for m in found.get(pool, [])):
+        _add(found, pool, f"{prefix}{', '.join(claims)} waits for devices: {message}")
 
 
 def _add(found: dict[str, list[str]], pool: str, message: str) -> None:

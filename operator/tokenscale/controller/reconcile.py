@@ -17,11 +17,11 @@ from pydantic import ValidationError
 
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
-from tokenscale.api.service import InferenceService, InferenceServiceSpec
+from tokenscale.api.service import InferenceService
 from tokenscale.api.status import InferenceServiceStatus, PoolPlan, PoolStatus
 from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale.state import ScalerAnnotation
-from tokenscale.controller import nodefacts, observe, routing
+from tokenscale.controller import devices, nodefacts, observe, routing
 from tokenscale.controller.events import Event
 from tokenscale.controller.split import split_replicas
 from tokenscale.k8s.kube import Kube, KubeError
@@ -33,7 +33,14 @@ from tokenscale.validation import parse_spec, problems_from
 log = logging.getLogger(__name__)
 
 #: Child kinds the operator may create for a service, and so may have to prune.
-CHILD_KINDS = ("Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget", "ServiceMonitor")
+CHILD_KINDS = (
+    "Deployment",
+    "LeaderWorkerSet",
+    "Service",
+    "PodDisruptionBudget",
+    "ServiceMonitor",
+    "ResourceClaimTemplate",
+)
 #: Child kinds whose status the service's status reports.
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 
@@ -139,7 +146,8 @@ def _reconcile(
     namespace = body["metadata"]["namespace"]
     route = routing.live_route(kube, cfg, svc, namespace)
     cluster = nodefacts.for_client(kube).get(kube, cfg)  # auto naming, labeller check
-    rendered = render_all(svc, cfg, plans, replicas, route, cluster)
+    allocations = devices.pool_allocations_for(kube, cfg, svc)
+    rendered = render_all(svc, cfg, plans, replicas, route, cluster, allocations)
     events: list[Event] = []
     if apply:
         applied = _apply_children(body, rendered.objects, kube, cfg, events)
@@ -147,7 +155,7 @@ def _reconcile(
         applied = _read_workloads(body, rendered.objects, kube, cfg)
 
     old = observe.service_status(body)
-    status = _status(body, old, svc, plans, replicas, applied, kube, rendered.problems, now)
+    status = _status(body, old, svc, plans, replicas, applied, kube, rendered.problems, now, cfg)
     moved = routing.follow(
         body,
         svc,
@@ -155,7 +163,9 @@ def _reconcile(
         kube,
         status.ready_replicas,
         route,
-        lambda want: _service_object(render_all(svc, cfg, plans, replicas, want, cluster).objects),
+        lambda want: _service_object(
+            render_all(svc, cfg, plans, replicas, want, cluster, allocations).objects
+        ),
         events,
     )
     if moved is not None and apply:  # the ledger must hold the Service as it is now
@@ -251,18 +261,22 @@ def _status(
     kube: Kube,
     render_problems: Sequence[str],
     now: datetime,
+    cfg: OperatorConfig,
 ) -> InferenceServiceStatus:
     """What the reconcile owns in status, from what exists now (``old``: the stored status)."""
     meta = body["metadata"]
     pods = kube.list("Pod", meta["namespace"], names.selector_for(meta["name"]))
     trouble = observe.pod_problems(pods)
+    models = devices.claimed_models(kube, cfg, svc, meta["namespace"])
     by_name = {k[1]: v for k, v in applied.items() if k[0] in WORKLOAD_KINDS}
     pools = []
+    allocation: dict[str, str | None] = {}
     for pool in svc.spec.pools:
         workload = by_name.get(names.pool_workload(meta["name"], pool.name))
         obs = observe.observe_workload(pool.name, pool.gpu, replicas[pool.name], workload)
         obs.problems = trouble.get(pool.name, [])
         pools.append(obs)
+        allocation[pool.name] = devices.workload_allocation(workload)
     plan_problems = [p.message for p in plans if not p.fits]
     conds = observe.service_conditions(
         pools, plan_problems, render_problems, meta.get("generation")
@@ -277,6 +291,8 @@ def _status(
             replicas=o.replicas,
             ready_replicas=o.ready,
             message="; ".join(o.problems),
+            allocation=allocation.get(o.name),
+            models=models.get(o.name, {}),
         )
         for o in pools
     ]
@@ -390,6 +406,8 @@ _OPTIONAL_CRDS = {
 
 def kind_available(kube: Kube, cfg: OperatorConfig, kind: str) -> bool:
     """Skip listing kinds whose CRD the cluster lacks (a 404 would fail the pass)."""
+    if kind == "ResourceClaimTemplate":  # never listed (nor RBAC needed) for device plugins
+        return cfg.allocation != "devicePlugin"
     crd = _OPTIONAL_CRDS.get(kind)
     if crd is None:
         return True

@@ -65,6 +65,11 @@ KINDS: dict[str, Kind] = {
     # Kopf's peering records (controller/peering.py creates and reads them).
     "KopfPeering": Kind("kopf.dev/v1", "kopfpeerings"),
     "ClusterKopfPeering": Kind("kopf.dev/v1", "clusterkopfpeerings", namespaced=False),
+    # Dynamic Resource Allocation (allocation: dra/auto; GA in Kubernetes 1.34).
+    "ResourceClaimTemplate": Kind("resource.k8s.io/v1", "resourceclaimtemplates"),
+    "ResourceClaim": Kind("resource.k8s.io/v1", "resourceclaims"),
+    "ResourceSlice": Kind("resource.k8s.io/v1", "resourceslices", namespaced=False),
+    "DeviceClass": Kind("resource.k8s.io/v1", "deviceclasses", namespaced=False),
     "CustomResourceDefinition": Kind(
         "apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False
     ),

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenscale import constants as c
-from tokenscale.api.config import OperatorConfig
+from tokenscale.api.config import Allocation, OperatorConfig
 from tokenscale.api.service import GPUPool, InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.render import deployment as deployment_mod
-from tokenscale.render import gpuplacement, names, pdb, pod, podtemplate, servicemonitor
+from tokenscale.render import dra, gpuplacement, names, pdb, pod, podtemplate, servicemonitor
 from tokenscale.render import leaderworkerset as lws_mod
 from tokenscale.render import service as service_mod
 
@@ -57,9 +57,13 @@ def _pod_template(
     config: OperatorConfig,
     role: str,
     cluster: gpuplacement.ClusterGPUs | None,
+    claim: str | None = None,
 ) -> pod.PodTemplate:
-    """The operator's pod template with ``spec.podTemplate`` and the pool's merged over it."""
+    """The operator's pod template (GPUs claimed from ``claim`` on DRA) with
+    ``spec.podTemplate`` and the pool's merged over it."""
     tpl = pod.pod_template(service, pool, plan, config, role, cluster)
+    if claim:
+        dra.use_claims(tpl.template, claim)
     index = service.spec.pools.index(pool)
     merged, notes = podtemplate.merge(
         tpl.template,
@@ -77,29 +81,55 @@ def render_pool(
     config: OperatorConfig,
     replicas: int,
     cluster: gpuplacement.ClusterGPUs | None = None,
+    allocation: Allocation = "devicePlugin",
 ) -> RenderResult:
     """The workload of one pool: a Deployment, a LeaderWorkerSet, or nothing plus a problem.
 
-    A pool whose GPU no labelled node carries still renders (it schedules as soon as the
-    labeller runs) but reports why it cannot be placed yet."""
+    A device-plugin pool whose GPU no labelled node carries still renders (it schedules as soon
+    as the labeller runs) but reports why it cannot be placed yet. ``allocation`` ``dra``
+    (resolved per pool by the caller; ``auto`` is not a value here) puts a ResourceClaimTemplate
+    first and makes the pods claim their GPUs from it, with no node-label placement.
+    """
     svc = service.metadata.name
     name = names.pool_workload(svc, pool.name)
     labels = {**names.common_labels(svc), c.LABEL_POOL: pool.name}
     if not plan.fits:
         return RenderResult()
-    gpu = config.gpus.get(pool.gpu)
-    unplaceable = gpuplacement.labeller_problem(pool, gpu, cluster) if gpu else None
-    placement_problems = [unplaceable] if unplaceable else []
+    claims: list[Obj] = []
+    notes: list[str] = []
+    problems: list[str] = []
+    if allocation == "dra" and pool.gpu != "CPU":
+        issue = dra.problem(pool, config.gpus[pool.gpu], config)
+        if issue:
+            return RenderResult(problems=[issue])
+        per_pod = plan.gpus_per_replica // max(1, plan.nodes_per_replica)
+        alternatives, notes = dra.usable_alternatives(service, pool, plan, config)
+        claims.append(dra.claim_template(service, pool, config, per_pod, alternatives))
+    else:
+        if pool.alternatives:
+            notes = [
+                f"pool {pool.name}: alternatives {', '.join(pool.alternatives)} ignored: the "
+                "device plugin asks for one GPU model; they need allocation dra (or auto on DRA "
+                "nodes)"
+            ]
+        gpu = config.gpus.get(pool.gpu)
+        unplaceable = gpuplacement.labeller_problem(pool, gpu, cluster) if gpu else None
+        problems = [unplaceable] if unplaceable else []
+    claim = claims[0]["metadata"]["name"] if claims else None
+
+    def template(role: str) -> pod.PodTemplate:
+        return _pod_template(service, pool, plan, config, role, cluster, claim)
+
     if plan.nodes_per_replica <= 1:
-        tpl = _pod_template(service, pool, plan, config, c.ROLE_ENGINE, cluster)
+        tpl = template(c.ROLE_ENGINE)
         obj = deployment_mod.deployment(
             service, pool, name, labels, names.pool_selector(svc, pool.name), tpl.template, replicas
         )
-        return RenderResult([obj], problems=placement_problems, warnings=tpl.warnings)
+        return RenderResult([*claims, obj], problems=problems, warnings=notes + tpl.warnings)
     if not config.leader_worker_set:
         return RenderResult(problems=[lws_missing_problem(pool.name, plan.nodes_per_replica)])
-    leader = _pod_template(service, pool, plan, config, c.ROLE_LEADER, cluster)
-    worker = _pod_template(service, pool, plan, config, c.ROLE_WORKER, cluster)
+    leader = template(c.ROLE_LEADER)
+    worker = template(c.ROLE_WORKER)
     obj = lws_mod.leader_worker_set(
         service,
         pool,
@@ -110,11 +140,8 @@ def render_pool(
         worker.template,
         replicas,
     )
-    return RenderResult(
-        [obj],
-        problems=placement_problems,
-        warnings=sorted(set(leader.warnings + worker.warnings)),
-    )
+    warnings = notes + sorted(set(leader.warnings + worker.warnings))
+    return RenderResult([*claims, obj], problems=problems, warnings=warnings)
 
 
 def render_all(
@@ -124,6 +151,7 @@ def render_all(
     replicas: Mapping[str, int] | None = None,
     route: service_mod.Route = "engines",
     cluster: gpuplacement.ClusterGPUs | None = None,
+    allocations: Mapping[str, Allocation] | None = None,
 ) -> RenderResult:
     """Every child object of a service: Service, PDB, optional ServiceMonitor, one per pool.
 
@@ -131,6 +159,9 @@ def render_all(
     not in it gets its ``minReplicas``. A pool without a fitting plan renders no workload (its
     plan message is the condition), so an impossible spec yields no pods. ``route`` says whether
     the Service selects the engines or the activator (:func:`service_mod.wants_activator`).
+    ``allocations`` maps pool name to ``devicePlugin`` or ``dra`` (resolved from the operator
+    config's ``allocation`` by :func:`tokenscale.allocation.pool_allocations`); missing pools use
+    the device plugin.
     """
     svc = service.metadata.name
     by_pool = {p.pool: p for p in plans}
@@ -159,7 +190,8 @@ def render_all(
             result.problems.append(f"pool {pool.name}: no capacity plan")
             continue
         count = (replicas or {}).get(pool.name, pool.min_replicas)
-        part = render_pool(service, pool, plan, config, count, cluster)
+        mode = (allocations or {}).get(pool.name, "devicePlugin")
+        part = render_pool(service, pool, plan, config, count, cluster, mode)
         result.objects += part.objects
         result.problems += part.problems
         result.warnings += part.warnings

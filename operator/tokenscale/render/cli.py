@@ -16,7 +16,7 @@ import yaml
 
 from tokenscale import plan as planner
 from tokenscale import render
-from tokenscale.api.config import OperatorConfig
+from tokenscale.api.config import Allocation, OperatorConfig
 from tokenscale.api.service import InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.render import gpuplacement
@@ -109,8 +109,16 @@ def render_service(
     that fit but cannot be rendered, and ``warning: …`` for non-blocking adjustments.
     """
     plans = planner.plan_service(svc, config)
-    result = render.render_all(svc, config, plans, replicas, cluster=cluster)
+    # Offline there is no cluster to look at: allocation auto renders for the device plugin
+    # (what tokenscale.allocation.resolve answers without a cluster view).
+    mode: Allocation = "dra" if config.allocation == "dra" else "devicePlugin"
+    allocations = {p.name: mode for p in svc.spec.pools if p.gpu != "CPU"}
+    result = render.render_all(
+        svc, config, plans, replicas, cluster=cluster, allocations=allocations
+    )
     notes = [f"plan: {p.message}" for p in plans if not p.fits]
+    if config.allocation == "auto":
+        notes.append("note: allocation auto renders for the device plugin offline (no cluster)")
     notes += [f"problem: {p}" for p in result.problems]
     notes += [f"warning: {w}" for w in result.warnings]
     return result, notes
