@@ -56,7 +56,7 @@ def test_nested_settings_merge_but_lists_and_string_maps_are_replaced(tmp_path: 
         "activator:\n  selector: {app: mine}\n",
     )
     assert cfg.pods.cpu_request == "2"
-    assert cfg.pods.memory_request == "32Gi"  # default kept beside the override
+    assert cfg.pods.memory_request == "16Gi"  # default kept beside the override
     assert cfg.pods.supplemental_groups == [5]
     assert cfg.activator.selector == {"app": "mine"}  # a merged selector would select less
 

@@ -13,7 +13,7 @@ from typing import Any
 from tests.factories import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import OperatorConfig
-from tokenscale.controller import handlers, metrics, resync
+from tokenscale.controller import metrics, refresh, resync
 from tokenscale.controller.reconcile import CHILD_KINDS, reconcile_service
 
 CFG = OperatorConfig()
@@ -92,7 +92,7 @@ def _put(kube: FakeKube, namespace: str, name: str) -> dict[str, Any]:
 def test_refresh_of_a_deleted_service_drops_its_series() -> None:
     kube = FakeKube()
     _fill("m-refresh", "llm")
-    handlers.refresh_service(kube, CFG, "m-refresh", "llm")  # the owner is gone
+    refresh.refresh_service(kube, CFG, "m-refresh", "llm")  # the owner is gone
     assert _series_of("m-refresh") == set()
 
 

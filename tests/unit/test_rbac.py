@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).parents[2]
 PACKAGE = ROOT / "operator/tokenscale"
 RBAC = ROOT / "charts/tokenscale/templates/rbac.yaml"
+RBAC_DRA = ROOT / "charts/tokenscale/templates/rbac-dra.yaml"
 VALUES = ROOT / "charts/tokenscale/values.yaml"
 
 Need = tuple[str, str, str]  # (apiGroup, resource, verb)
@@ -51,6 +52,12 @@ RESOURCES = {
     "InferenceService": ("tokenscale.dev", "inferenceservices"),
     "InferenceBenchmark": ("tokenscale.dev", "inferencebenchmarks"),
     "CustomResourceDefinition": ("apiextensions.k8s.io", "customresourcedefinitions"),
+    "ResourceClaimTemplate": ("resource.k8s.io", "resourceclaimtemplates"),
+    "ResourceClaim": ("resource.k8s.io", "resourceclaims"),
+    "ResourceSlice": ("resource.k8s.io", "resourceslices"),
+    "DeviceClass": ("resource.k8s.io", "deviceclasses"),
+    "KopfPeering": ("kopf.dev", "kopfpeerings"),
+    "ClusterKopfPeering": ("kopf.dev", "clusterkopfpeerings"),
 }
 #: Kube facade method -> HTTP verb it sends (apply is PATCH; on a new object also create).
 VERBS = {
@@ -60,6 +67,7 @@ VERBS = {
     "delete": ("delete",),
     "patch_merge": ("patch",),
     "apply": ("create", "patch"),
+    "create": ("create",),
 }
 
 
@@ -79,9 +87,9 @@ TABLE = (
          "policy/poddisruptionbudgets: create patch delete list",
          "monitoring.coreos.com/servicemonitors: create patch delete list",
          "leaderworkerset.x-k8s.io/leaderworkersets: create patch delete list"),
-        ('CHILD_KINDS = ("Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget", '
-         '"ServiceMonitor")', "kube.delete(key[0]", "applied[key] = kube.apply(obj)",
-         "kube.list(kind, namespace, selector_for(name))"),
+        ('CHILD_KINDS = (\n    "Deployment",\n    "LeaderWorkerSet",\n    "Service",\n'
+         '    "PodDisruptionBudget",\n    "ServiceMonitor",', "kube.delete(key[0]", "applied[key] = kube.apply(obj)",
+         "kube.list(kind, namespace, names.selector_for(name))"),
         "reconcile applies the rendered children, lists them by label and prunes leftovers",
     ),
     Because(
@@ -134,8 +142,18 @@ TABLE = (
     Because(
         ("kopf.dev/kopfpeerings: get list watch create patch",
          "kopf.dev/clusterkopfpeerings: get list watch create patch"),
-        ("KopfPeering", "get_namespaced_custom_object", "create_namespaced_custom_object"),
+        ("KopfPeering", "kube.create({", "kube.get(kind, namespace, peering.name)"),
         "peering: the operator creates the peering object and reads it; Kopf keeps it alive",
+    ),
+    Because(
+        ("resource.k8s.io/resourceclaimtemplates: list create patch delete",),
+        ('    "ResourceClaimTemplate",\n)', "applied[key] = kube.apply(obj)"),
+        "DRA pools: the reconcile applies, lists and prunes its ResourceClaimTemplates",
+    ),
+    Because(
+        ("resource.k8s.io/resourceslices: list", "resource.k8s.io/deviceclasses: list"),
+        ('_list_or_empty(kube, "ResourceSlice")', '_list_or_empty(kube, "DeviceClass")'),
+        "allocation auto and DRA capacity read the devices the driver publishes",
     ),
 )  # fmt: skip
 
@@ -218,7 +236,15 @@ def granted() -> tuple[set[Need], list[dict[str, Any]]]:
     namespaced = yaml.safe_load(_render_lite(text[start:end]))
     cluster_doc = text[end:].split("\n---")[1]  # the ClusterRole
     cluster = yaml.safe_load(_render_lite(cluster_doc[cluster_doc.index("rules:") :]))["rules"]
-    rules = [*cluster, *namespaced]
+    dra = RBAC_DRA.read_text()
+    start = dra.index('{{- define "tokenscale.draNamespacedRules" }}')
+    end = dra.index("{{- end }}", start)
+    dra_namespaced = yaml.safe_load(_render_lite(dra[start:end]))
+    dra_cluster_doc = dra[end:].split("\n---")[1]  # the ClusterRole
+    dra_cluster = yaml.safe_load(_render_lite(dra_cluster_doc[dra_cluster_doc.index("rules:") :]))[
+        "rules"
+    ]
+    rules = [*cluster, *namespaced, *dra_cluster, *dra_namespaced]
     out = {
         (group, resource, verb)
         for rule in rules
@@ -279,4 +305,5 @@ def test_the_scan_fails_on_an_ungranted_call(tmp_path: Path) -> None:
 def test_render_lite_keeps_every_rule() -> None:
     """The lite renderer must not drop rules: count them against the raw template."""
     _, rules = granted()
-    assert len(rules) == len(re.findall(r"^\s*- apiGroups:", RBAC.read_text(), re.M))
+    raw = RBAC.read_text() + RBAC_DRA.read_text()
+    assert len(rules) == len(re.findall(r"^\s*- apiGroups:", raw, re.M))

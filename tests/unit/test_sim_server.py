@@ -211,4 +211,8 @@ async def test_loadgen_against_two_engines_counts_tokens_and_latencies() -> None
     assert all(not o.error and 0 < o.ttft < o.e2e for o in outcomes)
     summary = loadgen.summarise(outcomes)
     assert summary.errors == 0 and summary.output_tokens == sum(r.output_tokens for r in reqs)
-    assert summary.tpot_p99_s >= 0.0076  # at least one simulated step per token
+    # At least one simulated decode step (>= 7.6 ms) per token. Checked on e2e, not TPOT: at
+    # SPEED x compression a step is ~0.15 ms of wall time, so a first chunk the client reads a
+    # fraction of a millisecond late shortens TPOT below a step; client delays only lengthen e2e.
+    assert all(o.e2e >= o.output_tokens * 0.0076 for o in outcomes)
+    assert 0 < summary.tpot_p50_s <= summary.tpot_p99_s

@@ -120,7 +120,8 @@ def _autoscaled(kube: FakeKube, mode: str, annotations: dict[str, str]) -> dict[
     })  # fmt: skip
     kube.put({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": "n0", "labels": {c.NODE_LABEL_DEVICE_ID: "74a1"}},
+        "metadata": {"name": "n0", "labels": {c.NODE_LABEL_DEVICE_ID: "74a1",
+                                              "amd.com/gpu.vram": "192G"}},
         "status": {"allocatable": {c.RESOURCE_GPU: "8"}},
     })  # fmt: skip
     return kube.put(doc)

@@ -45,9 +45,15 @@ OWNED_ENV = (
     "NCCL_SOCKET_IFNAME",
     "GLOO_SOCKET_IFNAME",
     "NODE_RANK",
+    "VLLM_ROCM_USE_AITER",
+    "HOME",
+    "VLLM_CACHE_ROOT",
+    "TRITON_CACHE_DIR",
+    "AITER_JIT_DIR",
 )
-#: Volume names of the operator's volumes (/dev/shm, the HF cache, a model PVC).
-OWNED_VOLUMES = ("shm", "hf-cache", "model")
+#: Volume names of the operator's volumes (/dev/shm, the HF cache, a model PVC, the non-root
+#: engine's writable home).
+OWNED_VOLUMES = ("shm", "hf-cache", "model", "engine-home")
 GPU_RESOURCE_PREFIX = c.RESOURCE_PREFIX
 
 MAX_LIST = 32
