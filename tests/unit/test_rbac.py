@@ -88,7 +88,8 @@ TABLE = (
          "monitoring.coreos.com/servicemonitors: create patch delete list",
          "leaderworkerset.x-k8s.io/leaderworkersets: create patch delete list"),
         ('CHILD_KINDS = (\n    "Deployment",\n    "LeaderWorkerSet",\n    "Service",\n'
-         '    "PodDisruptionBudget",\n    "ServiceMonitor",', "kube.delete(key[0]", "applied[key] = kube.apply(obj)",
+         '    "PodDisruptionBudget",\n    "ServiceMonitor",', "kube.delete(key[0]",
+         "applied[key] = kube.apply(obj)",
          "kube.list(kind, namespace, names.selector_for(name))"),
         "reconcile applies the rendered children, lists them by label and prunes leftovers",
     ),
