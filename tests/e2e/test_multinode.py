@@ -6,9 +6,10 @@ started by the ``lws`` fixture, its webhooks called by the API server on loopbac
 leader and worker pods, the scheduler spreads them over MI300X nodes, KWOK runs them.
 
 What KWOK cannot show: KWOK marks a bound pod Running and Ready without running a process or a
-probe, so "the leader's probes gate Ready" is checked as far as the objects go (the leader
-carries the readiness/startup probes, the headless worker none; LWS counts a group ready only
-when all its pods are) — not by a probe failing.
+probe. So "the leader's probes gate Ready" is checked in two halves: the leader carries the
+readiness/startup probes and the headless worker none, and when the leader's Ready condition
+goes False (written here the way the kubelet writes it after a failed readiness probe) the LWS
+counts no ready group and the service is not Ready until it is True again.
 """
 
 from __future__ import annotations
@@ -106,9 +107,15 @@ def wait_groups(
             return None
         return pods
 
-    result: list[dict[str, Any]] = wait_for(
-        settled, timeout=120, what=f"{groups} ready group(s) of 2 pods counted as {groups}"
-    )
+    try:
+        result: list[dict[str, Any]] = wait_for(
+            settled, timeout=120, what=f"{groups} ready group(s) of 2 pods counted as {groups}"
+        )
+    except AssertionError as exc:
+        pods = [(p["metadata"]["name"], ready(p)) for p in group_pods(cluster, namespace, lws_name)]
+        status = service_status(cluster, namespace, name)
+        summary = {k: status.get(k) for k in ("replicas", "readyReplicas", "pools", "conditions")}
+        raise AssertionError(f"{exc}; pods {pods}; service status {summary}") from exc
     return result
 
 
@@ -162,6 +169,30 @@ def test_multinode_replicas_on_the_real_lws_controller(
     lws = get(cluster, "leaderworkersets", lws_name, "-n", namespace)
     assert lws["status"]["readyReplicas"] == 1  # groups, as the real controller counts them
 
+    # The leader's readiness gates the group's: mark it un-Ready the way the kubelet does when
+    # its readiness probe fails (KWOK only readies Pending pods, so it does not undo this).
+    def set_leader_ready(value: str) -> None:
+        conds = [{"type": t, "status": value} for t in ("Ready", "ContainersReady")]
+        patch = json.dumps({"status": {"conditions": conds}})
+        cluster.kubectl("patch", "pod", leader["metadata"]["name"], "-n", namespace,
+                        "--subresource=status", "-p", patch)  # fmt: skip
+
+    set_leader_ready("False")
+    wait_for(
+        lambda: (
+            (get(cluster, "leaderworkersets", lws_name, "-n", namespace) or {})
+            .get("status", {})
+            .get("readyReplicas", 0)
+            == 0
+            and condition(get(cluster, "tsvc", name, "-n", namespace), "Ready").get("status")
+            == "False"
+        ),
+        what="group and service not ready while the leader is not",
+    )
+    assert service_status(cluster, namespace, name)["pools"][0].get("readyReplicas", 0) == 0
+    set_leader_ready("True")
+    wait_groups(cluster, namespace, name, lws_name, 1)
+
     # Scale 1 -> 2 -> 1 through the /scale subresource: whole groups come and go.
     cluster.kubectl("scale", "tsvc", name, "-n", namespace, "--replicas=2")
     pods = wait_groups(cluster, namespace, name, lws_name, 2)
@@ -191,6 +222,14 @@ def test_multinode_replicas_on_the_real_lws_controller(
             and all(ready(p) for p in now)
         )
 
-    wait_for(group_recreated, timeout=120, what="the group recreated with a new leader")
+    try:
+        wait_for(group_recreated, timeout=120, what="the group recreated with a new leader")
+    except AssertionError as exc:
+        state = [
+            (p["metadata"]["name"], p["metadata"]["uid"], ready(p), p["status"].get("phase"))
+            for p in group_pods(cluster, namespace, lws_name)
+        ]
+        old = (leader["metadata"]["uid"], worker["metadata"]["uid"])
+        raise AssertionError(f"{exc}; pods now {state}; old leader/worker uids {old}") from exc
     wait_groups(cluster, namespace, name, lws_name, 1)
     assert lws_operator.alive()
