@@ -40,6 +40,10 @@ CHILD_KINDS = (
     "PodDisruptionBudget",
     "ServiceMonitor",
     "ResourceClaimTemplate",
+    # routing.mode router: the router's ServiceAccount and its pod-discovery Role/RoleBinding.
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
 )
 #: Child kinds whose status the service's status reports.
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")

@@ -20,6 +20,7 @@ from tokenscale.api.status import PoolPlan
 from tokenscale.render import deployment as deployment_mod
 from tokenscale.render import dra, gpuplacement, names, pdb, pod, podtemplate, servicemonitor
 from tokenscale.render import leaderworkerset as lws_mod
+from tokenscale.render import router as router_mod
 from tokenscale.render import service as service_mod
 
 Obj = dict[str, Any]
@@ -167,16 +168,20 @@ def render_all(
     by_pool = {p.pool: p for p in plans}
     labels = names.common_labels(svc)
     result = RenderResult()
-    result.objects.append(
-        service_mod.service(
-            service,
-            names.service(svc),
-            labels,
-            names.service_selector(svc),
-            route,
-            config.activator.selector,
+    if service.spec.routing.mode == "router":
+        # The router takes the stable Service name; docs/routing.md.
+        result.objects += router_mod.render(service)
+    else:
+        result.objects.append(
+            service_mod.service(
+                service,
+                names.service(svc),
+                labels,
+                names.service_selector(svc),
+                route,
+                config.activator.selector,
+            )
         )
-    )
     result.objects.append(
         pdb.pod_disruption_budget(service, names.service(svc), labels, names.all_pods_selector(svc))
     )
