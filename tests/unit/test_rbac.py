@@ -48,6 +48,8 @@ RESOURCES = {
     "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
     "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
     "ServiceMonitor": ("monitoring.coreos.com", "servicemonitors"),
+    "InferencePool": ("inference.networking.k8s.io", "inferencepools"),
+    "HTTPRoute": ("gateway.networking.k8s.io", "httproutes"),
     "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "leaderworkersets"),
     "InferenceService": ("tokenscale.dev", "inferenceservices"),
     "InferenceBenchmark": ("tokenscale.dev", "inferencebenchmarks"),
@@ -89,17 +91,25 @@ TABLE = (
          "leaderworkerset.x-k8s.io/leaderworkersets: create patch delete list",
          "/serviceaccounts: create patch delete list",
          "rbac.authorization.k8s.io/roles: create patch delete list",
-         "rbac.authorization.k8s.io/rolebindings: create patch delete list"),
+         "rbac.authorization.k8s.io/rolebindings: create patch delete list",
+         "inference.networking.k8s.io/inferencepools: create patch delete list",
+         "gateway.networking.k8s.io/httproutes: create patch delete list"),
         ('CHILD_KINDS = (\n    "Deployment",\n    "LeaderWorkerSet",\n    "Service",\n'
          '    "PodDisruptionBudget",\n    "ServiceMonitor",', "kube.delete(key[0]",
          "applied[key] = kube.apply(obj)",
-         "kube.list(kind, namespace, names.selector_for(name))", '    "RoleBinding",\n)'),
+         "kube.list(kind, namespace, names.selector_for(name))", '    "HTTPRoute",\n)'),
         "reconcile applies the rendered children, lists them by label and prunes leftovers",
     ),
     Because(
         ("/pods: get list watch",),
         ('"resources": ["pods"], "verbs": ["get", "list", "watch"]',),
         "RBAC lets the operator grant the router's discovery Role only verbs it holds itself",
+    ),
+    Because(
+        ("inference.networking.k8s.io/inferencepools: get list watch",),
+        ('"resources": ["inferencepools"],\n'
+         '                    "verbs": ["get", "list", "watch"]',),
+        "RBAC lets the operator grant the endpoint picker's Role only verbs it holds itself",
     ),
     Because(
         ("apps/deployments: watch", "leaderworkerset.x-k8s.io/leaderworkersets: watch"),
@@ -296,6 +306,7 @@ def test_no_update_and_only_our_benchmark_identity_is_writable() -> None:
     watched = {n[1] for n in have if n[2] == "watch"}
     assert watched == {
         "inferenceservices", "inferencebenchmarks", "deployments", "leaderworkersets", "pods",
+        "inferencepools",
         "customresourcedefinitions", "namespaces", "kopfpeerings", "clusterkopfpeerings",
     }  # fmt: skip
     benchmark = yaml.safe_load(VALUES.read_text())["benchmark"]["serviceAccountName"]

@@ -44,6 +44,9 @@ CHILD_KINDS = (
     "ServiceAccount",
     "Role",
     "RoleBinding",
+    # routing.mode inferencePool (only listed when their CRDs exist).
+    "InferencePool",
+    "HTTPRoute",
 )
 #: Child kinds whose status the service's status reports.
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
@@ -405,6 +408,8 @@ def _owners(obj: dict[str, Any]) -> list[dict[str, Any]]:
 _OPTIONAL_CRDS = {
     "ServiceMonitor": "servicemonitors.monitoring.coreos.com",
     "LeaderWorkerSet": "leaderworkersets.leaderworkerset.x-k8s.io",
+    "InferencePool": "inferencepools.inference.networking.k8s.io",
+    "HTTPRoute": "httproutes.gateway.networking.k8s.io",
 }
 
 

@@ -19,6 +19,7 @@ from tokenscale.api.service import GPUPool, InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.render import deployment as deployment_mod
 from tokenscale.render import dra, gpuplacement, names, pdb, pod, podtemplate, servicemonitor
+from tokenscale.render import inferencepool as inferencepool_mod
 from tokenscale.render import leaderworkerset as lws_mod
 from tokenscale.render import router as router_mod
 from tokenscale.render import service as service_mod
@@ -182,6 +183,8 @@ def render_all(
                 config.activator.selector,
             )
         )
+        if service.spec.routing.mode == "inferencePool":
+            result.objects += inferencepool_mod.render(service)
     result.objects.append(
         pdb.pod_disruption_budget(service, names.service(svc), labels, names.all_pods_selector(svc))
     )
