@@ -12,6 +12,7 @@ template per message plus 3 for the assistant header.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class Params:
     include_usage: bool
     ignore_eos: bool
     min_tokens: int
+    prompt_text: str = ""
+    """The prompt as text (chat: rendered messages); prefix caching hashes its blocks."""
 
 
 def _int_field(body: dict[str, Any], name: str, default: int | None) -> int | None:
@@ -71,6 +74,54 @@ def _prompt_tokens(prompt: Any) -> int:
     if isinstance(prompt, list) and len(prompt) == 1:
         return _prompt_tokens(prompt[0])
     raise BadRequest("prompt must be a string or a list of token ids (batched prompts: use n=1)")
+
+
+def _prompt_text(prompt: Any) -> str:
+    """Text a prompt's prefix-cache blocks are hashed from (token ids: their decimal form)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return "".join(f"{t:>4}"[-4:] for t in prompt)  # one token, four characters
+    if isinstance(prompt, list) and len(prompt) == 1:
+        return _prompt_text(prompt[0])
+    return ""
+
+
+def _chat_text(messages: list[dict[str, Any]]) -> str:
+    """A chat template stand-in: role markers and contents, in order (so turns share prefixes)."""
+    parts = []
+    for message in messages:
+        content = message.get("content") or ""
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        parts.append(f"<|{message.get('role', '')}|>{content}")
+    return "".join(parts)
+
+
+def tokenize(text: str) -> list[int]:
+    """Deterministic content-derived token ids, four characters each (the simulator's
+    tokenizer), so identical prefixes give identical ids (vllm-router's cache_aware needs it)."""
+    return [
+        int.from_bytes(hashlib.blake2b(text[i : i + 4].encode(), digest_size=4).digest(), "big")
+        % 32000
+        for i in range(0, len(text), 4)
+    ] or [0]
+
+
+def tokenize_body(body: Any, max_model_len: int) -> dict[str, Any]:
+    """vLLM's ``POST /tokenize`` answer (``count``, ``max_model_len``, ``tokens``)."""
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    if "messages" in body:
+        _chat_tokens(body["messages"])  # validates
+        text = _chat_text(body["messages"])
+    elif "prompt" in body:
+        text = _prompt_text(body["prompt"])
+    else:
+        raise BadRequest("prompt or messages is required")
+    tokens = tokenize(text)
+    return {"count": len(tokens), "max_model_len": max_model_len, "tokens": tokens,
+            "token_strs": None}  # fmt: skip
 
 
 def _chat_tokens(messages: Any) -> int:
@@ -97,6 +148,7 @@ def parse(body: Any, chat: bool) -> Params:
         raise BadRequest("the simulator supports n=1 only")
     if chat:
         prompt_tokens = _chat_tokens(body.get("messages"))
+        prompt_text = _chat_text(body["messages"])
         max_tokens = _int_field(body, "max_completion_tokens", None)
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", None)
@@ -104,6 +156,7 @@ def parse(body: Any, chat: bool) -> Params:
         if "prompt" not in body:
             raise BadRequest("prompt is required")
         prompt_tokens = _prompt_tokens(body["prompt"])
+        prompt_text = _prompt_text(body["prompt"])
         max_tokens = _int_field(body, "max_tokens", 16)  # vLLM's completions default
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
@@ -118,6 +171,7 @@ def parse(body: Any, chat: bool) -> Params:
         include_usage=bool(options.get("include_usage", False)),
         ignore_eos=bool(body.get("ignore_eos", False)),
         min_tokens=_int_field(body, "min_tokens", 0) or 0,
+        prompt_text=prompt_text,
     )
 
 
