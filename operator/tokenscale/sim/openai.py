@@ -12,9 +12,9 @@ template per message plus 3 for the assistant header.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,13 +99,16 @@ def _chat_text(messages: list[dict[str, Any]]) -> str:
 
 
 def tokenize(text: str) -> list[int]:
-    """Deterministic content-derived token ids, four characters each (the simulator's
-    tokenizer), so identical prefixes give identical ids (vllm-router's cache_aware needs it)."""
-    return [
-        int.from_bytes(hashlib.blake2b(text[i : i + 4].encode(), digest_size=4).digest(), "big")
-        % 32000
-        for i in range(0, len(text), 4)
-    ] or [0]
+    """Deterministic content-derived token ids, one per four bytes of UTF-8 (the simulator's
+    tokenizer is four characters per token), so identical prefixes give identical ids in every
+    engine process (vllm-router's cache_aware tokenizes through one engine and matches the
+    result against all). ``array`` does the split in C: a 2,000-token prompt costs ~0.1 ms,
+    where hashing every chunk in Python cost ~10 ms and saturated a many-engine process."""
+    raw = text.encode()
+    raw += b" " * (-len(raw) % 4)
+    words = array("I")
+    words.frombytes(raw)
+    return [w % 32000 for w in words] or [0]
 
 
 def tokenize_body(body: Any, max_model_len: int) -> dict[str, Any]:
