@@ -31,5 +31,10 @@ def ensure() -> Path:
     return BINARY
 
 
+def ensure_bin_dir() -> str:
+    """The venv's bin directory (the process kubelet's image-map provider)."""
+    return str(ensure().parent)
+
+
 if __name__ == "__main__":
     print(ensure())

@@ -70,3 +70,14 @@ def test_service_mode_renders_no_router() -> None:
     objs = _objects("llama2-70b-mi355x.yaml")
     assert not [k for k in objs if k[0] in ("Role", "RoleBinding", "ServiceAccount")]
     assert ("Service", "llama2-70b-engines") not in objs
+
+
+def test_the_process_kubelet_maps_the_router_image_to_vllm_router() -> None:
+    """The rendered router image runs as the vllm-router binary on the process kubelet."""
+    from tests.testbed.kubelet.imagemap import ROUTER_BIN_PROVIDER, ImageMap, default_entries
+
+    dep = _objects("llama2-70b-router.yaml")[("Deployment", "llama2-70b-chat-router")]
+    image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+    entry = ImageMap(default_entries()).lookup(image)
+    assert entry.entrypoint == ["vllm-router"] and entry.bin == ROUTER_BIN_PROVIDER
+    assert entry.user != "0"  # the image runs as non-root, like images/router/Dockerfile
