@@ -171,7 +171,7 @@ def render_all(
     result = RenderResult()
     if service.spec.routing.mode == "router":
         # The router takes the stable Service name; docs/routing.md.
-        result.objects += router_mod.render(service)
+        result.objects += router_mod.render(service, config.pods.bind_address)
     else:
         result.objects.append(
             service_mod.service(

@@ -52,15 +52,16 @@ def _object_labels(service: str) -> dict[str, str]:
     return {**names.common_labels(service), c.LABEL_COMPONENT: COMPONENT_ROUTER}
 
 
-def router_args(spec: RouterSpec, selector: dict[str, str]) -> list[str]:
+def router_args(spec: RouterSpec, selector: dict[str, str], bind_address: str) -> list[str]:
     """vllm-router's command line (flags as in ``vllm-router --help``, v0.1.17).
 
     The namespace comes from the downward API (``$(POD_NAMESPACE)``, expanded by the kubelet),
-    so the rendering does not depend on where it is applied.
+    so the rendering does not depend on where it is applied. ``bind_address`` is the operator
+    config's ``pods.bindAddress`` (as for engines; ``$(POD_IP)`` where pods share a network).
     """
     args = [
         "--host",
-        "0.0.0.0",  # noqa: S104 - in a pod, the Service reaches the router from outside
+        bind_address,
         "--port",
         str(c.ENGINE_PORT),
         "--service-discovery",
@@ -73,7 +74,7 @@ def router_args(spec: RouterSpec, selector: dict[str, str]) -> list[str]:
         "--policy",
         spec.policy,
         "--prometheus-host",
-        "0.0.0.0",  # noqa: S104 - in a pod, metrics are scraped from outside
+        bind_address,
         "--prometheus-port",
         str(METRICS_PORT),
         "--request-timeout-secs",
@@ -109,19 +110,20 @@ def _probe(path: str, period: int, failures: int) -> Obj:
     }
 
 
-def deployment(svc: InferenceService, spec: RouterSpec) -> Obj:
+def deployment(svc: InferenceService, spec: RouterSpec, bind_address: str) -> Obj:
     """The router Deployment: ``spec.replicas`` pods spread over nodes when possible."""
     name = svc.metadata.name
     pod_labels = router_pod_labels(name)
     container: Obj = {
         "name": ROUTER_CONTAINER,
         "image": spec.image,
-        "args": router_args(spec, names.service_selector(name)),
+        "args": router_args(spec, names.service_selector(name), bind_address),
         "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {
                 "name": "POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-            }
+            },
         ],
         "ports": [
             {"name": c.ENGINE_PORT_NAME, "containerPort": c.ENGINE_PORT, "protocol": "TCP"},
@@ -254,7 +256,12 @@ def router_service(svc: InferenceService) -> Obj:
     }
 
 
-def render(svc: InferenceService) -> list[Obj]:
+def render(svc: InferenceService, bind_address: str) -> list[Obj]:
     """Every object of router mode, in apply order (RBAC before the pods that use it)."""
     spec = svc.spec.routing.router_settings()
-    return [*rbac(svc), router_service(svc), engines_service(svc), deployment(svc, spec)]
+    return [
+        *rbac(svc),
+        router_service(svc),
+        engines_service(svc),
+        deployment(svc, spec, bind_address),
+    ]
