@@ -48,7 +48,7 @@ lint: $(STAMP) ## ruff (lint + format check), mypy --strict, import contracts (.
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/hadolint images/operator/Dockerfile
+	$(VENV)/bin/hadolint images/operator/Dockerfile images/router/Dockerfile
 	$(VENV)/bin/deptry operator
 
 fmt: $(STAMP) ## Format and auto-fix

@@ -85,6 +85,28 @@ def _prompt_source(
         out_final = out_dist or out_p
         return (lambda n: datasets.synthetic(n, in_dist, out_final, seed)), in_dist, out_final
     out_final = out_dist or datasets.LengthDist(kind="fixed", value=128)
+    try:
+        shared = datasets.parse_shared_prefix(dataset)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--dataset") from err
+    if shared is not None:
+        systems, tokens, turns = shared
+        question = datasets.LengthDist.parse(input_len or "128")
+        return (
+            (
+                lambda n: datasets.shared_prefix(
+                    n,
+                    systems=systems,
+                    system_tokens=tokens,
+                    input_len=question,
+                    output_len=out_final,
+                    seed=seed,
+                    turns=turns,
+                )
+            ),
+            None,
+            out_final,
+        )
     if dataset == "synthetic":
         in_dist = datasets.LengthDist.parse(input_len or "128")
         return (lambda n: datasets.synthetic(n, in_dist, out_final, seed)), in_dist, out_final
@@ -164,7 +186,12 @@ def _emit(result: BenchResult, out: Path | None, html: Path | None) -> None:
 @click.option("--concurrency", default=None, help="Max in flight (offline); comma list for sweep.")
 @click.option("--requests", "n_requests", type=int, default=None, help="Requests per run.")
 @click.option("--duration", type=float, default=None, help="Run length in seconds.")
-@click.option("--dataset", default="synthetic", help="synthetic, openorca-llama2-70b or a .jsonl")
+@click.option(
+    "--dataset",
+    default="synthetic",
+    help="synthetic, openorca-llama2-70b, a .jsonl, or shared-prefix:SYSTEMS:TOKENS[:TURNS] "
+    "(multi-tenant chat; --input-len is then the question length)",
+)
 @click.option("--input-len", default=None, help="N | uniform:LO:HI | normal:MEAN:SD[:LO:HI]")
 @click.option("--output-len", default=None, help="Same forms; sent as max_tokens.")
 @click.option("--ignore-eos/--no-ignore-eos", default=True, help="Ask the server to skip EOS.")

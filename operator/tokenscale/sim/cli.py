@@ -74,6 +74,13 @@ def sim_group() -> None:
     show_default=True,
     help="Per-engine Poisson requests/s (simulated) injected without HTTP, for fleet tests.",
 )
+@click.option(
+    "--enable-prefix-caching/--no-enable-prefix-caching",
+    default=True,
+    show_default=True,
+    help="Automatic prefix caching (vLLM's flag; on by default as in vLLM v1).",
+)
+@click.option("--block-size", default=16, show_default=True, help="KV block size (tokens).")
 @click.option("--strict-args", is_flag=True, help="Reject unknown (vLLM-only) arguments.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.pass_context
@@ -98,6 +105,8 @@ def engine_command(
     stream_flush_ms: float,
     startup_seconds: float,
     background_qps: float,
+    enable_prefix_caching: bool,
+    block_size: int,
     strict_args: bool,
     log_level: str,
 ) -> None:
@@ -131,6 +140,8 @@ def engine_command(
                         max_model_len=max_model_len,
                         kv_cache_tokens=kv_cache_tokens,
                         seed=seed * 100_003 + index,
+                        enable_prefix_caching=enable_prefix_caching,
+                        block_size=block_size,
                     )
                 except ValueError as err:
                     raise click.ClickException(str(err)) from err

@@ -114,6 +114,7 @@ class EngineHost:
                 web.post("/v1/completions", self._completions),
                 web.post("/v1/chat/completions", self._chat),
                 web.get("/v1/models", self._models),
+                web.post("/tokenize", self._tokenize),
                 web.get("/health", self._health),
                 web.get("/ping", self._health),
                 web.get("/load", self._load),
@@ -200,6 +201,7 @@ class EngineHost:
                 self.clock.now(),
                 ignore_eos=params.ignore_eos,
                 min_tokens=params.min_tokens,
+                block_hashes=self.engine.prompt_blocks(params.prompt_text),
             )
         except RequestError as err:
             return self._error(str(err), 400)
@@ -258,6 +260,15 @@ class EngineHost:
             if done:
                 await response.write_eof()
                 return response
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        try:
+            body = openai.tokenize_body(await request.json(), self.engine.max_model_len)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return self._error(f"invalid JSON: {err}", 400)
+        except openai.BadRequest as err:
+            return self._error(str(err), 400)
+        return web.json_response(body)
 
     async def _models(self, _: web.Request) -> web.Response:
         card = {
