@@ -212,6 +212,12 @@ def service_crd() -> dict[str, Any]:
         _column("Reason", "string", f"{ready}.reason", "Why Ready is what it is."),
         _column("URL", "string", ".status.url", "In-cluster URL of the API."),
         _column("Tok/s", "number", ".status.metrics.tokensPerSecond", "Output tokens/s."),
+        _column(
+            "Tok/J",
+            "number",
+            ".status.energy.tokensPerJoule",
+            "Output tokens per joule of GPU energy over the window (operatorConfig.energy).",
+        ),
         _column("SLA", "string", sla, "Whether the latest benchmark met the SLA."),
         _column("GPU", "string", ".status.gpuSummary", "GPU models of the pools.", priority=1),
         _column("Age", "date", ".metadata.creationTimestamp", "Age."),

@@ -20,9 +20,12 @@ from pydantic import ValidationError
 from tests.factories import benchmark, service
 from tests.unit.fakekube import FakeKube
 from tests.unit.statuscheck import MODELS, WRITTEN, check_status_patch, schema_paths
+from tests.unit.test_autoscaler_loop import _cluster
 from tests.unit.test_bench_merge import as_result, make_records
+from tests.unit.test_energy import _exporter_pod, _observe, _ok
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
+from tokenscale.api.status import InferenceServiceStatus
 from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale.collector import CollectResult, EnginePod
 from tokenscale.autoscale.rates import PoolSignal, Sample
@@ -264,6 +267,13 @@ async def test_every_field_the_status_schema_promises_is_written() -> None:
         check_status_patch("InferenceService", patch)
         svc["status"].update(patch)
     assert svc["status"]["benchmark"]["regression"] is True
+    # energy (operatorConfig.energy on): the autoscaler pass's status.energy, figures present
+    kube, body = _cluster()
+    _exporter_pod(kube, "exp-n0", "127.20.0.1")
+    for energy_status in await _observe(kube, body, [_ok(0.0), _ok(6000e6)], 2):
+        check_status_patch(
+            "InferenceService", merge_patch(InferenceServiceStatus(energy=energy_status))
+        )
     for kind, model in MODELS.items():
         missing = schema_paths(model) - {path for k, path in WRITTEN if k == kind}
         assert not missing, f"{kind} status fields never written: {sorted(missing)}"
