@@ -28,7 +28,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tokenscale.autoscale.energy import EnergyTracker, parse_exporter
+from tokenscale.autoscale.energy import EnergyTracker
+from tokenscale.power import parse_exporter
 from tokenscale.sim import exporter, workload
 from tokenscale.sim.model import Engine
 from tokenscale.sim.profiles import get_profile

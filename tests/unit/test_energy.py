@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.unit.fakekube import FakeKube
 from tests.unit.test_autoscaler_loop import SteadyLoad, _cluster
+from tokenscale import power
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale import energy as pure
 from tokenscale.autoscale.collector import CollectResult
@@ -52,7 +53,7 @@ def test_parse_reads_the_simulated_exporter() -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(simexp.ExporterCollector(gpus, lambda: 5.0))
     text = generate_latest(registry).decode()
-    readings = pure.parse_exporter(text)
+    readings = power.parse_exporter(text)
     assert [(r.hostname, r.gpu_id, r.pod, r.namespace) for r in readings] == [
         ("n7", "0", "llm-a", "ns"),
         ("n7", "1", "llm-a", "ns"),
@@ -71,23 +72,23 @@ def test_parse_reads_the_simulated_exporter() -> None:
     ],
 )
 def test_garbage_bodies_raise_parse_errors(text: str) -> None:
-    with pytest.raises(pure.EnergyParseError):
-        pure.parse_exporter(text)
+    with pytest.raises(power.EnergyParseError):
+        power.parse_exporter(text)
 
 
 def test_nan_and_negative_values_are_unknown_not_numbers() -> None:
     text = _body({("ns", "0"): ("a", float("nan"), -5.0)})
-    (reading,) = pure.parse_exporter(text)
+    (reading,) = power.parse_exporter(text)
     assert reading.watts is None and reading.energy_uj is None
 
 
 def test_joules_between_handles_resets() -> None:
-    assert pure.joules_between(1e6, 3e6) == 2.0
-    assert pure.joules_between(9e12, 4e6) == 4.0  # counter restarted from zero
+    assert power.joules_between(1e6, 3e6) == 2.0
+    assert power.joules_between(9e12, 4e6) == 4.0  # counter restarted from zero
 
 
 def _readings(uj: dict[str, float], pod: str = "llm-a", watts: float = 500.0) -> list[Any]:
-    return [pure.GpuReading("n0", g, pod, "ns", watts, v) for g, v in uj.items()]
+    return [power.GpuReading("n0", g, pod, "ns", watts, v) for g, v in uj.items()]
 
 
 def test_tracker_tokens_per_joule_over_the_window_with_a_reset() -> None:
@@ -116,9 +117,9 @@ def test_tracker_ignores_other_namespaces_and_unknown_pods() -> None:
     tracker = pure.EnergyTracker()
     for t, uj in ((0.0, 0.0), (5.0, 5e9)):
         readings = [
-            pure.GpuReading("n0", "0", "llm-a", "other", 700.0, uj),  # same pod name, other ns
-            pure.GpuReading("n0", "1", "stranger", "ns", 700.0, uj),
-            pure.GpuReading("n0", "2", "llm-a", "ns", 300.0, uj / 5),
+            power.GpuReading("n0", "0", "llm-a", "other", 700.0, uj),  # same pod name, other ns
+            power.GpuReading("n0", "1", "stranger", "ns", 700.0, uj),
+            power.GpuReading("n0", "2", "llm-a", "ns", 300.0, uj / 5),
         ]
         tracker.update(t, readings, {"llm-a": "p"}, "ns", {"p": 50.0})
     fig = tracker.figures()

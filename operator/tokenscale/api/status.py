@@ -100,8 +100,8 @@ class EnergyStatus(StrictModel):
     )
     reason: str = Field(
         default="",
-        description="Why energy is unknown (e.g. ExporterUnreachable, NoExporterData, Warming, "
-        "Disabled); empty when the figures are current.",
+        description="Why energy is unknown (e.g. NoExporter, ExporterUnreachable, "
+        "ExporterGarbage, NoExporterData, Warming); empty when the figures are current.",
     )
     pools: list[PoolEnergy] = Field(
         default_factory=list, description="Per pool.", json_schema_extra=list_map("name")

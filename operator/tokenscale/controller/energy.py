@@ -21,17 +21,10 @@ import httpx
 from tokenscale.api.config import EnergySettings, OperatorConfig
 from tokenscale.api.status import EnergyStatus, PoolEnergy
 from tokenscale.autoscale import collector
-from tokenscale.autoscale.energy import (
-    ENERGY,
-    POWER,
-    EnergyParseError,
-    EnergyTracker,
-    Figures,
-    GpuReading,
-    parse_exporter,
-)
+from tokenscale.autoscale.energy import EnergyTracker, Figures
 from tokenscale.controller import metrics
 from tokenscale.k8s.kube import Kube
+from tokenscale.power import ENERGY, POWER, EnergyParseError, GpuReading, parse_exporter
 from tokenscale.render.names import selector_string
 
 log = logging.getLogger(__name__)
