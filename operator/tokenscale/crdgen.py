@@ -241,6 +241,12 @@ def benchmark_crd() -> dict[str, Any]:
         _column("P99 TPOT(ms)", "number", ".status.results.tpotMs.p99", "p99 TPOT in ms."),
         _column("SLA", "string", ".status.verdict", "SLA verdict."),
         _column(
+            "Tok/J",
+            "number",
+            ".status.results.energy.tokensPerJoule",
+            "Output tokens per joule of GPU energy over the run.",
+        ),
+        _column(
             "Scaling Eff",
             "number",
             ".status.results.scalingEfficiency",

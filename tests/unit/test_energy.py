@@ -305,3 +305,18 @@ def test_status_pools_are_listed_for_every_pool() -> None:
     status = energy.status_from(tracker, ["a", "b"], T0)
     assert [p.name for p in status.pools] == ["a", "b"]
     assert all(p.reason.startswith("NoExporterData") for p in status.pools)
+
+
+def test_bench_job_gets_exporter_urls_and_the_target_pods() -> None:
+    kube, _ = _cluster()
+    assert energy.bench_args(kube, ENERGY_CFG, "ns", "llm") == []  # no exporter pod yet
+    _exporter_pod(kube, "exp-n0", "127.20.0.1")
+    _exporter_pod(kube, "exp-n1", "fd00::7")
+    args = energy.bench_args(kube, ENERGY_CFG, "ns", "llm")
+    assert args == [
+        "--energy-url", "http://127.20.0.1:5000/metrics",
+        "--energy-url", "http://[fd00::7]:5000/metrics",
+        "--energy-pods", "llm-mi300x-a",
+    ]  # fmt: skip
+    assert energy.bench_args(kube, OperatorConfig(), "ns", "llm") == []
+    assert energy.bench_args(kube, ENERGY_CFG, "ns", None) == []  # a URL target: no pods

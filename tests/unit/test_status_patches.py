@@ -24,12 +24,14 @@ from tests.unit.test_autoscaler_loop import _cluster
 from tests.unit.test_bench_merge import as_result, make_records
 from tests.unit.test_energy import _exporter_pod, _observe, _ok
 from tokenscale import constants as c
+from tokenscale.api.benchmark import InferenceBenchmarkStatus
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.status import InferenceServiceStatus
 from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale.collector import CollectResult, EnginePod
 from tokenscale.autoscale.rates import PoolSignal, Sample
 from tokenscale.bench import resultchannel
+from tokenscale.bench.energy import EnergyResult
 from tokenscale.bench.models import BenchResult
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark
@@ -267,6 +269,16 @@ async def test_every_field_the_status_schema_promises_is_written() -> None:
         check_status_patch("InferenceService", patch)
         svc["status"].update(patch)
     assert svc["status"]["benchmark"]["regression"] is True
+    # a run that recorded energy (exporters reachable): the benchmark's results.energy
+    energy_result = EnergyResult(
+        gpus=1, window_s=10.0, joules=5000.0, output_tokens=9000, tokens_per_joule=1.8,
+        joules_per_token=0.5556, avg_watts_per_gpu=500.0, peak_watts_per_gpu=612.0,
+    )  # fmt: skip
+    with_energy = BenchResult.model_validate_json(payload).model_copy(
+        update={"energy": energy_result}
+    )
+    results_patch = merge_patch(InferenceBenchmarkStatus(results=results_from(with_energy)))
+    check_status_patch("InferenceBenchmark", results_patch)
     # energy (operatorConfig.energy on): the autoscaler pass's status.energy, figures present
     kube, body = _cluster()
     _exporter_pod(kube, "exp-n0", "127.20.0.1")

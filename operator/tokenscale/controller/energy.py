@@ -25,7 +25,7 @@ from tokenscale.autoscale.energy import EnergyTracker, Figures
 from tokenscale.controller import metrics
 from tokenscale.k8s.kube import Kube
 from tokenscale.power import ENERGY, POWER, EnergyParseError, GpuReading, parse_exporter
-from tokenscale.render.names import selector_string
+from tokenscale.render.names import selector_for, selector_string
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,27 @@ async def observe(
     except Exception as err:  # metrics must not break the pass either
         log.warning("energy metrics for %s/%s: %s", namespace, name, err, exc_info=True)
     return status
+
+
+def bench_args(kube: Kube, cfg: OperatorConfig, namespace: str, service: str | None) -> list[str]:
+    """``tokenscale bench`` arguments that record energy: every ready exporter's URL and the
+    target's engine pods. Empty when energy is off, not scraped, or nothing is found (the Job
+    then runs without energy, as before). Prometheus is not read by the Job (no client there)."""
+    settings = cfg.energy
+    if settings.type != "scrape" or service is None:
+        return []
+    selector = selector_string(settings.scrape.selector)
+    exporters = collector.ready_pods(kube.list("Pod", settings.scrape.namespace, selector))
+    engines = kube.list("Pod", namespace, selector_for(service))
+    if not exporters or not engines:
+        return []
+    args: list[str] = []
+    for pod in exporters:
+        ip = str(pod["status"]["podIP"])
+        host = f"[{ip}]" if ":" in ip else ip
+        args += ["--energy-url", f"http://{host}:{settings.scrape.port}/metrics"]
+    names = sorted(str(p["metadata"]["name"]) for p in engines)
+    return [*args, "--energy-pods", ",".join(names)]
 
 
 def forget(namespace: str, service: str) -> None:
