@@ -83,7 +83,12 @@ def sim_group() -> None:
     help="Serve a simulated AMD Device Metrics Exporter (power, energy) on this port of every "
     "address (one per simulated node, as the DaemonSet); 0 = off.",
 )
-@click.option("--exporter-pod", envvar="POD_NAME", default="", help="`pod` label (env POD_NAME).")
+@click.option(
+    "--exporter-pod",
+    envvar=["POD_NAME", "HOSTNAME"],
+    default="",
+    help="`pod` label (env POD_NAME, else HOSTNAME: a pod's hostname is its name).",
+)
 @click.option(
     "--exporter-namespace",
     envvar="POD_NAMESPACE",
