@@ -257,7 +257,16 @@ async def test_every_field_the_status_schema_promises_is_written() -> None:
         await test_autoscaler_patches_validate_and_panic_is_written(mode, {})
     payload = as_result(make_records(200, seed=1), [0.01] * 50, 1.7e9, 1, 0).model_dump_json()
     test_benchmark_run_patches_validate_and_history_accumulates(payload)
-    test_replica_sweep_and_failure_patches_validate(payload)
+    # a run that recorded energy (exporters reachable): the benchmark's results.energy
+    energy_result = EnergyResult(
+        gpus=1, window_s=10.0, joules=5000.0, output_tokens=9000, tokens_per_joule=1.8,
+        joules_per_token=0.5556, avg_watts_per_gpu=500.0, peak_watts_per_gpu=612.0,
+    )  # fmt: skip
+    with_energy = BenchResult.model_validate_json(payload).model_copy(
+        update={"energy": energy_result}
+    )
+    # the sweep's levels carry tokens/J when the run recorded energy
+    test_replica_sweep_and_failure_patches_validate(with_energy.model_dump_json())
     # What the fake cannot show (an engine's /version, images, a regression against an earlier
     # passing run on the same GPU): the same summary function on a target that has them.
     results = results_from(BenchResult.model_validate_json(payload))
@@ -269,14 +278,6 @@ async def test_every_field_the_status_schema_promises_is_written() -> None:
         check_status_patch("InferenceService", patch)
         svc["status"].update(patch)
     assert svc["status"]["benchmark"]["regression"] is True
-    # a run that recorded energy (exporters reachable): the benchmark's results.energy
-    energy_result = EnergyResult(
-        gpus=1, window_s=10.0, joules=5000.0, output_tokens=9000, tokens_per_joule=1.8,
-        joules_per_token=0.5556, avg_watts_per_gpu=500.0, peak_watts_per_gpu=612.0,
-    )  # fmt: skip
-    with_energy = BenchResult.model_validate_json(payload).model_copy(
-        update={"energy": energy_result}
-    )
     results_patch = merge_patch(InferenceBenchmarkStatus(results=results_from(with_energy)))
     check_status_patch("InferenceBenchmark", results_patch)
     # energy (operatorConfig.energy on): the autoscaler pass's status.energy, figures present

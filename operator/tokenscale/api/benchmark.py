@@ -196,6 +196,11 @@ class ReplicaSweepLevel(StrictModel):
     tokens_per_second_per_replica: float | None = Field(
         default=None, description="tokensPerSecond / replicas."
     )
+    tokens_per_joule: float | None = Field(
+        default=None,
+        description="Output tokens per joule of GPU energy at this level (when an exporter was "
+        "reachable): energy efficiency per replica count.",
+    )
     scaling_efficiency: float | None = Field(
         default=None, description="T_N / (N * T_1), once the sweep is done."
     )
