@@ -12,15 +12,16 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import click
 import httpx
 
 from tokenscale import sla as sla_presets
 from tokenscale.bench import datasets, metrics, scenarios
+from tokenscale.bench.energy import EnergyRecorder, summarise
 from tokenscale.bench.models import BenchConfig, BenchResult, BenchSLA, Scenario, Thresholds
 from tokenscale.bench.retry import RETRYABLE_STATUSES, GaveUp, with_backoff
 
@@ -221,6 +222,15 @@ def _emit(result: BenchResult, out: Path | None, html: Path | None) -> None:
 @click.option("--replicas", type=int, default=None, help="Tag: target replicas (replica sweep).")
 @click.option("--api-key", envvar="TOKENSCALE_BENCH_API_KEY", default=None, show_default=False)
 @click.option("--progress/--no-progress", default=True, help="Live line when stderr is a TTY.")
+@click.option(
+    "--energy-url",
+    "energy_urls",
+    multiple=True,
+    help="AMD Device Metrics Exporter /metrics URL (repeat per node): record GPU energy and "
+    "tokens per joule over the run.",
+)
+@click.option("--energy-pods", default="", help="Comma list: only GPUs held by these pods.")
+@click.option("--energy-interval", type=float, default=1.0, help="Exporter sampling period (s).")
 @click.option("--check", is_flag=True, help="Exit non-zero unless the verdict is pass/no_sla.")
 @click.pass_context
 def bench_command(ctx: click.Context, /, **opts: object) -> None:
@@ -289,18 +299,41 @@ def bench_command(ctx: click.Context, /, **opts: object) -> None:
     trace_path = cast(Path | None, opts["trace"])
     with contextlib.ExitStack() as stack:
         trace = stack.enter_context(trace_path.open("w")) if trace_path else None
-        result = asyncio.run(
-            scenarios.run(
-                config,
-                source,
-                progress=cast(bool, opts["progress"]),
-                api_key=api_key,
-                trace=trace,
-            )
+        run = scenarios.run(
+            config, source, progress=cast(bool, opts["progress"]), api_key=api_key, trace=trace
         )
+        urls = cast(tuple[str, ...], opts["energy_urls"])
+        if urls:
+            pods = frozenset(p for p in cast(str, opts["energy_pods"]).split(",") if p)
+            interval = cast(float, opts["energy_interval"])
+            result = asyncio.run(with_energy(run, urls, pods, interval))
+        else:
+            result = asyncio.run(run)
     _emit(result, cast(Path | None, opts["out"]), cast(Path | None, opts["html"]))
     if opts["check"]:
         sys.exit(EXIT_CODES[result.verdict.status])
+
+
+async def with_energy(
+    run: Coroutine[Any, Any, BenchResult],
+    urls: Sequence[str],
+    pods: frozenset[str],
+    interval: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> BenchResult:
+    """Run the benchmark while sampling the exporters; attach ``energy`` to the result."""
+    async with httpx.AsyncClient(transport=transport) as client:
+        recorder = EnergyRecorder(client, urls, pods, interval_s=interval)
+        stop = asyncio.Event()
+        task = asyncio.create_task(recorder.run(stop))
+        try:
+            result = await run
+        finally:
+            stop.set()
+            await task
+    tokens = sum(r.metrics.output_tokens for r in result.runs) or result.metrics.output_tokens
+    energy = summarise(recorder.samples, tokens, recorder.errors)
+    return result.model_copy(update={"energy": energy})
 
 
 def _load(paths: tuple[Path, ...]) -> list[BenchResult]:

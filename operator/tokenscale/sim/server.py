@@ -30,14 +30,14 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from . import openai, workload
 from .metrics import EngineCollector, exposition, new_registry
-from .model import Engine, RequestError, Seq
+from .model import Engine, RequestError, Seq, StepResult
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,10 @@ class EngineHost:
         background_qps: float = 0.0,
         background_seed: int = 0,
         max_lag_s: float = 0.25,
+        on_step: Callable[[StepResult], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_step = on_step  # e.g. the simulated exporter's power meter
         self.clock = clock
         self.endpoint = endpoint
         self.stream_flush_s = stream_flush_s
@@ -155,6 +157,8 @@ class EngineHost:
             result = self.engine.step(self.clock.now() - self.max_lag_s * self.clock.speed)
             if result is None:
                 continue
+            if self.on_step is not None:
+                self.on_step(result)
             await self.clock.sleep_until(result.end)
             for seq in result.first_tokens:
                 self._notify(seq)
