@@ -9,9 +9,11 @@ holds does not count.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,18 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
 }
 
 
+FIGURES: dict[str, float] = {"cases": 0, "max_seconds": 0.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report() -> Iterator[None]:
+    """``TOKENSCALE_RELIABILITY_DIR=dir``: the measured figures to ``dir/fuzz_cli.json``."""
+    yield
+    out = os.environ.get("TOKENSCALE_RELIABILITY_DIR")
+    if out:
+        (Path(out) / "fuzz_cli.json").write_text(json.dumps(FIGURES, sort_keys=True))
+
+
 def _write(tmp_path: Path, name: str, data: bytes) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_bytes(data)
@@ -91,6 +105,8 @@ def test_hostile_manifest_is_refused_quickly_naming_the_part(
     elapsed = time.perf_counter() - start
     assert result.exit_code == 1, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    FIGURES["cases"] += 1
+    FIGURES["max_seconds"] = max(FIGURES["max_seconds"], round(elapsed, 4))
     assert elapsed < 1.0, f"{command} {case}: {elapsed:.2f}s"
     out = result.output
     assert "Traceback" not in out and "pydantic" not in out.lower(), out
@@ -153,12 +169,13 @@ def test_bench_inputs_use_the_same_format(tmp_path: Path) -> None:
 
 
 def test_bounded_memory_in_a_child_process(tmp_path: Path) -> None:
-    """Every hostile file through validate and plan in one child: peak RSS under 100 MB."""
+    """Every hostile file through validate and plan in one child: under 20 MB over imports."""
     paths = [str(_write(tmp_path, name, data)) for name, (data, _) in HOSTILE.items()]
     script = (
         "import resource, sys\n"
         "from click.testing import CliRunner\n"
         "from tokenscale.cli import main\n"
+        "import tokenscale.render.cli, tokenscale.validation\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "for p in sys.argv[1:]:\n"
         "    for cmd in ('validate', 'plan'):\n"
@@ -171,7 +188,10 @@ def test_bounded_memory_in_a_child_process(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     base_mb, peak_mb = map(int, out.stdout.split())
-    assert peak_mb < 100, f"peak RSS {peak_mb} MB (after imports {base_mb} MB)"
+    FIGURES["peak_rss_mb"], FIGURES["rss_after_imports_mb"] = peak_mb, base_mb
+    # The imports alone take ~95 MB; what the hostile inputs add is the bounded part (an
+    # alias bomb expanded by pydantic would take gigabytes).
+    assert peak_mb - base_mb < 20, f"peak RSS {peak_mb} MB, after imports {base_mb} MB"
 
 
 def test_loader_limits_are_exact() -> None:

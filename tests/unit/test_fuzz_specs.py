@@ -1,10 +1,6 @@
 """Generated InferenceService / InferenceBenchmark specs: no crash, every rejection named.
 
-Specs are the shipped examples mutated by hypothesis: a value replaced (by a random JSON value
-or by one of the CRD schema's own boundary values: each enum member, each minimum/maximum and
-one past it), a field deleted, an unknown field added; one to four mutations per spec. Random
-documents from scratch would almost all fail at the first required field; mutants of working
-manifests reach the planner, the renderer and the benchmark controller.
+Specs come from :mod:`tests.fuzzspecs` (the shipped examples, mutated by hypothesis).
 
 Each spec goes through what both consumers do with it:
 
@@ -15,8 +11,8 @@ Each spec goes through what both consumers do with it:
   marked invalid; no exception, and the status patch is one the status model allows.
 
 ``TOKENSCALE_FUZZ_EXAMPLES`` sets specs per kind (default 600 + 400, about 15 s);
-``make drills`` runs 5,000 per kind. ``TOKENSCALE_FUZZ_REPORT=path`` writes the counts as JSON
-(read by ``benchmarks/reliability.py``).
+``make drills`` runs 5,000 per kind. ``TOKENSCALE_RELIABILITY_DIR=dir`` writes the counts to
+``dir/fuzz_specs.json`` (read by ``benchmarks/reliability.py``).
 """
 
 from __future__ import annotations
@@ -31,139 +27,18 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
+from tests.fuzzspecs import SEEDS, mutated, mutated_pair
 from tests.unit.fakekube import FakeKube
 from tests.unit.statuscheck import check_status_patch
-from tokenscale import yamlsafe
 from tokenscale.api.config import OperatorConfig
 from tokenscale.controller.benchmark import reconcile_benchmark
 from tokenscale.controller.reconcile import reconcile_service
-from tokenscale.crdgen import benchmark_crd, service_crd
-from tokenscale.validation import KINDS, InvalidManifest, parse_manifest
+from tokenscale.validation import InvalidManifest, parse_manifest
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
 CFG = OperatorConfig()
 PER_KIND = int(os.environ.get("TOKENSCALE_FUZZ_EXAMPLES", "0")) or None
 COUNTS: Counter[str] = Counter()
-
-
-def _seeds() -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
-    for path in sorted(EXAMPLES.glob("*.yaml")):
-        for doc in yamlsafe.load_file(path):
-            if isinstance(doc, dict) and doc.get("kind") in out:
-                out[doc["kind"]].append(doc)
-    return out
-
-
-SEEDS = _seeds()
-
-
-def _walk_schema(schema: Any) -> Iterator[Any]:
-    """Boundary values of a CRD schema: enum members, each bound and one past it."""
-    if isinstance(schema, dict):
-        yield from schema.get("enum", [])
-        for key in ("minimum", "maximum"):
-            if key in schema:
-                bound = schema[key]
-                yield from (bound, bound - 1, bound + 1)
-        for key in ("minLength", "maxLength", "minItems", "maxItems"):
-            if key in schema:
-                yield "x" * (schema[key] + (1 if key.startswith("max") else 0))
-        for value in schema.values():
-            yield from _walk_schema(value)
-    elif isinstance(schema, list):
-        for item in schema:
-            yield from _walk_schema(item)
-
-
-def _boundaries() -> list[Any]:
-    found: list[Any] = []
-    for crd in (service_crd(), benchmark_crd()):
-        for value in _walk_schema(crd):
-            if value not in found:
-                found.append(value)
-    return found
-
-
-BOUNDARIES = _boundaries()
-
-_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=80),
-    st.sampled_from(["", "0", "-1", "1e400", "CPU", "MI300X", "auto", "100Mi", "1.5", "a" * 300]),
-    st.sampled_from(BOUNDARIES),
-)
-_values = st.recursive(
-    _scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)
-    ),
-    max_leaves=8,
-)
-
-
-def _containers(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Paths of every mapping and list under ``spec`` (where a mutation can land)."""
-    out = [path] if isinstance(doc, dict | list) else []
-    items = (
-        doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
-    )
-    for key, value in items:
-        out += _containers(value, (*path, key))
-    return out
-
-
-def _at(doc: Any, path: tuple[Any, ...]) -> Any:
-    for key in path:
-        doc = doc[key]
-    return doc
-
-
-def _nudge(value: Any) -> st.SearchStrategy[Any]:
-    if isinstance(value, bool):
-        return st.booleans()
-    if isinstance(value, int):
-        return st.integers(min_value=0, max_value=max(2 * value + 2, 4))
-    if isinstance(value, float):
-        return st.floats(min_value=0, max_value=max(2 * value, 1.0))
-    if isinstance(value, str):
-        return st.sampled_from([value, value + "x", value.upper(), value[: len(value) // 2]])
-    if isinstance(value, list):
-        return st.lists(st.sampled_from(value), max_size=len(value) + 2) if value else st.just([])
-    return st.just(value)
-
-
-@st.composite
-def mutated(draw: st.DrawFn, kind: str) -> dict[str, Any]:
-    doc = copy.deepcopy(draw(st.sampled_from(SEEDS[kind])))
-    for _ in range(draw(st.sampled_from([1, 1, 1, 2, 2, 3, 4]))):
-        places = _containers(doc["spec"], ("spec",))
-        target = _at(doc, draw(st.sampled_from(places)))
-        op = draw(
-            st.sampled_from(["nudge", "nudge", "nudge", "replace", "boundary", "delete", "add"])
-        )
-        keys = list(target) if isinstance(target, dict) else list(range(len(target)))
-        if op == "add" or not keys:
-            if isinstance(target, dict):
-                target[draw(st.text(min_size=1, max_size=12))] = draw(_values)
-            else:
-                target.append(draw(_values))
-            continue
-        key = draw(st.sampled_from(keys))
-        if op == "nudge":  # a plausible edit of the same type: most still validate
-            target[key] = draw(_nudge(target[key]))
-        elif op == "delete":
-            del target[key]
-        elif op == "boundary":
-            target[key] = draw(st.sampled_from(BOUNDARIES))
-        else:
-            target[key] = draw(_values)
-    return doc
 
 
 def _check_rejection(exc: InvalidManifest) -> None:
@@ -220,16 +95,27 @@ def _settings(default: int) -> Any:
 
 
 @_settings(600)
-@given(mutated("InferenceService"))
-def test_generated_services(doc: dict[str, Any]) -> None:
+@given(mutated_pair("InferenceService"))
+def test_generated_services(pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """The mutant arrives as an update of its (working) seed: one that the operator refuses
+    must leave every child of the seed in place (counted as ``objects_lost``)."""
+    seed, doc = pair
     COUNTS["InferenceService"] += 1
-    _cli_view(doc)
+    valid = _cli_view(doc)
     kube = FakeKube()
-    body = kube.put(_as_served(doc))
+    body = kube.put(_as_served(seed))
+    reconcile_service(body, kube, CFG)
+    children = {key for key in kube.objects if key[0] != "InferenceService"}
+    assert children, "the seed rendered nothing: the update test means nothing"
+    body = kube.put({**body, "spec": doc["spec"]})
     out = reconcile_service(body, kube, CFG)
     check_status_patch("InferenceService", out.status)
     if out.error is not None:
         assert out.error.strip(), "an invalid spec without a message"
+        lost = children - set(kube.objects)
+        COUNTS["objects_lost"] += len(lost)
+        assert not lost, f"a refused update deleted {sorted(lost)}"
+    assert valid == (out.error is None), "tokenscale validate and the operator disagree"
 
 
 @_settings(400)
@@ -249,9 +135,10 @@ def test_generated_benchmarks(doc: dict[str, Any]) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _report() -> Iterator[None]:
     yield
-    path = os.environ.get("TOKENSCALE_FUZZ_REPORT")
-    if path:
-        Path(path).write_text(json.dumps(dict(COUNTS), sort_keys=True))
+    out = os.environ.get("TOKENSCALE_RELIABILITY_DIR")
+    COUNTS["objects_lost"] += 0  # present in the report even when nothing was lost
+    if out:
+        (Path(out) / "fuzz_specs.json").write_text(json.dumps(dict(COUNTS), sort_keys=True))
 
 
 def test_seeds_cover_both_kinds_and_are_valid() -> None:
