@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {json.dumps(results[name])[:400]}", flush=True)
 
     fuzz = results["fuzz_specs"].get("fuzz_specs", {})
+    metrics = results["metrics_faults"].get("metrics_faults", {})
     e2e = results.get("security_e2e", {}).get("security_e2e", {})
     fuzz_failures = results["fuzz_specs"]["failures"] + results["hostile_cli_input"]["failures"]
     summary = {
@@ -137,9 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         # A crash is a failing fuzz example (an exception or a broken invariant) or a handler
         # exception in the operator's log during the e2e sample.
         "crashes": fuzz_failures + e2e.get("handler_exceptions", 0),
-        "replica_changes_on_metrics_faults": results["metrics_faults"]
-        .get("metrics_faults", {})
-        .get("replica_changes", None),
+        "crashes_known_unfixed": sum(
+            1 for why in metrics.get("crashed", {}).values() if not why.startswith("Assertion")
+        ),
+        # Found by the metrics drill and marked xfail(strict) until their fix lands: counted
+        # here so that a known crash never reads as "0 crashes".
+        "known_unfixed": metrics.get("crashed", {}),
+        "replica_changes_on_metrics_faults": metrics.get("replica_changes"),
         "not_drilled": [
             "operator SIGKILL during reconciles",
             "API-server / etcd restart",

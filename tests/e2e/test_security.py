@@ -10,6 +10,8 @@
 * A sample of generated specs (:mod:`tests.fuzzspecs`) applied with kubectl: whatever the API
   server accepts, the operator reconciles into a status (Ready, or a condition saying why)
   without a single handler exception in its log and without restarting.
+* The chart installed for a watch list: its ServiceAccount reaches nothing outside it but the
+  documented fleet-wide pod list, and no Secret anywhere (the API server's authorizer says).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import base64
 import json
 import os
 import re
+import subprocess
 import uuid
 import warnings
 from pathlib import Path
@@ -29,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import NonInteractiveExampleWarning
 
 from tests.e2e.helpers import apply, condition, example, get, wait_for
-from tests.e2e.operator_proc import OperatorProcess
+from tests.e2e.operator_proc import CHART, OperatorProcess
 from tests.fuzzspecs import mutated
 from tests.testbed.cluster import Cluster
 
@@ -233,3 +236,88 @@ def test_generated_specs_on_the_api_server(
     )
     assert operator.alive() and operator.proc is not None and operator.proc.pid == pid
     print(f"fuzz e2e: {len(docs)} applied, {len(accepted)} accepted, 0 handler exceptions")
+
+
+VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
+
+
+def _can(cluster: Cluster, user: str, verb: str, resource: str, namespace: str) -> bool:
+    """``resource`` as ``plural.group[/subresource]``: the authorizer's answer for ``user``."""
+    name, _, sub = resource.partition("/")
+    args = [f"--subresource={sub}"] if sub else []
+    out = cluster.kubectl(
+        "auth", "can-i", verb, name, *args, "-n", namespace, f"--as={user}", check=False
+    )
+    if out.stdout.strip() not in ("yes", "no"):
+        raise AssertionError(f"kubectl auth can-i {verb} {resource}: {out.stdout} {out.stderr}")
+    return out.stdout.strip() == "yes"
+
+
+def _rules_in(cluster: Cluster, user: str, namespace: str) -> dict[str, set[str]]:
+    """``kubectl auth can-i --list`` (a SelfSubjectRulesReview): resource -> verbs."""
+    out = cluster.kubectl("auth", "can-i", "--list", "-n", namespace, f"--as={user}")
+    rules: dict[str, set[str]] = {}
+    for line in out.stdout.splitlines()[1:]:
+        parts = line.split()
+        if not parts or parts[0].startswith("["):  # a non-resource URL row
+            continue
+        verbs = line[line.rindex("[") + 1 : line.rindex("]")].split()
+        rules.setdefault(parts[0], set()).update(verbs)
+    return rules
+
+
+def _qualified(group: str, resource: str) -> str:
+    name, _, sub = resource.partition("/")
+    name = f"{name}.{group}" if group else name
+    return f"{name}/{sub}" if sub else name
+
+
+def test_namespace_scoped_install_reaches_nothing_outside(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """The chart with ``watchNamespaces``: its ServiceAccount may do what the operator does in
+    the watched namespace and, outside it, only the documented fleet-wide pod list (capacity
+    of shared nodes); asked of the API server's own authorizer (SubjectAccessReview through
+    ``kubectl auth can-i --as``). ``operator`` only installs the CRDs the names resolve to."""
+    release, release_ns = "tsscope", f"{namespace}-sys"
+    user = f"system:serviceaccount:{release_ns}:{release}-tokenscale"
+    rendered = subprocess.run(
+        [str(cluster.bin_dir / "helm"), "template", release, str(CHART), "-n", release_ns,
+         "--set-json", f"watchNamespaces={json.dumps([namespace])}",
+         "--show-only", "templates/rbac.yaml"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    path = tmp_path / "rbac.yaml"
+    path.write_text(rendered)
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert role["metadata"]["namespace"] == namespace
+    namespaced = {
+        _qualified(group, res)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for res in rule["resources"]
+    } | {"secrets", "configmaps", "pods", "serviceaccounts", "roles.rbac.authorization.k8s.io"}
+    cluster.kubectl("apply", "-f", str(path))
+    try:
+        # Positive control: inside the watched namespace the grants are live.
+        assert _can(cluster, user, "patch", "deployments.apps", namespace)
+        assert _can(cluster, user, "list", "inferenceservices.tokenscale.dev", namespace)
+        outside = {
+            (res, verb, ns)
+            for ns in ("default", "kube-system", f"{namespace}-other")
+            for res, verbs in _rules_in(cluster, user, ns).items()
+            if res in namespaced
+            for verb in verbs
+        }
+        allowed = {("pods", "list", ns) for ns in ("default", "kube-system", f"{namespace}-other")}
+        assert outside == allowed, f"granted outside the watch list: {sorted(outside - allowed)}"
+        # The same through single SubjectAccessReviews, for what matters most.
+        for ns in ("default", f"{namespace}-other"):
+            for verb in ("get", "create", "patch", "delete"):
+                assert not _can(cluster, user, verb, "deployments.apps", ns), (verb, ns)
+                assert not _can(cluster, user, verb, "configmaps", ns), (verb, ns)
+        for verb in VERBS:  # no Secret anywhere, inside either
+            assert not _can(cluster, user, verb, "secrets", namespace), verb
+    finally:
+        cluster.kubectl("delete", "-f", str(path), "--ignore-not-found", check=False)
