@@ -18,7 +18,9 @@ from typing import Any, Literal, cast
 
 import click
 import httpx
+import pydantic
 
+from tokenscale import cliinput
 from tokenscale import sla as sla_presets
 from tokenscale.bench import datasets, metrics, scenarios
 from tokenscale.bench.energy import EnergyRecorder, summarise
@@ -118,6 +120,10 @@ def _prompt_source(
             f"({', '.join(datasets.PRESET_DATASETS)}) nor a JSONL file",
             param_hint="--dataset",
         )
+    try:  # read once up front: a bad file fails here naming the line, not mid-run
+        datasets.from_jsonl(path, 1, out_final, seed)
+    except (OSError, ValueError, TypeError) as exc:  # JSON, UTF-8 and int() errors are ValueErrors
+        raise cliinput.InputError([cliinput.file_problem(path, str(exc))]) from None
     return (lambda n: datasets.from_jsonl(path, n, out_final, seed)), None, out_final
 
 
@@ -336,8 +342,19 @@ async def with_energy(
     return result.model_copy(update={"energy": energy})
 
 
+def _load_one(path: Path) -> BenchResult:
+    """A result file; errors in the shared CLI format (JSON: no aliases, so no size limit
+    beyond the records a long run legitimately holds)."""
+    try:
+        return BenchResult.model_validate_json(path.read_bytes())
+    except pydantic.ValidationError as exc:
+        raise cliinput.validation_error(f"{path}: bench result", exc) from None
+    except OSError as exc:
+        raise cliinput.InputError([cliinput.file_problem(path, str(exc))]) from None
+
+
 def _load(paths: tuple[Path, ...]) -> list[BenchResult]:
-    return [BenchResult.model_validate_json(p.read_text()) for p in paths]
+    return [_load_one(p) for p in paths]
 
 
 _paths = click.argument(
@@ -391,4 +408,4 @@ def report_command(file: Path, html: Path) -> None:
     """Render the HTML report of a result file."""
     from tokenscale.bench import report
 
-    html.write_text(report.render(BenchResult.model_validate_json(file.read_text())))
+    html.write_text(report.render(_load_one(file)))
