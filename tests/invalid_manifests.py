@@ -144,6 +144,12 @@ CASES: list[Case] = [
         "gpusPerReplica",
     ),
     Case(
+        "unknown-pool-preference",
+        service(scaling={"mode": "builtin", "targetPerReplica": 10, "poolPreference": "watts"}),
+        "spec.scaling.poolPreference",
+        "costAndEnergy",
+    ),
+    Case(
         "headroom-above-one",
         service(scaling={"mode": "builtin", "targetPerReplica": 10, "headroom": 1.5}),
         "spec.scaling.headroom",

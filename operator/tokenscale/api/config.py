@@ -67,6 +67,14 @@ class GPUSpec(StrictModel):
         "when the GPU cannot be partitioned.",
     )
     cost_per_gpu_hour: float = Field(default=1.0, ge=0, description="Cost weight per GPU-hour.")
+    board_power_watts: float | None = Field(
+        default=None,
+        gt=0,
+        le=5000,
+        description="Rated board power of one allocatable GPU (W): the prior for "
+        "scaling.poolPreference energy/costAndEnergy until the exporter measures the pool; "
+        "unset ranks an unmeasured pool last under those preferences.",
+    )
     tokens_per_second_per_gpu: float | None = Field(
         default=None, ge=0, description="Rough capacity used before any benchmark exists."
     )
@@ -338,7 +346,15 @@ class EnergySettings(StrictModel):
         default="off",
         description="off: no energy figures; scrape: read each AMD Device Metrics Exporter pod "
         "(gpu_energy_consumed, gpu_power_usage) directly; prometheus: query those series. "
-        "Energy never affects scaling; when it cannot be read, status.energy.reason says why.",
+        "Energy never changes how many replicas run; it orders pools only when a service "
+        "sets scaling.poolPreference. When it cannot be read, status.energy.reason says why.",
+    )
+    price_per_kwh: float = Field(
+        default=0.15,
+        ge=0,
+        le=100,
+        description="Electricity price per kWh, in the same currency weight as costPerGpuHour; "
+        "scaling.poolPreference costAndEnergy adds watts / 1000 x this to a replica-hour.",
     )
     window_seconds: float = Field(
         default=60.0, ge=5, le=3600, description="Window of joules and tokens in status."
@@ -522,7 +538,10 @@ DEFAULT_GPUS: dict[str, GPUSpec] = {
         product_names=["Instinct_MI210"],
         gpus_per_node=4,
         cost_per_gpu_hour=0.8,
+        board_power_watts=300,
     ),
+    # boardPowerWatts: AMD's rated board power (MI300X 750, MI325X 1000, MI350X 1000, MI355X
+    # 1400, MI210 300, MI300A 550); MI250X is half of its 560 W OAM per GCD.
     # One MI250X OAM is two GCDs, each its own 64 GiB amd.com/gpu; 4 OAMs = 8 per node.
     "MI250X": GPUSpec(
         arch="gfx90a",
@@ -530,10 +549,12 @@ DEFAULT_GPUS: dict[str, GPUSpec] = {
         device_ids=["740c", "7408"],
         gpus_per_node=8,
         cost_per_gpu_hour=0.6,
+        board_power_watts=280,
     ),
     # APU: KFD reports the TTM limit (half of the 128 GB unified memory by default).
     "MI300A": GPUSpec(
         arch="gfx942",
+        board_power_watts=550,
         hbm_gib=64,
         fp8=True,
         device_ids=["74a0"],
@@ -547,6 +568,7 @@ DEFAULT_GPUS: dict[str, GPUSpec] = {
         device_ids=["74a1", "74a9", "74b5", "74bd"],
         product_names=["AMD_Instinct_MI300X_OAM"],
         cost_per_gpu_hour=2.0,
+        board_power_watts=750,
         tokens_per_second_per_gpu=2600,
         whole_gpu_profile="spx_nps1",
         vram_label="192G",
@@ -564,6 +586,7 @@ DEFAULT_GPUS: dict[str, GPUSpec] = {
         device_ids=["74a5", "74b9"],
         product_names=["AMD_Instinct_MI325_OAM", "AMD_Instinct_MI325X_OAM"],
         cost_per_gpu_hour=2.4,
+        board_power_watts=1000,
         tokens_per_second_per_gpu=4000,
         whole_gpu_profile="spx_nps1",
         vram_label="256G",
@@ -582,6 +605,7 @@ DEFAULT_GPUS: dict[str, GPUSpec] = {
         device_ids=["75a0", "75b0"],
         product_names=["AMD_Instinct_MI350_OAM", "AMD_Instinct_MI350X_OAM"],
         cost_per_gpu_hour=2.8,
+        board_power_watts=1000,
         whole_gpu_profile="spx_nps1",
         vram_label="288G",
     ),
@@ -595,6 +619,7 @@ DEFAULT_GPUS: dict[str, GPUSpec] = {
         device_ids=["75a3", "75b3"],
         product_names=["AMD_Instinct_MI355_OAM", "AMD_Instinct_MI355X_OAM"],
         cost_per_gpu_hour=3.0,
+        board_power_watts=1400,
         tokens_per_second_per_gpu=12500,
         whole_gpu_profile="spx_nps1",
         vram_label="288G",

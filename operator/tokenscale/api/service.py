@@ -321,6 +321,13 @@ class ScalingSpec(StrictModel):
     scale_to_zero: bool = Field(
         default=False, description="Allow zero replicas after the idle grace period."
     )
+    pool_preference: Literal["cost", "energy", "costAndEnergy"] = Field(
+        default="cost",
+        description="Which pool gets replicas first when there are several, per token: cost "
+        "(GPU-hour cost, costPerGpuHour), energy (watts: the pool's measured power from "
+        "status.energy, else the GPU's boardPowerWatts), or costAndEnergy (GPU-hour cost plus "
+        "electricity at operatorConfig energy.pricePerKwh).",
+    )
     scale_to_zero_grace_seconds: int = Field(
         default=600, ge=0, le=86400, description="Idle time before scaling to zero."
     )

@@ -32,6 +32,7 @@ from tokenscale.api.status import (
 from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale import capacity, collector, decision, dra, targets
 from tokenscale.autoscale.dra import DraView
+from tokenscale.autoscale.poolweight import measured_watts_per_gpu, replica_hour_weight
 from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolInput, ScalerAnnotation, ScalerState
 from tokenscale.controller import devices, energy, hold, metrics, observe
@@ -108,7 +109,13 @@ def pool_inputs(
                 ready_replicas=ready,
                 target_per_replica=target.value or 0.0,
                 capacity_per_replica=target.capacity_per_replica,
-                cost_per_replica_hour=(gpu.cost_per_gpu_hour if gpu else 1.0) * gpus,
+                cost_per_replica_hour=replica_hour_weight(
+                    svc.spec.scaling.pool_preference,
+                    gpu,
+                    gpus,
+                    measured_watts_per_gpu(status.energy, pool.name),
+                    cfg.energy.price_per_kwh,
+                ),
                 startup_seconds=startup_seconds,
             )
         )

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
-from tokenscale.api.status import InferenceServiceStatus, PoolPlan, PoolStatus
+from tokenscale.api.status import EnergyStatus, InferenceServiceStatus, PoolPlan, PoolStatus
 from tokenscale.api.wire import merge_patch
+from tokenscale.autoscale.poolweight import measured_watts_per_gpu, replica_hour_weight
 from tokenscale.autoscale.state import ScalerAnnotation
 from tokenscale.controller import devices, nodefacts, observe, routing
 from tokenscale.controller.events import Event
@@ -93,9 +94,12 @@ def _invalid(body: dict[str, Any], exc: ValidationError, now: datetime) -> Outco
 
 
 def cost_per_token(
-    cfg: OperatorConfig, svc: InferenceService, plans: Sequence[PoolPlan]
+    cfg: OperatorConfig,
+    svc: InferenceService,
+    plans: Sequence[PoolPlan],
+    energy: EnergyStatus | None = None,
 ) -> dict[str, float]:
-    """Relative cost of a token per pool: GPU-hour price x GPUs / tokens/s per replica."""
+    """Relative cost of a token per pool: a replica-hour's weight / tokens/s per replica."""
     out: dict[str, float] = {}
     by_pool = {p.pool: p for p in plans}
     for pool in svc.spec.pools:
@@ -106,7 +110,14 @@ def cost_per_token(
             continue
         gpus = max(plan.gpus_per_replica, 1)
         tps = (gpu.tokens_per_second_per_gpu or 1.0) * gpus
-        out[pool.name] = gpu.cost_per_gpu_hour * gpus / tps
+        weight = replica_hour_weight(
+            svc.spec.scaling.pool_preference,
+            gpu,
+            gpus,
+            measured_watts_per_gpu(energy, pool.name),
+            cfg.energy.price_per_kwh,
+        )
+        out[pool.name] = weight / tps
     return out
 
 
@@ -147,9 +158,8 @@ def _reconcile(
         return _invalid(body, exc, now)
 
     plans = plan_service(svc, cfg)
-    replicas = split_replicas(
-        svc.spec.replicas, svc.spec.pools, cost_per_token(cfg, svc, plans), _split_hint(body)
-    )
+    weights = cost_per_token(cfg, svc, plans, observe.service_status(body).energy)
+    replicas = split_replicas(svc.spec.replicas, svc.spec.pools, weights, _split_hint(body))
     namespace = body["metadata"]["namespace"]
     route = routing.live_route(kube, cfg, svc, namespace)
     cluster = nodefacts.for_client(kube).get(kube, cfg)  # auto naming, labeller check
