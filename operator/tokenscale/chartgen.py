@@ -151,15 +151,17 @@ def configuration_markdown() -> str:
     lines += [
         "## Built-in GPU catalogue",
         "",
-        "| GPU | arch | HBM GiB | FP8 | GPUs/node | cost/GPU-hour | tok/s/GPU | partitions |",
-        "|---|---|---:|---|---:|---:|---:|---|",
+        "| GPU | arch | HBM GiB | FP8 | GPUs/node | cost/GPU-hour | board W | tok/s/GPU | "
+        "partitions |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for name, gpu in DEFAULT_GPUS.items():
         parts = ", ".join(gpu.partitions) or "—"
         tps = "—" if gpu.tokens_per_second_per_gpu is None else f"{gpu.tokens_per_second_per_gpu:g}"
+        watts = "—" if gpu.board_power_watts is None else f"{gpu.board_power_watts:g}"
         lines.append(
             f"| {name} | {gpu.arch} | {gpu.hbm_gib:g} | {'yes' if gpu.fp8 else 'no'} | "
-            f"{gpu.gpus_per_node} | {gpu.cost_per_gpu_hour:g} | {tps} | {parts} |"
+            f"{gpu.gpus_per_node} | {gpu.cost_per_gpu_hour:g} | {watts} | {tps} | {parts} |"
         )
     return "\n".join(lines) + "\n"
 
