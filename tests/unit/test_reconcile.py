@@ -71,3 +71,53 @@ def test_status_carries_the_in_cluster_url_and_validates() -> None:
     assert out.status["url"] == "http://llm.ns.svc:8000"
     assert InferenceServiceStatus.model_validate(out.status).url == out.status["url"]
     assert service_url("a", "team-b") == "http://a.team-b.svc:8000"
+
+
+class _RefusingKube(FakeKube):
+    """Refuses every apply of one kind, as an admission policy, quota or 5xx would."""
+
+    def __init__(self, kind: str, status: int, message: str) -> None:
+        super().__init__()
+        self.refuse: tuple[str, int, str] | None = None
+        self._kind, self._status, self._message = kind, status, message
+        self.deletes: list[tuple[str, str]] = []
+
+    def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+        if self.refuse is not None and obj["kind"] == self._kind:
+            from tokenscale.k8s.kube import KubeError
+
+            raise KubeError(self._status, self._message)
+        return super().apply(obj, force=force)
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        self.deletes.append((kind, name))
+        super().delete(kind, namespace, name)
+
+
+def test_a_refused_update_keeps_the_running_deployment_and_says_why() -> None:
+    """Regression (issue 17): a refused apply used to prune the child as 'no longer in spec'."""
+    for status, message in [(422, "denied by policy no-big-args"), (503, "apiserver down")]:
+        kube = _RefusingKube("Deployment", status, message)
+        body = _svc(kube)
+        reconcile_service(body, kube, CFG)
+        _mark_ready(kube)
+        before = {n: o for (k, _, n), o in kube.objects.items() if k == "Deployment"}
+        assert before
+        kube.refuse = ("Deployment", status, message)
+        body["spec"]["engine"] = {"args": ["--max-num-seqs", "512"]}
+        body["metadata"]["generation"] = 2
+        for _ in range(3):  # repeated passes must not turn into a delete/create loop
+            out = reconcile_service(body, kube, CFG)
+        assert kube.deletes == []
+        after = {n: o for (k, _, n), o in kube.objects.items() if k == "Deployment"}
+        assert after == before
+        assert out.apply_failures and message in out.apply_failures[0]
+        degraded = next(x for x in out.status["conditions"] if x["type"] == "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "ApplyFailed"
+        assert message in degraded["message"] and "Deployment" in degraded["message"]
+        assert any(r == "ApplyFailed" and message in m for r, m, _ in out.events)
+        assert not any(r == "Deleted" for r, _, _ in out.events)
+        # the kept Deployment is still observed: its ready replicas are not reported as gone
+        assert out.status["pools"][0]["readyReplicas"] == 1
+        ready = next(x for x in out.status["conditions"] if x["type"] == "Ready")
+        assert ready["status"] == "True"

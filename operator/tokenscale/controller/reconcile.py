@@ -57,6 +57,8 @@ class Outcome:
     error: str | None = None
     #: (kind, name) -> generation/resourceVersion of every child this pass applied
     children: dict[tuple[str, str], str] | None = None
+    #: children the API server refused ("Kind name: why"); the existing ones were kept
+    apply_failures: list[str] = field(default_factory=list)
 
     @property
     def invalid(self) -> bool:
@@ -149,13 +151,16 @@ def _reconcile(
     allocations = devices.pool_allocations_for(kube, cfg, svc)
     rendered = render_all(svc, cfg, plans, replicas, route, cluster, allocations)
     events: list[Event] = []
+    failures: list[str] = []
     if apply:
-        applied = _apply_children(body, rendered.objects, kube, cfg, events)
+        applied = _apply_children(body, rendered.objects, kube, cfg, events, failures)
     else:
         applied = _read_workloads(body, rendered.objects, kube, cfg)
 
     old = observe.service_status(body)
-    status = _status(body, old, svc, plans, replicas, applied, kube, rendered.problems, now, cfg)
+    status = _status(
+        body, old, svc, plans, replicas, applied, kube, rendered.problems, now, cfg, failures
+    )
     moved = routing.follow(
         body,
         svc,
@@ -191,7 +196,7 @@ def _reconcile(
     if not apply:
         return Outcome(merge_patch(status), events)
     children = {key: child_version(obj) for key, obj in applied.items()}
-    return Outcome(merge_patch(status), events, children=children)
+    return Outcome(merge_patch(status), events, children=children, apply_failures=failures)
 
 
 def _service_object(objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -204,8 +209,15 @@ def _apply_children(
     kube: Kube,
     cfg: OperatorConfig,
     events: list[Event],
+    failures: list[str],
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Server-side apply every rendered child, prune owned children no longer rendered."""
+    """Server-side apply every rendered child, prune owned children no longer rendered.
+
+    Pruning compares with what the spec renders, never with what was applied: a child the API
+    server refused (admission policy, quota, 5xx, outage) is still wanted, so the running one
+    stays, and it appears in the result as it exists (status keeps observing it). Refusals
+    go to ``failures`` for the Degraded condition and the caller's error metric and retry.
+    """
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     owner = owner_reference(body, "InferenceService")
@@ -216,18 +228,24 @@ def _apply_children(
         for o in kube.list(kind, namespace, names.selector_for(name))
     }
     applied: dict[tuple[str, str], dict[str, Any]] = {}
+    wanted: set[tuple[str, str]] = set()
     for obj in objects:
         obj["metadata"]["namespace"] = namespace
         obj["metadata"]["ownerReferences"] = [owner]
         key = (obj["kind"], obj["metadata"]["name"])
+        wanted.add(key)
         try:
             applied[key] = kube.apply(obj)
         except KubeError as exc:
-            events.append(Event("ApplyFailed", f"{key[0]} {key[1]}: {exc}", "Warning"))
+            failure = f"{key[0]} {key[1]}: {exc}"
+            failures.append(failure)
+            events.append(Event("ApplyFailed", failure, "Warning"))
+            if key in existing:
+                applied[key] = existing[key]
             continue
         if key not in existing:
             events.append(Event("Created", f"created {key[0]} {key[1]}"))
-    for key in sorted(set(existing) - set(applied)):
+    for key in sorted(set(existing) - wanted):
         if any(ref.get("uid") == meta.get("uid") for ref in _owners(existing[key])):
             kube.delete(key[0], namespace, key[1])
             events.append(Event("Deleted", f"deleted {key[0]} {key[1]} (no longer in spec)"))
@@ -262,6 +280,7 @@ def _status(
     render_problems: Sequence[str],
     now: datetime,
     cfg: OperatorConfig,
+    apply_failures: Sequence[str] = (),
 ) -> InferenceServiceStatus:
     """What the reconcile owns in status, from what exists now (``old``: the stored status)."""
     meta = body["metadata"]
@@ -279,7 +298,7 @@ def _status(
         allocation[pool.name] = devices.workload_allocation(workload)
     plan_problems = [p.message for p in plans if not p.fits]
     conds = observe.service_conditions(
-        pools, plan_problems, render_problems, meta.get("generation")
+        pools, plan_problems, render_problems, meta.get("generation"), apply_failures
     )
     conds.append(_sla_condition(body, old, svc))
     conds.append(_scaling_condition(body, old, svc))

@@ -1,0 +1,113 @@
+"""A child update the API server refuses (here a ValidatingAdmissionPolicy) keeps the running
+Deployment: no prune, no delete/create loop, and the service's Degraded condition and an Event
+name the refusal (issue 17: a rejected update used to delete the Deployment, 38 times in 18 s)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from tests.e2e.helpers import apply, example, get, wait_condition, wait_for
+from tests.e2e.operator_proc import OperatorProcess
+from tests.testbed.cluster import Cluster
+
+pytestmark = pytest.mark.e2e
+
+ARG = "--max-num-seqs"
+
+
+def _policy(namespace: str) -> list[dict[str, object]]:
+    name = f"no-max-num-seqs-{namespace}"
+    expr = (
+        "!object.spec.template.spec.containers.exists(c, has(c.args) && "
+        f"c.args.exists(a, a == '{ARG}'))"
+    )
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["apps"],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["deployments"],
+                        }
+                    ]
+                },
+                "validations": [{"expression": expr, "message": f"{ARG} is not allowed here"}],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+                },
+            },
+        },
+    ]
+
+
+def test_a_refused_update_keeps_the_running_deployment(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    doc = example("llama2-70b-mi355x.yaml")
+    name = doc["metadata"]["name"]
+    deploy = f"{name}-mi355x"
+    apply(cluster, namespace, doc)
+    uid = wait_for(lambda: get(cluster, "deploy", deploy, "-n", namespace), what="deployment")[
+        "metadata"
+    ]["uid"]
+    policy = _policy(namespace)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(policy))
+    try:
+        # The binding takes a moment to reach the admission plugin: probe with a dry run.
+        probe = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "probe", "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": {"a": "b"}},
+                "template": {
+                    "metadata": {"labels": {"a": "b"}},
+                    "spec": {"containers": [{"name": "x", "image": "x", "args": [ARG]}]},
+                },
+            },
+        }
+        wait_for(
+            lambda: (
+                cluster.kubectl(
+                    "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(probe), check=False
+                ).returncode
+                != 0
+            ),
+            what="policy in force",
+        )
+        doc["spec"]["engine"] = {"args": [ARG, "512"]}
+        apply(cluster, namespace, doc)
+        degraded = wait_condition(
+            cluster, namespace, name, "Degraded", lambda cd: cd.get("reason") == "ApplyFailed"
+        )
+        assert deploy in degraded["message"] and "is not allowed here" in degraded["message"]
+        time.sleep(15)  # long enough for the old delete/create loop to have run several times
+        kept = get(cluster, "deploy", deploy, "-n", namespace)
+        assert kept is not None and kept["metadata"]["uid"] == uid, "Deployment was replaced"
+        args = kept["spec"]["template"]["spec"]["containers"][0].get("args") or []
+        assert ARG not in args
+        events = get(cluster, "events", "-n", namespace) or {"items": []}
+        reasons = [e["reason"] for e in events["items"]]
+        assert "Deleted" not in reasons, reasons
+        assert "ApplyFailed" in reasons, reasons
+    finally:
+        cluster.kubectl("delete", "--ignore-not-found", "-f", "-", input=yaml.safe_dump_all(policy))
