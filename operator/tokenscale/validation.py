@@ -13,11 +13,13 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, InitErrorDetails
 
 from tokenscale.api.base import ObjectMeta
 from tokenscale.api.benchmark import InferenceBenchmark
 from tokenscale.api.service import InferenceService, InferenceServiceSpec
+from tokenscale.plan import catalog
+from tokenscale.sim.profiles import ProfileError, get_profile, load_profiles
 
 KINDS: dict[str, type[BaseModel]] = {
     "InferenceService": InferenceService,
@@ -110,9 +112,50 @@ def parse_manifest(doc: dict[str, Any]) -> BaseModel:
         known = ", ".join(KINDS)
         raise InvalidManifest([FieldProblem("kind", f"unknown kind {kind!r}; fix: use {known}")])
     try:
-        return model.model_validate(doc)
+        parsed = model.model_validate(doc)
     except ValidationError as exc:
         raise InvalidManifest(problems_from(exc)) from None
+    if isinstance(parsed, InferenceService):
+        found = simulator_problems(parsed.spec)
+        if found:
+            raise InvalidManifest([FieldProblem(f"spec.{p.field}", p.message) for p in found])
+    return parsed
+
+
+def simulator_problems(spec: InferenceServiceSpec) -> list[FieldProblem]:
+    """A simulated engine needs a simulator profile for its (GPU, model); without one the
+    engine exits at start and the pods crash-loop, so the spec is refused up front. Fields are
+    relative to ``spec`` (``pools[0].gpu``)."""
+    if spec.engine.mode != "simulated":
+        return []
+    arch = catalog.resolve(spec.model)
+    model = arch.key if arch else (spec.model.architecture or spec.model.name)
+    profiles = load_profiles()
+    models = sorted({p.model for p in profiles})
+    norm = model.strip().lower().replace("_", "-")
+    if norm not in {m.lower() for m in models}:
+        field = "model.architecture" if spec.model.architecture else "model.name"
+        return [
+            FieldProblem(
+                field,
+                f"the simulator has no profile for model {model!r} (engine.mode simulated); "
+                f"fix: use one of {', '.join(models)}, or engine.mode vllm",
+            )
+        ]
+    out = []
+    for i, pool in enumerate(spec.pools):
+        try:
+            get_profile(pool.gpu, model)
+        except ProfileError:
+            gpus = sorted({p.gpu for p in profiles if p.model.lower() == norm})
+            out.append(
+                FieldProblem(
+                    f"pools[{i}].gpu",
+                    f"the simulator has no {pool.gpu} profile for model {model!r} (engine.mode "
+                    f"simulated); fix: use one of {', '.join(gpus)}, or engine.mode vllm",
+                )
+            )
+    return out
 
 
 def load_documents(text: str) -> list[dict[str, Any]]:
@@ -128,9 +171,25 @@ def parse_spec(body: dict[str, Any]) -> InferenceService:
     so only name and namespace matter) as a model; raises ValidationError for operator-judged
     problems, which :func:`problems_from` turns into messages."""
     meta = body["metadata"]
+    spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
+    found = simulator_problems(spec)
+    if found:
+        errors: list[InitErrorDetails] = [
+            {
+                "type": "value_error",
+                "loc": tuple(
+                    int(part) if part.isdigit() else part
+                    for part in p.field.replace("[", ".").replace("]", "").split(".")
+                ),
+                "input": None,
+                "ctx": {"error": ValueError(p.message)},
+            }
+            for p in found
+        ]
+        raise ValidationError.from_exception_data("InferenceServiceSpec", errors)
     return InferenceService(
         api_version="tokenscale.dev/v1alpha1",
         kind="InferenceService",
         metadata=ObjectMeta(name=meta["name"], namespace=meta.get("namespace")),
-        spec=InferenceServiceSpec.model_validate(body.get("spec") or {}),
+        spec=spec,
     )

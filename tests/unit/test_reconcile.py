@@ -121,3 +121,17 @@ def test_a_refused_update_keeps_the_running_deployment_and_says_why() -> None:
         assert out.status["pools"][0]["readyReplicas"] == 1
         ready = next(x for x in out.status["conditions"] if x["type"] == "Ready")
         assert ready["status"] == "True"
+
+
+def test_a_simulated_service_with_an_unsupported_model_is_refused_naming_the_field() -> None:
+    """Regression (issue 17): it was accepted and its engines crash-looped at start."""
+    kube = FakeKube()
+    body = _svc(
+        kube,
+        model={"name": "gpt-oss-120b", "source": {"huggingFace": "openai/gpt-oss-120b"}},
+        engine={"mode": "simulated"},
+    )
+    out = reconcile_service(body, kube, CFG)
+    assert out.invalid and out.error is not None
+    assert out.error.startswith("model.name: ") and "llama-2-70b" in out.error
+    assert not [k for k in kube.objects if k[0] == "Deployment"]
