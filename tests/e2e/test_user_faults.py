@@ -4,6 +4,7 @@ name the refusal (issue 17: a rejected update used to delete the Deployment, 38 
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -111,3 +112,23 @@ def test_a_refused_update_keeps_the_running_deployment(
         assert "ApplyFailed" in reasons, reasons
     finally:
         cluster.kubectl("delete", "--ignore-not-found", "-f", "-", input=yaml.safe_dump_all(policy))
+
+
+def test_scale_of_a_fresh_service_is_readable(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """HPA/KEDA read /scale first: it must resolve before anyone has set spec.replicas."""
+    doc = example("llama2-70b-mi355x.yaml")
+    doc["spec"].pop("replicas", None)
+    name = doc["metadata"]["name"]
+    apply(cluster, namespace, doc)
+    path = f"/apis/tokenscale.dev/v1alpha1/namespaces/{namespace}/inferenceservices/{name}/scale"
+
+    def scale() -> dict[str, object] | None:
+        out = cluster.kubectl("get", "--raw", path, check=False)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    found = wait_for(scale, timeout=30, what="/scale readable")
+    mins = sum(p.get("minReplicas", 1) for p in doc["spec"]["pools"])
+    assert found["spec"]["replicas"] == mins, found  # type: ignore[index]
+    assert found["status"]["selector"], found  # type: ignore[index]

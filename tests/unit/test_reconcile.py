@@ -135,3 +135,22 @@ def test_a_simulated_service_with_an_unsupported_model_is_refused_naming_the_fie
     assert out.invalid and out.error is not None
     assert out.error.startswith("model.name: ") and "llama-2-70b" in out.error
     assert not [k for k in kube.objects if k[0] == "Deployment"]
+
+
+def test_an_unset_spec_replicas_is_written_once_so_scale_is_readable() -> None:
+    """Regression (issue 17): /scale of a fresh service was unreadable until spec.replicas was
+    set (the scale subresource's specReplicasPath must resolve)."""
+    kube = FakeKube()
+    two = [
+        {"name": "a", "gpu": "MI300X", "minReplicas": 1, "maxReplicas": 4},
+        {"name": "b", "gpu": "MI355X", "minReplicas": 2, "maxReplicas": 4},
+    ]
+    body = _svc(kube, pools=two)
+    assert "replicas" not in body["spec"]
+    reconcile_service(body, kube, CFG)
+    assert kube.objects[("InferenceService", "ns", "llm")]["spec"]["replicas"] == 3
+    kube.objects[("InferenceService", "ns", "llm")]["spec"]["replicas"] = 5  # HPA scaled it
+    body = kube.get("InferenceService", "ns", "llm")
+    assert body is not None
+    reconcile_service(body, kube, CFG)
+    assert kube.objects[("InferenceService", "ns", "llm")]["spec"]["replicas"] == 5

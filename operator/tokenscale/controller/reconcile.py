@@ -146,6 +146,8 @@ def _reconcile(
         svc.spec.replicas, svc.spec.pools, cost_per_token(cfg, svc, plans), _split_hint(body)
     )
     namespace = body["metadata"]["namespace"]
+    if apply and svc.spec.replicas is None:
+        _write_initial_replicas(kube, body, sum(replicas.values()))
     route = routing.live_route(kube, cfg, svc, namespace)
     cluster = nodefacts.for_client(kube).get(kube, cfg)  # auto naming, labeller check
     allocations = devices.pool_allocations_for(kube, cfg, svc)
@@ -197,6 +199,19 @@ def _reconcile(
         return Outcome(merge_patch(status), events)
     children = {key: child_version(obj) for key, obj in applied.items()}
     return Outcome(merge_patch(status), events, children=children, apply_failures=failures)
+
+
+def _write_initial_replicas(kube: Kube, body: dict[str, Any], total: int) -> None:
+    """Give an unset ``spec.replicas`` the count the pools start with.
+
+    The CRD's scale subresource reads ``.spec.replicas``; while it is unset, ``GET /scale``
+    fails and HPA/KEDA cannot act on a freshly applied service. No static CRD default fits
+    (the count is the sum of the pools' minReplicas, or the autoscaler's last split), so the
+    operator writes it once. A ``kubectl apply`` that does not set the field keeps it."""
+    meta = body["metadata"]
+    kube.patch_merge(
+        "InferenceService", meta["namespace"], meta["name"], {"spec": {"replicas": total}}
+    )
 
 
 def _service_object(objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
