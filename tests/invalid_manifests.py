@@ -390,4 +390,10 @@ CASES += [
         "fix: use one of MI300X, MI325X, MI355X",
         server=False,
     ),
+    Case(
+        "benchmark-target-timeout-too-short",
+        benchmark(targetTimeoutSeconds=0),
+        "spec.targetTimeoutSeconds",
+        "greater than or equal to 10",
+    ),
 ]
