@@ -307,6 +307,11 @@ def _limit_pool(
     """
     keep = max(policy.scale_up_stabilization_seconds, policy.scale_down_stabilization_seconds)
     history = [(t, r) for t, r in state.recommendations.get(pool.name, []) if t > now - keep]
+    if not history:
+        # No memory (autoscaler just turned on, state lost, another writer set the count):
+        # the current count counts as recommended now, so a scale-down waits out its window
+        # instead of dropping at once to the first low recommendation.
+        history.append((now, pool.replicas))
     history.append((now, rec.replicas[pool.name]))
     state.recommendations[pool.name] = history
     cur = pool.replicas
