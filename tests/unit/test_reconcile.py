@@ -154,3 +154,21 @@ def test_an_unset_spec_replicas_is_written_once_so_scale_is_readable() -> None:
     assert body is not None
     reconcile_service(body, kube, CFG)
     assert kube.objects[("InferenceService", "ns", "llm")]["spec"]["replicas"] == 5
+
+
+def test_a_requested_count_capped_at_max_replicas_says_so() -> None:
+    """Regression (issue 17): `kubectl scale --replicas=20` above maxReplicas was clamped
+    silently."""
+    kube = FakeKube()
+    body = _svc(kube, replicas=20)  # one pool, maxReplicas 2
+    body["metadata"]["generation"] = 3
+    out = reconcile_service(body, kube, CFG)
+    capped = [m for r, m, t in out.events if r == "ReplicasCapped" and t == "Warning"]
+    assert capped and "spec.replicas 20 is capped at 2" in capped[0]
+    assert kube.objects[("Deployment", "ns", "llm-mi300x")]["spec"]["replicas"] == 2
+    body["status"] = out.status  # same generation again: no repeated Event
+    again = reconcile_service(body, kube, CFG)
+    assert not [r for r, _, _ in again.events if r == "ReplicasCapped"]
+    body["spec"]["replicas"] = 2
+    body["metadata"]["generation"] = 4
+    assert not [r for r, _, _ in reconcile_service(body, kube, CFG).events if r == "ReplicasCapped"]

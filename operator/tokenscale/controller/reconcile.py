@@ -187,6 +187,9 @@ def _reconcile(
         events.append(Event(new_degraded.reason, new_degraded.message, "Warning"))
     if gen != old.observed_generation:
         events += [Event("RenderWarning", w, "Warning") for w in rendered.warnings]
+        capped = replicas_capped(svc, replicas)
+        if capped is not None:
+            events.append(Event("ReplicasCapped", capped, "Warning"))
     if _rollout_benchmark_due(body, old, svc, status):
         bench = rollout_benchmark(body, svc)
         kube.apply(bench)
@@ -199,6 +202,27 @@ def _reconcile(
         return Outcome(merge_patch(status), events)
     children = {key: child_version(obj) for key, obj in applied.items()}
     return Outcome(merge_patch(status), events, children=children, apply_failures=failures)
+
+
+def replicas_capped(svc: InferenceService, split: dict[str, int]) -> str | None:
+    """Why the requested ``spec.replicas`` (kubectl scale, HPA, KEDA) is not what runs: the
+    split clamps it to the pools' bounds, which would otherwise happen silently."""
+    asked, running = svc.spec.replicas, sum(split.values())
+    if asked is None or asked == running:
+        return None
+    most = sum(p.max_replicas for p in svc.spec.pools)
+    if asked > running and running == most:
+        return (
+            f"spec.replicas {asked} is capped at {running}, the sum of the pools' maxReplicas; "
+            "fix: raise pools[].maxReplicas, or ask for fewer"
+        )
+    least = sum(p.min_replicas for p in svc.spec.pools)
+    if asked < running and running == least:
+        return (
+            f"spec.replicas {asked} is raised to {running}, the sum of the pools' minReplicas; "
+            "fix: lower pools[].minReplicas"
+        )
+    return None
 
 
 def _write_initial_replicas(kube: Kube, body: dict[str, Any], total: int) -> None:
