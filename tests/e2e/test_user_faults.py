@@ -13,6 +13,7 @@ import yaml
 from tests.e2e.helpers import apply, example, get, wait_condition, wait_for
 from tests.e2e.operator_proc import OperatorProcess
 from tests.testbed.cluster import Cluster
+from tokenscale import constants as c
 
 pytestmark = pytest.mark.e2e
 
@@ -131,4 +132,40 @@ def test_scale_of_a_fresh_service_is_readable(
     found = wait_for(scale, timeout=30, what="/scale readable")
     mins = sum(p.get("minReplicas", 1) for p in doc["spec"]["pools"])
     assert found["spec"]["replicas"] == mins, found  # type: ignore[index]
-    assert found["status"]["selector"], found  # type: ignore[index]
+    # what HPA needs next: the selector, once the operator has written status
+    selected = wait_for(lambda: (s := scale()) and s["status"].get("selector"), timeout=30)
+    assert "tokenscale.dev/service" in selected, selected
+
+
+def test_kubectl_scale_is_reported_not_silently_undone(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """Another writer of /scale (here `kubectl scale`) is named in status.scaling and an
+    Event, from the API server's managedFields, and its count stays."""
+    doc = example("llama2-70b-mi355x.yaml")
+    name = doc["metadata"]["name"]
+    # As if the builtin autoscaler had last decided 1 replica for the pool.
+    doc["metadata"]["annotations"] = {
+        c.ANNOTATION_SCALER_STATE: json.dumps({"split": {"mi355x": 1}, "state": {}})
+    }
+    doc["spec"]["pools"][0].update({"minReplicas": 1, "maxReplicas": 3})
+    apply(cluster, namespace, doc)
+    wait_for(lambda: get(cluster, "deploy", f"{name}-mi355x", "-n", namespace), what="deploy")
+    cluster.kubectl("scale", f"tsvc/{name}", "-n", namespace, "--replicas=2")
+    scaling = wait_for(
+        lambda: (
+            (s := ((get(cluster, "tsvc", name, "-n", namespace) or {}).get("status") or {}))
+            and (s.get("scaling") or {}).get("reason") == "ConflictingWriter"
+            and s["scaling"]
+        ),
+        timeout=30,
+        what="ConflictingWriter",
+    )
+    assert "set to 2 through /scale by 'kubectl" in scaling["message"], scaling
+    time.sleep(6)  # several autoscaler passes (scrape interval 2 s)
+    svc = get(cluster, "tsvc", name, "-n", namespace)
+    assert svc["spec"]["replicas"] == 2
+    deploy = get(cluster, "deploy", f"{name}-mi355x", "-n", namespace)
+    assert deploy["spec"]["replicas"] == 2
+    events = get(cluster, "events", "-n", namespace) or {"items": []}
+    assert [e for e in events["items"] if e["reason"] == "ConflictingWriter"]
