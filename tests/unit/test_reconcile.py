@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.factories import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import OperatorConfig
@@ -172,3 +174,28 @@ def test_a_requested_count_capped_at_max_replicas_says_so() -> None:
     body["spec"]["replicas"] = 2
     body["metadata"]["generation"] = 4
     assert not [r for r, _, _ in reconcile_service(body, kube, CFG).events if r == "ReplicasCapped"]
+
+
+def test_a_refused_apply_counts_as_an_error_and_is_retried_with_its_status_written() -> None:
+    """The handler: status and Events still written, the metric says error (it said ok)."""
+    import kopf
+
+    from tokenscale.controller import handlers, metrics
+
+    kube = _RefusingKube("Deployment", 403, "exceeded quota: gpus")
+    body = _svc(kube)
+    reconcile_service(body, kube, CFG)
+    kube.refuse = ("Deployment", 403, "exceeded quota: gpus")
+    body["spec"]["engine"] = {"args": ["--max-num-seqs", "512"]}
+    memo = kopf.Memo()
+    memo.kube, memo.config = kube, CFG
+    errors = metrics.RECONCILES.labels("InferenceService", "error")
+    oks = metrics.RECONCILES.labels("InferenceService", "ok")
+    before_err, before_ok = errors._value.get(), oks._value.get()
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError, match="exceeded quota"):
+        handlers._run(kopf.Body(body), patch, memo)
+    assert errors._value.get() == before_err + 1 and oks._value.get() == before_ok
+    degraded = next(x for x in patch["status"]["conditions"] if x["type"] == "Degraded")
+    assert degraded["reason"] == "ApplyFailed" and "exceeded quota" in degraded["message"]
+    assert any(r == "ApplyFailed" for r, _, _ in kube.events)
