@@ -433,3 +433,33 @@ def test_a_dead_url_never_ends_succeeded() -> None:
     assert failed["reason"] == "NoResponses" and "20 failed" in failed["message"]
     assert out.status["results"]["requests"] == 0 and out.status["results"]["errors"] == 20
     assert out.service_status is None
+
+
+def test_a_sweep_level_that_never_gets_its_replicas_fails_and_restores() -> None:
+    """Regression (issue 17): a level waited forever for replicas that never became Ready."""
+    kube, _ = _sweep_cluster([1, 2])
+    kube.objects[("InferenceBenchmark", "ns", "sw")]["spec"]["targetTimeoutSeconds"] = 60
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def step(seconds: float) -> Any:
+        current = kube.get("InferenceBenchmark", "ns", "sw")
+        assert current is not None
+        out = reconcile_benchmark(current, kube, CFG, now=t0 + timedelta(seconds=seconds))
+        if out.status:
+            stored = kube.objects[("InferenceBenchmark", "ns", "sw")]
+            stored["status"] = {**(stored.get("status") or {}), **out.status}
+        return out
+
+    step(0)  # begin: hold the target
+    step(1)  # level 1: scale the target to 1
+    _engines(kube, ready=0)  # ...which never becomes Ready
+    assert step(30).status.get("phase", "Running") == "Running"
+    out = step(62)
+    assert out.status["phase"] == "Failed" and out.finished
+    failed = next(x for x in out.status["conditions"] if x["type"] == "Failed")
+    assert (
+        failed["reason"] == "TargetNotReady" and "waiting for exactly 1 ready" in failed["message"]
+    )
+    svc = kube.get("InferenceService", "ns", "llama2-70b")
+    assert svc is not None and svc["spec"]["replicas"] == 3
+    assert c.ANNOTATION_SCALING_HOLD not in (svc["metadata"].get("annotations") or {})
