@@ -362,9 +362,9 @@ def test_state_from_another_clock_is_ignored() -> None:
     future = ScalerState(recommendations={"a": [(1e12, 9)]}, panic_until=1e12, idle_since=1e12)
     sample = Sample(100.0, {"a": PoolSignal(generation_tps=1000, pods_reporting=2)})
     decision = decide([sample], POLICY, [pool()], future, 100.0)
-    assert decision.desired() == {"a": 2}  # not pinned at 9; the window starts from now
+    assert decision.desired() == {"a": 1}
     assert not decision.panic
-    assert decision.state.recommendations["a"] == [(100.0, 2), (100.0, 1)]
+    assert decision.state.recommendations["a"] == [(100.0, 1)]
 
 
 def test_woken_from_zero_gets_the_whole_grace_again() -> None:
@@ -395,3 +395,12 @@ def test_turning_the_autoscaler_on_starts_stabilisation_from_the_current_count()
     steps = [a - b for a, b in zip(run.of(), run.of()[1:], strict=False)]
     assert max(steps) <= policy.max_scale_down_step
     assert run.of()[-1] == 1
+
+
+def test_an_aged_out_history_is_not_a_fresh_start() -> None:
+    """The persisted state lags the loop (written at most every 30 s): entries that aged out of
+    a short window are memory, not a fresh start, and must not pin the current count."""
+    aged = ScalerState(recommendations={"a": [(0.0, 4)]})
+    low = Sample(100.0, {"a": PoolSignal(generation_tps=500, pods_reporting=4)})
+    decision = decide([low], POLICY, [pool(replicas=4)], aged, 100.0)
+    assert decision.desired() == {"a": 4 - POLICY.max_scale_down_step}

@@ -54,6 +54,8 @@ class LoopState:
     window: deque[Sample] = field(default_factory=lambda: deque(maxlen=2000))
     last_persist: float = 0.0
     last_state_json: str = ""
+    #: the first pass of this loop (autoscaler turned on, operator restarted) has run
+    started: bool = False
 
 
 def pool_targets(
@@ -266,6 +268,16 @@ async def collect(
     state = ScalerAnnotation.parse(
         (meta.get("annotations") or {}).get(c.ANNOTATION_SCALER_STATE)
     ).state
+    if not loop.started:
+        # Turned on (or the operator restarted) with a history older than every window: that
+        # memory is of another time; start the windows from the current count instead.
+        keep = max(policy.scale_up_stabilization_seconds, policy.scale_down_stabilization_seconds)
+        state.recommendations = {
+            pool: history
+            for pool, history in state.recommendations.items()
+            if history and history[-1][0] > now - max(keep, PERSIST_EVERY_SECONDS)
+        }
+        loop.started = True
     return Observation(svc, plans, pods, result, status, desired_now, pool_target, inputs, state)
 
 
