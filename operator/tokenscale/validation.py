@@ -7,8 +7,10 @@ conditions and in Events.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import yaml
@@ -19,7 +21,6 @@ from tokenscale.api.base import ObjectMeta
 from tokenscale.api.benchmark import InferenceBenchmark
 from tokenscale.api.service import InferenceService, InferenceServiceSpec
 from tokenscale.plan import catalog
-from tokenscale.sim.profiles import ProfileError, get_profile, load_profiles
 
 KINDS: dict[str, type[BaseModel]] = {
     "InferenceService": InferenceService,
@@ -122,6 +123,20 @@ def parse_manifest(doc: dict[str, Any]) -> BaseModel:
     return parsed
 
 
+@functools.cache
+def _simulator_profiles() -> tuple[tuple[str, str], ...]:
+    """(GPU, model) pairs the simulator has a profile for, read from its profile file as data:
+    the simulator's own loader (``tokenscale.sim.profiles``) sits in a layer this module, used
+    by the render and bench CLIs, must not import."""
+    text = resources.files("tokenscale.sim").joinpath("profiles.yaml").read_text("utf-8")
+    entries = (yaml.safe_load(text) or {}).get("profiles") or []
+    return tuple((_norm(str(e["gpu"])), _norm(str(e["model"]))) for e in entries)
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
 def simulator_problems(spec: InferenceServiceSpec) -> list[FieldProblem]:
     """A simulated engine needs a simulator profile for its (GPU, model); without one the
     engine exits at start and the pods crash-loop, so the spec is refused up front. Fields are
@@ -130,10 +145,9 @@ def simulator_problems(spec: InferenceServiceSpec) -> list[FieldProblem]:
         return []
     arch = catalog.resolve(spec.model)
     model = arch.key if arch else (spec.model.architecture or spec.model.name)
-    profiles = load_profiles()
-    models = sorted({p.model for p in profiles})
-    norm = model.strip().lower().replace("_", "-")
-    if norm not in {m.lower() for m in models}:
+    pairs = _simulator_profiles()
+    models = sorted({m for _, m in pairs})
+    if _norm(model) not in models:
         field = "model.architecture" if spec.model.architecture else "model.name"
         return [
             FieldProblem(
@@ -142,20 +156,16 @@ def simulator_problems(spec: InferenceServiceSpec) -> list[FieldProblem]:
                 f"fix: use one of {', '.join(models)}, or engine.mode vllm",
             )
         ]
-    out = []
-    for i, pool in enumerate(spec.pools):
-        try:
-            get_profile(pool.gpu, model)
-        except ProfileError:
-            gpus = sorted({p.gpu for p in profiles if p.model.lower() == norm})
-            out.append(
-                FieldProblem(
-                    f"pools[{i}].gpu",
-                    f"the simulator has no {pool.gpu} profile for model {model!r} (engine.mode "
-                    f"simulated); fix: use one of {', '.join(gpus)}, or engine.mode vllm",
-                )
-            )
-    return out
+    gpus = sorted(g.upper() for g, m in pairs if m == _norm(model))
+    return [
+        FieldProblem(
+            f"pools[{i}].gpu",
+            f"the simulator has no {pool.gpu} profile for model {model!r} (engine.mode "
+            f"simulated); fix: use one of {', '.join(gpus)}, or engine.mode vllm",
+        )
+        for i, pool in enumerate(spec.pools)
+        if (_norm(pool.gpu), _norm(model)) not in pairs
+    ]
 
 
 def load_documents(text: str) -> list[dict[str, Any]]:

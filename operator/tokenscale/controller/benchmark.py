@@ -32,7 +32,7 @@ from tokenscale.controller.events import Event
 from tokenscale.controller.observe import benchmark_status
 from tokenscale.k8s import wake
 from tokenscale.k8s.kube import Kube
-from tokenscale.validation import problems_from
+from tokenscale.validation import parse_spec, problems_from
 
 
 def reconcile_benchmark(
@@ -59,7 +59,12 @@ def reconcile_benchmark(
                 return fail(body, "TargetGone", f"{spec.target.service} was deleted", now)
             missing = f"InferenceService {spec.target.service} not found"
             return wait(body, missing, now, spec.target_timeout_seconds)
-        svc_spec = InferenceServiceSpec.model_validate(svc_body["spec"])
+        try:
+            svc_spec = parse_spec(svc_body).spec
+        except ValidationError as exc:  # the service's own InvalidSpec says why; it may be fixed
+            text = "; ".join(str(p) for p in problems_from(exc))
+            invalid = f"InferenceService {spec.target.service} has an invalid spec ({text})"
+            return wait(body, invalid, now, spec.target_timeout_seconds)
         if spec.scenario == "replicaSweep" and status.sweep is not None:
             return sweep.step(body, spec, status.sweep, svc_body, svc_spec, kube, cfg, now)
         if wake.at_zero(svc_body):
