@@ -22,6 +22,7 @@ from tokenscale import constants as c
 from tokenscale.api.routing import InferencePoolSpec
 from tokenscale.api.service import InferenceService
 from tokenscale.render import names
+from tokenscale.render.router import restricted_security_context
 
 Obj = dict[str, Any]
 
@@ -160,6 +161,7 @@ def epp_deployment(svc: InferenceService, spec: InferencePoolSpec) -> Obj:
         "readinessProbe": {"grpc": {"port": EPP_HEALTH_PORT, "service": "inference-extension"}},
         "livenessProbe": {"grpc": {"port": EPP_HEALTH_PORT, "service": "inference-extension"}},
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+        "securityContext": restricted_security_context(),
     }
     return {
         "apiVersion": "apps/v1",
