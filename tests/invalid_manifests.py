@@ -380,6 +380,29 @@ CASES += [
         server=False,
     ),
     Case(
+        "simulated-unsupported-model",
+        service(
+            model={"name": "gpt-oss-120b", "source": {"huggingFace": "openai/gpt-oss-120b"}},
+            engine={"mode": "simulated"},
+        ),
+        "spec.model.name",
+        "the simulator has no profile for model 'gpt-oss-120b'",
+        server=False,  # the model key is inferred from name/source (catalogue), not in CEL
+    ),
+    Case(
+        "simulated-unsupported-gpu",
+        service(engine={"mode": "simulated"}, pools=_pool(gpu="MI250X")),
+        "spec.pools[0].gpu",
+        "fix: use one of MI300X, MI325X, MI355X",
+        server=False,
+    ),
+    Case(
+        "benchmark-target-timeout-too-short",
+        benchmark(targetTimeoutSeconds=0),
+        "spec.targetTimeoutSeconds",
+        "greater than or equal to 10",
+    ),
+    Case(
         "routing-unknown-mode",
         service(routing={"mode": "envoy"}),
         "spec.routing.mode",

@@ -7,17 +7,20 @@ conditions and in Events.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, InitErrorDetails
 
 from tokenscale.api.base import ObjectMeta
 from tokenscale.api.benchmark import InferenceBenchmark
 from tokenscale.api.service import InferenceService, InferenceServiceSpec
+from tokenscale.plan import catalog
 
 KINDS: dict[str, type[BaseModel]] = {
     "InferenceService": InferenceService,
@@ -110,9 +113,59 @@ def parse_manifest(doc: dict[str, Any]) -> BaseModel:
         known = ", ".join(KINDS)
         raise InvalidManifest([FieldProblem("kind", f"unknown kind {kind!r}; fix: use {known}")])
     try:
-        return model.model_validate(doc)
+        parsed = model.model_validate(doc)
     except ValidationError as exc:
         raise InvalidManifest(problems_from(exc)) from None
+    if isinstance(parsed, InferenceService):
+        found = simulator_problems(parsed.spec)
+        if found:
+            raise InvalidManifest([FieldProblem(f"spec.{p.field}", p.message) for p in found])
+    return parsed
+
+
+@functools.cache
+def _simulator_profiles() -> tuple[tuple[str, str], ...]:
+    """(GPU, model) pairs the simulator has a profile for, read from its profile file as data:
+    the simulator's own loader (``tokenscale.sim.profiles``) sits in a layer this module, used
+    by the render and bench CLIs, must not import."""
+    text = resources.files("tokenscale.sim").joinpath("profiles.yaml").read_text("utf-8")
+    entries = (yaml.safe_load(text) or {}).get("profiles") or []
+    return tuple((_norm(str(e["gpu"])), _norm(str(e["model"]))) for e in entries)
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def simulator_problems(spec: InferenceServiceSpec) -> list[FieldProblem]:
+    """A simulated engine needs a simulator profile for its (GPU, model); without one the
+    engine exits at start and the pods crash-loop, so the spec is refused up front. Fields are
+    relative to ``spec`` (``pools[0].gpu``)."""
+    if spec.engine.mode != "simulated":
+        return []
+    arch = catalog.resolve(spec.model)
+    model = arch.key if arch else (spec.model.architecture or spec.model.name)
+    pairs = _simulator_profiles()
+    models = sorted({m for _, m in pairs})
+    if _norm(model) not in models:
+        field = "model.architecture" if spec.model.architecture else "model.name"
+        return [
+            FieldProblem(
+                field,
+                f"the simulator has no profile for model {model!r} (engine.mode simulated); "
+                f"fix: use one of {', '.join(models)}, or engine.mode vllm",
+            )
+        ]
+    gpus = sorted(g.upper() for g, m in pairs if m == _norm(model))
+    return [
+        FieldProblem(
+            f"pools[{i}].gpu",
+            f"the simulator has no {pool.gpu} profile for model {model!r} (engine.mode "
+            f"simulated); fix: use one of {', '.join(gpus)}, or engine.mode vllm",
+        )
+        for i, pool in enumerate(spec.pools)
+        if (_norm(pool.gpu), _norm(model)) not in pairs
+    ]
 
 
 def load_documents(text: str) -> list[dict[str, Any]]:
@@ -128,9 +181,25 @@ def parse_spec(body: dict[str, Any]) -> InferenceService:
     so only name and namespace matter) as a model; raises ValidationError for operator-judged
     problems, which :func:`problems_from` turns into messages."""
     meta = body["metadata"]
+    spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
+    found = simulator_problems(spec)
+    if found:
+        errors: list[InitErrorDetails] = [
+            {
+                "type": "value_error",
+                "loc": tuple(
+                    int(part) if part.isdigit() else part
+                    for part in p.field.replace("[", ".").replace("]", "").split(".")
+                ),
+                "input": None,
+                "ctx": {"error": ValueError(p.message)},
+            }
+            for p in found
+        ]
+        raise ValidationError.from_exception_data("InferenceServiceSpec", errors)
     return InferenceService(
         api_version="tokenscale.dev/v1alpha1",
         kind="InferenceService",
         metadata=ObjectMeta(name=meta["name"], namespace=meta.get("namespace")),
-        spec=InferenceServiceSpec.model_validate(body.get("spec") or {}),
+        spec=spec,
     )

@@ -1,4 +1,4 @@
-"""``python -m tests.testbed build|up|down|status|kubeconfig`` — the test bed for humans.
+"""``python -m tests.testbed build|up|down|status|kubeconfig|restart`` — the test bed for humans.
 
 Why: developers and ``make demo`` want a long-lived cluster they can point kubectl,
 Helm and the operator at, outside pytest.  ``up`` starts the components detached and
@@ -127,6 +127,21 @@ def cmd_kubeconfig(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restart(args: argparse.Namespace) -> int:
+    cluster = _load()
+    if cluster is None:
+        print("test bed is not up (run: python -m tests.testbed up)", file=sys.stderr)
+        return 1
+    cluster.state_file = STATE_FILE
+    try:
+        proc = cluster.restart(args.component, down_seconds=args.down)
+    except (ClusterError, TimeoutError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{proc.name} restarted: pid={proc.pid} log={proc.log_path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.testbed", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -145,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="component health")
     p.add_argument("-v", "--verbose", action="store_true", help="also print log tails + state")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("restart", help="restart one component (fault drills), e.g. apiserver")
+    p.add_argument("component", help="etcd, apiserver, kcm, scheduler, kwok, kubelet, ...")
+    p.add_argument("--down", type=float, default=0.0, help="seconds to stay down first")
+    p.set_defaults(func=cmd_restart)
     p = sub.add_parser("kubeconfig", help="print the admin kubeconfig path")
     p.set_defaults(func=cmd_kubeconfig)
     args = parser.parse_args(argv)

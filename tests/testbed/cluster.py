@@ -301,11 +301,63 @@ class Cluster:
             extra.name, extra.argv, self.logs_dir / f"{extra.name}.log",
             env={**(env if env is not None else os.environ), **extra.env}, cwd=REPO_ROOT,
             die_with_parent=not self._detached,
+            meta={"extra": True, "env": extra.env, "health_url": extra.health_url},
         )  # fmt: skip
         self._record(proc)
         if extra.health_url:
             self._wait_http(extra.name, extra.health_url, timeout=60)
         return proc
+
+    #: Short names ``restart`` accepts for the control-plane components.
+    ALIASES = {
+        "apiserver": "kube-apiserver",
+        "kcm": "kube-controller-manager",
+        "controller-manager": "kube-controller-manager",
+        "scheduler": "kube-scheduler",
+    }
+
+    def restart(self, name: str, *, down_seconds: float = 0.0, timeout: float = 120.0) -> Proc:
+        """Stop one component and start it again with the same command line (fault drills:
+        an API-server or etcd restart, a kubelet restart); waits until it serves again.
+
+        ``down_seconds`` keeps it down that long first (an outage, not just a blip)."""
+        name = self.ALIASES.get(name, name)
+        with self._lock:
+            old = next((p for p in self.procs if p.name == name), None)
+        if old is None:
+            known = ", ".join(p.name for p in self.procs)
+            raise ClusterError(f"no component {name!r}; known: {known}")
+        terminate([old])
+        time.sleep(down_seconds)
+        env: dict[str, str] | None = None
+        cwd: Path | None = None
+        if old.meta.get("extra"):
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])
+            )
+            env["KUBECONFIG"] = str(self.kubeconfig)
+            env.update(old.meta.get("env") or {})
+            cwd = REPO_ROOT
+        new = spawn(
+            name, old.argv, Path(old.log_path), env=env, cwd=cwd,
+            die_with_parent=not self._detached, meta=dict(old.meta),
+        )  # fmt: skip
+        with self._lock:
+            self.procs[self.procs.index(old)] = new
+        if self.state_file is not None:
+            self.state_file.write_text(json.dumps(self.to_state(), indent=2))
+        health = {
+            "etcd": f"http://127.0.0.1:{self.ports.get('etcd')}/health",
+            "kube-apiserver": f"{self.api_url}/readyz",
+        }.get(name) or old.meta.get("health_url")
+        if health:
+            self._wait_http(name, health, timeout, auth=name == "kube-apiserver")
+        else:
+            time.sleep(1.0)
+            if not new.alive():
+                raise ClusterError(f"{name} exited right after its restart")
+        return new
 
     def stop(self) -> None:
         """Terminate everything in reverse start order; idempotent, safe from atexit."""

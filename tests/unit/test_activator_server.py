@@ -338,7 +338,7 @@ async def test_bad_host_unknown_service_and_never_ready(activator: Activator) ->
         error = (await resp.json())["error"]
     assert "waited 0.2 s" in error["message"]
     assert "did not become ready" in error["message"]
-    assert "kubectl describe inferenceservice llama -n ns" in error["message"]
+    assert "kubectl describe tsvc llama -n ns" in error["message"]
     assert cluster.wakes == [("ns", "llama")]
     await asyncio.sleep(0.05)
     assert app[ACTIVATOR].gate.waiting() == 0  # the last waiter left: the poll task stopped

@@ -6,6 +6,7 @@ answering must read as missing data (hold), not as zero load (scale down).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,38 @@ async def test_configured_source_scrapes_by_default_and_queries_prometheus_when_
     generation = next(u for u in seen if "generation_tokens" in u)
     assert 'namespace="ns",tokenscale_dev_service="llm"' in httpx.URL(generation).params["query"]
     assert "[2m]" in httpx.URL(generation).params["query"]
+
+
+@pytest.mark.parametrize("bad", ["NaN", "+Inf", "-Inf"])
+async def test_a_non_finite_sample_is_a_bad_scrape_and_the_decision_holds(bad: str) -> None:
+    """Regression (issue 17): a NaN/+Inf in /metrics crashed the autoscaler pass downstream."""
+    from tokenscale.api.service import ScalingSpec
+    from tokenscale.autoscale.decision import decide
+    from tokenscale.autoscale.state import PoolInput, ScalerState
+
+    bodies = iter([counter_body(100), counter_body(100).replace(" 3\n", f" {bad}\n")])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=next(bodies))
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        collector = ScrapeCollector(client, timeout_seconds=0.5)
+        pods = [EnginePod("p", "a", "10.0.0.1")]
+        first = await collector.collect(pods, ["a"], now=0.0)
+        second = await collector.collect(pods, ["a"], now=5.0)
+    assert first.pods[0].state == "warming"
+    bad_pod = second.pods[0]
+    assert bad_pod.state == "error" and "vllm:num_requests_running" in bad_pod.error
+    policy = ScalingSpec(mode="builtin", target_per_replica=1000)
+    pool = PoolInput(name="a", replicas=2, ready_replicas=2, min_replicas=1, max_replicas=8,
+                     target_per_replica=1000.0)  # fmt: skip
+    decision = decide([first.sample, second.sample], policy, [pool], ScalerState(), 5.0)
+    assert decision.desired()["a"] == 2
+
+
+async def test_promql_non_finite_value_means_missing_data() -> None:
+    values: dict[str, dict[str, float]] = {"rate(vllm:generation_tokens_total": {"a": math.nan}}
+    async with httpx.AsyncClient(transport=prom_handler(values)) as client:
+        source = PromQLSource(client, "http://prometheus:9090", selector='service="llm"')
+        result = await source.collect([EnginePod("x", "a", "1.1.1.1")], ["a"], now=1.0)
+    assert result.scrape_errors == 1 and not result.sample.pools["a"].complete

@@ -174,7 +174,9 @@ def test_missing_scrapes_hold_instead_of_scaling_down() -> None:
 def test_partial_data_never_scales_down_but_may_scale_up() -> None:
     p = pool(replicas=4)
     low = Sample(0.0, {"a": PoolSignal(generation_tps=500, pods_reporting=2, pods_missing=2)})
-    decision = decide([low], POLICY, [p], ScalerState(), 0.0)
+    # a low recommendation already in the window: stabilisation alone would scale down
+    settled = ScalerState(recommendations={"a": [(-1.0, 1)]})
+    decision = decide([low], POLICY, [p], settled, 0.0)
     assert decision.desired() == {"a": 4}
     assert decision.pools[0].code == "MissingData"
     high = Sample(0.0, {"a": PoolSignal(generation_tps=9000, pods_reporting=2, pods_missing=2)})
@@ -266,8 +268,10 @@ def test_restart_resumes_the_same_windows() -> None:
     uninterrupted = {t: r["a"] for t, r in whole.replicas}
     assert second.of()[:10] == [uninterrupted[t] for t, _ in second.replicas[:10]]
     assert second.of()[0] == 8
+    # a fresh state (annotation lost) starts the window from the current count: it holds too
+    # (issue 17: turning the autoscaler on dropped 3 replicas to 1 in 2 s)
     fresh = simulate(load, [resumed_pool], duration=550, start=650)
-    assert fresh.of()[0] < 8
+    assert fresh.of()[0] == 8
 
 
 def test_corrupt_state_starts_fresh() -> None:
@@ -378,3 +382,25 @@ def test_woken_from_zero_gets_the_whole_grace_again() -> None:
     at = {t: r["a"] for t, r in run.replicas}
     assert at[0] == at[295] == 1
     assert at[300] == 0
+
+
+def test_turning_the_autoscaler_on_starts_stabilisation_from_the_current_count() -> None:
+    """Regression (issue 17): with no history, a low load dropped 3 replicas to 1 at once,
+    ignoring the scale-down window; now the current count is the first recommendation."""
+    policy = POLICY.model_copy(update={"scale_down_stabilization_seconds": 60})
+    run = simulate(lambda t: 500.0, [pool(replicas=3)], policy, 200)
+    at = {t: r["a"] for t, r in run.replicas}
+    first_drop = min(t for t, r in run.replicas if r["a"] < 3)
+    assert first_drop >= 60, at
+    steps = [a - b for a, b in zip(run.of(), run.of()[1:], strict=False)]
+    assert max(steps) <= policy.max_scale_down_step
+    assert run.of()[-1] == 1
+
+
+def test_an_aged_out_history_is_not_a_fresh_start() -> None:
+    """The persisted state lags the loop (written at most every 30 s): entries that aged out of
+    a short window are memory, not a fresh start, and must not pin the current count."""
+    aged = ScalerState(recommendations={"a": [(0.0, 4)]})
+    low = Sample(100.0, {"a": PoolSignal(generation_tps=500, pods_reporting=4)})
+    decision = decide([low], POLICY, [pool(replicas=4)], aged, 100.0)
+    assert decision.desired() == {"a": 4 - POLICY.max_scale_down_step}

@@ -127,3 +127,75 @@ async def test_stale_hold_is_lifted_and_scaling_resumes() -> None:
     assert svc is not None
     assert c.ANNOTATION_SCALING_HOLD not in (svc["metadata"].get("annotations") or {})
     assert svc["spec"]["replicas"] >= 4
+
+
+def _kubectl_scale(kube: FakeKube, replicas: int, at: datetime, manager: str = "kubectl") -> None:
+    """What `kubectl scale` leaves behind: the count, owned by kubectl through /scale."""
+    obj = kube.objects[("InferenceService", "ns", "llm")]
+    obj["spec"]["replicas"] = replicas
+    obj["metadata"]["managedFields"] = [
+        {"manager": "tokenscale", "operation": "Update", "time": "2026-11-28T11:00:00Z",
+         "fieldsV1": {"f:metadata": {"f:annotations": {}}}},
+        {"manager": manager, "operation": "Update", "subresource": "scale",
+         "time": at.strftime("%Y-%m-%dT%H:%M:%SZ"), "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+    ]  # fmt: skip
+    obj["status"]["pools"][0]["desiredReplicas"] = replicas
+
+
+async def test_a_manual_scale_is_reported_and_left_standing_not_silently_undone() -> None:
+    """Regression (issue 17): the builtin autoscaler undid `kubectl scale` on its next pass."""
+    from tokenscale.autoscale.writers import HOLD_SECONDS
+
+    kube, body = _cluster()
+    loop, source = LoopState(), SteadyLoad(3500.0)
+    t = T0
+    for _ in range(10):  # load above target: the autoscaler scales up and owns the count
+        body = kube.get("InferenceService", "ns", "llm") or body
+        decision = await run_pass(body, kube, CFG, source, loop, t)
+        t += timedelta(seconds=2)
+        if decision is not None and decision.changed:
+            break
+    ours = kube.objects[("InferenceService", "ns", "llm")]["spec"]["replicas"]
+    assert ours >= 4
+    _kubectl_scale(kube, 2, t)
+    for _ in range(5):
+        body = kube.get("InferenceService", "ns", "llm") or body
+        await run_pass(body, kube, CFG, source, loop, t)
+        t += timedelta(seconds=2)
+    svc = kube.get("InferenceService", "ns", "llm")
+    assert svc is not None
+    assert svc["spec"]["replicas"] == 2, "the manual count was undone"
+    scaling = svc["status"]["scaling"]
+    assert scaling["reason"] == "ConflictingWriter" and "'kubectl'" in scaling["message"]
+    assert "scaling.mode external" in scaling["message"]
+    warnings = [m for r, m, k in kube.events if r == "ConflictingWriter" and k == "Warning"]
+    assert len(warnings) == 1 and "set to 2 through /scale by 'kubectl'" in warnings[0]
+    # after the hold the autoscaler resumes from the count it found
+    t += timedelta(seconds=HOLD_SECONDS)
+    for _ in range(10):
+        body = kube.get("InferenceService", "ns", "llm") or body
+        await run_pass(body, kube, CFG, source, loop, t)
+        t += timedelta(seconds=2)
+    svc = kube.get("InferenceService", "ns", "llm")
+    assert svc is not None and svc["spec"]["replicas"] >= 4
+    assert svc["status"]["scaling"]["reason"] != "ConflictingWriter"
+    assert len([r for r, _, _ in kube.events if r == "ConflictingWriter"]) == 1
+
+
+def test_foreign_write_ignores_the_operator_and_wakes_from_zero() -> None:
+    from tokenscale.autoscale.writers import foreign_write
+
+    def meta(manager: str) -> dict[str, Any]:
+        entry = {"manager": manager, "subresource": "scale", "time": "2026-11-28T12:00:00Z",
+                 "fieldsV1": {"f:spec": {"f:replicas": {}}}}  # fmt: skip
+        return {"managedFields": [entry]}
+
+    hpa = foreign_write(meta("kube-controller-manager"), 3, {"a": 1})
+    assert hpa is not None and hpa.manager == "kube-controller-manager" and hpa.via_scale
+    assert hpa.at == T0.timestamp()
+    assert foreign_write(meta("tokenscale"), 3, {"a": 1}) is None  # our own (activator, sweep)
+    assert foreign_write(meta("kubectl"), 1, {"a": 1}) is None  # the count we decided
+    assert foreign_write(meta("kubectl"), 2, {"a": 0}) is None  # a wake from zero
+    assert foreign_write(meta("kubectl"), 2, None) is None  # the autoscaler has not decided yet
+    unknown = foreign_write({}, 5, {"a": 2, "b": 1})
+    assert unknown is not None and unknown.manager == "an unknown writer" and unknown.at is None

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -373,3 +373,93 @@ def test_engine_identity_reads_images_and_gpu_without_reachable_pods() -> None:
     identity = engine_identity(kube, svc)
     assert identity.image == "rocm/vllm:gfx942,rocm/vllm:gfx950"
     assert identity.engine_version is None and identity.gpu == "MI300X,MI355X"
+
+
+def test_a_missing_target_fails_after_target_timeout_seconds() -> None:
+    """Regression (issue 17): a benchmark whose target never appeared waited forever."""
+    kube = FakeKube()
+    body = benchmark(targetTimeoutSeconds=60)
+    body["metadata"] = {"name": "b", "namespace": "ns"}
+    bench = kube.put(body)
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    out = reconcile_benchmark(copy.deepcopy(bench), kube, CFG, now=t0)
+    assert out.status["phase"] == "WaitingForTarget" and not out.finished
+    for later in (30, 59):  # still inside the bound: waits, and waitingSince does not move
+        bench["status"] = out.status
+        out = reconcile_benchmark(
+            copy.deepcopy(bench), kube, CFG, now=t0 + timedelta(seconds=later)
+        )
+        assert out.status["phase"] == "WaitingForTarget"
+        assert out.status["waitingSince"] == "2026-12-01T00:00:00Z"
+    bench["status"] = out.status
+    out = reconcile_benchmark(copy.deepcopy(bench), kube, CFG, now=t0 + timedelta(seconds=61))
+    assert out.status["phase"] == "Failed" and out.finished
+    failed = next(x for x in out.status["conditions"] if x["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "TargetNotReady"
+    assert "llama2-70b not found" in failed["message"]
+    assert "targetTimeoutSeconds" in failed["message"]
+    assert any(r == "TargetNotReady" and t == "Warning" for r, _, t in out.events)
+
+
+def test_a_dead_url_never_ends_succeeded() -> None:
+    """Regression (issue 17): every request failing used to end Succeeded with 0 tok/s."""
+    kube = FakeKube()
+    body = benchmark(target={"url": "http://127.0.0.1:1"})
+    body["metadata"] = {"name": "b", "namespace": "ns"}
+    bench = kube.put(body)
+    out = reconcile_benchmark(bench, kube, CFG)
+    assert out.status["phase"] == "Running"
+    kube.objects[("Job", "ns", "b-run")]["status"] = {
+        "conditions": [{"type": "Complete", "status": "True"}]
+    }
+    dead = [
+        r.model_copy(
+            update={
+                "ttft_s": None,
+                "e2e_s": None,
+                "output_tokens": 0,
+                "chunks": 0,
+                "error": "connect",
+            }
+        )
+        for r in make_records(20, seed=2)
+    ]
+    result = as_result(dead, [], 1_700_000_000.0, 1, 0)
+    resultchannel.publish(kube, "ns", "b", "uid", 0, result.model_dump_json(), run="b-run")
+    bench["status"] = out.status
+    out = reconcile_benchmark(copy.deepcopy(bench), kube, CFG)
+    assert out.status["phase"] == "Failed" and out.finished
+    failed = next(x for x in out.status["conditions"] if x["type"] == "Failed")
+    assert failed["reason"] == "NoResponses" and "20 failed" in failed["message"]
+    assert out.status["results"]["requests"] == 0 and out.status["results"]["errors"] == 20
+    assert out.service_status is None
+
+
+def test_a_sweep_level_that_never_gets_its_replicas_fails_and_restores() -> None:
+    """Regression (issue 17): a level waited forever for replicas that never became Ready."""
+    kube, _ = _sweep_cluster([1, 2])
+    kube.objects[("InferenceBenchmark", "ns", "sw")]["spec"]["targetTimeoutSeconds"] = 60
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def step(seconds: float) -> Any:
+        current = kube.get("InferenceBenchmark", "ns", "sw")
+        assert current is not None
+        out = reconcile_benchmark(current, kube, CFG, now=t0 + timedelta(seconds=seconds))
+        if out.status:
+            stored = kube.objects[("InferenceBenchmark", "ns", "sw")]
+            stored["status"] = {**(stored.get("status") or {}), **out.status}
+        return out
+
+    step(0)  # begin: hold the target
+    step(1)  # level 1: scale the target to 1
+    _engines(kube, ready=0)  # ...which never becomes Ready
+    assert step(30).status.get("phase", "Running") == "Running"
+    out = step(62)
+    assert out.status["phase"] == "Failed" and out.finished
+    failed = next(x for x in out.status["conditions"] if x["type"] == "Failed")
+    assert (
+        failed["reason"] == "TargetNotReady" and "waiting for exactly 1 ready" in failed["message"]
+    )
+    svc = kube.get("InferenceService", "ns", "llama2-70b")
+    assert svc is not None and svc["spec"]["replicas"] == 3
+    assert c.ANNOTATION_SCALING_HOLD not in (svc["metadata"].get("annotations") or {})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.factories import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import OperatorConfig
@@ -71,3 +73,129 @@ def test_status_carries_the_in_cluster_url_and_validates() -> None:
     assert out.status["url"] == "http://llm.ns.svc:8000"
     assert InferenceServiceStatus.model_validate(out.status).url == out.status["url"]
     assert service_url("a", "team-b") == "http://a.team-b.svc:8000"
+
+
+class _RefusingKube(FakeKube):
+    """Refuses every apply of one kind, as an admission policy, quota or 5xx would."""
+
+    def __init__(self, kind: str, status: int, message: str) -> None:
+        super().__init__()
+        self.refuse: tuple[str, int, str] | None = None
+        self._kind, self._status, self._message = kind, status, message
+        self.deletes: list[tuple[str, str]] = []
+
+    def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+        if self.refuse is not None and obj["kind"] == self._kind:
+            from tokenscale.k8s.kube import KubeError
+
+            raise KubeError(self._status, self._message)
+        return super().apply(obj, force=force)
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        self.deletes.append((kind, name))
+        super().delete(kind, namespace, name)
+
+
+def test_a_refused_update_keeps_the_running_deployment_and_says_why() -> None:
+    """Regression (issue 17): a refused apply used to prune the child as 'no longer in spec'."""
+    for status, message in [(422, "denied by policy no-big-args"), (503, "apiserver down")]:
+        kube = _RefusingKube("Deployment", status, message)
+        body = _svc(kube)
+        reconcile_service(body, kube, CFG)
+        _mark_ready(kube)
+        before = {n: o for (k, _, n), o in kube.objects.items() if k == "Deployment"}
+        assert before
+        kube.refuse = ("Deployment", status, message)
+        body["spec"]["engine"] = {"args": ["--max-num-seqs", "512"]}
+        body["metadata"]["generation"] = 2
+        for _ in range(3):  # repeated passes must not turn into a delete/create loop
+            out = reconcile_service(body, kube, CFG)
+        assert kube.deletes == []
+        after = {n: o for (k, _, n), o in kube.objects.items() if k == "Deployment"}
+        assert after == before
+        assert out.apply_failures and message in out.apply_failures[0]
+        degraded = next(x for x in out.status["conditions"] if x["type"] == "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "ApplyFailed"
+        assert message in degraded["message"] and "Deployment" in degraded["message"]
+        assert any(r == "ApplyFailed" and message in m for r, m, _ in out.events)
+        assert not any(r == "Deleted" for r, _, _ in out.events)
+        # the kept Deployment is still observed: its ready replicas are not reported as gone
+        assert out.status["pools"][0]["readyReplicas"] == 1
+        ready = next(x for x in out.status["conditions"] if x["type"] == "Ready")
+        assert ready["status"] == "True"
+
+
+def test_a_simulated_service_with_an_unsupported_model_is_refused_naming_the_field() -> None:
+    """Regression (issue 17): it was accepted and its engines crash-looped at start."""
+    kube = FakeKube()
+    body = _svc(
+        kube,
+        model={"name": "gpt-oss-120b", "source": {"huggingFace": "openai/gpt-oss-120b"}},
+        engine={"mode": "simulated"},
+    )
+    out = reconcile_service(body, kube, CFG)
+    assert out.invalid and out.error is not None
+    assert out.error.startswith("model.name: ") and "llama-2-70b" in out.error
+    assert not [k for k in kube.objects if k[0] == "Deployment"]
+
+
+def test_an_unset_spec_replicas_is_written_once_so_scale_is_readable() -> None:
+    """Regression (issue 17): /scale of a fresh service was unreadable until spec.replicas was
+    set (the scale subresource's specReplicasPath must resolve)."""
+    kube = FakeKube()
+    two = [
+        {"name": "a", "gpu": "MI300X", "minReplicas": 1, "maxReplicas": 4},
+        {"name": "b", "gpu": "MI355X", "minReplicas": 2, "maxReplicas": 4},
+    ]
+    body = _svc(kube, pools=two)
+    assert "replicas" not in body["spec"]
+    reconcile_service(body, kube, CFG)
+    assert kube.objects[("InferenceService", "ns", "llm")]["spec"]["replicas"] == 3
+    kube.objects[("InferenceService", "ns", "llm")]["spec"]["replicas"] = 5  # HPA scaled it
+    body = kube.get("InferenceService", "ns", "llm")
+    assert body is not None
+    reconcile_service(body, kube, CFG)
+    assert kube.objects[("InferenceService", "ns", "llm")]["spec"]["replicas"] == 5
+
+
+def test_a_requested_count_capped_at_max_replicas_says_so() -> None:
+    """Regression (issue 17): `kubectl scale --replicas=20` above maxReplicas was clamped
+    silently."""
+    kube = FakeKube()
+    body = _svc(kube, replicas=20)  # one pool, maxReplicas 2
+    body["metadata"]["generation"] = 3
+    out = reconcile_service(body, kube, CFG)
+    capped = [m for r, m, t in out.events if r == "ReplicasCapped" and t == "Warning"]
+    assert capped and "spec.replicas 20 is capped at 2" in capped[0]
+    assert kube.objects[("Deployment", "ns", "llm-mi300x")]["spec"]["replicas"] == 2
+    body["status"] = out.status  # same generation again: no repeated Event
+    again = reconcile_service(body, kube, CFG)
+    assert not [r for r, _, _ in again.events if r == "ReplicasCapped"]
+    body["spec"]["replicas"] = 2
+    body["metadata"]["generation"] = 4
+    assert not [r for r, _, _ in reconcile_service(body, kube, CFG).events if r == "ReplicasCapped"]
+
+
+def test_a_refused_apply_counts_as_an_error_and_is_retried_with_its_status_written() -> None:
+    """The handler: status and Events still written, the metric says error (it said ok)."""
+    import kopf
+
+    from tokenscale.controller import handlers, metrics
+
+    kube = _RefusingKube("Deployment", 403, "exceeded quota: gpus")
+    body = _svc(kube)
+    reconcile_service(body, kube, CFG)
+    kube.refuse = ("Deployment", 403, "exceeded quota: gpus")
+    body["spec"]["engine"] = {"args": ["--max-num-seqs", "512"]}
+    memo = kopf.Memo()
+    memo.kube, memo.config = kube, CFG
+    errors = metrics.RECONCILES.labels("InferenceService", "error")
+    oks = metrics.RECONCILES.labels("InferenceService", "ok")
+    before_err, before_ok = errors._value.get(), oks._value.get()
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError, match="exceeded quota"):
+        handlers._run(kopf.Body(body), patch, memo)
+    assert errors._value.get() == before_err + 1 and oks._value.get() == before_ok
+    degraded = next(x for x in patch["status"]["conditions"] if x["type"] == "Degraded")
+    assert degraded["reason"] == "ApplyFailed" and "exceeded quota" in degraded["message"]
+    assert any(r == "ApplyFailed" for r, _, _ in kube.events)

@@ -133,7 +133,7 @@ class Activator:
                     namespace, name, "timeout", 503, "service_unavailable_error",
                     f"waited {self.timeout_seconds:g} s and InferenceService {namespace}/{name} "
                     f"did not become ready (no Running and Ready engine pod); check "
-                    f"`kubectl describe inferenceservice {name} -n {namespace}`",
+                    f"`kubectl describe tsvc {name} -n {namespace}`",
                 )  # fmt: skip
             except WakeFailed as exc:
                 return self._fail(

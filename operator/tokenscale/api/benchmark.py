@@ -127,6 +127,14 @@ class InferenceBenchmarkSpec(StrictModel):
     )
     seed: int = Field(default=0, ge=0, description="Seed for arrivals and lengths.")
     image: str | None = Field(default=None, description="Load-generator image override.")
+    target_timeout_seconds: int = Field(
+        default=1800,
+        ge=10,
+        le=86400,
+        description="How long the benchmark waits for its target service to exist and be "
+        "Ready (including a wake from zero) before it ends Failed with reason TargetNotReady. "
+        "The default covers a large model's load (the engine's default startup budget).",
+    )
 
     @model_validator(mode="after")
     def _scenario_needs(self) -> Self:
@@ -226,6 +234,10 @@ class InferenceBenchmarkStatus(StrictModel):
     job_name: str | None = Field(default=None, description="The Job running the load.")
     start_time: Timestamp | None = Field(default=None, description="When load started.")
     completion_time: Timestamp | None = Field(default=None, description="When it finished.")
+    waiting_since: Timestamp | None = Field(
+        default=None,
+        description="When it began waiting for the target (bounded by targetTimeoutSeconds).",
+    )
     results: BenchmarkResults | None = Field(default=None, description="Headline results.")
     verdict: Verdict | None = Field(
         default=None, description="SLA verdict (NoSLA: no limits to judge against)."

@@ -2,7 +2,7 @@
 
 The shapes are Kubernetes' own (core/v1 Toleration, Affinity, EnvVar, Volume, ...; see
 :mod:`tokenscale.api.k8sschema`), so a platform engineer writes what they would write in a
-Deployment and ``kubectl explain inferenceservice.spec.podTemplate`` shows Kubernetes' docs.
+Deployment and ``kubectl explain tsvc.spec.podTemplate`` shows Kubernetes' docs.
 Fields the operator owns are not offered at all (container command/args, ports, probes,
 security context) or are refused here by name, in CEL for the API server and in Python for
 ``tokenscale validate`` and the operator, with the same message: GPU resources, the labels

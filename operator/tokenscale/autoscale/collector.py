@@ -14,6 +14,7 @@ they never raise out of :meth:`collect`.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -242,7 +243,10 @@ class PromQLSource:
         out: dict[str, float] = {}
         for item in body.get("data", {}).get("result", []):
             pool = item.get("metric", {}).get(self.pool_label, "")
-            out[pool] = float(item["value"][1])
+            value = float(item["value"][1])
+            if not math.isfinite(value):  # a NaN/Inf series means no usable signal: hold
+                raise PromQLError(f"prometheus: {promql!r} gave {value} for pool {pool!r}")
+            out[pool] = value
         return out
 
     async def collect(

@@ -306,7 +306,15 @@ def _limit_pool(
     ``state.panic_replicas``). The last limit that changed the value names the code.
     """
     keep = max(policy.scale_up_stabilization_seconds, policy.scale_down_stabilization_seconds)
+    remembered = pool.name in state.recommendations
     history = [(t, r) for t, r in state.recommendations.get(pool.name, []) if t > now - keep]
+    if not remembered:
+        # No memory of this pool (autoscaler just turned on, another writer set the count):
+        # the current count counts as recommended now, so a scale-down waits out its window
+        # instead of dropping at once to the first low recommendation. (Entries that merely
+        # aged out are not "no memory": the persisted state lags the loop by up to
+        # PERSIST_EVERY_SECONDS, longer than a short window.)
+        history.append((now, pool.replicas))
     history.append((now, rec.replicas[pool.name]))
     state.recommendations[pool.name] = history
     cur = pool.replicas

@@ -18,6 +18,7 @@ Conventions (see ``docs/autoscaling.md``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -62,8 +63,10 @@ class PodScrape:
 def parse_metrics(text: str) -> PodScrape:
     """Parse a vLLM exposition body with prometheus-client's parser.
 
-    Raises :class:`MetricsParseError` when the text does not parse or carries no
-    ``vllm:generation_tokens_total`` (e.g. a non-vLLM server on the port).
+    Raises :class:`MetricsParseError` when the text does not parse, carries no
+    ``vllm:generation_tokens_total`` (e.g. a non-vLLM server on the port), or a sample the
+    signal uses is NaN or infinite: such a value would poison every rate and replica count
+    computed from it (``math.ceil(nan)`` raises), so the pod counts as a bad scrape (hold).
     """
     sums: dict[str, float] = dict.fromkeys(_SUMMED, 0.0)
     seen: set[str] = set()
@@ -74,6 +77,10 @@ def parse_metrics(text: str) -> PodScrape:
             if not family.name.startswith("vllm:"):
                 continue
             for sample in family.samples:
+                if (sample.name in sums or sample.name == KV_CACHE_USAGE) and not math.isfinite(
+                    sample.value
+                ):
+                    raise MetricsParseError(f"{sample.name} is {sample.value}: not a number")
                 if sample.name in sums:
                     sums[sample.name] += sample.value
                     seen.add(sample.name)

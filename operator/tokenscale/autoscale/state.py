@@ -103,6 +103,13 @@ class ScalerState(BaseModel):
         default_factory=dict, description="Highest replicas per pool reached in this panic."
     )
     idle_since: float | None = Field(default=None, description="Load has been zero since.")
+    foreign_write: str | None = Field(
+        default=None, description="Identity of the last spec.replicas write by another writer."
+    )
+    foreign_until: float | None = Field(
+        default=None, description="That write's count is left standing until then."
+    )
+    foreign_message: str | None = Field(default=None, description="Who wrote it, and the fix.")
 
     def to_json(self) -> str:
         """Compact JSON for the annotation value."""

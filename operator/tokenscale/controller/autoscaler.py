@@ -30,7 +30,7 @@ from tokenscale.api.status import (
     ScalingStatus,
 )
 from tokenscale.api.wire import merge_patch
-from tokenscale.autoscale import capacity, collector, decision, dra, targets
+from tokenscale.autoscale import capacity, collector, decision, dra, targets, writers
 from tokenscale.autoscale.dra import DraView
 from tokenscale.autoscale.poolweight import measured_watts_per_gpu, replica_hour_weight
 from tokenscale.autoscale.rates import Sample
@@ -55,6 +55,8 @@ class LoopState:
     window: deque[Sample] = field(default_factory=lambda: deque(maxlen=2000))
     last_persist: float = 0.0
     last_state_json: str = ""
+    #: the first pass of this loop (autoscaler turned on, operator restarted) has run
+    started: bool = False
 
 
 def pool_targets(
@@ -231,7 +233,7 @@ async def run_pass(
             patch.scaling = _scaling(
                 True, "ExternalScaler", "HPA/KEDA own /scale", {}, False, wall_now
             )
-    else:
+    elif not await other_writer(body, seen, kube, patch, wall_now):
         await act(body, seen, verdict, kube, cfg, loop, patch, wall_now)
     patch.energy = await energy.observe(
         meta, kube, cfg, seen.pods, seen.result, getattr(source, "client", None), wall_now
@@ -276,6 +278,16 @@ async def collect(
     state = ScalerAnnotation.parse(
         (meta.get("annotations") or {}).get(c.ANNOTATION_SCALER_STATE)
     ).state
+    if not loop.started:
+        # Turned on (or the operator restarted) with a history older than every window: that
+        # memory is of another time; start the windows from the current count instead.
+        keep = max(policy.scale_up_stabilization_seconds, policy.scale_down_stabilization_seconds)
+        state.recommendations = {
+            pool: history
+            for pool, history in state.recommendations.items()
+            if history and history[-1][0] > now - max(keep, PERSIST_EVERY_SECONDS)
+        }
+        loop.started = True
     return Observation(svc, plans, pods, result, status, desired_now, pool_target, inputs, state)
 
 
@@ -324,6 +336,51 @@ def publish(body: dict[str, Any], seen: Observation, now: datetime) -> Inference
             observed_at=now,
         )
     )
+
+
+async def other_writer(
+    body: dict[str, Any],
+    seen: Observation,
+    kube: Kube,
+    patch: InferenceServiceStatus,
+    wall_now: datetime,
+) -> bool:
+    """Built-in mode: leave a count another writer set standing for a while (True: hold).
+
+    A new foreign write (:mod:`tokenscale.autoscale.writers`) gets a Warning Event naming the
+    writer, clears the recommendation history (scaling later resumes from the count found, via
+    the stabilisation window) and starts the hold; during the hold ``status.scaling`` says who
+    wrote what and the fix, and /scale is not written."""
+    meta = body["metadata"]
+    now = wall_now.timestamp()
+    annotation = ScalerAnnotation.parse(
+        (meta.get("annotations") or {}).get(c.ANNOTATION_SCALER_STATE)
+    )
+    state = seen.state
+    found = writers.foreign_write(meta, seen.svc.spec.replicas, annotation.split)
+    if found is not None:
+        key = f"{found.manager}/{found.replicas}/{found.at}"
+        if key != state.foreign_write:
+            message = found.describe()
+            start = min(found.at or now, now)
+            state.foreign_write, state.foreign_message = key, message
+            state.foreign_until = start + writers.HOLD_SECONDS
+            state.recommendations = {}
+            await asyncio.to_thread(kube.event, body, "ConflictingWriter", message, "Warning")
+            value = ScalerAnnotation(split=annotation.split, state=state).to_json()
+            await asyncio.to_thread(
+                kube.patch_merge,
+                "InferenceService",
+                meta["namespace"],
+                meta["name"],
+                {"metadata": {"annotations": {c.ANNOTATION_SCALER_STATE: value}}},
+            )
+    until = state.foreign_until
+    if until is None or not now < until <= now + writers.HOLD_SECONDS:
+        return False
+    why = state.foreign_message or "another writer set spec.replicas"
+    patch.scaling = _scaling(True, "ConflictingWriter", why, {}, False, wall_now)
+    return True
 
 
 async def act(

@@ -32,7 +32,7 @@ from tokenscale.controller.events import Event
 from tokenscale.controller.observe import benchmark_status
 from tokenscale.k8s import wake
 from tokenscale.k8s.kube import Kube
-from tokenscale.validation import problems_from
+from tokenscale.validation import parse_spec, problems_from
 
 
 def reconcile_benchmark(
@@ -57,15 +57,24 @@ def reconcile_benchmark(
         if svc_body is None:
             if status.sweep is not None:
                 return fail(body, "TargetGone", f"{spec.target.service} was deleted", now)
-            return wait(body, f"InferenceService {spec.target.service} not found", now)
-        svc_spec = InferenceServiceSpec.model_validate(svc_body["spec"])
+            missing = f"InferenceService {spec.target.service} not found"
+            return wait(body, missing, now, spec.target_timeout_seconds)
+        try:
+            svc_spec = parse_spec(svc_body).spec
+        except ValidationError as exc:  # the service's own InvalidSpec says why; it may be fixed
+            text = "; ".join(str(p) for p in problems_from(exc))
+            invalid = f"InferenceService {spec.target.service} has an invalid spec ({text})"
+            return wait(body, invalid, now, spec.target_timeout_seconds)
         if spec.scenario == "replicaSweep" and status.sweep is not None:
             return sweep.step(body, spec, status.sweep, svc_body, svc_spec, kube, cfg, now)
         if wake.at_zero(svc_body):
-            return _wake(body, svc_body, svc_spec, kube, now)
+            return _wake(body, svc_body, svc_spec, kube, now, spec.target_timeout_seconds)
         if not service_ready(svc_body):
             return wait(
-                body, f"waiting for InferenceService {spec.target.service} to be Ready", now
+                body,
+                f"waiting for InferenceService {spec.target.service} to be Ready",
+                now,
+                spec.target_timeout_seconds,
             )
         if spec.scenario == "replicaSweep":
             return sweep.begin(body, spec, svc_body, svc_spec, kube, now)
@@ -96,6 +105,7 @@ def _wake(
     svc_spec: InferenceServiceSpec,
     kube: Kube,
     now: datetime,
+    timeout: float,
 ) -> BenchOutcome:
     """A benchmark is demand: scale a scaled-to-zero target back up, then wait for Ready.
 
@@ -103,7 +113,7 @@ def _wake(
     (requests from outside go through the activator, which does the same)."""
     bench = body["metadata"]["name"]
     message = wake.wake(kube, svc_body, svc_spec, f"for benchmark {bench}")
-    outcome = wait(body, message, now)
+    outcome = wait(body, message, now, timeout)
     outcome.events.append(Event("WokeTarget", message))
     return outcome
 

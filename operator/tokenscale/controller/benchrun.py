@@ -193,6 +193,14 @@ def finish(
     A replica sweep passes its final ``sweep`` progress to be written with the results."""
     meta = body["metadata"]
     results = results_from(merged)
+    if results.requests == 0:  # nothing answered: no figure to judge, never a pass
+        text = (
+            f"no request completed ({results.errors} failed); the target did not answer "
+            f"(wrong URL, engine down or not serving {merged.config.model!r}?)"
+        )
+        failed = fail(body, "NoResponses", text, now)
+        failed.status["results"] = merge_patch(results)
+        return failed
     verdict = VERDICTS[merged.verdict.status]
     status = InferenceBenchmarkStatus(
         phase="Succeeded",
@@ -379,13 +387,26 @@ def with_conditions(
     return merge_patch(status)
 
 
-def wait(body: dict[str, Any], message: str, now: datetime) -> BenchOutcome:
+def wait(body: dict[str, Any], message: str, now: datetime, timeout: float) -> BenchOutcome:
     """WaitingForTarget with a message; the Waiting Event only on entering the phase, so a
-    benchmark polling a slow target does not post one Event per pass."""
-    status = InferenceBenchmarkStatus(phase="WaitingForTarget")
+    benchmark polling a slow target does not post one Event per pass.
+
+    The wait is bounded: ``waitingSince`` is kept from the pass that entered the phase, and
+    after ``timeout`` seconds (spec.targetTimeoutSeconds) the benchmark ends Failed with
+    reason TargetNotReady and the last thing it waited for, instead of polling forever."""
+    prior = benchmark_status(body)
+    since = prior.waiting_since if prior.phase == "WaitingForTarget" else None
+    since = since or now
+    waited = (now - since).total_seconds()
+    if waited >= timeout:
+        text = (
+            f"{message}; gave up after {waited:.0f} s (spec.targetTimeoutSeconds is "
+            f"{timeout:.0f}); fix: make the target Ready, or raise targetTimeoutSeconds"
+        )
+        return fail(body, "TargetNotReady", text, now)
+    status = InferenceBenchmarkStatus(phase="WaitingForTarget", waiting_since=since)
     gen = body["metadata"].get("generation")
-    prior = benchmark_status(body).phase
-    events = [] if prior == "WaitingForTarget" else [Event("Waiting", message)]
+    events = [] if prior.phase == "WaitingForTarget" else [Event("Waiting", message)]
     return BenchOutcome(with_conditions(body, status, "Waiting", message, gen, now), events)
 
 

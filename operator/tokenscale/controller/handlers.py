@@ -109,10 +109,13 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
         metrics.RECONCILES.labels("InferenceService", "error").inc()
         raise kopf.TemporaryError(f"API error: {exc}", delay=10) from exc
     metrics.RECONCILE_SECONDS.labels("InferenceService").observe(time.perf_counter() - started)
-    metrics.RECONCILES.labels("InferenceService", "invalid" if outcome.invalid else "ok").inc()
+    result = "invalid" if outcome.invalid else "error" if outcome.apply_failures else "ok"
+    metrics.RECONCILES.labels("InferenceService", result).inc()
     _write(body, patch, outcome, memo.kube)
     if outcome.children is not None:
         resync.LEDGER.record(body["metadata"].get("uid"), outcome.children)
+    if outcome.apply_failures:  # status and Events are written with this patch; retry later
+        raise kopf.TemporaryError("apply refused: " + "; ".join(outcome.apply_failures), delay=30)
     return outcome
 
 

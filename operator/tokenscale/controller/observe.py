@@ -170,8 +170,12 @@ def service_conditions(
     plan_problems: Sequence[str],
     render_problems: Sequence[str],
     generation: int | None,
+    apply_failures: Sequence[str] = (),
 ) -> list[Condition]:
-    """Ready / Progressing / Degraded from pools, plan and rendering."""
+    """Ready / Progressing / Degraded from pools, plan, rendering and refused applies.
+
+    A refused apply (``apply_failures``) leaves Ready to the workloads still running: they
+    serve the previous spec, and Degraded says which child the API server refused and why."""
     desired = sum(p.desired for p in pools)
     ready = sum(p.ready for p in pools)
     serving = [p for p in pools if p.desired > 0]
@@ -201,6 +205,9 @@ def service_conditions(
         conds.append(
             condition(c.COND_DEGRADED, True, "PlanFailed", "; ".join(blocking), generation)
         )
+    elif apply_failures:
+        msg = "apply refused, previous version kept: " + "; ".join(apply_failures)
+        conds.append(condition(c.COND_DEGRADED, True, "ApplyFailed", msg, generation))
     elif pod_trouble:
         reason = "Unschedulable" if any("Unschedulable" in t for t in pod_trouble) else "PodErrors"
         conds.append(condition(c.COND_DEGRADED, True, reason, "; ".join(pod_trouble), generation))

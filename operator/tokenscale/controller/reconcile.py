@@ -65,6 +65,8 @@ class Outcome:
     error: str | None = None
     #: (kind, name) -> generation/resourceVersion of every child this pass applied
     children: dict[tuple[str, str], str] | None = None
+    #: children the API server refused ("Kind name: why"); the existing ones were kept
+    apply_failures: list[str] = field(default_factory=list)
 
     @property
     def invalid(self) -> bool:
@@ -161,18 +163,23 @@ def _reconcile(
     weights = cost_per_token(cfg, svc, plans, observe.service_status(body).energy)
     replicas = split_replicas(svc.spec.replicas, svc.spec.pools, weights, _split_hint(body))
     namespace = body["metadata"]["namespace"]
+    if apply and svc.spec.replicas is None:
+        _write_initial_replicas(kube, body, sum(replicas.values()))
     route = routing.live_route(kube, cfg, svc, namespace)
     cluster = nodefacts.for_client(kube).get(kube, cfg)  # auto naming, labeller check
     allocations = devices.pool_allocations_for(kube, cfg, svc)
     rendered = render_all(svc, cfg, plans, replicas, route, cluster, allocations)
     events: list[Event] = []
+    failures: list[str] = []
     if apply:
-        applied = _apply_children(body, rendered.objects, kube, cfg, events)
+        applied = _apply_children(body, rendered.objects, kube, cfg, events, failures)
     else:
         applied = _read_workloads(body, rendered.objects, kube, cfg)
 
     old = observe.service_status(body)
-    status = _status(body, old, svc, plans, replicas, applied, kube, rendered.problems, now, cfg)
+    status = _status(
+        body, old, svc, plans, replicas, applied, kube, rendered.problems, now, cfg, failures
+    )
     moved = routing.follow(
         body,
         svc,
@@ -197,6 +204,9 @@ def _reconcile(
         events.append(Event(new_degraded.reason, new_degraded.message, "Warning"))
     if gen != old.observed_generation:
         events += [Event("RenderWarning", w, "Warning") for w in rendered.warnings]
+        capped = replicas_capped(svc, replicas)
+        if capped is not None:
+            events.append(Event("ReplicasCapped", capped, "Warning"))
     if _rollout_benchmark_due(body, old, svc, status):
         bench = rollout_benchmark(body, svc)
         kube.apply(bench)
@@ -208,7 +218,41 @@ def _reconcile(
     if not apply:
         return Outcome(merge_patch(status), events)
     children = {key: child_version(obj) for key, obj in applied.items()}
-    return Outcome(merge_patch(status), events, children=children)
+    return Outcome(merge_patch(status), events, children=children, apply_failures=failures)
+
+
+def replicas_capped(svc: InferenceService, split: dict[str, int]) -> str | None:
+    """Why the requested ``spec.replicas`` (kubectl scale, HPA, KEDA) is not what runs: the
+    split clamps it to the pools' bounds, which would otherwise happen silently."""
+    asked, running = svc.spec.replicas, sum(split.values())
+    if asked is None or asked == running:
+        return None
+    most = sum(p.max_replicas for p in svc.spec.pools)
+    if asked > running and running == most:
+        return (
+            f"spec.replicas {asked} is capped at {running}, the sum of the pools' maxReplicas; "
+            "fix: raise pools[].maxReplicas, or ask for fewer"
+        )
+    least = sum(p.min_replicas for p in svc.spec.pools)
+    if asked < running and running == least:
+        return (
+            f"spec.replicas {asked} is raised to {running}, the sum of the pools' minReplicas; "
+            "fix: lower pools[].minReplicas"
+        )
+    return None
+
+
+def _write_initial_replicas(kube: Kube, body: dict[str, Any], total: int) -> None:
+    """Give an unset ``spec.replicas`` the count the pools start with.
+
+    The CRD's scale subresource reads ``.spec.replicas``; while it is unset, ``GET /scale``
+    fails and HPA/KEDA cannot act on a freshly applied service. No static CRD default fits
+    (the count is the sum of the pools' minReplicas, or the autoscaler's last split), so the
+    operator writes it once. A ``kubectl apply`` that does not set the field keeps it."""
+    meta = body["metadata"]
+    kube.patch_merge(
+        "InferenceService", meta["namespace"], meta["name"], {"spec": {"replicas": total}}
+    )
 
 
 def _service_object(objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -221,8 +265,15 @@ def _apply_children(
     kube: Kube,
     cfg: OperatorConfig,
     events: list[Event],
+    failures: list[str],
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Server-side apply every rendered child, prune owned children no longer rendered."""
+    """Server-side apply every rendered child, prune owned children no longer rendered.
+
+    Pruning compares with what the spec renders, never with what was applied: a child the API
+    server refused (admission policy, quota, 5xx, outage) is still wanted, so the running one
+    stays, and it appears in the result as it exists (status keeps observing it). Refusals
+    go to ``failures`` for the Degraded condition and the caller's error metric and retry.
+    """
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     owner = owner_reference(body, "InferenceService")
@@ -233,18 +284,24 @@ def _apply_children(
         for o in kube.list(kind, namespace, names.selector_for(name))
     }
     applied: dict[tuple[str, str], dict[str, Any]] = {}
+    wanted: set[tuple[str, str]] = set()
     for obj in objects:
         obj["metadata"]["namespace"] = namespace
         obj["metadata"]["ownerReferences"] = [owner]
         key = (obj["kind"], obj["metadata"]["name"])
+        wanted.add(key)
         try:
             applied[key] = kube.apply(obj)
         except KubeError as exc:
-            events.append(Event("ApplyFailed", f"{key[0]} {key[1]}: {exc}", "Warning"))
+            failure = f"{key[0]} {key[1]}: {exc}"
+            failures.append(failure)
+            events.append(Event("ApplyFailed", failure, "Warning"))
+            if key in existing:
+                applied[key] = existing[key]
             continue
         if key not in existing:
             events.append(Event("Created", f"created {key[0]} {key[1]}"))
-    for key in sorted(set(existing) - set(applied)):
+    for key in sorted(set(existing) - wanted):
         if any(ref.get("uid") == meta.get("uid") for ref in _owners(existing[key])):
             kube.delete(key[0], namespace, key[1])
             events.append(Event("Deleted", f"deleted {key[0]} {key[1]} (no longer in spec)"))
@@ -279,6 +336,7 @@ def _status(
     render_problems: Sequence[str],
     now: datetime,
     cfg: OperatorConfig,
+    apply_failures: Sequence[str] = (),
 ) -> InferenceServiceStatus:
     """What the reconcile owns in status, from what exists now (``old``: the stored status)."""
     meta = body["metadata"]
@@ -296,7 +354,7 @@ def _status(
         allocation[pool.name] = devices.workload_allocation(workload)
     plan_problems = [p.message for p in plans if not p.fits]
     conds = observe.service_conditions(
-        pools, plan_problems, render_problems, meta.get("generation")
+        pools, plan_problems, render_problems, meta.get("generation"), apply_failures
     )
     conds.append(_sla_condition(body, old, svc))
     conds.append(_scaling_condition(body, old, svc))

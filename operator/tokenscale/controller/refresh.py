@@ -153,6 +153,8 @@ def refresh_service(
         outcome = refresh_status(owner, kube, cfg)
     else:
         outcome = reconcile_service(owner, kube, cfg)
+        if outcome.apply_failures:
+            metrics.RECONCILES.labels("InferenceService", "error").inc()
     if outcome.children is not None:
         LEDGER.record(meta.get("uid"), outcome.children)
     try:

@@ -91,7 +91,9 @@ def begin(
     )
     sweep = SweepStatus(levels=levels, index=0, restore_replicas=svc_body["spec"].get("replicas"))
     msg = f"replica sweep over {levels} on {service}; autoscaling of {service} held meanwhile"
-    status = InferenceBenchmarkStatus(phase="Running", start_time=now, sweep=sweep)
+    status = InferenceBenchmarkStatus(
+        phase="Running", start_time=now, sweep=sweep, waiting_since=None
+    )
     return BenchOutcome(
         with_conditions(body, status, "Sweeping", msg, meta.get("generation"), now),
         [Event("SweepStarted", msg)],
@@ -117,7 +119,7 @@ def step(
     if svc_body["spec"].get("replicas") != n:
         kube.patch_merge("InferenceService", namespace, service, {"spec": {"replicas": n}}, "scale")
         msg = f"level {sweep.index + 1}/{len(sweep.levels)}: scaling {service} to {n} replica(s)"
-        return _progress(body, sweep, msg, gen, now, ("SweepScaled", msg))
+        return _progress(body, sweep, msg, gen, now, ("SweepScaled", msg), waiting_since=now)
 
     job_name = f"{name}-run-r{n}"
     job = kube.get("Job", namespace, job_name)
@@ -128,7 +130,16 @@ def step(
                 f"level {sweep.index + 1}/{len(sweep.levels)}: waiting for exactly {n} ready "
                 f"replica(s) of {service} (ready {ready}, pods {present})"
             )
-            return _progress(body, sweep, msg, gen, now)
+            since = benchmark_status(body).waiting_since or now
+            waited = (now - since).total_seconds()
+            if waited >= spec.target_timeout_seconds:  # bounded like the first wait
+                release(kube, namespace, service, name, sweep.restore_replicas)
+                text = (
+                    f"{msg}; gave up after {waited:.0f} s (spec.targetTimeoutSeconds is "
+                    f"{spec.target_timeout_seconds}); replicas restored"
+                )
+                return fail(body, "TargetNotReady", text, now)
+            return _progress(body, sweep, msg, gen, now, waiting_since=since)
         start_job(body, spec, svc_spec, kube, cfg, job_name, replicas=n)
         msg = (
             f"level {sweep.index + 1}/{len(sweep.levels)}: started Job {job_name} at {n} replica(s)"
@@ -217,14 +228,19 @@ def _progress(
     now: datetime,
     event: tuple[str, str] | None = None,
     job_name: str | None = None,
+    waiting_since: datetime | None = None,
 ) -> BenchOutcome:
-    """Status with the sweep and a Running condition; nothing written when nothing changed."""
+    """Status with the sweep and a Running condition; nothing written when nothing changed.
+
+    ``waiting_since``: when the current level began waiting for its replicas (None: not
+    waiting; the stored value is cleared)."""
     old = benchmark_status(body)
     same_msg = any(x.message == message for x in old.conditions)
     unchanged = old.sweep is not None and old.sweep.to_k8s() == sweep.to_k8s()
-    if event is None and same_msg and unchanged:
+    same_wait = old.waiting_since == waiting_since
+    if event is None and same_msg and unchanged and same_wait:
         return BenchOutcome({})
-    status = InferenceBenchmarkStatus(phase="Running", sweep=sweep)
+    status = InferenceBenchmarkStatus(phase="Running", sweep=sweep, waiting_since=waiting_since)
     if job_name is not None:
         status.job_name = job_name
     events = [Event(event[0], event[1])] if event else []

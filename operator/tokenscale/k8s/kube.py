@@ -201,8 +201,11 @@ class Kube:
         self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], sub: str = ""
     ) -> dict[str, Any]:
         path = KINDS[kind].path(namespace, name) + (f"/{sub}" if sub else "")
+        # Our field manager on every write: managedFields then tell the operator's writes of
+        # spec.replicas from another writer's (autoscale.writers).
+        query = [("fieldManager", FIELD_MANAGER)]
         result: dict[str, Any] = self._call(
-            "PATCH", path, patch, None, "application/merge-patch+json"
+            "PATCH", path, patch, query, "application/merge-patch+json"
         )
         return result
 

@@ -115,13 +115,23 @@ class Api:
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else {}
         sess = await self.session()
-        async with sess.request(
-            method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=time_limit)
-        ) as resp:
-            text = await resp.text()
-            if resp.status >= 400:
-                raise ApiError(resp.status, text, f"{method} {path}")
-            return json.loads(text) if text else {}
+        try:
+            async with sess.request(
+                method,
+                url,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=time_limit),
+            ) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise ApiError(resp.status, text, f"{method} {path}")
+                return json.loads(text) if text else {}
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The API server is unreachable (restarting): one error type for every caller, so
+            # status pushes, config fetches and deletes treat an outage as a retryable failure
+            # instead of killing the pod worker (which lost pods across an API restart).
+            raise ApiError(0, repr(exc), f"{method} {path}") from exc
 
     async def get(self, path: str, **params: Any) -> Json | None:
         """GET, or None on 404."""

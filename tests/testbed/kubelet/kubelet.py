@@ -115,7 +115,7 @@ class Kubelet:
         containers = (pod.get("spec") or {}).get("containers") or [{}]
         return str(containers[0].get("image", "")) in self.run_images
 
-    async def _handle_pod(self, pod: dict[str, Any]) -> None:
+    async def _handle_pod(self, pod: dict[str, Any], resync: bool = False) -> None:
         meta, spec = pod["metadata"], pod.get("spec", {})
         uid = meta["uid"]
         if not spec.get("nodeName"):
@@ -125,6 +125,8 @@ class Kubelet:
             worker.update(pod)
             if meta.get("deletionTimestamp") and not worker.stopping.is_set():
                 self._spawn(self._delete(worker))
+            elif resync:  # after a relist (API restart): re-send what a failed push lost
+                self._spawn(worker.push(force=True))
             return
         if meta.get("deletionTimestamp"):
             # nothing of ours runs for it (e.g. finished, or from before a restart): finish it
@@ -141,16 +143,33 @@ class Kubelet:
             self._refresh_hosts()
 
     async def _delete(self, worker: PodWorker) -> None:
-        """Graceful deletion: stop processes, then remove the pod object (grace 0)."""
+        """Graceful deletion: stop processes, then remove the pod object (grace 0).
+
+        The final delete always happens: a worker task that does not end in time (a crash
+        loop caught mid-restart) is cancelled, and a failed delete (API server restarting) is
+        retried. Giving up on either left the pod Terminating forever and its namespace's
+        deletion hanging."""
         await worker.stop()
         task = self.tasks.get(worker.uid)
         if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), 15)
-        try:
-            await self.api.delete(pod_path(worker.ns, worker.name), grace=0)
-        except ApiError as exc:
-            log.warning("pod %s/%s: final delete failed: %s", worker.ns, worker.name, exc)
+            if not task.done():
+                log.warning("pod %s/%s: worker did not end; cancelling", worker.ns, worker.name)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await worker.stop_processes()
+        delay = 0.5
+        while True:
+            try:
+                await self.api.delete(pod_path(worker.ns, worker.name), grace=0)
+                break
+            except ApiError as exc:
+                log.warning("pod %s/%s: final delete failed (retrying in %.0f s): %s",
+                            worker.ns, worker.name, delay, exc)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         self._forget(worker)
 
     async def _vanished(self, uid: str) -> None:
@@ -184,7 +203,7 @@ class Kubelet:
                         if uid not in present:
                             self._spawn(self._vanished(uid))
                     for pod in ours:
-                        await self._handle_pod(pod)
+                        await self._handle_pod(pod, resync=True)
                 elif kind == "DELETED":
                     self._spawn(self._vanished(obj["metadata"]["uid"]))
                 elif self.is_ours(obj):

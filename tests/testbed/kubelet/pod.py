@@ -178,11 +178,12 @@ class PodWorker:
             self._conditions,
         )
 
-    async def push(self) -> None:
+    async def push(self, force: bool = False) -> None:
+        """Send the status if it changed since the last successful send (``force``: anyway)."""
         async with self._push_lock:
             st = self.status()
             comparable = {k: v for k, v in st.items() if k != "startTime"}
-            if comparable == self._last_sent:
+            if comparable == self._last_sent and not force:
                 return
             try:
                 updated = await self.host.api.merge_patch(
@@ -276,6 +277,10 @@ class PodWorker:
                 log_file=self.logf,
                 hostname=self.hostname,
             )
+            if self.stopping.is_set():  # stop() ran while this restart was spawning
+                await process.stop(c.proc, 0)
+                c.done = True
+                return
             c.started_at, c.ready, c.started, c.waiting = now(), False, False, ("", "")
             self.note(f"Started container {c.name} (pid {c.proc.pid})", "Started")
             c.terminated = None
@@ -376,6 +381,13 @@ class PodWorker:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        process.sweep(self.uid)
+
+    async def stop_processes(self) -> None:
+        """Kill whatever still runs for this pod (after its worker task was cancelled)."""
+        for c in [*self.containers, *self.inits]:
+            if c.proc is not None and c.proc.returncode is None:
+                await process.stop(c.proc, 0)
         process.sweep(self.uid)
 
     def cleanup(self) -> None:
