@@ -40,6 +40,8 @@ ANNOTATION_SCALER_STATE: Final = f"{GROUP}/scaler-state"
 ANNOTATION_SCALING_HOLD: Final = f"{GROUP}/scaling-hold"
 # On the rendered Service: "engines" or "activator" (where it routes while scaled to zero).
 ANNOTATION_ROUTE: Final = f"{GROUP}/route"
+#: The rollout strategy (surge | inPlace) the operator chose for a Deployment's current template
+ANNOTATION_ROLLOUT: Final = f"{GROUP}/rollout"
 
 # AMD device plugin resources and node-labeller labels (docs/autoscaling.md, "Capacity and drain").
 RESOURCE_GPU: Final = "amd.com/gpu"

@@ -8,7 +8,7 @@ status from what is observed now. Create, update, resume and a slow timer all ca
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,10 +18,10 @@ from pydantic import ValidationError
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
-from tokenscale.api.status import InferenceServiceStatus, PoolPlan, PoolStatus
+from tokenscale.api.status import InferenceServiceStatus, PoolPlan, PoolRollout, PoolStatus
 from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale.state import ScalerAnnotation
-from tokenscale.controller import devices, nodefacts, observe, routing
+from tokenscale.controller import devices, nodefacts, observe, rollout, routing
 from tokenscale.controller.events import Event
 from tokenscale.controller.split import split_replicas
 from tokenscale.k8s.kube import Kube, KubeError
@@ -149,13 +149,18 @@ def _reconcile(
     allocations = devices.pool_allocations_for(kube, cfg, svc)
     rendered = render_all(svc, cfg, plans, replicas, route, cluster, allocations)
     events: list[Event] = []
+    old = observe.service_status(body)
     if apply:
+        rollouts = rollout.choose(body, svc, cfg, plans, rendered.objects, kube, old, now)
+        events += rollouts.events
         applied = _apply_children(body, rendered.objects, kube, cfg, events)
     else:
+        rollouts = rollout.Rollouts(pools=rollout.carried(old))
         applied = _read_workloads(body, rendered.objects, kube, cfg)
 
-    old = observe.service_status(body)
-    status = _status(body, old, svc, plans, replicas, applied, kube, rendered.problems, now, cfg)
+    status = _status(
+        body, old, svc, plans, replicas, applied, kube, rendered.problems, now, cfg, rollouts.pools
+    )
     moved = routing.follow(
         body,
         svc,
@@ -262,6 +267,7 @@ def _status(
     render_problems: Sequence[str],
     now: datetime,
     cfg: OperatorConfig,
+    rollouts: Mapping[str, PoolRollout],
 ) -> InferenceServiceStatus:
     """What the reconcile owns in status, from what exists now (``old``: the stored status)."""
     meta = body["metadata"]
@@ -275,6 +281,9 @@ def _status(
         workload = by_name.get(names.pool_workload(meta["name"], pool.name))
         obs = observe.observe_workload(pool.name, pool.gpu, replicas[pool.name], workload)
         obs.problems = trouble.get(pool.name, [])
+        obs.stuck = observe.stuck_rollout(pods, pool.name, workload)
+        chosen = rollouts.get(pool.name)
+        obs.waiting = chosen.message if chosen is not None and chosen.strategy == "wait" else None
         pools.append(obs)
         allocation[pool.name] = devices.workload_allocation(workload)
     plan_problems = [p.message for p in plans if not p.fits]
@@ -293,6 +302,7 @@ def _status(
             message="; ".join(o.problems),
             allocation=allocation.get(o.name),
             models=models.get(o.name, {}),
+            rollout=rollouts.get(o.name),
         )
         for o in pools
     ]
@@ -327,6 +337,7 @@ def _rollout_benchmark_due(
         and ready.status == "True"
         and settled is not None
         and settled.status == "False"
+        and settled.reason == "Stable"
         and old.rollout_benchmark_generation != body["metadata"].get("generation")
     )
 
