@@ -74,6 +74,13 @@ def sim_group() -> None:
     show_default=True,
     help="Per-engine Poisson requests/s (simulated) injected without HTTP, for fleet tests.",
 )
+@click.option(
+    "--shutdown-timeout",
+    default=0.0,
+    show_default=True,
+    help="Like vLLM: on SIGTERM stop listening and let requests in flight finish for up to this "
+    "many (wall) seconds; 0 aborts them.",
+)
 @click.option("--strict-args", is_flag=True, help="Reject unknown (vLLM-only) arguments.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.pass_context
@@ -98,6 +105,7 @@ def engine_command(
     stream_flush_ms: float,
     startup_seconds: float,
     background_qps: float,
+    shutdown_timeout: float,
     strict_args: bool,
     log_level: str,
 ) -> None:
@@ -146,7 +154,7 @@ def engine_command(
                 fleet_hosts.append(host_)
         if startup_seconds > 0:
             await asyncio.sleep(startup_seconds / speed)
-        fleet = Fleet(fleet_hosts)
+        fleet = Fleet(fleet_hosts, shutdown_timeout)
         await fleet.start()
         # Thousands of open streams make each full collection take ~0.1-1 s, which would show up
         # as simulated latency. Freeze the start-up heap and make full collections rare.
