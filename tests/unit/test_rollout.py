@@ -4,6 +4,7 @@ the live template held when one replica fewer cannot carry the load), plus stuck
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -162,7 +163,8 @@ def _running(kube: FakeKube, node: str) -> None:
 
 def _pass(kube: FakeKube, doc: dict[str, Any], at: datetime = NOW) -> Any:
     stored = kube.get("InferenceService", "ns", "llm")
-    body = kube.put({**doc, "status": (stored or {}).get("status") or {}})
+    meta = {**doc["metadata"], "uid": (stored or {}).get("metadata", {}).get("uid", "uid-llm")}
+    body = kube.put({**doc, "metadata": meta, "status": (stored or {}).get("status") or {}})
     out = reconcile_service(body, kube, CFG, at)
     kube.put({**body, "status": {**(body.get("status") or {}), **out.status}})
     return out
@@ -179,7 +181,7 @@ def _cluster(gpus: int) -> tuple[FakeKube, dict[str, Any]]:
 def test_a_new_deployment_surges_and_an_unchanged_pass_decides_nothing() -> None:
     kube, dep = _cluster(gpus=2)
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
-    assert dep["metadata"]["annotations"][c.ANNOTATION_ROLLOUT] == "surge"
+    assert c.ANNOTATION_ROLLOUT not in dep["metadata"]["annotations"]  # nothing decided
     out = _pass(kube, _doc())
     assert not [e for e in out.events if e[0].startswith("Rollout")]
     assert "rollout" not in out.status["pools"][0]
@@ -191,7 +193,8 @@ def test_full_fleet_replaces_in_place_and_says_why() -> None:
     dep = _deployment(kube)
     assert _template_hash(dep) != _template_hash(before)  # the change is applied
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
-    assert dep["metadata"]["annotations"][c.ANNOTATION_ROLLOUT] == "inPlace"
+    record = json.loads(dep["metadata"]["annotations"][c.ANNOTATION_ROLLOUT])
+    assert record["strategy"] == "inPlace"  # recorded where status reads it back from
     rollout = out.status["pools"][0]["rollout"]
     assert rollout["strategy"] == "inPlace" and rollout["reason"] == "NoFreeGPU"
     assert rollout["revision"] == _template_hash(dep)
@@ -265,13 +268,17 @@ def test_reverting_while_waiting_clears_the_wait() -> None:
     assert progressing["reason"] == "Stable"
 
 
-def test_refresh_keeps_the_decision_shown() -> None:
+def test_the_decision_is_read_back_from_the_deployment_even_with_a_stale_status() -> None:
     kube, _ = _cluster(gpus=2)
+    stale = kube.get("InferenceService", "ns", "llm")  # read before the change was decided
+    assert stale is not None
     _pass(kube, _doc("example.com/vllm:2"))
-    body = kube.get("InferenceService", "ns", "llm")
-    assert body is not None
+    body = {**_doc("example.com/vllm:2"), "status": stale["status"]}
+    body["metadata"] = stale["metadata"]
     out = refresh_status(body, kube, CFG, NOW + timedelta(seconds=5))
     assert out.status["pools"][0]["rollout"]["strategy"] == "inPlace"
+    again = reconcile_service(body, kube, CFG, NOW + timedelta(seconds=6))
+    assert again.status["pools"][0]["rollout"]["strategy"] == "inPlace"
 
 
 # --- stuck rollouts --------------------------------------------------------------------------

@@ -8,7 +8,7 @@ status from what is observed now. Create, update, resume and a slow timer all ca
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -151,16 +151,12 @@ def _reconcile(
     events: list[Event] = []
     old = observe.service_status(body)
     if apply:
-        rollouts = rollout.choose(body, svc, cfg, plans, rendered.objects, kube, old, now)
-        events += rollouts.events
+        events += rollout.choose(body, svc, cfg, plans, rendered.objects, kube, old, now)
         applied = _apply_children(body, rendered.objects, kube, cfg, events)
     else:
-        rollouts = rollout.Rollouts(pools=rollout.carried(old))
         applied = _read_workloads(body, rendered.objects, kube, cfg)
 
-    status = _status(
-        body, old, svc, plans, replicas, applied, kube, rendered.problems, now, cfg, rollouts.pools
-    )
+    status = _status(body, old, svc, plans, replicas, applied, kube, rendered.problems, now, cfg)
     moved = routing.follow(
         body,
         svc,
@@ -267,7 +263,6 @@ def _status(
     render_problems: Sequence[str],
     now: datetime,
     cfg: OperatorConfig,
-    rollouts: Mapping[str, PoolRollout],
 ) -> InferenceServiceStatus:
     """What the reconcile owns in status, from what exists now (``old``: the stored status)."""
     meta = body["metadata"]
@@ -277,13 +272,17 @@ def _status(
     by_name = {k[1]: v for k, v in applied.items() if k[0] in WORKLOAD_KINDS}
     pools = []
     allocation: dict[str, str | None] = {}
+    rollouts: dict[str, PoolRollout | None] = {}
     for pool in svc.spec.pools:
         workload = by_name.get(names.pool_workload(meta["name"], pool.name))
         obs = observe.observe_workload(pool.name, pool.gpu, replicas[pool.name], workload)
         obs.problems = trouble.get(pool.name, [])
         obs.stuck = observe.stuck_rollout(pods, pool.name, workload)
-        chosen = rollouts.get(pool.name)
-        obs.waiting = chosen.message if chosen is not None and chosen.strategy == "wait" else None
+        rollouts[pool.name] = rollout.recorded(workload)
+        waiting = rollouts[pool.name]
+        obs.waiting = (
+            waiting.message if waiting is not None and waiting.strategy == "wait" else None
+        )
         pools.append(obs)
         allocation[pool.name] = devices.workload_allocation(workload)
     plan_problems = [p.message for p in plans if not p.fits]

@@ -2,17 +2,21 @@
 
 Only a change that replaces pods is decided (the rendered template hash differs from the live
 one; a ``wait`` keeps the live template, so it is decided again on every pass). Otherwise the
-strategy recorded on the live Deployment is rendered again, so a rollout in progress never
-switches strategy and a pass that changes nothing reads no nodes. The decision itself is
+live Deployment's strategy and decision record are rendered again, so a rollout in progress never
+switches strategy and a pass that changes nothing reads no nodes. The decision is recorded on
+the Deployment (JSON annotation) and status.pools[].rollout is read back from there, so the
+status stays recomputed from what exists. The decision itself is
 :func:`tokenscale.autoscale.rollout.decide`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
@@ -26,18 +30,23 @@ from tokenscale.k8s.kube import Kube
 from tokenscale.render import deployment as dep
 from tokenscale.render import names
 
-
-@dataclass(slots=True)
-class Rollouts:
-    """Per pool: the rollout shown in status (decided now or carried over), and new Events."""
-
-    pools: dict[str, PoolRollout] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
+log = logging.getLogger(__name__)
 
 
-def carried(old: InferenceServiceStatus) -> dict[str, PoolRollout]:
-    """The rollouts the stored status shows (a pass that decides nothing keeps them)."""
-    return {p.name: p.rollout for p in old.pools if p.rollout is not None}
+def recorded(workload: Mapping[str, Any] | None) -> PoolRollout | None:
+    """The decision recorded on a Deployment (None: none, or not ours to read)."""
+    raw = dep.recorded_rollout(dict(workload) if workload is not None else None)
+    if raw is None:
+        return None
+    try:
+        return PoolRollout.model_validate_json(raw)
+    except ValidationError:
+        log.warning("ignoring an unreadable %s annotation", dep.ANNOTATION_ROLLOUT)
+        return None
+
+
+def _record(rollout: PoolRollout) -> str:
+    return rollout.model_dump_json(by_alias=True, exclude_none=True)
 
 
 def choose(
@@ -49,46 +58,41 @@ def choose(
     kube: Kube,
     old: InferenceServiceStatus,
     now: datetime,
-) -> Rollouts:
-    """Set the strategy of every rendered pool Deployment in ``objects`` (mutated in place)."""
+) -> list[Event]:
+    """Set the strategy of every rendered pool Deployment in ``objects`` (mutated in place);
+    the Events of new decisions."""
     meta = body["metadata"]
     rendered = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
-    out = Rollouts(pools=carried(old))
     if not rendered:
-        return out
+        return []
     live = {
         o["metadata"]["name"]: o
         for o in kube.list("Deployment", meta["namespace"], names.selector_for(meta["name"]))
     }
-    pending: dict[str, tuple[dict[str, Any], str]] = {}
-    live_of: dict[str, dict[str, Any]] = {}
+    pending: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {}
     for pool in svc.spec.pools:
         name = names.pool_workload(meta["name"], pool.name)
-        obj = rendered.get(name)
-        if obj is None:
-            continue
-        current = live.get(name)
-        new_hash = dep.rendered_hash(obj) or ""
-        if current is None:
+        obj, current = rendered.get(name), live.get(name)
+        if obj is None or current is None:
             continue  # a new Deployment replaces nothing: rendered as surge
+        new_hash = dep.rendered_hash(obj) or ""
         if dep.rendered_hash(current) == new_hash:
-            dep.set_rollout(obj, dep.chosen_rollout(current) or "surge")
-            waited = out.pools.get(pool.name)
-            if waited is not None and waited.strategy == "wait":  # reverted while waiting
-                del out.pools[pool.name]
+            before = recorded(current)
+            keep = None if before is None or before.strategy == "wait" else _record(before)
+            dep.set_rollout(obj, dep.live_strategy(current), keep)  # a wait was reverted
             continue
-        live_of[pool.name] = current
-        pending[pool.name] = (obj, new_hash)
+        pending[pool.name] = (obj, current, new_hash)
     if not pending:
-        return out
+        return []
     free = _free_replicas(svc, cfg, plans, kube, set(pending))
     ready = sum(int((d.get("status") or {}).get("readyReplicas") or 0) for d in live.values())
     floor = decision.sla_floor(old.metrics, svc.spec.scaling.metric, ready, now)
     by_plan = {p.pool: p for p in plans}
+    events: list[Event] = []
     for pool in svc.spec.pools:
         if pool.name not in pending:
             continue
-        obj, new_hash = pending[pool.name]
+        obj, current, new_hash = pending[pool.name]
         plan = by_plan.get(pool.name)
         choice = decision.decide(
             decision.RolloutInput(
@@ -98,39 +102,38 @@ def choose(
                 ready=ready,
                 floor=floor,
                 desired=int(obj["spec"].get("replicas") or 0),
-                pool_ready=int((live_of[pool.name].get("status") or {}).get("readyReplicas") or 0),
+                pool_ready=int((current.get("status") or {}).get("readyReplicas") or 0),
             )
         )
-        if choice.strategy == "wait":
-            dep.hold_template(obj, live_of[pool.name])
-        else:
-            dep.set_rollout(obj, choice.strategy)
-        before = out.pools.get(pool.name)
+        before = recorded(current)
         same = (
             before is not None
             and before.revision == new_hash
             and (before.strategy, before.reason) == (choice.strategy, choice.reason)
         )
-        if same and before is not None:
-            out.pools[pool.name] = before.model_copy(update={"message": choice.message})
-            continue
-        out.pools[pool.name] = PoolRollout(
+        chosen = PoolRollout(
             strategy=choice.strategy,
             reason=choice.reason,
             message=choice.message,
             revision=new_hash,
-            decided_at=now,
+            decided_at=before.decided_at if same and before is not None else now,
         )
+        if choice.strategy == "wait":
+            dep.hold_template(obj, current, _record(chosen))
+        else:
+            dep.set_rollout(obj, choice.strategy, _record(chosen))
+        if same:
+            continue
         kind: Literal["Normal", "Warning"] = "Warning" if choice.strategy == "wait" else "Normal"
         verb = "waits" if choice.strategy == "wait" else f"rolls out {choice.strategy}"
-        out.events.append(
+        events.append(
             Event(
                 f"Rollout{choice.strategy[0].upper()}{choice.strategy[1:]}",
                 f"pool {pool.name} {verb} ({choice.reason}): {choice.message}",
                 kind,
             )
         )
-    return out
+    return events
 
 
 def _free_replicas(

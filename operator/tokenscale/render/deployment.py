@@ -44,7 +44,7 @@ def deployment(
     replaces pods meets a full fleet (:mod:`tokenscale.autoscale.rollout`).
     """
     meta = names.object_meta(service, name, labels)
-    meta["annotations"] = {c.ANNOTATION_GPU: pool.gpu, ANNOTATION_ROLLOUT: "surge"}
+    meta["annotations"] = {c.ANNOTATION_GPU: pool.gpu}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -70,28 +70,36 @@ def rendered_hash(workload: Obj | None) -> str | None:
     return str(found) if found is not None else None
 
 
-def chosen_rollout(workload: Obj | None) -> RolloutStrategy | None:
-    """The strategy the operator recorded on an existing Deployment, None if none."""
+def live_strategy(workload: Obj) -> RolloutStrategy:
+    """The rolling-update strategy a Deployment has now (inPlace when it surges nothing)."""
+    rolling = ((workload.get("spec") or {}).get("strategy") or {}).get("rollingUpdate") or {}
+    return "inPlace" if str(rolling.get("maxSurge", 1)) in ("0", "0%") else "surge"
+
+
+def recorded_rollout(workload: Obj | None) -> str | None:
+    """The operator's last rollout decision recorded on a Deployment (JSON), None if none."""
     if workload is None:
         return None
     found = ((workload.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ROLLOUT)
-    if found == "surge":
-        return "surge"
-    if found == "inPlace":
-        return "inPlace"
-    return None
+    return str(found) if found is not None else None
 
 
-def set_rollout(obj: Obj, strategy: RolloutStrategy) -> None:
-    """Render ``strategy`` (rolling-update bounds) onto a rendered Deployment."""
-    obj["metadata"].setdefault("annotations", {})[ANNOTATION_ROLLOUT] = strategy
+def set_rollout(obj: Obj, strategy: RolloutStrategy, record: str | None) -> None:
+    """Render ``strategy`` (rolling-update bounds) and the decision ``record`` (JSON, shown in
+    status.pools[].rollout) onto a rendered Deployment.
+
+    The record lives on the Deployment, not only in status, so that status stays recomputed
+    from what exists: a pass that reads a stale status cannot lose the decision."""
     obj["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": dict(_ROLLING[strategy])}
+    if record is not None:
+        obj["metadata"].setdefault("annotations", {})[ANNOTATION_ROLLOUT] = record
 
 
-def hold_template(obj: Obj, live: Obj) -> None:
-    """Keep the live Deployment's pod template (a rollout that must wait replaces nothing).
+def hold_template(obj: Obj, live: Obj, record: str) -> None:
+    """Keep the live Deployment's pod template and strategy (a rollout that must wait replaces
+    nothing); ``record`` says why.
 
     Nothing is paused: the next pass renders the new template again and decides again, and a
     spec reverted meanwhile simply matches what runs."""
     obj["spec"]["template"] = copy.deepcopy((live.get("spec") or {}).get("template") or {})
-    set_rollout(obj, chosen_rollout(live) or "surge")
+    set_rollout(obj, live_strategy(live), record)
