@@ -23,7 +23,8 @@ __all__ = ["Condition", "PoolObservation", "condition", "merge_conditions"]
 
 log = logging.getLogger(__name__)
 
-_BAD_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError"}
+#: Waiting reasons that mean a container cannot start (not just slow to).
+BAD_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError"}
 
 
 @dataclass(slots=True)
@@ -71,7 +72,7 @@ def pod_problems(pods: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
                 _add_unschedulable(found, pool, msg, claim_names(pod))
         for cs in status.get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _BAD_WAITING:
+            if waiting.get("reason") in BAD_WAITING:
                 _add(found, pool, f"{waiting['reason']}: {waiting.get('message', '')}".strip())
     return found
 
@@ -110,7 +111,7 @@ def stuck_rollout(
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
-            if reason in _BAD_WAITING:
+            if reason in BAD_WAITING:
                 detail = str(waiting.get("message") or "").strip()
                 msg = (
                     f"pool {pool}: the new version ({current}) does not start: {reason}"
