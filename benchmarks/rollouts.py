@@ -52,12 +52,14 @@ def run(load_seconds: int) -> dict[str, Any]:
             drill.add_nodes(cluster, range(2, 3))
             free = drill.change_under_load(cluster, namespace, "free", "v3", load_seconds)
             cases["free_gpus_surge"] = free.numbers()
-            broken, rollback, stuck = drill.broken_under_load(
+            drill.settle(cluster, namespace)
+            broken, rollback, stuck, ready = drill.broken_under_load(
                 cluster, namespace, "broken", "v3", load_seconds
             )
             cases["broken_image"] = {
                 **broken.numbers(),
                 "rollback_seconds": round(rollback, 1),
+                "ready_replicas_while_stuck": ready,
                 "condition": f"Progressing=False {stuck['reason']}: {stuck['message']}",
             }
             for name, case in (("full_fleet_in_place", full), ("free_gpus_surge", free)):
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             "gpus_per_replica": 2,
             "nodes": "2 (full fleet) then 3 fake MI350X nodes x 2 GPUs",
             "load": f"InferenceBenchmark server scenario, 4 req/s, {args.load_seconds} s, "
-            "64 in / 256 out tokens",
+            "64 in / 768 out tokens",
             "engine_startup_seconds": 3,
             "prestop_sleep_seconds": 1,
             "shutdown_timeout_seconds": 20,

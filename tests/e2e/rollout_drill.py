@@ -78,10 +78,10 @@ def load(name: str, seconds: int, qps: float = 4.0) -> dict[str, Any]:
             "target": {"service": NAME},
             "scenario": "server",
             "load": {"qps": qps, "durationSeconds": seconds},
-            # long enough answers (~4 s each) that a replica leaving has streams to drain
+            # long answers (several seconds each) that a replica leaving has streams to drain
             "dataset": {
                 "input": {"kind": "fixed", "mean": 64},
-                "output": {"kind": "fixed", "mean": 256},
+                "output": {"kind": "fixed", "mean": 768},
             },
             "sla": {"ttftP99Ms": 60000, "tpotP99Ms": 5000},
         },
@@ -211,6 +211,26 @@ def _job_pod_running(cluster: Cluster, namespace: str, bench: str) -> bool:
     )
 
 
+def settle(cluster: Cluster, namespace: str, replicas: int = 2) -> None:
+    """Wait until the previous version's pods are gone (a surge finishes while they still drain
+    and hold their GPUs, which the next decision would rightly count as taken)."""
+    poll(
+        lambda: len(_all_pods(cluster, namespace)) == replicas,
+        timeout=60,
+        what="old pods gone",
+    )
+
+
+def _all_pods(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    found = get(cluster, "pods", "-n", namespace, "-l", f"tokenscale.dev/service={NAME}")
+    return list((found or {}).get("items") or [])
+
+
+def ready_replicas(cluster: Cluster, namespace: str) -> int:
+    svc = get(cluster, "tsvc", NAME, "-n", namespace) or {}
+    return int((svc.get("status") or {}).get("readyReplicas") or 0)
+
+
 def progressing(cluster: Cluster, namespace: str) -> dict[str, Any]:
     svc = get(cluster, "tsvc", NAME, "-n", namespace) or {}
     for cond in (svc.get("status") or {}).get("conditions") or []:
@@ -222,10 +242,10 @@ def progressing(cluster: Cluster, namespace: str) -> dict[str, Any]:
 
 def broken_under_load(
     cluster: Cluster, namespace: str, bench: str, good_tag: str, load_seconds: int
-) -> tuple[Case, float, dict[str, Any]]:
+) -> tuple[Case, float, dict[str, Any], int]:
     """A broken image under load, then the spec reverted: (the case, seconds to roll back after
-    the revert, the Progressing condition while stuck). ``rollout_seconds`` is the time until
-    the operator reported the rollout stuck."""
+    the revert, the Progressing condition while stuck, ready replicas while stuck).
+    ``rollout_seconds`` is the time until the operator reported the rollout stuck."""
     apply(cluster, namespace, load(bench, load_seconds))
     poll(lambda: _job_pod_running(cluster, namespace, bench), timeout=60, what="benchmark running")
     time.sleep(3)
@@ -241,7 +261,10 @@ def broken_under_load(
         what="rollout reported stuck",
     )
     detected = time.monotonic() - started
+    chosen = (get(cluster, "tsvc", NAME, "-n", namespace) or {})["status"]["pools"][0]
+    broken_rollout = chosen.get("rollout") or {}
     time.sleep(5)  # the load keeps running against the old replicas while stuck
+    ready_while_stuck = ready_replicas(cluster, namespace)
     reverted = time.monotonic()
     apply(cluster, namespace, service(good_tag))
     poll(
@@ -266,14 +289,12 @@ def broken_under_load(
         what=f"benchmark {bench} finished",
     )
     results = done["status"]["results"]
-    svc = get(cluster, "tsvc", NAME, "-n", namespace)
-    rollout = svc["status"]["pools"][0].get("rollout") or {}
     case = Case(
-        strategy=str(rollout.get("strategy")),
+        strategy=str(broken_rollout.get("strategy")),
         reason=str(stuck.get("reason")),
         rollout_seconds=detected,
         requests_total=int(results["requests"]) + int(results.get("errors") or 0),
         requests_failed=int(results.get("errors") or 0),
         load_covered_rollout=True,
     )
-    return case, rollback, stuck
+    return case, rollback, stuck, ready_while_stuck

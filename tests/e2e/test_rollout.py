@@ -41,6 +41,7 @@ def test_full_fleet_replaces_in_place_without_failures_free_gpus_surge_and_broke
         assert free.rollout_seconds < full.rollout_seconds, (free, full)
 
         # A broken image: the new pod cannot start, the old replicas keep serving.
+        drill.settle(cluster, namespace)  # the surge's old pods have released their GPUs
         apply(cluster, namespace, drill.service(drill.BROKEN_IMAGE))
         stuck = wait_condition(
             cluster, namespace, drill.NAME, "Progressing",
@@ -52,6 +53,7 @@ def test_full_fleet_replaces_in_place_without_failures_free_gpus_surge_and_broke
         assert stuck["reason"] in stuck["message"]
         assert "keep serving" in stuck["message"] and "revert" in stuck["message"]
         svc = get(cluster, "tsvc", drill.NAME, "-n", namespace)
+        assert svc["status"]["pools"][0]["rollout"]["strategy"] == "surge"  # a node is free
         assert condition(svc, "Ready")["status"] == "True"
         assert svc["status"]["readyReplicas"] == 2
         images = {
