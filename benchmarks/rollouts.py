@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             "64 in / 768 out tokens",
             "engine_startup_seconds": 3,
             "prestop_sleep_seconds": 1,
-            "shutdown_timeout_seconds": 20,
+            "shutdown_timeout_seconds": 60,
         },
         "cases": cases,
     }

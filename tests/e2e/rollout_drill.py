@@ -52,7 +52,7 @@ def service(tag: str, strategy: str = "auto") -> dict[str, Any]:
     doc["spec"]["engine"] = {
         "mode": "simulated",
         "image": f"{IMAGE}:{tag}" if ":" not in tag else tag,
-        "shutdownTimeoutSeconds": 20,
+        "shutdownTimeoutSeconds": 60,
         # a few seconds of model loading, so that a replica's start is visible in the timing;
         # the simulator has no MI350X profile: its gfx950 sibling's (the last --gpu wins)
         "args": ["--startup-seconds", "3", "--gpu", "MI355X"],
@@ -78,7 +78,7 @@ def load(name: str, seconds: int, qps: float = 4.0) -> dict[str, Any]:
             "target": {"service": NAME},
             "scenario": "server",
             "load": {"qps": qps, "durationSeconds": seconds},
-            # long answers (several seconds each) that a replica leaving has streams to drain
+            # long answers (~4 s each) that a replica leaving has streams to drain
             "dataset": {
                 "input": {"kind": "fixed", "mean": 64},
                 "output": {"kind": "fixed", "mean": 768},
