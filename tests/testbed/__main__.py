@@ -12,11 +12,13 @@ import argparse
 import json
 import logging
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 from . import build
 from .cluster import Cluster, ClusterError
+from .lws import LwsController
 from .nodes import DEFAULT_POOLS, scale_pools
 
 RUN_DIR = build.CACHE_ROOT / "run"
@@ -39,6 +41,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     res = build.ensure_binaries(comps)
     for comp, secs in res.seconds.items():
         print(f"built {comp} in {secs:.0f}s", file=sys.stderr)
+    if args.lws:
+        lws = build.ensure_lws()
+        print(f"LWS manager: {lws.manager} ({lws.source}, {lws.seconds:.0f}s)", file=sys.stderr)
     print(res.bin_dir)
     return 0
 
@@ -71,6 +76,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         print(f"logs kept in {cluster.logs_dir}", file=sys.stderr)
         return 1
+    if args.lws:
+        try:
+            LwsController(cluster).start()
+        except (build.BuildError, ClusterError, TimeoutError, subprocess.CalledProcessError) as exc:
+            print(f"LWS controller failed to start: {exc}", file=sys.stderr)
+            cluster.stop()
+            STATE_FILE.unlink(missing_ok=True)
+            return 1
     STATE_FILE.write_text(json.dumps(cluster.to_state(), indent=2))
     print(f"test bed up: {cluster.api_url}, logs in {cluster.logs_dir}", file=sys.stderr)
     print(f"  export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
@@ -119,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("build", help="build/reuse the cached binaries, print their dir")
     p.add_argument("--with-helm", action="store_true", help="also build helm")
+    p.add_argument("--lws", action="store_true", help="also build the LeaderWorkerSet manager")
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("up", help="start the test bed detached; prints the kubeconfig path")
     p.add_argument("--gpu-nodes", type=int, default=0, help="N fake GPU nodes instead of default")
     p.add_argument("--no-kubelet", action="store_true", help="do not start the process kubelet")
+    p.add_argument("--lws", action="store_true", help="also run the LeaderWorkerSet controller")
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("down", help="stop the test bed started by 'up'")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, etcd data)")

@@ -47,6 +47,11 @@ KWOK_STAGES = (
     "pod/fast/pod-delete.yaml",
 )
 DEFAULT_COMPONENTS = ("k8s", "etcd", "kwok")
+# LeaderWorkerSet manager: built on demand (tests/testbed/lws.py), cached apart from the
+# control-plane binaries because it comes from a different source (see ensure_lws).
+LWS_MODULE = "sigs.k8s.io/lws"
+LWS_VERSION = "v0.9.0"
+LWS_RECIPE = "1"
 ALL_COMPONENTS = (*DEFAULT_COMPONENTS, "helm")
 
 
@@ -130,12 +135,19 @@ def _go_env() -> dict[str, str]:
     return env
 
 
-def _run_go(args: list[str], cwd: Path, log_path: Path) -> str:
+def _run_go(
+    args: list[str], cwd: Path, log_path: Path, *, env: dict[str, str] | None = None
+) -> str:
     with log_path.open("ab") as out:
         out.write(f"\n$ (cd {cwd}) go {' '.join(args)}\n".encode())
         out.flush()
         proc = subprocess.run(
-            ["go", *args], cwd=cwd, env=_go_env(), stdout=subprocess.PIPE, stderr=out, check=False
+            ["go", *args],
+            cwd=cwd,
+            env={**_go_env(), **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=out,
+            check=False,
         )
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-30:]
@@ -274,6 +286,114 @@ def _check_versions(bin_dir: Path, components: list[str]) -> None:
             raise BuildError(f"helm version printed {out!r}, expected {want}")
 
 
+@dataclass(frozen=True)
+class LwsBuild:
+    """The LWS manager binary, its CRDs and where the source came from."""
+
+    dir: Path
+    seconds: float
+    source: str
+
+    @property
+    def manager(self) -> Path:
+        return self.dir / "lws-manager"
+
+    @property
+    def crds(self) -> list[Path]:
+        return sorted((self.dir / "crds").glob("*.yaml"))
+
+
+def lws_dir(version: str = LWS_VERSION) -> Path:
+    return CACHE_ROOT / "lws" / f"{version}-r{LWS_RECIPE}"
+
+
+def shared_lws_source(version: str = LWS_VERSION) -> Path | None:
+    """``<ancestor>/shared/third_party/lws-<version>`` (or ``$TOKENSCALE_LWS_SOURCE``).
+
+    Why an ancestor walk: the repo lives in ``/work/main`` or a worktree ``/work/wt/x``;
+    the unmodified upstream copy sits beside them under ``shared/third_party``.
+    """
+    env = os.environ.get("TOKENSCALE_LWS_SOURCE")
+    if env:
+        return Path(env) if (Path(env) / "go.mod").exists() else None
+    for parent in GO_DIR.parents:
+        cand = parent / "shared" / "third_party" / f"lws-{version}"
+        if (cand / "go.mod").exists():
+            return cand
+    return None
+
+
+def _lws_from_proxy(version: str, log_path: Path) -> Path | None:
+    """Module directory of ``sigs.k8s.io/lws@version`` if the module proxy serves it."""
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="tokenscale-lws-dl-") as tmp:
+        try:
+            out = _run_go(
+                ["mod", "download", "-json", f"{LWS_MODULE}@{version}"], Path(tmp), log_path
+            )
+        except BuildError:
+            return None
+    info = json.loads(out)
+    d = Path(info.get("Dir") or "")
+    return d if (d / "go.mod").exists() else None
+
+
+def ensure_lws(version: str = LWS_VERSION) -> LwsBuild:
+    """Build (once) the LWS controller manager and stage its CRDs.
+
+    Source: the module proxy first (``go mod download``), else the shared read-only copy;
+    either is copied to a writable temp dir (the module cache and the CI copy are
+    read-only) and built with ``-mod=mod`` so missing go.sum lines are fetched from the
+    proxy.  Result: ``~/.cache/tokenscale/testbed/lws/<version>-r<recipe>/``.
+    """
+    out = lws_dir(version)
+    stamp = out / ".lws.ok"
+    if stamp.exists():
+        return LwsBuild(out, 0.0, stamp.read_text().split()[-1])
+    with _lock(CACHE_ROOT / "lws" / f".{version}.lock"):
+        if stamp.exists():
+            return LwsBuild(out, 0.0, stamp.read_text().split()[-1])
+        if not go_available():
+            raise BuildError(f"Go toolchain not found and the LWS manager is not cached in {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        log_path = out / "build.log"
+        started = time.monotonic()
+        src = _lws_from_proxy(version, log_path)
+        source = "proxy"
+        if src is None:
+            src, source = shared_lws_source(version), "shared"
+        if src is None:
+            raise BuildError(
+                f"{LWS_MODULE}@{version} is neither served by the module proxy nor found under "
+                "shared/third_party (set TOKENSCALE_LWS_SOURCE to an LWS source tree)"
+            )
+        log.info("building the LWS manager %s from %s (%s) into %s", version, src, source, out)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-build-") as tmp:
+            work = Path(tmp) / "src"
+            shutil.copytree(src, work, copy_function=shutil.copyfile)
+            for path in [work, *work.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            ldflags = f"-s -w -X sigs.k8s.io/lws/pkg/version.GitVersion={version}"
+            goflags = f"{os.environ.get('GOFLAGS', '')} -mod=mod".strip()
+            binary = Path(tmp) / "lws-manager"
+            build_args = ["build", "-trimpath", "-ldflags", ldflags, "-o", str(binary), "./cmd"]
+            _run_go(build_args, work, log_path, env={"GOFLAGS": goflags})
+            crds = Path(tmp) / "crds"
+            crds.mkdir()
+            for crd in sorted((work / "config" / "crd" / "bases").glob("*.yaml")):
+                shutil.copyfile(crd, crds / crd.name)
+            for name in ("lws-manager", "crds"):
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                (Path(tmp) / name).replace(target)
+        seconds = time.monotonic() - started
+        stamp.write_text(f"{seconds:.1f}s {source}\n")
+        log.info("built the LWS manager in %.0fs", seconds)
+        return LwsBuild(out, seconds, source)
+
+
 def prune(keep: str | None = None) -> list[Path]:
     """Delete cached binary sets other than ``keep`` (default: the current key)."""
     keep = keep or cache_key()
@@ -291,10 +411,17 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m tests.testbed.build", description=__doc__)
     parser.add_argument("--no-helm", action="store_true", help="skip helm (chart e2e needs it)")
+    parser.add_argument("--lws", action="store_true", help="also build the LWS manager")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         res = ensure_binaries(DEFAULT_COMPONENTS if args.no_helm else ALL_COMPONENTS)
+        if args.lws:
+            lws = ensure_lws()
+            if lws.seconds:
+                print(
+                    f"built the LWS manager in {lws.seconds:.0f}s ({lws.source})", file=sys.stderr
+                )
     except BuildError as exc:
         print(exc, file=sys.stderr)
         return 1

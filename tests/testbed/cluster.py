@@ -285,17 +285,27 @@ class Cluster:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env["KUBECONFIG"] = str(self.kubeconfig)
         for extra in extras:
-            proc = spawn(
-                extra.name, extra.argv, self.logs_dir / f"{extra.name}.log",
-                env={**env, **extra.env}, cwd=REPO_ROOT, die_with_parent=not self._detached,
-            )  # fmt: skip
-            self._record(proc)
-            if extra.health_url:
-                self._wait_http(extra.name, extra.health_url, timeout=60)
+            self.start_component(extra, env=env)
         time.sleep(1.0 if extras else 0)
         for proc in self.procs:
             if not proc.alive():
                 raise ClusterError(f"{proc.name} exited right after start")
+
+    def start_component(self, extra: ExtraComponent, *, env: dict[str, str] | None = None) -> Proc:
+        """Start one more process owned by the test bed (stopped with it, in reverse order).
+
+        Also the hook for components started lazily after :meth:`start`, like the LWS
+        manager (:mod:`.lws`).
+        """
+        proc = spawn(
+            extra.name, extra.argv, self.logs_dir / f"{extra.name}.log",
+            env={**(env if env is not None else os.environ), **extra.env}, cwd=REPO_ROOT,
+            die_with_parent=not self._detached,
+        )  # fmt: skip
+        self._record(proc)
+        if extra.health_url:
+            self._wait_http(extra.name, extra.health_url, timeout=60)
+        return proc
 
     def stop(self) -> None:
         """Terminate everything in reverse start order; idempotent, safe from atexit."""

@@ -177,3 +177,49 @@ def write_kubeconfig(
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     path.chmod(0o600)
     return path
+
+
+def serving_cert(
+    ca_crt: Path,
+    ca_key: Path,
+    out_dir: Path,
+    *,
+    cn: str,
+    ips: tuple[str, ...] = ("127.0.0.1",),
+    dns: tuple[str, ...] = ("localhost",),
+    days: int = 30,
+) -> tuple[Path, Path]:
+    """A serving cert signed by the test bed's CA, written as ``tls.crt``/``tls.key``.
+
+    Why: webhooks the API server calls on loopback (the LWS manager's) must present a cert
+    the API server trusts through the webhook configuration's ``caBundle``; the names are
+    the ones controller-runtime's webhook server reads from its cert dir.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ca = x509.load_pem_x509_certificate(ca_crt.read_bytes())
+    signer = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    if not isinstance(signer, rsa.RSAPrivateKey):
+        raise TypeError(f"{ca_key} is not an RSA key")
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    key = _key()
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), False
+        )
+        .sign(signer, hashes.SHA256())
+    )
+    crt_path, key_path = out_dir / "tls.crt", out_dir / "tls.key"
+    crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return crt_path, key_path

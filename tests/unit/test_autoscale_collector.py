@@ -22,7 +22,7 @@ from tokenscale.autoscale.collector import (
     source_for,
     startup_seconds,
 )
-from tokenscale.constants import LABEL_POOL
+from tokenscale.constants import LABEL_POOL, LABEL_ROLE, ROLE_LEADER, ROLE_WORKER
 
 REAL = (Path(__file__).resolve().parents[1] / "fixtures/vllm-0.32-metrics-shared.txt").read_text()
 
@@ -62,6 +62,46 @@ def test_engine_pods_uses_pod_status_ip_and_readiness() -> None:
     ]
     assert [p.name for p in engine_pods(pods)] == ["a", "b"]
     assert engine_pods(pods)[0] == EnginePod("a", "a", "10.0.0.1")
+
+
+async def test_a_multinode_group_is_scraped_at_its_leader_and_counts_once() -> None:
+    """Two LWS groups (leader + headless worker each): the collector asks only the leaders, so
+    the pool reports two replicas with complete data; asking a worker (no HTTP server) would
+    read as a scrape error that blocks every scale-down."""
+
+    def group_pod(name: str, ip: str, role: str) -> dict[str, Any]:
+        p = pod(name, ip)
+        p["metadata"]["labels"][LABEL_ROLE] = role
+        return p
+
+    pods = [
+        group_pod("svc-a-0", "10.0.0.1", ROLE_LEADER),
+        group_pod("svc-a-0-1", "10.0.0.2", ROLE_WORKER),
+        group_pod("svc-a-1", "10.0.0.3", ROLE_LEADER),
+        group_pod("svc-a-1-1", "10.0.0.4", ROLE_WORKER),
+    ]
+    engines = engine_pods(pods)
+    assert [p.name for p in engines] == ["svc-a-0", "svc-a-1"]
+    asked: list[str] = []
+    counters = dict.fromkeys(("10.0.0.1", "10.0.0.3"), 0.0)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        host = str(request.url.host)
+        asked.append(host)
+        if host not in counters:
+            return httpx.Response(404)  # a headless worker has no metrics endpoint
+        counters[host] += 500
+        return httpx.Response(200, text=counter_body(counters[host]))
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        collector = ScrapeCollector(client)
+        await collector.collect(engines, ["a"], now=0.0)
+        second = await collector.collect(engines, ["a"], now=5.0)
+    assert set(asked) == {"10.0.0.1", "10.0.0.3"}
+    signal = second.sample.pools["a"]
+    assert (signal.pods_reporting, signal.pods_missing, signal.scrape_errors) == (2, 0, 0)
+    assert signal.complete
+    assert signal.generation_tps == pytest.approx(2 * 500 / 5)
 
 
 async def test_scrape_real_sample_then_rates() -> None:

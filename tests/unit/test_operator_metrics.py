@@ -30,6 +30,10 @@ def _fill(namespace: str, svc: str, pools: tuple[str, ...] = ("a", "b")) -> None
     metrics.SCALING_DECISIONS.labels(namespace, svc, pools[0], "up").inc()
     metrics.BENCHMARK_VERDICTS.labels(namespace, svc, "Pass").inc()
     metrics.BENCHMARK_TOKENS_PER_SECOND.labels(namespace, svc).set(99.0)
+    metrics.POWER_WATTS.labels(namespace, svc, pools[0]).set(1400.0)
+    metrics.TOKENS_PER_JOULE.labels(namespace, svc, pools[0]).set(9.0)
+    metrics.JOULES_PER_TOKEN.labels(namespace, svc, pools[0]).set(0.11)
+    metrics.ENERGY_UNKNOWN.labels(namespace, svc).set(0.0)
 
 
 def _series_of(namespace: str) -> set[tuple[str, ...]]:

@@ -48,6 +48,8 @@ RESOURCES = {
     "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
     "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
     "ServiceMonitor": ("monitoring.coreos.com", "servicemonitors"),
+    "InferencePool": ("inference.networking.k8s.io", "inferencepools"),
+    "HTTPRoute": ("gateway.networking.k8s.io", "httproutes"),
     "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "leaderworkersets"),
     "InferenceService": ("tokenscale.dev", "inferenceservices"),
     "InferenceBenchmark": ("tokenscale.dev", "inferencebenchmarks"),
@@ -86,12 +88,28 @@ TABLE = (
          "/services: create patch delete list",
          "policy/poddisruptionbudgets: create patch delete list",
          "monitoring.coreos.com/servicemonitors: create patch delete list",
-         "leaderworkerset.x-k8s.io/leaderworkersets: create patch delete list"),
+         "leaderworkerset.x-k8s.io/leaderworkersets: create patch delete list",
+         "/serviceaccounts: create patch delete list",
+         "rbac.authorization.k8s.io/roles: create patch delete list",
+         "rbac.authorization.k8s.io/rolebindings: create patch delete list",
+         "inference.networking.k8s.io/inferencepools: create patch delete list",
+         "gateway.networking.k8s.io/httproutes: create patch delete list"),
         ('CHILD_KINDS = (\n    "Deployment",\n    "LeaderWorkerSet",\n    "Service",\n'
          '    "PodDisruptionBudget",\n    "ServiceMonitor",', "kube.delete(key[0]",
          "applied[key] = kube.apply(obj)",
-         "kube.list(kind, namespace, names.selector_for(name))"),
+         "kube.list(kind, namespace, names.selector_for(name))", '    "HTTPRoute",\n)'),
         "reconcile applies the rendered children, lists them by label and prunes leftovers",
+    ),
+    Because(
+        ("/pods: get list watch",),
+        ('"resources": ["pods"], "verbs": ["get", "list", "watch"]',),
+        "RBAC lets the operator grant the router's discovery Role only verbs it holds itself",
+    ),
+    Because(
+        ("inference.networking.k8s.io/inferencepools: get list watch",),
+        ('"resources": ["inferencepools"],\n'
+         '                    "verbs": ["get", "list", "watch"]',),
+        "RBAC lets the operator grant the endpoint picker's Role only verbs it holds itself",
     ),
     Because(
         ("apps/deployments: watch", "leaderworkerset.x-k8s.io/leaderworkersets: watch"),
@@ -148,7 +166,7 @@ TABLE = (
     ),
     Because(
         ("resource.k8s.io/resourceclaimtemplates: list create patch delete",),
-        ('    "ResourceClaimTemplate",\n)', "applied[key] = kube.apply(obj)"),
+        ('    "ResourceClaimTemplate",\n', "applied[key] = kube.apply(obj)"),
         "DRA pools: the reconcile applies, lists and prunes its ResourceClaimTemplates",
     ),
     Because(
@@ -287,13 +305,19 @@ def test_no_update_and_only_our_benchmark_identity_is_writable() -> None:
     assert not [n for n in have if n[0] == "events.k8s.io"]  # only core/v1 Events are posted
     watched = {n[1] for n in have if n[2] == "watch"}
     assert watched == {
-        "inferenceservices", "inferencebenchmarks", "deployments", "leaderworkersets",
+        "inferenceservices", "inferencebenchmarks", "deployments", "leaderworkersets", "pods",
+        "inferencepools",
         "customresourcedefinitions", "namespaces", "kopfpeerings", "clusterkopfpeerings",
     }  # fmt: skip
     benchmark = yaml.safe_load(VALUES.read_text())["benchmark"]["serviceAccountName"]
     for rule in rules:
         if {"serviceaccounts", "roles", "rolebindings"} & set(rule["resources"]):
-            assert rule.get("resourceNames") == [benchmark], rule
+            # Benchmarks: create/patch of one name only. Routers: any name (one per service),
+            # but never bind/escalate, and never update.
+            if "delete" in rule["verbs"]:
+                assert rule["verbs"] == ["list", "create", "patch", "delete"], rule
+            else:
+                assert rule.get("resourceNames") == [benchmark], rule
 
 
 def test_the_scan_fails_on_an_ungranted_call(tmp_path: Path) -> None:

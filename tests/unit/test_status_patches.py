@@ -20,13 +20,18 @@ from pydantic import ValidationError
 from tests.factories import benchmark, service
 from tests.unit.fakekube import FakeKube
 from tests.unit.statuscheck import MODELS, WRITTEN, check_status_patch, schema_paths
+from tests.unit.test_autoscaler_loop import _cluster
 from tests.unit.test_bench_merge import as_result, make_records
+from tests.unit.test_energy import _exporter_pod, _observe, _ok
 from tokenscale import constants as c
+from tokenscale.api.benchmark import InferenceBenchmarkStatus
 from tokenscale.api.config import OperatorConfig
+from tokenscale.api.status import InferenceServiceStatus
 from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale.collector import CollectResult, EnginePod
 from tokenscale.autoscale.rates import PoolSignal, Sample
 from tokenscale.bench import resultchannel
+from tokenscale.bench.energy import EnergyResult
 from tokenscale.bench.models import BenchResult
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark
@@ -257,7 +262,16 @@ async def test_every_field_the_status_schema_promises_is_written() -> None:
         await test_autoscaler_patches_validate_and_panic_is_written(mode, {})
     payload = as_result(make_records(200, seed=1), [0.01] * 50, 1.7e9, 1, 0).model_dump_json()
     test_benchmark_run_patches_validate_and_history_accumulates(payload)
-    test_replica_sweep_and_failure_patches_validate(payload)
+    # a run that recorded energy (exporters reachable): the benchmark's results.energy
+    energy_result = EnergyResult(
+        gpus=1, window_s=10.0, joules=5000.0, output_tokens=9000, tokens_per_joule=1.8,
+        joules_per_token=0.5556, avg_watts_per_gpu=500.0, peak_watts_per_gpu=612.0,
+    )  # fmt: skip
+    with_energy = BenchResult.model_validate_json(payload).model_copy(
+        update={"energy": energy_result}
+    )
+    # the sweep's levels carry tokens/J when the run recorded energy
+    test_replica_sweep_and_failure_patches_validate(with_energy.model_dump_json())
     # What the fake cannot show (an engine's /version, images, a regression against an earlier
     # passing run on the same GPU): the same summary function on a target that has them.
     results = results_from(BenchResult.model_validate_json(payload))
@@ -269,6 +283,15 @@ async def test_every_field_the_status_schema_promises_is_written() -> None:
         check_status_patch("InferenceService", patch)
         svc["status"].update(patch)
     assert svc["status"]["benchmark"]["regression"] is True
+    results_patch = merge_patch(InferenceBenchmarkStatus(results=results_from(with_energy)))
+    check_status_patch("InferenceBenchmark", results_patch)
+    # energy (operatorConfig.energy on): the autoscaler pass's status.energy, figures present
+    kube, body = _cluster()
+    _exporter_pod(kube, "exp-n0", "127.20.0.1")
+    for energy_status in await _observe(kube, body, [_ok(0.0), _ok(6000e6)], 2):
+        check_status_patch(
+            "InferenceService", merge_patch(InferenceServiceStatus(energy=energy_status))
+        )
     for kind, model in MODELS.items():
         missing = schema_paths(model) - {path for k, path in WRITTEN if k == kind}
         assert not missing, f"{kind} status fields never written: {sorted(missing)}"

@@ -24,10 +24,16 @@ MAX_POOL_NAME_LENGTH = 12
 
 
 class StrictModel(BaseModel):
-    """Base for every API model: forbid unknown fields, camelCase aliases, validate defaults."""
+    """Base for every API model: forbid unknown fields, camelCase aliases, validate defaults.
+
+    No infinite or NaN floats: JSON cannot carry them to the API server, yet YAML (``.inf``)
+    and lax string parsing (``"1e400"``) produce them, and an infinite target or SLA passed
+    validation and reached the planner and autoscaler (found by tests/unit/test_fuzz_cli.py).
+    """
 
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         alias_generator=AliasGenerator(alias=to_camel),
         populate_by_name=True,
         validate_default=True,

@@ -147,6 +147,20 @@ class LatencySummary(StrictModel):
     p99: float | None = Field(default=None, description="99th percentile (ms).")
 
 
+class BenchmarkEnergy(StrictModel):
+    """GPU energy over the measured window (operatorConfig.energy type scrape)."""
+
+    tokens_per_joule: float | None = Field(default=None, description="Output tokens per joule.")
+    joules_per_token: float | None = Field(default=None, description="Joules per output token.")
+    joules: float | None = Field(default=None, description="Energy over the window (J).")
+    avg_watts_per_gpu: float | None = Field(default=None, description="Mean power per GPU (W).")
+    peak_watts_per_gpu: float | None = Field(
+        default=None, description="Highest power reading of any one GPU (W)."
+    )
+    gpus: int = Field(default=0, description="GPUs of the target's pods that were measured.")
+    reason: str = Field(default="", description="Why energy is unknown, when it is.")
+
+
 class BenchmarkResults(StrictModel):
     """Headline results of a finished run (details are in the report)."""
 
@@ -168,6 +182,9 @@ class BenchmarkResults(StrictModel):
     scaling_efficiency: float | None = Field(
         default=None, description="Replica sweep: T_N / (N * T_1) at the largest N."
     )
+    energy: BenchmarkEnergy | None = Field(
+        default=None, description="GPU energy over the run, when an exporter was reachable."
+    )
 
 
 class ReplicaSweepLevel(StrictModel):
@@ -178,6 +195,11 @@ class ReplicaSweepLevel(StrictModel):
     tokens_per_second: float = Field(description="Output tokens/s at this level.")
     tokens_per_second_per_replica: float | None = Field(
         default=None, description="tokensPerSecond / replicas."
+    )
+    tokens_per_joule: float | None = Field(
+        default=None,
+        description="Output tokens per joule of GPU energy at this level (when an exporter was "
+        "reachable): energy efficiency per replica count.",
     )
     scaling_efficiency: float | None = Field(
         default=None, description="T_N / (N * T_1), once the sweep is done."

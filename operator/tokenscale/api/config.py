@@ -292,6 +292,74 @@ class MetricsSourceSettings(StrictModel):
         return self
 
 
+class EnergyScrapeSettings(StrictModel):
+    """Where the AMD Device Metrics Exporter DaemonSet's pods are (one per GPU node)."""
+
+    namespace: str | None = Field(
+        default=None,
+        description="Namespace of the exporter pods; unset: all namespaces (needs pod list "
+        "rights cluster-wide, which the operator has).",
+        examples=["kube-amd-gpu"],
+    )
+    selector: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "metrics-exporter"},
+        description="Labels of the exporter pods (must not be empty: that would scrape every pod).",
+    )
+    port: int = Field(
+        default=5000, ge=1, le=65535, description="Port of the exporter's /metrics (5000)."
+    )
+    timeout_seconds: float = Field(default=2.0, gt=0, le=60, description="Scrape timeout.")
+
+    @model_validator(mode="after")
+    def _selector_not_empty(self) -> EnergyScrapeSettings:
+        if not self.selector:
+            raise ValueError(
+                "energy.scrape.selector is empty, which would scrape every pod; fix: set the "
+                "exporter DaemonSet's pod labels (app.kubernetes.io/name: metrics-exporter)"
+            )
+        return self
+
+
+class EnergyPrometheusSettings(StrictModel):
+    """Query the exporter's series from Prometheus instead of scraping its pods."""
+
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of the Prometheus HTTP API; required when energy.type is prometheus.",
+    )
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60, description="Query timeout.")
+
+
+class EnergySettings(StrictModel):
+    """Where GPU power and energy come from (tokens per joule in status and metrics)."""
+
+    type: Literal["off", "scrape", "prometheus"] = Field(
+        default="off",
+        description="off: no energy figures; scrape: read each AMD Device Metrics Exporter pod "
+        "(gpu_energy_consumed, gpu_power_usage) directly; prometheus: query those series. "
+        "Energy never affects scaling; when it cannot be read, status.energy.reason says why.",
+    )
+    window_seconds: float = Field(
+        default=60.0, ge=5, le=3600, description="Window of joules and tokens in status."
+    )
+    scrape: EnergyScrapeSettings = Field(
+        default_factory=EnergyScrapeSettings, description="Exporter DaemonSet pods."
+    )
+    prometheus: EnergyPrometheusSettings = Field(
+        default_factory=EnergyPrometheusSettings, description="Prometheus query settings."
+    )
+
+    @model_validator(mode="after")
+    def _url_when_prometheus(self) -> EnergySettings:
+        if self.type == "prometheus" and not self.prometheus.url:
+            raise ValueError(
+                "energy.prometheus.url is required when energy.type is prometheus; "
+                "fix: set it to your Prometheus base URL (http://prometheus.monitoring:9090)"
+            )
+        return self
+
+
 Allocation = Literal["devicePlugin", "dra", "auto"]
 
 
@@ -361,6 +429,10 @@ class OperatorConfig(StrictModel):
     metrics_source: MetricsSourceSettings = Field(
         default_factory=MetricsSourceSettings,
         description="Where the autoscaler reads engine metrics: scrape pods or query Prometheus.",
+    )
+    energy: EnergySettings = Field(
+        default_factory=EnergySettings,
+        description="Where GPU power and energy are read (AMD Device Metrics Exporter).",
     )
     allocation: Allocation = Field(
         default="devicePlugin",

@@ -20,6 +20,7 @@ from tokenscale.api.podtemplate import (
     field_error,
     pool_contradiction,
 )
+from tokenscale.api.routing import RoutingSpec
 from tokenscale.api.sla import SLASpec
 from tokenscale.api.status import InferenceServiceStatus
 
@@ -371,7 +372,13 @@ class InferenceServiceSpec(StrictModel):
             (
                 "self.pools.all(p, self.pools.exists_one(q, q.name == p.name))",
                 "pool names must be unique",
-            )
+            ),
+            (
+                "!has(self.routing) || self.routing.mode != 'router' || !has(self.scaling) "
+                "|| !has(self.scaling.scaleToZero) || !self.scaling.scaleToZero",
+                "routing.mode router cannot be combined with scaling.scaleToZero yet (the "
+                "router cannot wake a sleeping service); use mode service for scale to zero",
+            ),
         )
     }
 
@@ -416,6 +423,21 @@ class InferenceServiceSpec(StrictModel):
         "operator renders for every engine pod; GPU resources, ports, probes and the engine "
         "command stay the operator's. See docs/rendering.md.",
     )
+
+    routing: RoutingSpec = Field(
+        default_factory=RoutingSpec,
+        description="How requests reach the engines: a plain Service (default), vLLM's router, "
+        "or an InferencePool for an inference gateway. See docs/routing.md.",
+    )
+
+    @model_validator(mode="after")
+    def _router_without_scale_to_zero(self) -> Self:
+        if self.routing.mode == "router" and self.scaling.scale_to_zero:
+            raise ValueError(
+                "routing.mode router cannot be combined with scaling.scaleToZero yet (the router "
+                "cannot wake a sleeping service); fix: use routing.mode service for scale to zero"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_pools(self) -> Self:

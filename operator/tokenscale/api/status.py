@@ -88,6 +88,45 @@ class MetricsStatus(StrictModel):
     observed_at: Timestamp | None = Field(default=None, description="Time of the sample.")
 
 
+class PoolEnergy(StrictModel):
+    """Energy figures of one pool over the window."""
+
+    name: str = Field(description="Pool name.")
+    gpus: int = Field(default=0, description="GPUs the exporter reports for the pool's pods.")
+    watts: float | None = Field(default=None, description="Board power now, summed (W).")
+    joules: float | None = Field(default=None, description="Energy over the window (J).")
+    tokens_per_joule: float | None = Field(
+        default=None, description="Output tokens per joule over the window."
+    )
+    joules_per_token: float | None = Field(
+        default=None, description="Joules per output token over the window."
+    )
+    reason: str = Field(default="", description="Why the figures are unknown, when they are.")
+
+
+class EnergyStatus(StrictModel):
+    """Power and energy per output token from the AMD Device Metrics Exporter."""
+
+    watts: float | None = Field(default=None, description="Board power now, all GPUs (W).")
+    joules: float | None = Field(default=None, description="Energy over the window (J).")
+    window_seconds: float | None = Field(default=None, description="Time the joules cover (s).")
+    tokens_per_joule: float | None = Field(
+        default=None, description="Output tokens per joule over the window (TOK/J)."
+    )
+    joules_per_token: float | None = Field(
+        default=None, description="Joules per output token over the window."
+    )
+    reason: str = Field(
+        default="",
+        description="Why energy is unknown (e.g. NoExporter, ExporterUnreachable, "
+        "ExporterGarbage, NoExporterData, Warming); empty when the figures are current.",
+    )
+    pools: list[PoolEnergy] = Field(
+        default_factory=list, description="Per pool.", json_schema_extra=list_map("name")
+    )
+    observed_at: Timestamp | None = Field(default=None, description="Time of the reading.")
+
+
 class ScalingDecision(StrictModel):
     """One entry of the scaling history."""
 
@@ -165,6 +204,9 @@ class InferenceServiceStatus(StrictModel):
     )
     plan: list[PoolPlan] = Field(default_factory=list, description="Capacity plan per pool.")
     metrics: MetricsStatus | None = Field(default=None, description="Latest metrics.")
+    energy: EnergyStatus | None = Field(
+        default=None, description="Power and tokens per joule (operatorConfig.energy)."
+    )
     scaling: ScalingStatus | None = Field(default=None, description="Autoscaler state.")
     scaling_history: list[ScalingDecision] = Field(
         default_factory=list, description="The most recent scaling decisions, newest last."

@@ -32,7 +32,7 @@ from tokenscale.autoscale.rates import (
     aggregate,
     parse_metrics,
 )
-from tokenscale.constants import ENGINE_PORT, LABEL_POOL
+from tokenscale.constants import ENGINE_PORT, LABEL_POOL, LABEL_ROLE, ROLE_WORKER
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,15 @@ def engine_pods(pods: Iterable[Mapping[str, Any]]) -> list[EnginePod]:
 
     Only Running pods whose ``Ready`` condition is True, that have ``status.podIP`` and no
     ``deletionTimestamp``, and that carry the pool label. Order is by name (deterministic).
+    A multi-node replica (a LeaderWorkerSet group) is its leader alone: headless workers serve
+    no HTTP and no metrics, and the leader's counters already cover the whole group.
     """
     out: list[EnginePod] = []
     for pod in ready_pods(pods):
         meta = pod.get("metadata") or {}
-        pool = (meta.get("labels") or {}).get(LABEL_POOL)
-        if pool:
+        labels = meta.get("labels") or {}
+        pool = labels.get(LABEL_POOL)
+        if pool and labels.get(LABEL_ROLE) != ROLE_WORKER:
             ip = (pod.get("status") or {}).get("podIP")
             out.append(EnginePod(name=str(meta.get("name")), pool=str(pool), ip=str(ip)))
     return sorted(out, key=lambda p: p.name)

@@ -12,15 +12,18 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import click
 import httpx
+import pydantic
 
+from tokenscale import cliinput
 from tokenscale import sla as sla_presets
 from tokenscale.bench import datasets, metrics, scenarios
+from tokenscale.bench.energy import EnergyRecorder, summarise
 from tokenscale.bench.models import BenchConfig, BenchResult, BenchSLA, Scenario, Thresholds
 from tokenscale.bench.retry import RETRYABLE_STATUSES, GaveUp, with_backoff
 
@@ -85,6 +88,28 @@ def _prompt_source(
         out_final = out_dist or out_p
         return (lambda n: datasets.synthetic(n, in_dist, out_final, seed)), in_dist, out_final
     out_final = out_dist or datasets.LengthDist(kind="fixed", value=128)
+    try:
+        shared = datasets.parse_shared_prefix(dataset)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--dataset") from err
+    if shared is not None:
+        systems, tokens, turns = shared
+        question = datasets.LengthDist.parse(input_len or "128")
+        return (
+            (
+                lambda n: datasets.shared_prefix(
+                    n,
+                    systems=systems,
+                    system_tokens=tokens,
+                    input_len=question,
+                    output_len=out_final,
+                    seed=seed,
+                    turns=turns,
+                )
+            ),
+            None,
+            out_final,
+        )
     if dataset == "synthetic":
         in_dist = datasets.LengthDist.parse(input_len or "128")
         return (lambda n: datasets.synthetic(n, in_dist, out_final, seed)), in_dist, out_final
@@ -95,6 +120,10 @@ def _prompt_source(
             f"({', '.join(datasets.PRESET_DATASETS)}) nor a JSONL file",
             param_hint="--dataset",
         )
+    try:  # read once up front: a bad file fails here naming the line, not mid-run
+        datasets.from_jsonl(path, 1, out_final, seed)
+    except (OSError, ValueError, TypeError) as exc:  # JSON, UTF-8 and int() errors are ValueErrors
+        raise cliinput.InputError([cliinput.file_problem(path, str(exc))]) from None
     return (lambda n: datasets.from_jsonl(path, n, out_final, seed)), None, out_final
 
 
@@ -164,7 +193,12 @@ def _emit(result: BenchResult, out: Path | None, html: Path | None) -> None:
 @click.option("--concurrency", default=None, help="Max in flight (offline); comma list for sweep.")
 @click.option("--requests", "n_requests", type=int, default=None, help="Requests per run.")
 @click.option("--duration", type=float, default=None, help="Run length in seconds.")
-@click.option("--dataset", default="synthetic", help="synthetic, openorca-llama2-70b or a .jsonl")
+@click.option(
+    "--dataset",
+    default="synthetic",
+    help="synthetic, openorca-llama2-70b, a .jsonl, or shared-prefix:SYSTEMS:TOKENS[:TURNS] "
+    "(multi-tenant chat; --input-len is then the question length)",
+)
 @click.option("--input-len", default=None, help="N | uniform:LO:HI | normal:MEAN:SD[:LO:HI]")
 @click.option("--output-len", default=None, help="Same forms; sent as max_tokens.")
 @click.option("--ignore-eos/--no-ignore-eos", default=True, help="Ask the server to skip EOS.")
@@ -194,6 +228,15 @@ def _emit(result: BenchResult, out: Path | None, html: Path | None) -> None:
 @click.option("--replicas", type=int, default=None, help="Tag: target replicas (replica sweep).")
 @click.option("--api-key", envvar="TOKENSCALE_BENCH_API_KEY", default=None, show_default=False)
 @click.option("--progress/--no-progress", default=True, help="Live line when stderr is a TTY.")
+@click.option(
+    "--energy-url",
+    "energy_urls",
+    multiple=True,
+    help="AMD Device Metrics Exporter /metrics URL (repeat per node): record GPU energy and "
+    "tokens per joule over the run.",
+)
+@click.option("--energy-pods", default="", help="Comma list: only GPUs held by these pods.")
+@click.option("--energy-interval", type=float, default=1.0, help="Exporter sampling period (s).")
 @click.option("--check", is_flag=True, help="Exit non-zero unless the verdict is pass/no_sla.")
 @click.pass_context
 def bench_command(ctx: click.Context, /, **opts: object) -> None:
@@ -262,22 +305,56 @@ def bench_command(ctx: click.Context, /, **opts: object) -> None:
     trace_path = cast(Path | None, opts["trace"])
     with contextlib.ExitStack() as stack:
         trace = stack.enter_context(trace_path.open("w")) if trace_path else None
-        result = asyncio.run(
-            scenarios.run(
-                config,
-                source,
-                progress=cast(bool, opts["progress"]),
-                api_key=api_key,
-                trace=trace,
-            )
+        run = scenarios.run(
+            config, source, progress=cast(bool, opts["progress"]), api_key=api_key, trace=trace
         )
+        urls = cast(tuple[str, ...], opts["energy_urls"])
+        if urls:
+            pods = frozenset(p for p in cast(str, opts["energy_pods"]).split(",") if p)
+            interval = cast(float, opts["energy_interval"])
+            result = asyncio.run(with_energy(run, urls, pods, interval))
+        else:
+            result = asyncio.run(run)
     _emit(result, cast(Path | None, opts["out"]), cast(Path | None, opts["html"]))
     if opts["check"]:
         sys.exit(EXIT_CODES[result.verdict.status])
 
 
+async def with_energy(
+    run: Coroutine[Any, Any, BenchResult],
+    urls: Sequence[str],
+    pods: frozenset[str],
+    interval: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> BenchResult:
+    """Run the benchmark while sampling the exporters; attach ``energy`` to the result."""
+    async with httpx.AsyncClient(transport=transport) as client:
+        recorder = EnergyRecorder(client, urls, pods, interval_s=interval)
+        stop = asyncio.Event()
+        task = asyncio.create_task(recorder.run(stop))
+        try:
+            result = await run
+        finally:
+            stop.set()
+            await task
+    tokens = sum(r.metrics.output_tokens for r in result.runs) or result.metrics.output_tokens
+    energy = summarise(recorder.samples, tokens, recorder.errors)
+    return result.model_copy(update={"energy": energy})
+
+
+def _load_one(path: Path) -> BenchResult:
+    """A result file; errors in the shared CLI format (JSON: no aliases, so no size limit
+    beyond the records a long run legitimately holds)."""
+    try:
+        return BenchResult.model_validate_json(path.read_bytes())
+    except pydantic.ValidationError as exc:
+        raise cliinput.validation_error(f"{path}: bench result", exc) from None
+    except OSError as exc:
+        raise cliinput.InputError([cliinput.file_problem(path, str(exc))]) from None
+
+
 def _load(paths: tuple[Path, ...]) -> list[BenchResult]:
-    return [BenchResult.model_validate_json(p.read_text()) for p in paths]
+    return [_load_one(p) for p in paths]
 
 
 _paths = click.argument(
@@ -331,4 +408,4 @@ def report_command(file: Path, html: Path) -> None:
     """Render the HTML report of a result file."""
     from tokenscale.bench import report
 
-    html.write_text(report.render(BenchResult.model_validate_json(file.read_text())))
+    html.write_text(report.render(_load_one(file)))

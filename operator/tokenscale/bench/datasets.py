@@ -133,6 +133,67 @@ def synthetic(n: int, input_len: LengthDist, output_len: LengthDist, seed: int) 
     return out
 
 
+def shared_prefix(
+    n: int,
+    *,
+    systems: int,
+    system_tokens: int,
+    input_len: LengthDist,
+    output_len: LengthDist,
+    seed: int,
+    turns: int = 1,
+) -> list[Prompt]:
+    """Multi-tenant chat: ``systems`` system prompts of ``system_tokens`` words, each request
+    one tenant's (uniformly drawn) system prompt plus its own question; with ``turns`` > 1,
+    conversations whose every turn resends the earlier turns (question and a synthetic answer of
+    the turn's output length), interleaved so turn k of a conversation precedes its turn k+1.
+
+    Why: prefix-aware routing (docs/routing.md) only shows when prompts share prefixes; random
+    words (``synthetic``) share none by design.
+    """
+    if systems < 1 or system_tokens < 1 or turns < 1:
+        raise ValueError("shared-prefix needs systems, system tokens and turns >= 1")
+    rng = random.Random(seed)
+    prompts = [" ".join(rng.choices(_WORDS, k=system_tokens)) for _ in range(systems)]
+    conversations = max(1, -(-n // turns))  # ceil: every request belongs to a conversation
+    history: list[list[dict[str, str]]] = []
+    for _ in range(conversations):
+        history.append([{"role": "system", "content": prompts[rng.randrange(systems)]}])
+    out: list[Prompt] = []
+    for turn in range(turns):
+        for conv in history:
+            if len(out) == n:
+                return out
+            k = input_len.sample(rng)
+            conv.append({"role": "user", "content": " ".join(rng.choices(_WORDS, k=k))})
+            cap = output_len.sample(rng)
+            tokens = sum(len(m["content"].split()) for m in conv)
+            out.append(
+                Prompt(messages=[dict(m) for m in conv], input_tokens=tokens, max_tokens=cap)
+            )
+            if turn + 1 < turns:  # the next turn carries this turn's answer
+                answer = " ".join(rng.choices(_WORDS, k=cap))
+                conv.append({"role": "assistant", "content": answer})
+    return out
+
+
+def parse_shared_prefix(text: str) -> tuple[int, int, int] | None:
+    """``shared-prefix:SYSTEMS:TOKENS[:TURNS]`` -> (systems, tokens, turns); None if not one."""
+    parts = text.split(":")
+    if parts[0] != "shared-prefix":
+        return None
+    try:
+        nums = [int(p) for p in parts[1:]]
+    except ValueError:
+        nums = []
+    if len(nums) not in (2, 3) or min(nums) < 1:
+        raise ValueError(
+            f"bad dataset {text!r}: use shared-prefix:SYSTEMS:TOKENS[:TURNS], e.g. "
+            "shared-prefix:32:2000 or shared-prefix:32:2000:4"
+        )
+    return nums[0], nums[1], nums[2] if len(nums) == 3 else 1
+
+
 def from_jsonl(path: Path, n: int, output_len: LengthDist, seed: int) -> list[Prompt]:
     """Prompts from JSON lines: ``{"prompt": ...}`` or ``{"messages": [...]}``, optional
     ``max_tokens``/``output_tokens``; cycled to ``n`` when the file is shorter."""

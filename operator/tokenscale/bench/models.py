@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenscale.bench.datasets import LengthDist
+from tokenscale.bench.energy import EnergyResult
 
 SCHEMA_VERSION = "tokenscale.dev/bench-result/v1"
 Scenario = Literal["offline", "server", "interactive", "sweep"]
@@ -311,6 +312,10 @@ class BenchResult(_Strict):
         default=None, description="Wall-clock start of the run `records` belong to (merging)."
     )
     itl_histogram: LogHistogram = Field(description="ITL samples of the headline run.")
+    energy: EnergyResult | None = Field(
+        default=None,
+        description="GPU energy over the measured window (--energy-url exporters), if asked.",
+    )
 
     def summary(self) -> Summary:
         """The compact view (what the operator writes to the benchmark's status)."""

@@ -118,6 +118,13 @@ def charts(result: BenchResult) -> dict[str, Markup]:
         out["replicas"] = svg.line_chart(
             "Throughput vs replicas", "replicas", "output tokens/s", series, markers=True
         )
+    energy = result.energy
+    if energy is not None:  # an empty chart says "no data" when the exporter failed
+        out["power"] = svg.line_chart(
+            "GPU power over time (mean per GPU)", "time (s)", "power (W)",
+            [("W per GPU", energy.power_t_s, energy.power_w_per_gpu)],
+            x_fmt=sec_axis,
+        )  # fmt: skip
     return {k: Markup(v) for k, v in out.items()}  # noqa: S704 - built from escaped parts
 
 

@@ -34,7 +34,7 @@ from tokenscale.autoscale import capacity, collector, decision, dra, targets
 from tokenscale.autoscale.dra import DraView
 from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolInput, ScalerAnnotation, ScalerState
-from tokenscale.controller import devices, hold, metrics, observe
+from tokenscale.controller import devices, energy, hold, metrics, observe
 from tokenscale.k8s.kube import Kube
 from tokenscale.plan import plan_service
 from tokenscale.render import dra as render_dra
@@ -226,6 +226,9 @@ async def run_pass(
             )
     else:
         await act(body, seen, verdict, kube, cfg, loop, patch, wall_now)
+    patch.energy = await energy.observe(
+        meta, kube, cfg, seen.pods, seen.result, getattr(source, "client", None), wall_now
+    )
     await asyncio.to_thread(kube.patch_merge, "InferenceService", meta["namespace"], meta["name"],
                             {"status": merge_patch(patch)}, "status")  # fmt: skip
     return verdict

@@ -20,6 +20,7 @@ import httpx
 from tokenscale import constants as c
 from tokenscale.api.benchmark import (
     FINISHED,
+    BenchmarkEnergy,
     BenchmarkResults,
     InferenceBenchmarkSpec,
     InferenceBenchmarkStatus,
@@ -33,6 +34,7 @@ from tokenscale.api.status import BenchmarkSummary, InferenceServiceStatus
 from tokenscale.api.wire import merge_patch
 from tokenscale.bench import resultchannel, scenarios
 from tokenscale.bench.models import BenchResult, VerdictStatus
+from tokenscale.controller import energy
 from tokenscale.controller.events import Event
 from tokenscale.controller.observe import (
     benchmark_status,
@@ -94,6 +96,22 @@ def results_from(result: BenchResult) -> BenchmarkResults:
         client_cpu_fraction=round(sc.cpu_fraction, 4),
         schedule_lag_p99_ms=_ms(lag),
         scaling_efficiency=eff,
+        energy=_energy(result),
+    )
+
+
+def _energy(result: BenchResult) -> BenchmarkEnergy | None:
+    e = result.energy
+    if e is None:
+        return None
+    return BenchmarkEnergy(
+        tokens_per_joule=e.tokens_per_joule,
+        joules_per_token=e.joules_per_token,
+        joules=e.joules,
+        avg_watts_per_gpu=e.avg_watts_per_gpu,
+        peak_watts_per_gpu=e.peak_watts_per_gpu,
+        gpus=e.gpus,
+        reason=e.reason,
     )
 
 
@@ -128,6 +146,7 @@ def start_job(
     args = benchmark_job.bench_args(spec, url, model or "", sla, replicas)
     if not model:
         args = [a for a in args if a not in ("--model", "")]
+    args += energy.bench_args(kube, cfg, namespace, spec.target.service)
     for obj in benchmark_job.rbac(namespace, cfg):
         kube.apply(obj)
     obj = benchmark_job.job(job_name, body, spec, cfg, args)

@@ -19,7 +19,7 @@ from tokenscale import constants as c
 from tokenscale.api.benchmark import FINISHED
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import source_for
-from tokenscale.controller import events, hold, metrics, refresh, resync, watches
+from tokenscale.controller import energy, events, hold, metrics, refresh, resync, watches
 from tokenscale.controller.autoscaler import LoopState, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark, update_target
 from tokenscale.controller.reconcile import (
@@ -164,6 +164,7 @@ async def autoscale(
         except KubeError as exc:
             log.warning("autoscaler pass for %s failed: %s", body["metadata"]["name"], exc)
         await stopped.wait(cfg.scrape_interval_seconds)
+    energy.forget(meta["namespace"], meta["name"])  # the per-GPU counter history
 
 
 BENCHMARKS = "inferencebenchmarks"

@@ -73,6 +73,30 @@ BENCHMARK_TOKENS_PER_SECOND = Gauge(
     ["namespace", "service"],
     registry=REGISTRY,
 )
+POWER_WATTS = Gauge(
+    "tokenscale_pool_power_watts",
+    "GPU board power now per pool (AMD Device Metrics Exporter, summed over the pool's GPUs).",
+    ["namespace", "service", "pool"],
+    registry=REGISTRY,
+)
+TOKENS_PER_JOULE = Gauge(
+    "tokenscale_pool_tokens_per_joule",
+    "Output tokens per joule of GPU energy over the energy window, per pool.",
+    ["namespace", "service", "pool"],
+    registry=REGISTRY,
+)
+JOULES_PER_TOKEN = Gauge(
+    "tokenscale_pool_joules_per_token",
+    "GPU energy per output token over the energy window, per pool.",
+    ["namespace", "service", "pool"],
+    registry=REGISTRY,
+)
+ENERGY_UNKNOWN = Gauge(
+    "tokenscale_service_energy_unknown",
+    "1 while the service's energy figures are unknown (status.energy.reason says why).",
+    ["namespace", "service"],
+    registry=REGISTRY,
+)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - in a pod, every interface
@@ -90,6 +114,10 @@ PER_SERVICE: tuple[tuple[Counter | Gauge, tuple[str, ...]], ...] = (
     (SCRAPE_ERRORS, ("namespace", "service")),
     (BENCHMARK_VERDICTS, ("namespace", "service", "verdict")),
     (BENCHMARK_TOKENS_PER_SECOND, ("namespace", "service")),
+    (POWER_WATTS, ("namespace", "service", "pool")),
+    (TOKENS_PER_JOULE, ("namespace", "service", "pool")),
+    (JOULES_PER_TOKEN, ("namespace", "service", "pool")),
+    (ENERGY_UNKNOWN, ("namespace", "service")),
 )
 
 

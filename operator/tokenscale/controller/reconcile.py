@@ -40,6 +40,13 @@ CHILD_KINDS = (
     "PodDisruptionBudget",
     "ServiceMonitor",
     "ResourceClaimTemplate",
+    # routing.mode router: the router's ServiceAccount and its pod-discovery Role/RoleBinding.
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    # routing.mode inferencePool (only listed when their CRDs exist).
+    "InferencePool",
+    "HTTPRoute",
 )
 #: Child kinds whose status the service's status reports.
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
@@ -411,6 +418,8 @@ def _owners(obj: dict[str, Any]) -> list[dict[str, Any]]:
 _OPTIONAL_CRDS = {
     "ServiceMonitor": "servicemonitors.monitoring.coreos.com",
     "LeaderWorkerSet": "leaderworkersets.leaderworkerset.x-k8s.io",
+    "InferencePool": "inferencepools.inference.networking.k8s.io",
+    "HTTPRoute": "httproutes.gateway.networking.k8s.io",
 }
 
 

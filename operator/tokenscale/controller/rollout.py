@@ -85,7 +85,8 @@ def choose(
     if not pending:
         return []
     free = _free_replicas(svc, cfg, plans, kube, set(pending))
-    ready = sum(int((d.get("status") or {}).get("readyReplicas") or 0) for d in live.values())
+    engines = [live.get(names.pool_workload(meta["name"], p.name)) for p in svc.spec.pools]
+    ready = sum(int((d.get("status") or {}).get("readyReplicas") or 0) for d in engines if d)
     floor = decision.sla_floor(old.metrics, svc.spec.scaling.metric, ready, now)
     by_plan = {p.pool: p for p in plans}
     events: list[Event] = []

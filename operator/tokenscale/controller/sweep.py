@@ -149,6 +149,7 @@ def step(
         job=job_name,
         tokens_per_second=round(merged.metrics.tokens_per_s, 3),
         tokens_per_second_per_replica=round(merged.metrics.tokens_per_s / n, 3),
+        tokens_per_joule=merged.energy.tokens_per_joule if merged.energy else None,
         verdict=VERDICTS[merged.verdict.status],
     )
     sweep.points = [*(p for p in sweep.points if p.replicas != n), point]

@@ -60,6 +60,8 @@ KINDS: dict[str, Kind] = {
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
     "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),
     "LeaderWorkerSet": Kind("leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
+    "InferencePool": Kind("inference.networking.k8s.io/v1", "inferencepools"),
+    "HTTPRoute": Kind("gateway.networking.k8s.io/v1", "httproutes"),
     "InferenceService": Kind("tokenscale.dev/v1alpha1", "inferenceservices"),
     "InferenceBenchmark": Kind("tokenscale.dev/v1alpha1", "inferencebenchmarks"),
     # Kopf's peering records (controller/peering.py creates and reads them).

@@ -19,7 +19,9 @@ from tokenscale.api.service import GPUPool, InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.render import deployment as deployment_mod
 from tokenscale.render import dra, gpuplacement, names, pdb, pod, podtemplate, servicemonitor
+from tokenscale.render import inferencepool as inferencepool_mod
 from tokenscale.render import leaderworkerset as lws_mod
+from tokenscale.render import router as router_mod
 from tokenscale.render import service as service_mod
 
 Obj = dict[str, Any]
@@ -167,16 +169,22 @@ def render_all(
     by_pool = {p.pool: p for p in plans}
     labels = names.common_labels(svc)
     result = RenderResult()
-    result.objects.append(
-        service_mod.service(
-            service,
-            names.service(svc),
-            labels,
-            names.service_selector(svc),
-            route,
-            config.activator.selector,
+    if service.spec.routing.mode == "router":
+        # The router takes the stable Service name; docs/routing.md.
+        result.objects += router_mod.render(service, config.pods.bind_address)
+    else:
+        result.objects.append(
+            service_mod.service(
+                service,
+                names.service(svc),
+                labels,
+                names.service_selector(svc),
+                route,
+                config.activator.selector,
+            )
         )
-    )
+        if service.spec.routing.mode == "inferencePool":
+            result.objects += inferencepool_mod.render(service)
     result.objects.append(
         pdb.pod_disruption_budget(service, names.service(svc), labels, names.all_pods_selector(svc))
     )

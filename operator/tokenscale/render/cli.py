@@ -14,8 +14,8 @@ import click
 import pydantic
 import yaml
 
+from tokenscale import cliinput, render, yamlsafe
 from tokenscale import plan as planner
-from tokenscale import render
 from tokenscale.api.config import Allocation, OperatorConfig
 from tokenscale.api.service import InferenceService
 from tokenscale.api.status import PoolPlan
@@ -23,29 +23,33 @@ from tokenscale.render import gpuplacement
 
 
 def load_services(path: Path) -> list[InferenceService]:
-    """Every InferenceService document of a (multi-document) YAML file, validated."""
-    try:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    except (OSError, yaml.YAMLError) as exc:
-        raise click.ClickException(f"{path}: {exc}") from exc
+    """Every InferenceService document of a (multi-document) YAML file, validated.
+
+    Errors use the shared CLI format (:mod:`tokenscale.cliinput`): one line per bad field.
+    """
     services = []
-    for doc in docs:
-        if isinstance(doc, dict) and doc.get("kind") == "InferenceService":
-            try:
-                services.append(InferenceService.model_validate(doc))
-            except pydantic.ValidationError as exc:
-                raise click.ClickException(f"{path}: invalid InferenceService: {exc}") from exc
+    for index, doc in enumerate(cliinput.documents(path)):
+        if not isinstance(doc, dict):  # other kinds are skipped, but a list is a mistake
+            cliinput.parse(path, index, doc)
+        if doc.get("kind") == "InferenceService":
+            model = cliinput.parse(path, index, doc)
+            assert isinstance(model, InferenceService)  # kind decides the model
+            services.append(model)
     if not services:
-        raise click.ClickException(f"{path}: no InferenceService in the file")
+        raise cliinput.InputError([cliinput.file_problem(path, "no InferenceService in the file")])
     return services
 
 
 def load_config(path: Path | None) -> OperatorConfig:
     """The operator config file (same format as the Helm-rendered ConfigMap), or defaults."""
+    if path is not None:
+        cliinput.documents(path)  # refuse hostile YAML before the config loader parses it
     try:
         return OperatorConfig.load(path)
-    except (OSError, yaml.YAMLError, pydantic.ValidationError) as exc:
-        raise click.ClickException(f"{path}: invalid operator config: {exc}") from exc
+    except pydantic.ValidationError as exc:
+        raise cliinput.validation_error(f"{path}: invalid operator config", exc) from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise cliinput.InputError([cliinput.file_problem(Path(str(path)), str(exc))]) from None
 
 
 def parse_replicas(values: tuple[str, ...]) -> dict[str, int]:
@@ -78,10 +82,7 @@ def load_nodes(path: Path | None, config: OperatorConfig) -> gpuplacement.Cluste
     it for ``auto`` resource naming and the labeller check; None without a file."""
     if path is None:
         return None
-    try:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    except (OSError, yaml.YAMLError) as exc:
-        raise click.ClickException(f"{path}: {exc}") from exc
+    docs = cliinput.documents(path, yamlsafe.MAX_NODE_LIST_BYTES)
     found: list[dict[str, Any]] = []
     for doc in docs:
         if isinstance(doc, dict) and doc.get("kind") == "Node":
@@ -91,8 +92,8 @@ def load_nodes(path: Path | None, config: OperatorConfig) -> gpuplacement.Cluste
                 i for i in doc["items"] if isinstance(i, dict) and i.get("kind", "Node") == "Node"
             ]
     if not found:
-        raise click.ClickException(
-            f"{path}: no Node objects (expected `kubectl get nodes -o yaml`)"
+        raise cliinput.InputError(
+            [cliinput.file_problem(path, "no Node objects (expected `kubectl get nodes -o yaml`)")]
         )
     return gpuplacement.cluster_gpus(found, config.pods.tolerations, config.pods.node_selector)
 

@@ -18,7 +18,9 @@ import signal
 from pathlib import Path
 
 import click
+from aiohttp import web
 
+from . import exporter
 from .model import Engine
 from .profiles import ProfileError, get_profile
 from .server import Endpoint, EngineHost, Fleet, SimClock
@@ -81,6 +83,33 @@ def sim_group() -> None:
     help="Like vLLM: on SIGTERM stop listening and let requests in flight finish for up to this "
     "many (wall) seconds; 0 aborts them.",
 )
+@click.option(
+    "--enable-prefix-caching/--no-enable-prefix-caching",
+    default=True,
+    show_default=True,
+    help="Automatic prefix caching (vLLM's flag; on by default as in vLLM v1).",
+)
+@click.option("--block-size", default=16, show_default=True, help="KV block size (tokens).")
+@click.option(
+    "--exporter-port",
+    default=0,
+    show_default=True,
+    help="Serve a simulated AMD Device Metrics Exporter (power, energy) on this port of every "
+    "address (one per simulated node, as the DaemonSet); 0 = off.",
+)
+@click.option(
+    "--exporter-pod",
+    envvar=["POD_NAME", "HOSTNAME"],
+    default="",
+    help="`pod` label (env POD_NAME, else HOSTNAME: a pod's hostname is its name).",
+)
+@click.option(
+    "--exporter-namespace",
+    envvar="POD_NAMESPACE",
+    default="",
+    help="`namespace` label (env POD_NAMESPACE).",
+)
+@click.option("--exporter-container", default="vllm", show_default=True, help="`container` label.")
 @click.option("--strict-args", is_flag=True, help="Reject unknown (vLLM-only) arguments.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.pass_context
@@ -106,6 +135,12 @@ def engine_command(
     startup_seconds: float,
     background_qps: float,
     shutdown_timeout: float,
+    enable_prefix_caching: bool,
+    block_size: int,
+    exporter_port: int,
+    exporter_pod: str,
+    exporter_namespace: str,
+    exporter_container: str,
     strict_args: bool,
     log_level: str,
 ) -> None:
@@ -125,10 +160,17 @@ def engine_command(
     first_port = port if port_base is None else port_base
     name = served_model_name or model
 
+    try:
+        power = exporter.gpu_power(profile.gpu) if exporter_port else None
+    except KeyError as err:
+        raise click.ClickException(str(err.args[0])) from err
+
     async def main() -> None:
         clock = SimClock(speed)
         fleet_hosts = []
+        exporter_apps: list[tuple[str, web.Application]] = []
         for a, address in enumerate(addresses):
+            meters = [exporter.EnergyMeter(power.idle_w) for _ in range(engines)] if power else []
             for i in range(engines):
                 index = a * engines + i
                 try:
@@ -139,6 +181,8 @@ def engine_command(
                         max_model_len=max_model_len,
                         kv_cache_tokens=kv_cache_tokens,
                         seed=seed * 100_003 + index,
+                        enable_prefix_caching=enable_prefix_caching,
+                        block_size=block_size,
                     )
                 except ValueError as err:
                     raise click.ClickException(str(err)) from err
@@ -150,12 +194,28 @@ def engine_command(
                     stream_flush_ms / 1000,
                     background_qps=background_qps,
                     background_seed=seed * 100_003 + index + 7_919,
+                    on_step=exporter.StepPower(power, meters[i], engine.max_num_seqs)
+                    if power
+                    else None,
                 )
                 fleet_hosts.append(host_)
+            if power:
+                gpus = exporter.node_gpus(
+                    profile.gpu, address, engines, tensor_parallel_size,
+                    exporter_pod, exporter_namespace, exporter_container, meters,
+                )  # fmt: skip
+                collector = exporter.ExporterCollector(gpus, clock.now)
+                exporter_apps.append((address, exporter.exporter_app(collector)))
         if startup_seconds > 0:
             await asyncio.sleep(startup_seconds / speed)
         fleet = Fleet(fleet_hosts, shutdown_timeout)
         await fleet.start()
+        exporter_runners = []
+        for address, app in exporter_apps:
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, address, exporter_port).start()
+            exporter_runners.append(runner)
         # Thousands of open streams make each full collection take ~0.1-1 s, which would show up
         # as simulated latency. Freeze the start-up heap and make full collections rare.
         gc.collect()
@@ -173,6 +233,8 @@ def engine_command(
         try:
             await stop.wait()
         finally:
+            for runner in exporter_runners:
+                await runner.cleanup()
             await fleet.stop()
 
     with contextlib.suppress(KeyboardInterrupt):

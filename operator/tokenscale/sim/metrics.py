@@ -114,6 +114,8 @@ CLAIMED_FAMILIES: tuple[str, ...] = (
     "vllm:num_requests_running",
     "vllm:num_requests_waiting",
     "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
     "vllm:num_preemptions",
     "vllm:prompt_tokens",
     "vllm:generation_tokens",
@@ -138,6 +140,9 @@ class EngineMetrics:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.num_preemptions = 0
+        # Automatic prefix caching, in tokens (sim/prefix_cache.py).
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
         self.request_success = dict.fromkeys(FINISH_REASONS, 0)
         self.prompt_tokens_hist = WeightedHistogram(selectors["tokens"])
         self.generation_tokens_hist = WeightedHistogram(selectors["tokens"])
@@ -198,6 +203,16 @@ class EngineCollector:
             gauge.add_metric(self._values, float(value))
             yield gauge
         m = self._m
+        yield self._counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            m.prefix_cache_queries,
+        )
+        yield self._counter(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            m.prefix_cache_hits,
+        )
         yield self._counter(
             "vllm:num_preemptions", "Cumulative number of preemption from the engine.",
             m.num_preemptions,

@@ -32,6 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .metrics import EngineMetrics
+from .prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache, block_hashes
 from .profiles import Profile
 
 
@@ -62,6 +63,10 @@ class Seq:
     last_token_at: float = -1.0
     finished_at: float = -1.0
     preemptions: int = 0
+    block_hashes: tuple[int, ...] = ()
+    """Chained hashes of the prompt's full blocks (prefix caching; empty: never cached)."""
+    cached_blocks: int = 0
+    """Leading prompt blocks already inserted into the engine's prefix cache."""
 
     @property
     def done(self) -> bool:
@@ -93,6 +98,8 @@ class Engine:
         max_model_len: int | None = None,
         kv_cache_tokens: int | None = None,
         seed: int = 0,
+        enable_prefix_caching: bool = True,
+        block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> None:
         self.profile = profile
         self.max_num_seqs = max_num_seqs or profile.max_num_seqs
@@ -107,6 +114,12 @@ class Engine:
                 f"({self.max_model_len}) sequence; lower max_model_len (as vLLM would demand)"
             )
         self.metrics = EngineMetrics(self.max_model_len)
+        # vLLM v1 enables automatic prefix caching by default (--no-enable-prefix-caching).
+        self.prefix_cache = (
+            PrefixCache(max(1, self.kv_capacity // block_size), block_size)
+            if enable_prefix_caching
+            else None
+        )
         self.rng = random.Random(seed)
         self.waiting: deque[Seq] = deque()
         self.running: dict[int, Seq] = {}  # admission order; the last one is preempted first
@@ -134,6 +147,12 @@ class Engine:
         """(running, waiting, KV-cache usage 0..1) for ``/metrics``."""
         return len(self.running), len(self.waiting), self.kv_used / self.kv_capacity
 
+    def prompt_blocks(self, text: str) -> tuple[int, ...]:
+        """The prefix-cache block hashes of a prompt (none when caching is off)."""
+        if self.prefix_cache is None or not text:
+            return ()
+        return block_hashes(text, self.prefix_cache.block_size)
+
     # -- requests ------------------------------------------------------------------------
     def submit(
         self,
@@ -143,6 +162,7 @@ class Engine:
         *,
         ignore_eos: bool = False,
         min_tokens: int = 0,
+        block_hashes: tuple[int, ...] = (),
     ) -> Seq:
         """Queue a request arriving at ``now``; its output length is drawn here, seeded.
 
@@ -175,7 +195,7 @@ class Engine:
             n = min(n, max_tokens)
         if not self.has_work():
             self.clock = max(self.clock, now)  # an idle engine starts its next step on arrival
-        seq = Seq(self._next_rid, prompt_tokens, n, reason, now)
+        seq = Seq(self._next_rid, prompt_tokens, n, reason, now, block_hashes=block_hashes)
         self._next_rid += 1
         self.waiting.append(seq)
         return seq
@@ -213,6 +233,7 @@ class Engine:
     def _preempt(self, seq: Seq) -> None:
         self._release(seq)
         seq.computed = 0
+        seq.cached_blocks = 0
         seq.state = "waiting"
         seq.preemptions += 1
         self.metrics.num_preemptions += 1
@@ -257,17 +278,41 @@ class Engine:
             seq.computed += chunk
             self.kv_used += chunk
             tokens += chunk
+            self._cache_blocks(seq)
             if seq.computed == seq.prompt_tokens + seq.generated:
                 completed.append(seq)
         return tokens, completed
 
+    def _cache_blocks(self, seq: Seq) -> None:
+        """Insert the prompt blocks ``seq`` has fully computed (vLLM caches full blocks)."""
+        cache = self.prefix_cache
+        if cache is None or not seq.block_hashes:
+            return
+        full = min(seq.computed, seq.prompt_tokens) // cache.block_size
+        full = min(full, len(seq.block_hashes))
+        if full > seq.cached_blocks:
+            cache.insert(seq.block_hashes[seq.cached_blocks : full])
+            seq.cached_blocks = full
+
     def _admit(self, budget: int, start: float) -> None:
+        cache = self.prefix_cache
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            first_chunk = min(seq.prompt_tokens + seq.generated, budget)
-            if self.kv_capacity - self.kv_used < first_chunk:
+            total = seq.prompt_tokens + seq.generated
+            hit = cache.peek(seq.block_hashes, seq.prompt_tokens) if cache else 0
+            first_chunk = min(total - hit, budget)
+            # Cached tokens skip prefill but their KV still counts against the budget (no
+            # sharing modelled, see prefix_cache.py).
+            if self.kv_capacity - self.kv_used < hit + first_chunk:
                 break
             self.waiting.popleft()
+            if cache is not None:  # vLLM queries the cache each time it schedules a request
+                hit = cache.lookup(seq.block_hashes, seq.prompt_tokens)
+                self.metrics.prefix_cache_queries = cache.queries
+                self.metrics.prefix_cache_hits = cache.hits
+                seq.computed = hit
+                seq.cached_blocks = hit // cache.block_size
+                self.kv_used += hit
             seq.state = "prefill"
             if seq.scheduled_at < 0:
                 seq.scheduled_at = start

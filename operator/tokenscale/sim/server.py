@@ -30,14 +30,14 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from . import openai, workload
 from .metrics import EngineCollector, exposition, new_registry
-from .model import Engine, RequestError, Seq
+from .model import Engine, RequestError, Seq, StepResult
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,10 @@ class EngineHost:
         background_qps: float = 0.0,
         background_seed: int = 0,
         max_lag_s: float = 0.25,
+        on_step: Callable[[StepResult], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_step = on_step  # e.g. the simulated exporter's power meter
         self.clock = clock
         self.endpoint = endpoint
         self.stream_flush_s = stream_flush_s
@@ -114,6 +116,7 @@ class EngineHost:
                 web.post("/v1/completions", self._completions),
                 web.post("/v1/chat/completions", self._chat),
                 web.get("/v1/models", self._models),
+                web.post("/tokenize", self._tokenize),
                 web.get("/health", self._health),
                 web.get("/ping", self._health),
                 web.get("/load", self._load),
@@ -154,6 +157,8 @@ class EngineHost:
             result = self.engine.step(self.clock.now() - self.max_lag_s * self.clock.speed)
             if result is None:
                 continue
+            if self.on_step is not None:
+                self.on_step(result)
             await self.clock.sleep_until(result.end)
             for seq in result.first_tokens:
                 self._notify(seq)
@@ -200,6 +205,7 @@ class EngineHost:
                 self.clock.now(),
                 ignore_eos=params.ignore_eos,
                 min_tokens=params.min_tokens,
+                block_hashes=self.engine.prompt_blocks(params.prompt_text),
             )
         except RequestError as err:
             return self._error(str(err), 400)
@@ -258,6 +264,15 @@ class EngineHost:
             if done:
                 await response.write_eof()
                 return response
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        try:
+            body = openai.tokenize_body(await request.json(), self.engine.max_model_len)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return self._error(f"invalid JSON: {err}", 400)
+        except openai.BadRequest as err:
+            return self._error(str(err), 400)
+        return web.json_response(body)
 
     async def _models(self, _: web.Request) -> web.Response:
         card = {

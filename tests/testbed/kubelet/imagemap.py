@@ -48,6 +48,9 @@ VLLM_IMAGES = (
 )
 VLLM_BIN_PROVIDER = "tests.testbed.vllm_cpu:ensure_venv"
 VLLM_SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"
+#: vLLM's router (routing.mode router); render/router.py's default image.
+ROUTER_IMAGE = "ghcr.io/tokenscale/vllm-router"
+ROUTER_BIN_PROVIDER = "tests.testbed.vllm_router:ensure_bin_dir"
 
 
 class ImageMapError(LookupError):
@@ -151,6 +154,16 @@ def default_entries() -> list[ImageEntry]:
                 rewrite=list(vllm_rewrites),
             )
         )
+    # routing.mode router: vLLM's router image (images/router/Dockerfile) runs the vllm-router
+    # binary from its own cached venv (tests/testbed/vllm_router.py), as the image's user.
+    entries.append(
+        ImageEntry(
+            prefix=ROUTER_IMAGE,
+            bin=ROUTER_BIN_PROVIDER,
+            entrypoint=["vllm-router"],
+            user="10001",
+        )
+    )
     return entries
 
 

@@ -1,0 +1,173 @@
+"""Run the reliability drills and record their figures in benchmarks/results/reliability.json.
+
+Each drill is a pytest module; it runs in its own pytest process with
+``TOKENSCALE_RELIABILITY_DIR`` pointing at a scratch directory where the module writes what it
+measured (specs generated and accepted, objects lost, seconds and RSS per hostile input,
+handler exceptions). Pass/fail counts come from pytest's JUnit XML, so a drill that fails
+shows up as failures here, never as a missing number. Nothing in the output is typed by hand.
+
+    python benchmarks/reliability.py            # the short form (as in make test), ~1 min
+    python benchmarks/reliability.py --full     # make drills: 5,000 specs per kind + e2e drills
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "reliability.json"
+
+#: name -> (pytest args, what it proves). e2e drills run only with --e2e / --full.
+DRILLS: dict[str, tuple[list[str], str]] = {
+    "fuzz_specs": (
+        ["tests/unit/test_fuzz_specs.py"],
+        "generated specs through validation and a reconcile: no crash, rejections name the "
+        "field, a refused update deletes nothing",
+    ),
+    "hostile_cli_input": (
+        ["tests/unit/test_fuzz_cli.py"],
+        "alias bombs, 5 MB files, non-UTF-8, huge numbers through validate/plan/render/bench",
+    ),
+    "security_static": (
+        ["tests/unit/test_fuzz_security.py", "tests/unit/test_rbac.py"],
+        "pods never privileged, activator Role = its calls, operator RBAC = its calls, no Role "
+        "on Secrets",
+    ),
+    "metrics_faults": (
+        ["tests/unit/test_fuzz_metrics_faults.py"],
+        "engines that time out, answer HTML/truncated text, reset counters or vanish: replicas "
+        "held",
+    ),
+}
+E2E_DRILLS: dict[str, tuple[list[str], str]] = {
+    "security_e2e": (
+        ["-m", "e2e", "tests/e2e/test_security.py"],
+        "a planted secret scanned for in log/status/Events/report; generated specs applied to "
+        "the API server with the operator watching",
+    ),
+}
+
+
+def _junit(path: Path) -> dict[str, int]:
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    assert suite is not None
+    get = suite.attrib.get
+    return {
+        "tests": int(get("tests", 0)),
+        "failures": int(get("failures", 0)) + int(get("errors", 0)),
+        "skipped": int(get("skipped", 0)),
+    }
+
+
+def run_drill(name: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"reliability-{name}-") as scratch:
+        junit = Path(scratch) / "junit.xml"
+        start = time.monotonic()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:randomly",
+                *args,
+                f"--junitxml={junit}",
+            ],
+            cwd=ROOT,
+            env={**env, "TOKENSCALE_RELIABILITY_DIR": scratch},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        result: dict[str, Any] = {"seconds": round(time.monotonic() - start, 1)}
+        result.update(_junit(junit) if junit.exists() else {"tests": 0, "failures": 1})
+        result["passed"] = proc.returncode == 0
+        if not result["passed"]:
+            result["output_tail"] = proc.stdout.splitlines()[-15:]
+        for figures in sorted(Path(scratch).glob("*.json")):
+            result[figures.stem] = json.loads(figures.read_text())
+        return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="5,000 specs per kind, and --e2e")
+    parser.add_argument("--e2e", action="store_true", help="also the drills on the test bed")
+    parser.add_argument("--out", type=Path, default=OUT)
+    opts = parser.parse_args(argv)
+    env = dict(os.environ)
+    if opts.full:
+        env["TOKENSCALE_FUZZ_EXAMPLES"] = env.get("TOKENSCALE_FUZZ_EXAMPLES", "5000")
+        env["TOKENSCALE_FUZZ_E2E"] = env.get("TOKENSCALE_FUZZ_E2E", "60")
+    drills = dict(DRILLS)
+    if opts.full or opts.e2e:
+        drills.update(E2E_DRILLS)
+    results: dict[str, Any] = {}
+    for name, (args, what) in drills.items():
+        print(f"drill {name} ...", flush=True)
+        results[name] = {"what": what, **run_drill(name, args, env)}
+        print(f"  {json.dumps(results[name])[:400]}", flush=True)
+
+    fuzz = results["fuzz_specs"].get("fuzz_specs", {})
+    metrics = results["metrics_faults"].get("metrics_faults", {})
+    e2e = results.get("security_e2e", {}).get("security_e2e", {})
+    fuzz_failures = results["fuzz_specs"]["failures"] + results["hostile_cli_input"]["failures"]
+    summary = {
+        "generated_by": "benchmarks/reliability.py" + (" --full" if opts.full else ""),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "drills_run": len(results),
+        "drills_passed": sum(1 for r in results.values() if r["passed"]),
+        "fuzzed_specs": fuzz.get("InferenceService", 0)
+        + fuzz.get("InferenceBenchmark", 0)
+        + e2e.get("applied", 0),
+        "objects_lost": fuzz.get("objects_lost", 0),
+        # A crash is a failing fuzz example (an exception or a broken invariant) or a handler
+        # exception in the operator's log during the e2e sample.
+        "crashes": fuzz_failures + e2e.get("handler_exceptions", 0),
+        "crashes_known_unfixed": sum(
+            1 for why in metrics.get("crashed", {}).values() if not why.startswith("Assertion")
+        )
+        + fuzz.get("benchmark_invalid_target_crashes", 0),
+        # Found by the metrics drill and marked xfail(strict) until their fix lands: counted
+        # here so that a known crash never reads as "0 crashes".
+        "known_unfixed": {
+            **metrics.get("crashed", {}),
+            "benchmark of an invalid target (ValidationError), cases": fuzz.get(
+                "benchmark_invalid_target_crashes", 0
+            ),
+        },
+        "replica_changes_on_metrics_faults": metrics.get("replica_changes"),
+        "not_drilled": [
+            "operator SIGKILL during reconciles",
+            "API-server / etcd restart",
+            "fault-injecting API proxy (429/500/timeouts/dropped watches)",
+            "engine faults (crash loops, Pending, node loss) with write-rate counts",
+            "benchmark faults (killed engines, failing result write)",
+            "activator faults",
+            "HA takeover",
+            "30-minute churn of 1,000 services (RSS slope)",
+        ],
+        "drills": results,
+    }
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    print(f"wrote {opts.out}")
+    return 0 if summary["drills_passed"] == summary["drills_run"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
