@@ -124,6 +124,12 @@ CASES: list[Case] = [
         "not both",
     ),
     Case("unknown-preset", service(sla={"preset": "llama9-server"}), "spec.sla.preset", "one of"),
+    Case(
+        "unknown-rollout-strategy",
+        service(rollout={"strategy": "recreate"}),
+        "spec.rollout.strategy",
+        "one of",
+    ),
     Case("half-explicit-sla", service(sla={"ttftP99Ms": 500}), "spec.sla", "tpotP99Ms"),
     Case(
         "builtin-without-target",

@@ -40,6 +40,8 @@ ANNOTATION_SCALER_STATE: Final = f"{GROUP}/scaler-state"
 ANNOTATION_SCALING_HOLD: Final = f"{GROUP}/scaling-hold"
 # On the rendered Service: "engines" or "activator" (where it routes while scaled to zero).
 ANNOTATION_ROUTE: Final = f"{GROUP}/route"
+#: The operator's last rollout decision for a pool Deployment (JSON of status.pools[].rollout)
+ANNOTATION_ROLLOUT: Final = f"{GROUP}/rollout"
 
 # AMD device plugin resources and node-labeller labels (docs/autoscaling.md, "Capacity and drain").
 RESOURCE_GPU: Final = "amd.com/gpu"

@@ -550,6 +550,7 @@ def test_selectors_use_stable_labels_only() -> None:
     assert pdb["spec"] == {
         "maxUnavailable": 1,
         "selector": {"matchLabels": {c.LABEL_SERVICE: "svc"}},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",  # a stuck rollout never blocks drains
     }
     for dep in (o for o in objs if o["kind"] == "Deployment"):
         sel = dep["spec"]["selector"]["matchLabels"]

@@ -88,6 +88,11 @@ def test_reconcile_refresh_and_invalid_spec_patches_validate() -> None:
     assert ready["status"] == "True"
     assert ready["lastTransitionTime"] == "2026-11-28T12:00:12Z"
 
+    body["spec"]["engine"] = {"image": "example.com/vllm:2"}  # replaces pods: a rollout decision
+    out = reconcile_service(body, kube, CFG, T0 + timedelta(seconds=12))
+    assert out.status["pools"][0]["rollout"]["strategy"] in ("surge", "inPlace", "wait")
+    body = _write_service(kube, out.status)
+
     body["spec"]["pools"][0]["maxReplicas"] = 0  # operator-judged: max below min
     out = reconcile_service(body, kube, CFG, T0)
     assert out.invalid and out.error is not None

@@ -357,6 +357,20 @@ class BenchmarkOnRollout(StrictModel):
     duration_seconds: int = Field(default=120, ge=10, le=86400, description="Run length.")
 
 
+class RolloutSpec(StrictModel):
+    """How a change that replaces engine pods (image, args, resources...) rolls out."""
+
+    strategy: Literal["auto", "surge", "inPlace"] = Field(
+        default="auto",
+        description="auto: surge (start a new replica before stopping an old one) when a "
+        "replica's worth of GPUs is free, else replace one replica at a time (maxUnavailable 1) "
+        "when the others carry the current load, else wait with the reason in the Progressing "
+        "condition. surge: always maxSurge 1, maxUnavailable 0 (needs spare GPUs). inPlace: "
+        "always maxSurge 0, maxUnavailable 1 (one replica fewer while each new one loads). The "
+        "choice and why are in status.pools[].rollout. See docs/rollouts.md.",
+    )
+
+
 class InferenceServiceSpec(StrictModel):
     """Desired state of an InferenceService."""
 
@@ -400,6 +414,10 @@ class InferenceServiceSpec(StrictModel):
     )
     benchmark_on_rollout: BenchmarkOnRollout | None = Field(
         default=None, description="Automatic benchmark after rollouts."
+    )
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="How changes that replace engine pods roll out on a (possibly full) fleet.",
     )
     service_monitor: bool = Field(
         default=False, description="Also create a Prometheus Operator ServiceMonitor."

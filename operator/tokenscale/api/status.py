@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from tokenscale.api.base import CONDITIONS_LIST, Condition, StrictModel, list_map
@@ -27,6 +29,19 @@ class PoolPlan(StrictModel):
     message: str = Field(default="", description="Why this plan, or why it does not fit.")
 
 
+class PoolRollout(StrictModel):
+    """How the pool's last pod-replacing change rolls out, decided by the operator."""
+
+    strategy: Literal["surge", "inPlace", "wait"] = Field(
+        description="surge (maxSurge 1, maxUnavailable 0), inPlace (maxSurge 0, maxUnavailable "
+        "1) or wait (Deployment paused on the old version until capacity or load allows)."
+    )
+    reason: str = Field(default="", description="CamelCase reason, e.g. NoFreeGPU.")
+    message: str = Field(default="", description="Why, in words.")
+    revision: str = Field(default="", description="Hash of the pod template being rolled out.")
+    decided_at: Timestamp | None = Field(default=None, description="When it was decided.")
+
+
 class PoolStatus(StrictModel):
     """Per-pool replica counts."""
 
@@ -45,6 +60,9 @@ class PoolStatus(StrictModel):
         default_factory=dict,
         description="Pods per GPU model their DRA claims were allocated (pools with "
         "alternatives: which model each replica got).",
+    )
+    rollout: PoolRollout | None = Field(
+        default=None, description="Strategy of the latest change that replaced pods, and why."
     )
 
 

@@ -67,6 +67,9 @@ def parse_metrics(text: str) -> PodScrape:
     ``vllm:generation_tokens_total`` (e.g. a non-vLLM server on the port), or a sample the
     signal uses is NaN or infinite: such a value would poison every rate and replica count
     computed from it (``math.ceil(nan)`` raises), so the pod counts as a bad scrape (hold).
+    A body that does not end in a line feed is truncated (the text format ends every line
+    with one): a connection dropped inside a counter's value would otherwise parse as a
+    counter 10-10,000x low and collapse the rate.
     """
     sums: dict[str, float] = dict.fromkeys(_SUMMED, 0.0)
     seen: set[str] = set()
@@ -89,6 +92,8 @@ def parse_metrics(text: str) -> PodScrape:
                     kv.append(sample.value)
     except ValueError as err:  # the parser raises ValueError on malformed lines
         raise MetricsParseError(f"unparsable /metrics body: {err}") from err
+    if text and not text.endswith("\n"):
+        raise MetricsParseError("truncated /metrics body (no final line feed)")
     if GENERATION_TOKENS not in seen:
         raise MetricsParseError(f"no {GENERATION_TOKENS} in /metrics body; not a vLLM engine?")
     return PodScrape(

@@ -23,7 +23,8 @@ __all__ = ["Condition", "PoolObservation", "condition", "merge_conditions"]
 
 log = logging.getLogger(__name__)
 
-_BAD_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError"}
+#: Waiting reasons that mean a container cannot start (not just slow to).
+BAD_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError"}
 
 
 @dataclass(slots=True)
@@ -37,6 +38,10 @@ class PoolObservation:
     ready: int = 0
     updated: int = 0
     problems: list[str] = field(default_factory=list)
+    #: the new version cannot start (reason, message): the rollout is stuck, old pods serve
+    stuck: tuple[str, str] | None = None
+    #: why a change waits to roll out (a ``wait`` decision), None when it does not wait
+    waiting: str | None = None
 
 
 def observe_workload(
@@ -67,9 +72,59 @@ def pod_problems(pods: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
                 _add_unschedulable(found, pool, msg, claim_names(pod))
         for cs in status.get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _BAD_WAITING:
+            if waiting.get("reason") in BAD_WAITING:
                 _add(found, pool, f"{waiting['reason']}: {waiting.get('message', '')}".strip())
     return found
+
+
+def stuck_rollout(
+    pods: Iterable[dict[str, Any]], pool: str, workload: dict[str, Any] | None
+) -> tuple[str, str] | None:
+    """(reason, message) when the pool's new pod template cannot start while old pods remain.
+
+    The new version's pods are those carrying the workload's template hash; an image pull
+    failure or a crash loop among them, while pods of another version still exist, is a stuck
+    rollout: with maxUnavailable 0 or 1 the Deployment controller keeps the old ones serving, and
+    reverting the spec rolls back. A Deployment past its progress deadline is stuck as well."""
+    if workload is None:
+        return None
+    for cond in (workload.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return "ProgressDeadlineExceeded", str(cond.get("message") or "")
+    current = _annotation(((workload.get("spec") or {}).get("template") or {}).get("metadata"))
+    if current is None:
+        return None
+    new, old = [], 0
+    for pod in pods:
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp") is not None:
+            continue
+        if (meta.get("labels") or {}).get(c.LABEL_POOL) != pool:
+            continue
+        if _annotation(meta) == current:
+            new.append(pod)
+        else:
+            old += 1
+    if old == 0:
+        return None  # nothing older serves: a plain failure (Degraded), not a stuck rollout
+    for pod in new:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in BAD_WAITING:
+                detail = str(waiting.get("message") or "").strip()
+                msg = (
+                    f"pool {pool}: the new version ({current}) does not start: {reason}"
+                    f"{': ' + detail if detail else ''}; {old} pod(s) of the previous version "
+                    "keep serving; revert the change to roll back"
+                )
+                return str(reason), msg
+    return None
+
+
+def _annotation(meta: dict[str, Any] | None) -> str | None:
+    found = ((meta or {}).get("annotations") or {}).get(c.ANNOTATION_SPEC_HASH)
+    return str(found) if found is not None else None
 
 
 def claim_names(pod: dict[str, Any]) -> list[str]:
@@ -195,7 +250,16 @@ def service_conditions(
         conds.append(condition(c.COND_READY, False, "ReplicasNotReady", msg, generation))
 
     rolling = [p for p in pools if p.ready < p.desired or p.updated < p.replicas]
-    if rolling and not blocking:
+    stuck = [p.stuck for p in pools if p.stuck is not None]
+    waiting = [f"pool {p.name}: {p.waiting}" for p in pools if p.waiting]
+    if stuck and not blocking:
+        reason = stuck[0][0] if len({s[0] for s in stuck}) == 1 else "RolloutStuck"
+        msg = "; ".join(s[1] for s in stuck)
+        conds.append(condition(c.COND_PROGRESSING, False, reason, msg, generation))
+    elif waiting and not blocking:
+        msg = "; ".join(waiting)
+        conds.append(condition(c.COND_PROGRESSING, False, "RolloutWaiting", msg, generation))
+    elif rolling and not blocking:
         parts = ", ".join(f"{p.name} {p.ready}/{p.desired}" for p in rolling)
         conds.append(condition(c.COND_PROGRESSING, True, "RollingOut", parts, generation))
     else:

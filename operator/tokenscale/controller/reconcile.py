@@ -18,11 +18,17 @@ from pydantic import ValidationError
 from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import InferenceService
-from tokenscale.api.status import EnergyStatus, InferenceServiceStatus, PoolPlan, PoolStatus
+from tokenscale.api.status import (
+    EnergyStatus,
+    InferenceServiceStatus,
+    PoolPlan,
+    PoolRollout,
+    PoolStatus,
+)
 from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale.poolweight import measured_watts_per_gpu, replica_hour_weight
 from tokenscale.autoscale.state import ScalerAnnotation
-from tokenscale.controller import devices, nodefacts, observe, routing
+from tokenscale.controller import devices, nodefacts, observe, rollout, routing
 from tokenscale.controller.events import Event
 from tokenscale.controller.split import split_replicas
 from tokenscale.k8s.kube import Kube, KubeError
@@ -171,12 +177,13 @@ def _reconcile(
     rendered = render_all(svc, cfg, plans, replicas, route, cluster, allocations)
     events: list[Event] = []
     failures: list[str] = []
+    old = observe.service_status(body)
     if apply:
+        events += rollout.choose(body, svc, cfg, plans, rendered.objects, kube, old, now)
         applied = _apply_children(body, rendered.objects, kube, cfg, events, failures)
     else:
         applied = _read_workloads(body, rendered.objects, kube, cfg)
 
-    old = observe.service_status(body)
     status = _status(
         body, old, svc, plans, replicas, applied, kube, rendered.problems, now, cfg, failures
     )
@@ -346,10 +353,17 @@ def _status(
     by_name = {k[1]: v for k, v in applied.items() if k[0] in WORKLOAD_KINDS}
     pools = []
     allocation: dict[str, str | None] = {}
+    rollouts: dict[str, PoolRollout | None] = {}
     for pool in svc.spec.pools:
         workload = by_name.get(names.pool_workload(meta["name"], pool.name))
         obs = observe.observe_workload(pool.name, pool.gpu, replicas[pool.name], workload)
         obs.problems = trouble.get(pool.name, [])
+        obs.stuck = observe.stuck_rollout(pods, pool.name, workload)
+        rollouts[pool.name] = rollout.recorded(workload)
+        waiting = rollouts[pool.name]
+        obs.waiting = (
+            waiting.message if waiting is not None and waiting.strategy == "wait" else None
+        )
         pools.append(obs)
         allocation[pool.name] = devices.workload_allocation(workload)
     plan_problems = [p.message for p in plans if not p.fits]
@@ -368,6 +382,7 @@ def _status(
             message="; ".join(o.problems),
             allocation=allocation.get(o.name),
             models=models.get(o.name, {}),
+            rollout=rollouts.get(o.name),
         )
         for o in pools
     ]
@@ -402,6 +417,7 @@ def _rollout_benchmark_due(
         and ready.status == "True"
         and settled is not None
         and settled.status == "False"
+        and settled.reason == "Stable"
         and old.rollout_benchmark_generation != body["metadata"].get("generation")
     )
 

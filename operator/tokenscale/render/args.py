@@ -212,6 +212,10 @@ def simulated_command(
         *_common(service, plan, config),
         "--max-model-len",
         str(model.max_model_len),
+        # drains like vLLM on SIGTERM, so rollouts and scale-downs on simulated engines show
+        # what the real engine does (docs/rollouts.md)
+        "--shutdown-timeout",
+        str(service.spec.engine.shutdown_timeout_seconds),
         *service.spec.engine.args,
     ]
     return EngineCommand(list(SIM_COMMAND), args)

@@ -1,4 +1,4 @@
-"""PodDisruptionBudget: node drains take engines down one at a time."""
+"""PodDisruptionBudget: node drains take engines down one at a time, and never block forever."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ Obj = dict[str, Any]
 def pod_disruption_budget(
     svc: InferenceService, name: str, labels: dict[str, str], selector: dict[str, str]
 ) -> Obj:
-    """maxUnavailable 1 over all engine pods: a reload costs minutes, so evict one at a time."""
+    """maxUnavailable 1 over all engine pods: a reload costs minutes, so evict one at a time.
+
+    ``maxUnavailable`` (not ``minAvailable``) so a one-replica service never blocks a drain.
+    ``unhealthyPodEvictionPolicy: AlwaysAllow`` (GA in Kubernetes 1.31) lets a drain evict pods
+    that are running but not Ready (a crash-looping new version, an engine still loading):
+    they serve nothing, and with the default policy a stuck rollout would hold the budget at
+    zero and block every node drain until someone fixed the spec. Rolling updates do not go
+    through evictions, so the budget never slows a rollout (docs/rollouts.md, "Drain").
+    """
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -21,5 +29,6 @@ def pod_disruption_budget(
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": dict(sorted(selector.items()))},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }

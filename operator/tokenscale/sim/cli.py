@@ -77,6 +77,13 @@ def sim_group() -> None:
     help="Per-engine Poisson requests/s (simulated) injected without HTTP, for fleet tests.",
 )
 @click.option(
+    "--shutdown-timeout",
+    default=0.0,
+    show_default=True,
+    help="Like vLLM: on SIGTERM stop listening and let requests in flight finish for up to this "
+    "many (wall) seconds; 0 aborts them.",
+)
+@click.option(
     "--enable-prefix-caching/--no-enable-prefix-caching",
     default=True,
     show_default=True,
@@ -127,6 +134,7 @@ def engine_command(
     stream_flush_ms: float,
     startup_seconds: float,
     background_qps: float,
+    shutdown_timeout: float,
     enable_prefix_caching: bool,
     block_size: int,
     exporter_port: int,
@@ -200,7 +208,7 @@ def engine_command(
                 exporter_apps.append((address, exporter.exporter_app(collector)))
         if startup_seconds > 0:
             await asyncio.sleep(startup_seconds / speed)
-        fleet = Fleet(fleet_hosts)
+        fleet = Fleet(fleet_hosts, shutdown_timeout)
         await fleet.start()
         exporter_runners = []
         for address, app in exporter_apps:

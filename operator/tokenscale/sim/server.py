@@ -305,17 +305,22 @@ class EngineHost:
 class Fleet:
     """All engine hosts of one process: start them, serve, stop them."""
 
-    def __init__(self, hosts: Sequence[EngineHost]) -> None:
+    def __init__(self, hosts: Sequence[EngineHost], shutdown_timeout: float = 0.0) -> None:
         self.hosts = list(hosts)
+        #: like vLLM's ``--shutdown-timeout``: 0 aborts streams on stop, > 0 drains them first
+        self.shutdown_timeout = shutdown_timeout
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Bind every endpoint and start the stepping tasks."""
         for host in self.hosts:
-            # Like vLLM's default ``--shutdown-timeout 0`` (abort): do not wait for streams.
+            # With vLLM's default ``--shutdown-timeout 0`` (abort) streams are not waited for.
             runner = web.AppRunner(
-                host.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+                host.app,
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=max(1.0, self.shutdown_timeout),
             )
             await runner.setup()
             site = web.TCPSite(runner, host.endpoint.host, host.endpoint.port, backlog=1024)
@@ -327,11 +332,19 @@ class Fleet:
         log.info("serving %d simulated engine(s)", len(self.hosts))
 
     async def stop(self) -> None:
-        """Close listeners and cancel the stepping tasks."""
+        """Close listeners and cancel the stepping tasks.
+
+        With a shutdown timeout the engines keep stepping while aiohttp stops listening, closes
+        idle keep-alive connections and waits (up to the timeout) for the requests in flight, as
+        vLLM drains on SIGTERM; without one the streams are cut at once."""
+        drain = self.shutdown_timeout > 0
+        if drain:
+            await asyncio.gather(*(r.cleanup() for r in self._runners))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for runner in self._runners:
-            await runner.cleanup()
+        if not drain:
+            for runner in self._runners:
+                await runner.cleanup()
         self._tasks.clear()
         self._runners.clear()

@@ -1,0 +1,300 @@
+"""Rollout drills on the test bed, shared by tests/e2e/test_rollout.py and benchmarks/rollouts.py.
+
+A dedicated fleet of fake MI350X nodes (a model no other test uses, so nothing else takes its
+GPUs) of two GPUs each carries a simulated service of two-GPU replicas: two nodes, two
+replicas, no GPU free. An InferenceBenchmark's load runs through the Service while the engine
+image changes, and the drill measures how long the Deployment takes to have only new, ready
+replicas, and how many of the benchmark's requests failed.
+
+Not a test module (no ``test_`` functions), so importing it collects nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tests.e2e.helpers import apply, example, get
+from tests.testbed import nodes
+from tests.testbed.cluster import Cluster
+
+MI350X = nodes.GpuModel("MI350X", "75a0", "AMD_Instinct_MI350X_OAM", "288G", 256, 1024)
+FLEET = nodes.NodePool("rollout-mi350x", 3, MI350X, gpus_per_node=2)
+#: The project image the simulated engines run from (the image map keys on the prefix, so any
+#: tag runs the same program: a tag change is a real image change that still starts).
+IMAGE = "ghcr.io/tokenscale/tokenscale"
+BROKEN_IMAGE = "registry.invalid/tokenscale/engine:does-not-exist"
+NAME = "roll"
+#: The process kubelet runs pods with this label, whatever their image (KWOK would otherwise
+#: report a pod with an unknown image Running and Ready).
+RUN_LABEL = {nodes.PROCESS_LABEL: nodes.PROCESS_LABEL_VALUE}
+
+
+def fleet_node(index: int) -> dict[str, Any]:
+    """Node ``rollout-mi350x-<index>``: two MI350X GPUs, labelled as AMD's labeller does."""
+    return nodes.node_manifest(FLEET, index)
+
+
+def add_nodes(cluster: Cluster, indexes: range) -> list[str]:
+    return nodes.create_manifests(cluster.api_client(), [fleet_node(i) for i in indexes])
+
+
+def remove_nodes(cluster: Cluster, names: list[str]) -> None:
+    nodes.delete_nodes(cluster.api_client(), names)
+
+
+def service(tag: str, strategy: str = "auto") -> dict[str, Any]:
+    """Two replicas of two MI350X GPUs, simulated; only the image tag changes between versions."""
+    doc = example("simulated-llama2-70b.yaml")
+    doc["metadata"]["name"] = NAME
+    doc["spec"]["engine"] = {
+        "mode": "simulated",
+        "image": f"{IMAGE}:{tag}" if ":" not in tag else tag,
+        "shutdownTimeoutSeconds": 60,
+        # a few seconds of model loading, so that a replica's start is visible in the timing;
+        # the simulator has no MI350X profile: its gfx950 sibling's (the last --gpu wins)
+        "args": ["--startup-seconds", "3", "--gpu", "MI355X"],
+    }
+    doc["spec"]["pools"] = [
+        {"name": "mi350x", "gpu": "MI350X", "gpusPerReplica": 2, "minReplicas": 2,
+         "maxReplicas": 2}
+    ]  # fmt: skip
+    doc["spec"]["scaling"] = {"mode": "off"}
+    doc["spec"]["replicas"] = 2
+    doc["spec"]["rollout"] = {"strategy": strategy}
+    doc["spec"]["podTemplate"] = {"labels": RUN_LABEL}
+    return doc
+
+
+def load(name: str, seconds: int, qps: float = 4.0) -> dict[str, Any]:
+    """A server-scenario benchmark against the drill's service."""
+    return {
+        "apiVersion": "tokenscale.dev/v1alpha1",
+        "kind": "InferenceBenchmark",
+        "metadata": {"name": name},
+        "spec": {
+            "target": {"service": NAME},
+            "scenario": "server",
+            "load": {"qps": qps, "durationSeconds": seconds},
+            # long answers (~4 s each) that a replica leaving has streams to drain
+            "dataset": {
+                "input": {"kind": "fixed", "mean": 64},
+                "output": {"kind": "fixed", "mean": 768},
+            },
+            "sla": {"ttftP99Ms": 60000, "tpotP99Ms": 5000},
+        },
+    }
+
+
+def poll(check: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
+    """Like helpers.wait_for, at a finer step (rollout times are measured with it)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+def deployment(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    found: dict[str, Any] = get(cluster, "deploy", f"{NAME}-mi350x", "-n", namespace) or {}
+    return found
+
+
+def rolled_out(dep: dict[str, Any], image: str) -> bool:
+    """Only new, ready replicas: the Deployment controller has finished the rollout."""
+    spec, status = dep.get("spec") or {}, dep.get("status") or {}
+    containers = (spec.get("template") or {}).get("spec", {}).get("containers") or [{}]
+    want = int(spec.get("replicas") or 0)
+    return bool(
+        containers[0].get("image") == image
+        and status.get("observedGeneration") == (dep.get("metadata") or {}).get("generation")
+        and status.get("updatedReplicas") == want
+        and status.get("readyReplicas") == want
+        and status.get("replicas") == want
+    )
+
+
+def pods_running(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    found = get(cluster, "pods", "-n", namespace, "-l", f"tokenscale.dev/service={NAME}")
+    return [
+        p
+        for p in (found or {}).get("items") or []
+        if p["metadata"].get("deletionTimestamp") is None
+    ]
+
+
+@dataclass
+class Case:
+    """One measured rollout: what was chosen, how long it took, what the load saw."""
+
+    strategy: str
+    reason: str
+    rollout_seconds: float
+    requests_total: int
+    requests_failed: int
+    load_covered_rollout: bool
+
+    def numbers(self) -> dict[str, Any]:
+        return {
+            "rollout_seconds": round(self.rollout_seconds, 1),
+            "requests_total": self.requests_total,
+            "requests_failed": self.requests_failed,
+            "strategy": self.strategy,
+            "reason": self.reason,
+        }
+
+
+def start_service(cluster: Cluster, namespace: str, tag: str) -> None:
+    apply(cluster, namespace, service(tag))
+    poll(
+        lambda: rolled_out(deployment(cluster, namespace), f"{IMAGE}:{tag}"),
+        timeout=120,
+        what="two ready replicas",
+    )
+
+
+def change_under_load(
+    cluster: Cluster, namespace: str, bench: str, tag: str, load_seconds: int
+) -> Case:
+    """Start ``bench``'s load, change the image to ``tag`` once it runs, measure the rollout."""
+    apply(cluster, namespace, load(bench, load_seconds))
+    poll(
+        lambda: (
+            (get(cluster, "tsbench", bench, "-n", namespace) or {}).get("status", {}).get("phase")
+            == "Running"
+            and _job_pod_running(cluster, namespace, bench)
+        ),
+        timeout=60,
+        what="benchmark load running",
+    )
+    load_from = time.monotonic()
+    time.sleep(3)  # the load generator's first requests are in flight
+    image = f"{IMAGE}:{tag}"
+    started = time.monotonic()
+    apply(cluster, namespace, service(tag))
+    poll(lambda: rolled_out(deployment(cluster, namespace), image), 150, f"rollout to {tag}")
+    finished = time.monotonic()
+    svc = get(cluster, "tsvc", NAME, "-n", namespace)
+    rollout = svc["status"]["pools"][0].get("rollout") or {}
+    done = poll(
+        lambda: (
+            (b := get(cluster, "tsbench", bench, "-n", namespace))
+            and (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            and b
+        ),
+        timeout=load_seconds + 90,
+        what=f"benchmark {bench} finished",
+    )
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    results = status["results"]
+    return Case(
+        strategy=str(rollout.get("strategy")),
+        reason=str(rollout.get("reason")),
+        rollout_seconds=finished - started,
+        requests_total=int(results["requests"]) + int(results.get("errors") or 0),
+        requests_failed=int(results.get("errors") or 0),
+        # the load (from its pod's start) lasted past the end of the rollout
+        load_covered_rollout=finished <= load_from + load_seconds,
+    )
+
+
+def _job_pod_running(cluster: Cluster, namespace: str, bench: str) -> bool:
+    found = get(cluster, "pods", "-n", namespace, "-l", f"job-name={bench}-run")
+    return any(
+        (p.get("status") or {}).get("phase") == "Running" for p in (found or {}).get("items") or []
+    )
+
+
+def settle(cluster: Cluster, namespace: str, replicas: int = 2) -> None:
+    """Wait until the previous version's pods are gone (a surge finishes while they still drain
+    and hold their GPUs, which the next decision would rightly count as taken)."""
+    poll(
+        lambda: len(_all_pods(cluster, namespace)) == replicas,
+        timeout=60,
+        what="old pods gone",
+    )
+
+
+def _all_pods(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    found = get(cluster, "pods", "-n", namespace, "-l", f"tokenscale.dev/service={NAME}")
+    return list((found or {}).get("items") or [])
+
+
+def ready_replicas(cluster: Cluster, namespace: str) -> int:
+    svc = get(cluster, "tsvc", NAME, "-n", namespace) or {}
+    return int((svc.get("status") or {}).get("readyReplicas") or 0)
+
+
+def progressing(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    svc = get(cluster, "tsvc", NAME, "-n", namespace) or {}
+    for cond in (svc.get("status") or {}).get("conditions") or []:
+        if cond["type"] == "Progressing":
+            found: dict[str, Any] = cond
+            return found
+    return {}
+
+
+def broken_under_load(
+    cluster: Cluster, namespace: str, bench: str, good_tag: str, load_seconds: int
+) -> tuple[Case, float, dict[str, Any], int]:
+    """A broken image under load, then the spec reverted: (the case, seconds to roll back after
+    the revert, the Progressing condition while stuck, ready replicas while stuck).
+    ``rollout_seconds`` is the time until the operator reported the rollout stuck."""
+    apply(cluster, namespace, load(bench, load_seconds))
+    poll(lambda: _job_pod_running(cluster, namespace, bench), timeout=60, what="benchmark running")
+    time.sleep(3)
+    started = time.monotonic()
+    apply(cluster, namespace, service(BROKEN_IMAGE))
+    stuck = poll(
+        lambda: (
+            (cd := progressing(cluster, namespace)).get("status") == "False"
+            and cd.get("reason") != "Stable"
+            and cd
+        ),
+        timeout=60,
+        what="rollout reported stuck",
+    )
+    detected = time.monotonic() - started
+    chosen = (get(cluster, "tsvc", NAME, "-n", namespace) or {})["status"]["pools"][0]
+    broken_rollout = chosen.get("rollout") or {}
+    time.sleep(5)  # the load keeps running against the old replicas while stuck
+    ready_while_stuck = ready_replicas(cluster, namespace)
+    reverted = time.monotonic()
+    apply(cluster, namespace, service(good_tag))
+    poll(
+        lambda: (
+            rolled_out(deployment(cluster, namespace), f"{IMAGE}:{good_tag}")
+            and all(
+                p["spec"]["containers"][0]["image"] != BROKEN_IMAGE
+                for p in pods_running(cluster, namespace)
+            )
+        ),
+        timeout=60,
+        what="rolled back",
+    )
+    rollback = time.monotonic() - reverted
+    done = poll(
+        lambda: (
+            (b := get(cluster, "tsbench", bench, "-n", namespace))
+            and (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            and b
+        ),
+        timeout=load_seconds + 90,
+        what=f"benchmark {bench} finished",
+    )
+    results = done["status"]["results"]
+    case = Case(
+        strategy=str(broken_rollout.get("strategy")),
+        reason=str(stuck.get("reason")),
+        rollout_seconds=detected,
+        requests_total=int(results["requests"]) + int(results.get("errors") or 0),
+        requests_failed=int(results.get("errors") or 0),
+        load_covered_rollout=True,
+    )
+    return case, rollback, stuck, ready_while_stuck
