@@ -22,7 +22,7 @@ from tokenscale import constants as c
 from tokenscale.api.routing import InferencePoolSpec
 from tokenscale.api.service import InferenceService
 from tokenscale.render import names
-from tokenscale.render.router import restricted_security_context
+from tokenscale.render.router import namespaced_identity, restricted_security_context
 
 Obj = dict[str, Any]
 
@@ -98,35 +98,15 @@ def http_route(svc: InferenceService, spec: InferencePoolSpec) -> Obj:
 def epp_rbac(svc: InferenceService) -> list[Obj]:
     """ServiceAccount, Role (read pods and InferencePools of the namespace) and RoleBinding."""
     name = svc.metadata.name
-    sa = epp_name(name)
-    labels = _labels(name)
-    return [
+    rules: list[Obj] = [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
         {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": names.object_meta(svc, sa, labels),
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": names.object_meta(svc, sa, labels),
-            "rules": [
-                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-                {
-                    "apiGroups": ["inference.networking.k8s.io"],
-                    "resources": ["inferencepools"],
-                    "verbs": ["get", "list", "watch"],
-                },
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": names.object_meta(svc, sa, labels),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
-            "subjects": [{"kind": "ServiceAccount", "name": sa}],
+            "apiGroups": ["inference.networking.k8s.io"],
+            "resources": ["inferencepools"],
+            "verbs": ["get", "list", "watch"],
         },
     ]
+    return namespaced_identity(svc, epp_name(name), _labels(name), rules)
 
 
 def _port(name: str, number: int) -> Obj:

@@ -173,8 +173,15 @@ def deployment(svc: InferenceService, spec: RouterSpec, bind_address: str) -> Ob
 def rbac(svc: InferenceService) -> list[Obj]:
     """ServiceAccount, Role (get/list/watch pods, nothing else) and RoleBinding."""
     name = svc.metadata.name
-    labels = _object_labels(name)
-    sa = router_name(name)
+    pods = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    return namespaced_identity(svc, router_name(name), _object_labels(name), [pods])
+
+
+def namespaced_identity(
+    svc: InferenceService, sa: str, labels: dict[str, str], rules: list[Obj]
+) -> list[Obj]:
+    """A ServiceAccount named ``sa``, a Role of that name with ``rules`` and their RoleBinding:
+    the narrowest identity a helper Deployment of the service (router, endpoint picker) needs."""
     return [
         {
             "apiVersion": "v1",
@@ -185,9 +192,7 @@ def rbac(svc: InferenceService) -> list[Obj]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": names.object_meta(svc, sa, labels),
-            "rules": [
-                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
-            ],
+            "rules": rules,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
