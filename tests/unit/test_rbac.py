@@ -108,7 +108,7 @@ TABLE = (
     Because(
         ("inference.networking.k8s.io/inferencepools: get list watch",),
         ('"resources": ["inferencepools"],\n'
-         '                    "verbs": ["get", "list", "watch"]',),
+         '            "verbs": ["get", "list", "watch"]',),
         "RBAC lets the operator grant the endpoint picker's Role only verbs it holds itself",
     ),
     Because(
