@@ -33,8 +33,10 @@ class SteadyLoad:
         return CollectResult(Sample(now, {p: signal for p in pools}), (), 0)
 
 
-def _cluster(mode: str = "builtin") -> tuple[FakeKube, dict[str, Any]]:
-    kube = FakeKube()
+def _cluster(
+    mode: str = "builtin", kube: FakeKube | None = None
+) -> tuple[FakeKube, dict[str, Any]]:
+    kube = kube or FakeKube()
     doc = service(
         scaling={"mode": mode, "targetPerReplica": 1000, "windowSeconds": 10},
         pools=[{"name": "mi300x", "gpu": "MI300X", "minReplicas": 1, "maxReplicas": 8}],

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from tests.unit.test_bench_merge import as_result, make_records
-from tokenscale.bench import report
+from tokenscale.bench import report, scenarios
 from tokenscale.bench.cli import with_energy
-from tokenscale.bench.energy import EnergyRecorder, summarise
+from tokenscale.bench.energy import EnergyRecorder, EnergyResult, summarise
 from tokenscale.bench.models import BenchResult
 from tokenscale.power import GpuReading
 
@@ -106,3 +106,48 @@ async def test_recorder_notes_garbage_and_down_exporters() -> None:
     energy = summarise(recorder.samples, 100, recorder.errors)
     html = report.render(result.model_copy(update={"energy": energy}))
     assert "Energy unknown: exporter: http://exp/metrics" in html
+
+
+def _energy(joules: float, tokens: int, times: list[float], watts: list[float]) -> EnergyResult:
+    return EnergyResult(
+        gpus=2, window_s=times[-1], joules=joules, output_tokens=tokens,
+        tokens_per_joule=tokens / joules, joules_per_token=joules / tokens,
+        avg_watts_per_gpu=sum(watts) / len(watts), peak_watts_per_gpu=max(watts),
+        power_t_s=times, power_w_per_gpu=watts,
+    )  # fmt: skip
+
+
+def _shard(k: int, start: float, energy: EnergyResult | None) -> BenchResult:
+    result = as_result(make_records(20, seed=10 + k), [0.01] * 5, start, 2, k)
+    return result.model_copy(update={"energy": energy})
+
+
+def test_merge_keeps_energy_counting_shared_gpus_once() -> None:
+    """Shards of one benchmark read the same GPUs: concurrent shards' joules are one measurement
+    of those GPUs (adding them would double the joules), sequential shards' joules add; the
+    tokens of every shard add, the power samples go on one clock in time order."""
+    a = _energy(1000.0, 400, [0.0, 1.0, 2.0], [500.0, 700.0, 600.0])
+    b = _energy(1100.0, 600, [0.0, 1.0, 2.0], [550.0, 800.0, 650.0])
+    together = scenarios.merge([_shard(0, 1.7e9, a), _shard(1, 1.7e9 + 0.5, b)]).energy
+    assert together is not None and together.reason == ""
+    assert together.joules == 1100.0 and together.output_tokens == 1000
+    assert together.tokens_per_joule == pytest.approx(1000 / 1100, rel=1e-4)
+    assert together.window_s == 2.5 and together.peak_watts_per_gpu == 800.0
+    assert together.power_t_s == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    assert together.power_w_per_gpu == [500.0, 550.0, 700.0, 800.0, 600.0, 650.0]
+    assert together.avg_watts_per_gpu == pytest.approx(3800 / 6, abs=0.1)
+    apart = scenarios.merge([_shard(1, 1.7e9 + 100, b), _shard(0, 1.7e9, a)]).energy
+    assert apart is not None and apart.joules == 2100.0 and apart.output_tokens == 1000
+    assert apart.window_s == 102.0 and apart.power_t_s[-1] == 102.0
+
+
+def test_merge_says_which_shard_lacks_energy() -> None:
+    a = _energy(1000.0, 400, [0.0, 1.0], [500.0, 700.0])
+    missing = scenarios.merge([_shard(0, 1.7e9, a), _shard(1, 1.7e9, None)]).energy
+    assert missing is not None and missing.joules is None and missing.output_tokens == 400
+    assert missing.reason == "shard 1: no energy recorded"
+    down = EnergyResult(output_tokens=300, reason="exporter: http://x/metrics: ConnectError")
+    failed = scenarios.merge([_shard(0, 1.7e9, down), _shard(1, 1.7e9, a)]).energy
+    assert failed is not None and failed.reason.startswith("shard 0: exporter: http://x")
+    assert failed.tokens_per_joule is None
+    assert scenarios.merge([_shard(0, 1.7e9, None), _shard(1, 1.7e9, None)]).energy is None

@@ -17,13 +17,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.unit.fakekube import FakeKube
 from tests.unit.test_autoscaler_loop import SteadyLoad, _cluster
+from tokenscale import constants as c
 from tokenscale import power
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale import energy as pure
 from tokenscale.autoscale.collector import CollectResult
 from tokenscale.autoscale.rates import PoolSignal, Sample
 from tokenscale.controller import energy, metrics
-from tokenscale.controller.autoscaler import LoopState, run_pass
+from tokenscale.controller.autoscaler import LoopState, loop_wanted, run_pass
 from tokenscale.sim import exporter as simexp
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -320,3 +321,53 @@ def test_bench_job_gets_exporter_urls_and_the_target_pods() -> None:
     ]  # fmt: skip
     assert energy.bench_args(kube, OperatorConfig(), "ns", "llm") == []
     assert energy.bench_args(kube, ENERGY_CFG, "ns", None) == []  # a URL target: no pods
+
+
+class WriteLog(FakeKube):
+    """The fake API server, remembering every (kind, subresource) written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[str, str]] = []
+
+    def patch_merge(
+        self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], sub: str = ""
+    ) -> dict[str, Any]:
+        self.writes.append((kind, sub))
+        return super().patch_merge(kind, namespace, name, patch, sub)
+
+
+async def test_scaling_off_service_gets_energy_and_is_never_scaled() -> None:
+    """Platforms without (or with external) scaling still want tokens/J: with energy on, the loop
+    runs for a ``mode: off`` service, publishes metrics and energy, and never writes /scale."""
+    kube, body = _cluster(mode="off", kube=WriteLog())
+    assert isinstance(kube, WriteLog)
+    _exporter_pod(kube, "exp-n0", "127.20.0.1")
+    exporter = httpx.MockTransport(_handler([_ok(0.0), _ok(6000e6)]))
+    energy.forget("ns", "llm")
+    async with httpx.AsyncClient(transport=exporter) as client:
+        loop, source = LoopState(), LoadWithClient(9000.0, client)  # 9x the target per replica
+        for i in range(2):
+            body = kube.get("InferenceService", "ns", "llm") or body
+            verdict = await run_pass(
+                body, kube, ENERGY_CFG, source, loop, T0 + timedelta(seconds=10 * i)
+            )
+            assert verdict is None  # nothing decided
+    svc = kube.get("InferenceService", "ns", "llm")
+    assert svc is not None
+    assert kube.writes == [("InferenceService", "status")] * 2  # no /scale, no state annotation
+    assert "replicas" not in svc["spec"]
+    assert c.ANNOTATION_SCALER_STATE not in (svc["metadata"].get("annotations") or {})
+    assert "scaling" not in svc["status"]  # the reconcile's Disabled condition stays the truth
+    assert svc["status"]["metrics"]["tokensPerSecond"] == 9000.0
+    # 10 s x 9,000 tok/s over 6,000 J
+    assert svc["status"]["energy"]["tokensPerJoule"] == pytest.approx(90000 / 6000, rel=1e-3)
+
+
+async def test_scaling_off_and_energy_off_runs_no_loop() -> None:
+    assert not loop_wanted("off", OperatorConfig()) and not loop_wanted("off", None)
+    assert loop_wanted("off", ENERGY_CFG) and loop_wanted("external", OperatorConfig())
+    kube, body = _cluster(mode="off", kube=WriteLog())
+    assert isinstance(kube, WriteLog)
+    verdict = await run_pass(body, kube, OperatorConfig(), SteadyLoad(9000.0), LoopState(), T0)
+    assert verdict is None and kube.writes == []

@@ -139,3 +139,53 @@ def summarise(
         power_t_s=times,
         power_w_per_gpu=watts,
     )
+
+
+def merge(parts: Sequence[tuple[float, EnergyResult | None]]) -> EnergyResult | None:
+    """Energy of shards run against one service, each given as (its clock start minus the
+    earliest shard's, s; its energy); None when no shard recorded energy (pure).
+
+    Every shard of one benchmark reads the same exporters for the same engine pods, so shards
+    whose windows overlap measured the same GPUs at the same time: adding their joules would
+    count those GPUs once per shard. Overlapping windows therefore count the largest shard's
+    joules once; shards that ran one after another add. Output tokens always add: every
+    shard's tokens came from those GPUs. Power samples are put on one clock and ordered by time;
+    the peak is the highest of any shard.
+    """
+    if all(e is None for _, e in parts):
+        return None
+    tokens = sum(e.output_tokens for _, e in parts if e is not None)
+    known: list[tuple[float, EnergyResult]] = []
+    spans: list[tuple[float, float, float]] = []  # (start, end, joules) on the common clock
+    for k, (offset, e) in enumerate(parts):
+        if e is None or e.joules is None:
+            why = "no energy recorded" if e is None else e.reason or "no joules"
+            return EnergyResult(output_tokens=tokens, reason=f"shard {k}: {why}")
+        known.append((offset, e))
+        spans.append((offset, offset + e.window_s, e.joules))
+    joules, group_joules, group_end = 0.0, 0.0, float("-inf")
+    for begin, end, shard_joules in sorted(spans):
+        if begin > group_end:  # a later shard, after every earlier one finished
+            joules, group_joules = joules + group_joules, 0.0
+        group_joules = max(group_joules, shard_joules)
+        group_end = max(group_end, end)
+    joules += group_joules
+    points = sorted(
+        (round(offset + t, 3), w)
+        for offset, e in known
+        for t, w in zip(e.power_t_s, e.power_w_per_gpu, strict=True)
+    )
+    start = min(span[0] for span in spans)
+    peaks = [e.peak_watts_per_gpu for _, e in known if e.peak_watts_per_gpu is not None]
+    return EnergyResult(
+        gpus=max(e.gpus for _, e in known),
+        window_s=round(max(span[1] for span in spans) - start, 3),
+        joules=round(joules, 3),
+        output_tokens=tokens,
+        tokens_per_joule=round(tokens / joules, 5) if joules else None,
+        joules_per_token=round(joules / tokens, 5) if tokens else None,
+        avg_watts_per_gpu=round(sum(w for _, w in points) / len(points), 1) if points else None,
+        peak_watts_per_gpu=max(peaks) if peaks else None,
+        power_t_s=[round(t - start, 3) for t, _ in points],
+        power_w_per_gpu=[w for _, w in points],
+    )

@@ -15,6 +15,7 @@ from typing import IO
 
 from tokenscale import __version__
 from tokenscale.bench import arrivals, datasets, metrics, verdict
+from tokenscale.bench import energy as bench_energy
 from tokenscale.bench.httpclient import HttpTarget
 from tokenscale.bench.models import (
     BenchConfig,
@@ -224,7 +225,8 @@ async def run(
 
 def merge(results: Sequence[BenchResult]) -> BenchResult:
     """Combine shard results exactly: pool per-request records on one clock, add ITL sketches,
-    recompute every figure and the verdict with the same code as a single run."""
+    recompute every figure and the verdict with the same code as a single run; energy is
+    combined on the same clock (:func:`tokenscale.bench.energy.merge`)."""
     if not results:
         raise ValueError("nothing to merge")
     t_min = min(_records_start(r) for r in results)
@@ -281,6 +283,7 @@ def merge(results: Sequence[BenchResult]) -> BenchResult:
         records=records,
         records_started_at_unix=t_min,
         itl_histogram=itl.to_model(),
+        energy=bench_energy.merge([(_records_start(r) - t_min, r.energy) for r in results]),
     )
 
 

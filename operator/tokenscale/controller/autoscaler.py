@@ -201,6 +201,12 @@ class Observation:
         return self.svc.spec.scaling
 
 
+def loop_wanted(mode: str, cfg: OperatorConfig | None) -> bool:
+    """Whether a service needs its loop: it scales (built-in or external, whose metrics it
+    publishes), or energy is on, since tokens/J needs the loop's generation tokens/s."""
+    return mode != "off" or (cfg is not None and cfg.energy.type != "off")
+
+
 async def run_pass(
     body: dict[str, Any],
     kube: Kube,
@@ -210,7 +216,8 @@ async def run_pass(
     wall_now: datetime | None = None,
 ) -> Decision | None:
     """One collect → decide → publish → act pass for one service; returns the decision (None:
-    skipped: an invalid spec, or scaling off).
+    skipped: an invalid spec, or scaling off). With scaling off the loop runs only when energy is
+    on (:func:`loop_wanted`): it then collects and publishes metrics and energy, nothing else.
 
     Times are wall-clock seconds because the decision state persisted on the object must
     stay meaningful across operator restarts.
@@ -219,13 +226,16 @@ async def run_pass(
     seen = await collect(body, kube, cfg, source, loop, wall_now.timestamp())
     if seen is None:
         return None
-    verdict = await decide(seen, kube, cfg, loop, wall_now.timestamp())
+    off = seen.policy.mode == "off"  # the loop runs for energy only: never decides or acts
+    verdict = None if off else await decide(seen, kube, cfg, loop, wall_now.timestamp())
     patch = publish(body, seen, wall_now)
     meta = body["metadata"]
     holder = None
-    if (meta.get("annotations") or {}).get(c.ANNOTATION_SCALING_HOLD):
+    if not off and (meta.get("annotations") or {}).get(c.ANNOTATION_SCALING_HOLD):
         holder = await asyncio.to_thread(hold.live_hold, kube, meta)
-    if seen.policy.mode == "external" or holder:
+    if verdict is None:
+        pass  # status.scaling and /scale are left alone; the reconcile says scaling is Disabled
+    elif seen.policy.mode == "external" or holder:
         if holder:
             why = f"{holder} owns /scale until it finishes"
             patch.scaling = _scaling(True, "Held", why, {}, False, wall_now)
@@ -258,7 +268,7 @@ async def collect(
     except ValidationError:
         return None  # the reconcile reports the invalid spec
     policy = svc.spec.scaling
-    if policy.mode == "off":
+    if not loop_wanted(policy.mode, cfg):
         return None
     plans = plan_service(svc, cfg)
     pods = await asyncio.to_thread(kube.list, "Pod", meta["namespace"], selector_for(meta["name"]))

@@ -20,7 +20,7 @@ from tokenscale.api.benchmark import FINISHED
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import source_for
 from tokenscale.controller import energy, events, hold, metrics, refresh, resync, watches
-from tokenscale.controller.autoscaler import LoopState, run_pass
+from tokenscale.controller.autoscaler import LoopState, loop_wanted, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark, update_target
 from tokenscale.controller.reconcile import (
     Outcome,
@@ -144,17 +144,19 @@ async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_:
     memo.refreshes.mark((namespace, name), full=refresh.child_needs_reconcile(type, dict(body)))
 
 
-def _scaling_enabled(spec: kopf.Spec, **_: Any) -> bool:
-    return str((spec.get("scaling") or {}).get("mode", "off")) != "off"
+def _loop_wanted(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> bool:
+    mode = str((spec.get("scaling") or {}).get("mode", "off"))
+    return loop_wanted(mode, memo.get("config"))
 
 
 @kopf.daemon(
-    GROUP, VERSION, SERVICES, initial_delay=2.0, cancellation_timeout=5.0, when=_scaling_enabled
+    GROUP, VERSION, SERVICES, initial_delay=2.0, cancellation_timeout=5.0, when=_loop_wanted
 )
 async def autoscale(
     body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:
-    """Per-service autoscaling loop: scrape engines, decide, write /scale (never raises)."""
+    """Per-service loop: scrape engines, decide, write /scale; with scaling off (energy on) only
+    metrics and energy (never raises)."""
     cfg: OperatorConfig = memo.config
     meta = body["metadata"]
     source = source_for(
