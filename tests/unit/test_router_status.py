@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,6 +35,7 @@ from tokenscale.controller.reconcile import reconcile_service
 from tokenscale.render.router import router_pod_labels
 from tokenscale.validation import parse_spec
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 T0 = datetime(2026, 12, 3, 6, 0, 0, tzinfo=UTC)
 CFG = OperatorConfig()
 W1, W2 = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
@@ -47,6 +49,9 @@ vllm_router_requests_total{{route="/v1/completions"}} {total_completions}
 # TYPE vllm_router_running_requests gauge
 vllm_router_running_requests{{worker="{W1}"}} {running1}
 vllm_router_running_requests{{worker="{W2}"}} 2
+# TYPE vllm_router_processed_requests_total counter
+vllm_router_processed_requests_total{{worker="{W1}"}} {total_chat}
+vllm_router_processed_requests_total{{worker="{W2}"}} {total_completions}
 # TYPE vllm_router_worker_health gauge
 vllm_router_worker_health{{worker="{W1}"}} 1
 vllm_router_worker_health{{worker="{W2}"}} 0
@@ -65,6 +70,17 @@ def test_parser_reads_requests_load_and_health() -> None:
     assert got.requests_total == 42
     assert got.running == {W1: 5, W2: 2}
     assert got.healthy == {W1: True, W2: False}
+    assert got.processed == {W1: 10, W2: 32}
+
+
+def test_parser_on_a_real_router_body() -> None:
+    """Captured from vllm-router 0.1.17 (round_robin, two simulated engines, three completions;
+    see docs/routing.md): with nothing in flight it exports no running_requests at all."""
+    text = (FIXTURES / "vllm-router-0.1.17-metrics.txt").read_text()
+    got = parse_router_metrics(text)
+    a, b = "http://127.0.0.1:18931", "http://127.0.0.1:18932"
+    assert got.requests_total == 3 and got.running == {}
+    assert got.processed == {a: 1, b: 2} and got.healthy == {a: True, b: True}
 
 
 @pytest.mark.parametrize(
@@ -144,9 +160,8 @@ async def test_reader_ok_then_rate() -> None:
     assert first.replicas == 3 and first.ready_replicas == 2
     assert first.requests_total == 30 and first.requests_per_second is None  # one reading
     assert first.requests_running == 7 and first.reason == "" and first.scrape_errors == 0
-    assert [(w.url, w.running_requests, w.healthy) for w in first.workers] == [
-        (W1, 3, True), (W2, 4, False)
-    ]  # fmt: skip
+    assert [(w.url, w.running_requests, w.processed_requests, w.healthy)
+            for w in first.workers] == [(W1, 3, 30, True), (W2, 4, 0, False)]  # fmt: skip
     second = await _observe(
         kube,
         _by_ip({"127.30.0.1": exposition(40, 0, 1), "127.30.0.2": exposition(50, 0, 2)}),

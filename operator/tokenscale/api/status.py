@@ -185,6 +185,11 @@ class RouterWorker(StrictModel):
     running_requests: float = Field(
         default=0, description="Requests the router has running on it, summed over router pods."
     )
+    processed_requests: float = Field(
+        default=0,
+        description="Requests the routers have sent it since they started, summed over router "
+        "pods (the split of the load between engines).",
+    )
     healthy: bool | None = Field(
         default=None, description="The router's health check of the worker (None: not reported)."
     )

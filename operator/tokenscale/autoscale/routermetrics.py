@@ -4,7 +4,9 @@ Pure (text in, numbers out) so that it is tested on a sample body without a rout
 names are vllm-router 0.1.17's (found in its binary and seen on its ``--prometheus-port``, see
 docs/routing.md); :class:`RouterMetricNames` holds them so a release that renames one is a
 one-line change. That release exports no gauge for its admission queue (``--queue-size``), so
-no queue depth is read: per-worker running requests are the load it does export.
+no queue depth is read: per-worker running requests (a gauge that a round_robin router with
+nothing in flight did not export at all) and per-worker processed requests are the load it does
+export.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class RouterMetricNames:
 
     requests_total: str = "vllm_router_requests_total"
     running_requests: str = "vllm_router_running_requests"
+    processed_requests: str = "vllm_router_processed_requests_total"
     worker_health: str = "vllm_router_worker_health"
     worker_label: str = "worker"
 
@@ -42,6 +45,8 @@ class RouterScrape:
     running: dict[str, float] = field(default_factory=dict)
     #: per worker URL: healthy (1) or not (0), as the router's health checks see it
     healthy: dict[str, bool] = field(default_factory=dict)
+    #: per worker URL: requests the router has sent it since it started
+    processed: dict[str, float] = field(default_factory=dict)
 
 
 def parse_router_metrics(text: str, names: RouterMetricNames = DEFAULT_NAMES) -> RouterScrape:
@@ -59,6 +64,7 @@ def parse_router_metrics(text: str, names: RouterMetricNames = DEFAULT_NAMES) ->
                     names.requests_total,
                     names.running_requests,
                     names.worker_health,
+                    names.processed_requests,
                 ):
                     continue
                 if not math.isfinite(sample.value):
@@ -71,6 +77,8 @@ def parse_router_metrics(text: str, names: RouterMetricNames = DEFAULT_NAMES) ->
                     out.running[worker] = out.running.get(worker, 0.0) + sample.value
                 elif sample.name == names.worker_health and worker:
                     out.healthy[worker] = sample.value >= 1.0
+                elif sample.name == names.processed_requests and worker:
+                    out.processed[worker] = out.processed.get(worker, 0.0) + sample.value
     except ValueError as err:  # the parser's error for malformed lines (ours subclasses it)
         if isinstance(err, RouterMetricsError):
             raise
@@ -88,6 +96,7 @@ class RouterFigures:
     #: per worker URL: running requests summed over router pods, health if any pod reports it
     running: dict[str, float]
     healthy: dict[str, bool]
+    processed: dict[str, float]
 
 
 def combine(scrapes: list[RouterScrape]) -> RouterFigures:
@@ -95,12 +104,15 @@ def combine(scrapes: list[RouterScrape]) -> RouterFigures:
     when any router pod sees it healthy (pods check health independently and one may lag)."""
     running: dict[str, float] = {}
     healthy: dict[str, bool] = {}
+    processed: dict[str, float] = {}
     for s in scrapes:
+        for w, v in s.processed.items():
+            processed[w] = processed.get(w, 0.0) + v
         for w, v in s.running.items():
             running[w] = running.get(w, 0.0) + v
         for w, ok in s.healthy.items():
             healthy[w] = healthy.get(w, False) or ok
-    return RouterFigures(sum(s.requests_total for s in scrapes), running, healthy)
+    return RouterFigures(sum(s.requests_total for s in scrapes), running, healthy, processed)
 
 
 def request_rate(

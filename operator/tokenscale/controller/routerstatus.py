@@ -83,8 +83,13 @@ def figures_status(
     status.requests_total = got.requests_total
     status.requests_running = sum(got.running.values())
     status.workers = [
-        RouterWorker(url=w, running_requests=got.running.get(w, 0.0), healthy=got.healthy.get(w))
-        for w in sorted(set(got.running) | set(got.healthy))
+        RouterWorker(
+            url=w,
+            running_requests=got.running.get(w, 0.0),
+            processed_requests=got.processed.get(w, 0.0),
+            healthy=got.healthy.get(w),
+        )
+        for w in sorted(set(got.running) | set(got.healthy) | set(got.processed))
     ]
     # A rate only between two complete readings of the same pods: a partial sum would look
     # like a burst or a drop.
