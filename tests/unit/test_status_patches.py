@@ -23,6 +23,8 @@ from tests.unit.statuscheck import MODELS, WRITTEN, check_status_patch, schema_p
 from tests.unit.test_autoscaler_loop import _cluster
 from tests.unit.test_bench_merge import as_result, make_records
 from tests.unit.test_energy import _exporter_pod, _observe, _ok
+from tests.unit.test_router_status import test_reader_failures_say_unknown_and_why as router_down
+from tests.unit.test_router_status import test_reader_ok_then_rate as router_ok
 from tokenscale import constants as c
 from tokenscale.api.benchmark import InferenceBenchmarkStatus
 from tokenscale.api.config import OperatorConfig
@@ -292,6 +294,9 @@ async def test_every_field_the_status_schema_promises_is_written() -> None:
         check_status_patch(
             "InferenceService", merge_patch(InferenceServiceStatus(energy=energy_status))
         )
+    # router mode: status.router with figures and a rate, then with a reason (router down)
+    await router_ok()
+    await router_down(0, "RouterMetricsUnreachable")
     for kind, model in MODELS.items():
         missing = schema_paths(model) - {path for k, path in WRITTEN if k == kind}
         assert not missing, f"{kind} status fields never written: {sorted(missing)}"

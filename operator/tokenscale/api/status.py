@@ -178,6 +178,53 @@ class BenchmarkSummary(StrictModel):
     )
 
 
+class RouterWorker(StrictModel):
+    """One engine as the router sees it."""
+
+    url: str = Field(description="The worker's URL as the router names it.")
+    running_requests: float = Field(
+        default=0, description="Requests the router has running on it, summed over router pods."
+    )
+    processed_requests: float = Field(
+        default=0,
+        description="Requests the routers have sent it since they started, summed over router "
+        "pods (the split of the load between engines).",
+    )
+    healthy: bool | None = Field(
+        default=None, description="The router's health check of the worker (None: not reported)."
+    )
+
+
+class RouterStatus(StrictModel):
+    """Router mode: the router pods and what their Prometheus port reports."""
+
+    replicas: int = Field(default=0, description="Router pods that exist.")
+    ready_replicas: int = Field(default=0, description="Router pods that are ready.")
+    requests_total: float | None = Field(
+        default=None, description="Requests received, summed over the router pods scraped."
+    )
+    requests_per_second: float | None = Field(
+        default=None,
+        description="Rate of requestsTotal since the previous reading (None: first reading, "
+        "or a router pod restarted).",
+    )
+    requests_running: float | None = Field(
+        default=None, description="Requests running on the engines through the routers."
+    )
+    workers: list[RouterWorker] = Field(
+        default_factory=list,
+        description="Per engine: load and health as the routers see them.",
+        json_schema_extra=list_map("url"),
+    )
+    scrape_errors: int = Field(default=0, description="Router pods whose metrics failed.")
+    reason: str = Field(
+        default="",
+        description="Why the figures are unknown or partial (e.g. NoReadyRouter, "
+        "RouterMetricsUnreachable, RouterMetricsGarbage); empty when current.",
+    )
+    observed_at: Timestamp | None = Field(default=None, description="Time of the reading.")
+
+
 class InferenceServiceStatus(StrictModel):
     """Observed state of an InferenceService."""
 
@@ -206,6 +253,9 @@ class InferenceServiceStatus(StrictModel):
     metrics: MetricsStatus | None = Field(default=None, description="Latest metrics.")
     energy: EnergyStatus | None = Field(
         default=None, description="Power and tokens per joule (operatorConfig.energy)."
+    )
+    router: RouterStatus | None = Field(
+        default=None, description="Router mode: the router's pods, load and workers."
     )
     scaling: ScalingStatus | None = Field(default=None, description="Autoscaler state.")
     scaling_history: list[ScalingDecision] = Field(

@@ -35,7 +35,7 @@ from tokenscale.autoscale.dra import DraView
 from tokenscale.autoscale.poolweight import measured_watts_per_gpu, replica_hour_weight
 from tokenscale.autoscale.rates import Sample
 from tokenscale.autoscale.state import Decision, PoolInput, ScalerAnnotation, ScalerState
-from tokenscale.controller import devices, energy, hold, metrics, observe
+from tokenscale.controller import devices, energy, hold, metrics, observe, routerstatus
 from tokenscale.k8s.kube import Kube
 from tokenscale.plan import plan_service
 from tokenscale.render import dra as render_dra
@@ -248,6 +248,11 @@ async def run_pass(
     patch.energy = await energy.observe(
         meta, kube, cfg, seen.pods, seen.result, getattr(source, "client", None), wall_now
     )
+    router = await routerstatus.observe(
+        meta, seen.svc, kube, getattr(source, "client", None), seen.status.router, wall_now
+    )
+    if router is not None or seen.status.router is not None:
+        patch.router = router  # None deletes it once the service leaves router mode
     await asyncio.to_thread(kube.patch_merge, "InferenceService", meta["namespace"], meta["name"],
                             {"status": merge_patch(patch)}, "status")  # fmt: skip
     return verdict

@@ -226,11 +226,14 @@ def service_conditions(
     render_problems: Sequence[str],
     generation: int | None,
     apply_failures: Sequence[str] = (),
+    router: PoolObservation | None = None,
 ) -> list[Condition]:
     """Ready / Progressing / Degraded from pools, plan, rendering and refused applies.
 
     A refused apply (``apply_failures``) leaves Ready to the workloads still running: they
-    serve the previous spec, and Degraded says which child the API server refused and why."""
+    serve the previous spec, and Degraded says which child the API server refused and why.
+    In router mode (``router``: the router Deployment) the service's name reaches the engines
+    only through a router, so Ready also needs one ready router pod."""
     desired = sum(p.desired for p in pools)
     ready = sum(p.ready for p in pools)
     serving = [p for p in pools if p.desired > 0]
@@ -242,6 +245,13 @@ def service_conditions(
         conds.append(condition(c.COND_READY, False, "PlanFailed", "; ".join(blocking), generation))
     elif desired == 0:
         conds.append(condition(c.COND_READY, True, "ScaledToZero", "no replicas", generation))
+    elif serving and all(p.ready >= 1 for p in serving) and router and router.ready < 1:
+        msg = (
+            f"{ready}/{desired} replicas ready, but 0/{router.desired} router pods: requests to "
+            f"the service cannot reach them; see kubectl describe deployment {router.name} and "
+            "its pods' logs (image, --service-discovery RBAC)"
+        )
+        conds.append(condition(c.COND_READY, False, "RouterNotReady", msg, generation))
     elif serving and all(p.ready >= 1 for p in serving):
         msg = f"{ready}/{desired} replicas ready"
         conds.append(condition(c.COND_READY, True, "ReplicasReady", msg, generation))

@@ -35,6 +35,7 @@ from tokenscale.k8s.kube import Kube, KubeError
 from tokenscale.k8s.owners import owner_reference
 from tokenscale.plan import plan_service
 from tokenscale.render import names, render_all
+from tokenscale.render.router import router_name
 from tokenscale.validation import parse_spec, problems_from
 
 log = logging.getLogger(__name__)
@@ -332,6 +333,17 @@ def _read_workloads(
     return found
 
 
+def _router(
+    svc: InferenceService, name: str, by_name: dict[str, dict[str, Any]]
+) -> observe.PoolObservation | None:
+    """Router mode: the router Deployment's replica counts (as applied or read back)."""
+    if svc.spec.routing.mode != "router":
+        return None
+    deployment = router_name(name)
+    replicas = svc.spec.routing.router_settings().replicas
+    return observe.observe_workload(deployment, "", replicas, by_name.get(deployment))
+
+
 def _status(
     body: dict[str, Any],
     old: InferenceServiceStatus,
@@ -368,7 +380,12 @@ def _status(
         allocation[pool.name] = devices.workload_allocation(workload)
     plan_problems = [p.message for p in plans if not p.fits]
     conds = observe.service_conditions(
-        pools, plan_problems, render_problems, meta.get("generation"), apply_failures
+        pools,
+        plan_problems,
+        render_problems,
+        meta.get("generation"),
+        apply_failures,
+        _router(svc, meta["name"], by_name),
     )
     conds.append(_sla_condition(body, old, svc))
     conds.append(_scaling_condition(body, old, svc))
