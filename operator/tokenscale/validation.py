@@ -8,7 +8,7 @@ conditions and in Events.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -157,15 +157,39 @@ def simulator_problems(spec: InferenceServiceSpec) -> list[FieldProblem]:
             )
         ]
     gpus = sorted(g.upper() for g, m in pairs if m == _norm(model))
+    override = _gpu_override(spec.engine.args)
+    if override is not None:  # the simulator takes the last --gpu: every pool simulates it
+        if (_norm(override), _norm(model)) in pairs:
+            return []
+        return [
+            FieldProblem(
+                "engine.args",
+                f"--gpu {override}: the simulator has no {override} profile for model "
+                f"{model!r}; fix: use one of {', '.join(gpus)}",
+            )
+        ]
     return [
         FieldProblem(
             f"pools[{i}].gpu",
             f"the simulator has no {pool.gpu} profile for model {model!r} (engine.mode "
-            f"simulated); fix: use one of {', '.join(gpus)}, or engine.mode vllm",
+            f"simulated); fix: use one of {', '.join(gpus)}, pass --gpu <one of them> in "
+            "spec.engine.args to simulate it on these nodes, or engine.mode vllm",
         )
         for i, pool in enumerate(spec.pools)
         if (_norm(pool.gpu), _norm(model)) not in pairs
     ]
+
+
+def _gpu_override(args: Sequence[str]) -> str | None:
+    """The last ``--gpu X`` / ``--gpu=X`` of the engine's extra args (the simulator's own rule:
+    the operator renders ``--gpu <pool gpu>`` first, and a later value wins)."""
+    found: str | None = None
+    for i, arg in enumerate(args):
+        if arg == "--gpu" and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith("--gpu="):
+            found = arg.split("=", 1)[1]
+    return found
 
 
 def load_documents(text: str) -> list[dict[str, Any]]:

@@ -139,6 +139,25 @@ def test_a_simulated_service_with_an_unsupported_model_is_refused_naming_the_fie
     assert not [k for k in kube.objects if k[0] == "Deployment"]
 
 
+def test_a_simulated_pool_on_gpus_without_a_profile_needs_an_explicit_gpu_override() -> None:
+    """MI350X has no simulator profile: refused naming the pool's GPU and the --gpu fix; with
+    ``--gpu MI355X`` in the engine args (the simulator takes the last --gpu) it is accepted, and
+    an override the simulator lacks is refused naming engine.args."""
+    model = {"name": "llama-2-70b", "source": {"huggingFace": "meta-llama/Llama-2-70b-chat-hf"}}
+    pools = [{"name": "a", "gpu": "MI350X", "gpusPerReplica": 2, "minReplicas": 1}]
+    for args, field in (([], "pools[0].gpu: "), (["--gpu", "MI210"], "engine.args: ")):
+        kube = FakeKube()
+        body = _svc(kube, model=model, pools=pools, engine={"mode": "simulated", "args": args})
+        out = reconcile_service(body, kube, CFG)
+        assert out.invalid and out.error is not None and out.error.startswith(field), out.error
+        assert "MI355X" in out.error
+    kube = FakeKube()
+    engine = {"mode": "simulated", "args": ["--gpu", "MI355X"]}
+    body = _svc(kube, model=model, pools=pools, engine=engine)
+    out = reconcile_service(body, kube, CFG)
+    assert not out.invalid, out.error
+
+
 def test_an_unset_spec_replicas_is_written_once_so_scale_is_readable() -> None:
     """Regression (issue 17): /scale of a fresh service was unreadable until spec.replicas was
     set (the scale subresource's specReplicasPath must resolve)."""
