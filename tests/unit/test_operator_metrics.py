@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import kopf
+
 from tests.factories import service
 from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import OperatorConfig
-from tokenscale.controller import metrics, refresh, resync
+from tokenscale.controller import handlers, metrics, refresh, resync
 from tokenscale.controller.reconcile import CHILD_KINDS, reconcile_service
 
 CFG = OperatorConfig()
@@ -126,3 +128,66 @@ def test_resync_leaves_series_made_while_it_listed() -> None:
 
     resync.resync_pass(LateKube(), ["m-late"], KINDS, ledger, lambda ns, n: None)  # type: ignore[arg-type]
     assert {s for _, s, _ in _series_of("m-late")} == {"new"}
+
+
+def test_a_refresh_publishes_the_replica_gauges_of_the_status_it_wrote() -> None:
+    """Pods becoming ready reach the status through a refresh, not a handler: the gauges must
+    follow it (found by the churn drill: ready replicas stayed at the create handler's 0)."""
+    kube = FakeKube()
+    _put(kube, "m-gauge", "llm")
+    metrics.record_pools("m-gauge", "llm", [{"name": "p", "desiredReplicas": 99}])  # stale
+    refresh.refresh_service(kube, CFG, "m-gauge", "llm")
+    pools = kube.get("InferenceService", "m-gauge", "llm")["status"]["pools"]  # type: ignore[index]
+    assert pools
+    for pool in pools:
+        for metric, field in (("desired", "desiredReplicas"), ("ready", "readyReplicas")):
+            value = metrics.REGISTRY.get_sample_value(
+                f"tokenscale_service_{metric}_replicas",
+                {"namespace": "m-gauge", "service": "llm", "pool": pool["name"]},
+            )
+            assert value == float(pool.get(field, 0)), (metric, pool)
+    assert {p for _, _, p in _series_of("m-gauge")} == {p["name"] for p in pools}
+
+
+def test_a_stopped_loop_drops_its_own_series_only() -> None:
+    _fill("m-loop", "llm")
+    _fill("m-loop", "other")
+    metrics.remove_loop_series("m-loop", "llm")
+    left = {name for name, svc, _ in _series_of("m-loop") if svc == "llm"}
+    assert left == {
+        "tokenscale_service_desired_replicas",
+        "tokenscale_service_ready_replicas",
+        "tokenscale_benchmark_verdicts",
+        "tokenscale_benchmark_tokens_per_second",
+    }
+    assert len({name for name, svc, _ in _series_of("m-loop") if svc == "other"}) == len(
+        metrics.PER_SERVICE
+    )
+
+
+async def test_the_autoscaling_loop_removes_its_series_when_it_stops() -> None:
+    """A loop's last pass can finish after its service's deletion was handled: the loop itself
+    removes what it wrote when it stops (also when scaling is turned off)."""
+
+    class Stopped:
+        def __bool__(self) -> bool:
+            return True
+
+    _fill("m-daemon", "llm")
+    body = {"metadata": {"namespace": "m-daemon", "name": "llm"}, "spec": {}}
+    memo = kopf.Memo(config=CFG, kube=FakeKube(), http=None)
+    await handlers.autoscale(body=body, memo=memo, stopped=Stopped())  # type: ignore[arg-type]
+    left = {name for name, _, _ in _series_of("m-daemon")}
+    assert "tokenscale_service_tokens_per_second" not in left
+    assert "tokenscale_service_desired_replicas" in left
+
+
+def test_a_deleted_event_drops_the_series_unless_the_name_was_created_again() -> None:
+    kube = FakeKube()
+    _fill("m-event", "gone")
+    assert handlers.forget_deleted(kube, "m-event", "gone")  # type: ignore[arg-type]
+    assert _series_of("m-event") == set()
+    _put(kube, "m-event", "again")  # deleted, then created again under the same name
+    _fill("m-event", "again")
+    assert not handlers.forget_deleted(kube, "m-event", "again")  # type: ignore[arg-type]
+    assert {s for _, s, _ in _series_of("m-event")} == {"again"}

@@ -6,6 +6,7 @@ functions in :mod:`reconcile` and turns their outcome into status patches and Ev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -144,6 +145,30 @@ async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_:
     memo.refreshes.mark((namespace, name), full=refresh.child_needs_reconcile(type, dict(body)))
 
 
+def forget_deleted(kube: Kube, namespace: str, name: str) -> bool:
+    """Drop a deleted service's series, unless a service of that name exists again (created
+    since: its series are its own). Returns whether they were dropped."""
+    if kube.get("InferenceService", namespace, name) is not None:
+        return False
+    metrics.remove_service(namespace, name)
+    return True
+
+
+@kopf.on.event(GROUP, VERSION, SERVICES)
+async def service_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A service is gone: its series go now, not when its children's deletion is noticed.
+
+    Kopf handles one object's events in order, so a reconcile in flight when the service was
+    deleted (which publishes gauges) has finished before this runs."""
+    if type != "DELETED":
+        return
+    meta = body["metadata"]
+    try:
+        await asyncio.to_thread(forget_deleted, memo.kube, meta["namespace"], meta["name"])
+    except KubeError as exc:  # the resync pass removes them later
+        log.info("series of deleted %s/%s kept for now: %s", meta["namespace"], meta["name"], exc)
+
+
 def _loop_wanted(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> bool:
     mode = str((spec.get("scaling") or {}).get("mode", "off"))
     return loop_wanted(mode, memo.get("config"))
@@ -163,13 +188,17 @@ async def autoscale(
         cfg.metrics_source, memo.http, meta["namespace"], meta["name"], cfg.scrape_timeout_seconds
     )
     loop = LoopState()
-    while not stopped:
-        try:
-            await run_pass(dict(body), memo.kube, cfg, source, loop)
-        except KubeError as exc:
-            log.warning("autoscaler pass for %s failed: %s", body["metadata"]["name"], exc)
-        await stopped.wait(cfg.scrape_interval_seconds)
-    energy.forget(meta["namespace"], meta["name"])  # the per-GPU counter history
+    try:
+        while not stopped:
+            try:
+                await run_pass(dict(body), memo.kube, cfg, source, loop)
+            except KubeError as exc:
+                log.warning("autoscaler pass for %s failed: %s", body["metadata"]["name"], exc)
+            await stopped.wait(cfg.scrape_interval_seconds)
+    finally:
+        # After the last pass (also when cancelled): its series and counter history go with it.
+        energy.forget(meta["namespace"], meta["name"])
+        metrics.remove_loop_series(meta["namespace"], meta["name"])
 
 
 BENCHMARKS = "inferencebenchmarks"

@@ -131,9 +131,29 @@ def _series(metric: Counter | Gauge, names: tuple[str, ...]) -> set[tuple[str, .
     }
 
 
-def _remove(keep: Callable[[dict[str, str]], bool]) -> None:
-    """Remove every per-service series for which ``keep(labels)`` is false."""
+#: The series the per-service autoscaling loop writes (scrape results, decisions, energy). They
+#: go when the loop stops: after its service's deletion the loop's last pass may finish after
+#: every other removal, and when scaling and energy are turned off nothing refreshes them again.
+LOOP_METRICS: tuple[Counter | Gauge, ...] = (
+    TOKENS_PER_SECOND,
+    TARGET_PER_REPLICA,
+    SCALING_DECISIONS,
+    SCRAPE_ERRORS,
+    POWER_WATTS,
+    TOKENS_PER_JOULE,
+    JOULES_PER_TOKEN,
+    ENERGY_UNKNOWN,
+)
+
+
+def _remove(
+    keep: Callable[[dict[str, str]], bool], only: tuple[Counter | Gauge, ...] | None = None
+) -> None:
+    """Remove every per-service series (of ``only``, if given) for which ``keep(labels)`` is
+    false."""
     for metric, names in PER_SERVICE:
+        if only is not None and metric not in only:
+            continue
         for values in _series(metric, names):
             if not keep(dict(zip(names, values, strict=True))):
                 metric.remove(*values)
@@ -155,6 +175,14 @@ def record_pools(namespace: str, service: str, pools: list[dict[str, object]]) -
 def remove_service(namespace: str, service: str) -> None:
     """Drop every series of one service (it was deleted)."""
     _remove(lambda labels: (labels["namespace"], labels["service"]) != (namespace, service))
+
+
+def remove_loop_series(namespace: str, service: str) -> None:
+    """Drop the series the service's autoscaling loop wrote (the loop stopped)."""
+    _remove(
+        lambda labels: (labels["namespace"], labels["service"]) != (namespace, service),
+        only=LOOP_METRICS,
+    )
 
 
 def services() -> set[tuple[str, str]]:

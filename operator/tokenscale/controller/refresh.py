@@ -162,4 +162,7 @@ def refresh_service(
     except KubeError as exc:
         log.info("status refresh of %s/%s failed: %s", namespace, name, exc)
         return
+    # The replica gauges follow the status this refresh wrote (pods becoming ready arrive here,
+    # not in a handler); after the patch, so a service deleted meanwhile gets no new series.
+    metrics.record_pools(namespace, name, outcome.status.get("pools", []))
     events.post(kube, owner, outcome.events)
