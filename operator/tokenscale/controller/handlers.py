@@ -154,14 +154,17 @@ def forget_deleted(kube: Kube, namespace: str, name: str) -> bool:
     return True
 
 
-@kopf.on.event(GROUP, VERSION, SERVICES)
-async def service_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def _deleted(type: str | None, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+@kopf.on.event(GROUP, VERSION, SERVICES, when=_deleted)
+async def service_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A service is gone: its series go now, not when its children's deletion is noticed.
 
     Kopf handles one object's events in order, so a reconcile in flight when the service was
-    deleted (which publishes gauges) has finished before this runs."""
-    if type != "DELETED":
-        return
+    deleted (which publishes gauges) has finished before this runs. Filtered with ``when`` so
+    that the fleet's other events do not each run (and log) a handler."""
     meta = body["metadata"]
     try:
         await asyncio.to_thread(forget_deleted, memo.kube, meta["namespace"], meta["name"])
