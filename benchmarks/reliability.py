@@ -61,6 +61,12 @@ E2E_DRILLS: dict[str, tuple[list[str], str]] = {
         "a planted secret scanned for in log/status/Events/report; generated specs applied to "
         "the API server with the operator watching",
     ),
+    "memory_churn": (
+        ["-m", "e2e", "tests/e2e/test_drill_churn.py"],
+        "services created/edited/deleted for minutes (1,000 for 30 min with "
+        "TOKENSCALE_DRILL_LONG=1): operator RSS slope after warm-up, no series of a deleted "
+        "service or removed pool, replica gauges equal to status",
+    ),
 }
 
 
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     fuzz = results.get("fuzz_specs", {}).get("fuzz_specs", {})
     metrics = results.get("metrics_faults", {}).get("metrics_faults", {})
     e2e = results.get("security_e2e", {}).get("security_e2e", {})
+    churn = results.get("memory_churn", {}).get("memory_churn", {})
     fuzz_failures = results.get("fuzz_specs", {}).get("failures", 0) + results.get(
         "hostile_cli_input", {}
     ).get("failures", 0)
@@ -173,6 +180,22 @@ def main(argv: list[str] | None = None) -> int:
             ),
         },
         "replica_changes_on_metrics_faults": metrics.get("replica_changes"),
+        # What ran (the long form is 1,000 services for 30 minutes; the short one is make test's).
+        "memory_churn_ran": (
+            f"{churn['form']} form: {churn['population']} services, "
+            f"{churn['churn_seconds'] / 60:.1f} min of churn, {churn['steps']} steps "
+            f"({churn['created']} created, {churn['updated']} updated, {churn['deleted']} deleted)"
+            if churn.get("steps") is not None
+            else None
+        ),
+        "memory_churn_rss_slope_mib_per_hour": churn.get("rss_slope_mib_per_hour"),
+        "memory_churn_series_leaked": (
+            churn["deleted_services_lingering_beyond_bound"]
+            + churn["deleted_services_with_series_after_drain"]
+            + churn["live_services_with_removed_pool_series"]
+            if "deleted_services_with_series_after_drain" in churn
+            else None
+        ),
         "not_drilled": [
             "operator SIGKILL during reconciles",
             "API-server / etcd restart",
@@ -181,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark faults (killed engines, failing result write)",
             "activator faults",
             "HA takeover",
-            "30-minute churn of 1,000 services (RSS slope)",
         ],
         "drills": results,
     }
