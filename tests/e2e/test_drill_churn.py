@@ -60,6 +60,9 @@ from tokenscale.k8s.kube import Kube
 LONG = os.environ.get("TOKENSCALE_DRILL_LONG") == "1"
 POPULATION = int(os.environ.get("TOKENSCALE_CHURN_SERVICES", "1000" if LONG else "40"))
 CHURN_SECONDS = float(os.environ.get("TOKENSCALE_CHURN_SECONDS", "1800" if LONG else "60"))
+#: Stop the churn early at this Unix time (a run that must end by a deadline); the figures
+#: record the churn that actually ran.
+CHURN_END_BY = float(os.environ.get("TOKENSCALE_CHURN_END_BY", "inf"))
 #: Steps per second; a step is 1 delete + 1 create + 2 edits.
 STEP_RATE = float(os.environ.get("TOKENSCALE_CHURN_RATE", "0.5"))
 #: Samples before this many seconds of churn are left out of the fit (see benchmarks/churn.py).
@@ -232,7 +235,9 @@ def test_churn_memory_and_series(bed: Bed) -> None:
         churn_start = time.monotonic()
         next_rss = next_scrape = churn_start
         steps = scrapes = 0
-        while (now := time.monotonic()) - churn_start < CHURN_SECONDS:
+        while (
+            now := time.monotonic()
+        ) - churn_start < CHURN_SECONDS and time.time() < CHURN_END_BY:
             if now >= next_rss:
                 rss.append((now - churn_start, rss_mb(pid)))
                 next_rss += RSS_EVERY
@@ -255,6 +260,7 @@ def test_churn_memory_and_series(bed: Bed) -> None:
         rss.append((churned, rss_mb(pid)))
         figures.update(
             churn_seconds=round(churned, 1),
+            churn_stopped_early_by_deadline=churned < CHURN_SECONDS - 1,
             steps=steps,
             **churner.counts,
             scrapes_during_churn=scrapes,
