@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated drill names: rerun these, keep the others from --out",
     )
+    parser.add_argument(
+        "--resummarize",
+        action="store_true",
+        help="run nothing: recompute the summary from the drills' results already in --out",
+    )
     opts = parser.parse_args(argv)
     env = dict(os.environ)
     if opts.full:
@@ -136,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown drill(s) {sorted(unknown)}; known: {sorted(drills)}")
     results: dict[str, Any] = {}
+    if opts.resummarize:
+        only, drills = set(), {}
+        results = dict(json.loads(opts.out.read_text()).get("drills", {}))
     if only:
         drills = {**DRILLS, **E2E_DRILLS}
         drills = {name: drills[name] for name in drills if name in only}
@@ -178,6 +186,30 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark of an invalid target (ValidationError), cases": fuzz.get(
                 "benchmark_invalid_target_crashes", 0
             ),
+            **(
+                {
+                    "operator RSS slope under churn (MiB/hour; bound)": [
+                        churn["rss_slope_mib_per_hour"],
+                        churn["rss_slope_bound_mib_per_hour"],
+                    ]
+                }
+                if churn.get("form") == "long"
+                and churn.get("rss_slope_mib_per_hour", 0)
+                > churn.get("rss_slope_bound_mib_per_hour", float("inf"))
+                else {}
+            ),
+            **(
+                {
+                    "deleted services with series beyond 30 s or after the drain (long churn)": (
+                        churn["deleted_services_lingering_beyond_bound"]
+                        + churn["deleted_services_with_series_after_drain"]
+                    )
+                }
+                if churn.get("form") == "long"
+                and churn.get("deleted_services_lingering_beyond_bound", 0)
+                + churn.get("deleted_services_with_series_after_drain", 0)
+                else {}
+            ),
         },
         "replica_changes_on_metrics_faults": metrics.get("replica_changes"),
         # What ran (the long form is 1,000 services for 30 minutes; the short one is make test's).
@@ -204,6 +236,17 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark faults (killed engines, failing result write)",
             "activator faults",
             "HA takeover",
+            *(
+                [
+                    f"churn at 1,000 services for 30 min (the last long run: "
+                    f"{churn.get('population')} services, "
+                    f"{churn.get('churn_seconds', 0) / 60:.1f} min)"
+                ]
+                if churn.get("form") != "long"
+                or churn.get("population", 0) < 1000
+                or churn.get("churn_seconds", 0) < 1800
+                else []
+            ),
         ],
         "drills": results,
     }
