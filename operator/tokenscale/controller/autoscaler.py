@@ -463,6 +463,9 @@ async def _scale(
         {"spec": {"replicas": sum(desired.values())}},
         "scale",
     )
+    # One line per /scale write: with two replicas, their logs say which one wrote (the HA drill
+    # matches them against a watch on the service; both share one field manager).
+    log.info("/scale of %s/%s set to %d replicas", namespace, name, sum(desired.values()))
     history = list(seen.status.scaling_history)
     for pool in verdict.pools:
         if not pool.changed:
