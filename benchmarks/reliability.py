@@ -61,6 +61,17 @@ E2E_DRILLS: dict[str, tuple[list[str], str]] = {
         "a planted secret scanned for in log/status/Events/report; generated specs applied to "
         "the API server with the operator watching",
     ),
+    "operator_kill": (
+        ["-m", "e2e", "tests/e2e/test_drill_operator_kill.py"],
+        "the operator SIGKILLed at random points while services are created, updated, scaled "
+        "and deleted, with a benchmark and a replica sweep in flight: no child missing, "
+        "duplicated, orphaned or stale after restart; the sweep ends with /scale given back",
+    ),
+    "ha_takeover": (
+        ["-m", "e2e", "tests/e2e/test_drill_ha.py"],
+        "two peered operator replicas under load, the active one SIGKILLed: the standby takes "
+        "over within a bound, no /scale write by two replicas (their logs vs a watch)",
+    ),
 }
 
 
@@ -144,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     fuzz = results.get("fuzz_specs", {}).get("fuzz_specs", {})
     metrics = results.get("metrics_faults", {}).get("metrics_faults", {})
     e2e = results.get("security_e2e", {}).get("security_e2e", {})
+    kill = results.get("operator_kill", {}).get("operator_kill", {})
+    ha = results.get("ha_takeover", {}).get("ha_takeover", {})
     fuzz_failures = results.get("fuzz_specs", {}).get("failures", 0) + results.get(
         "hostile_cli_input", {}
     ).get("failures", 0)
@@ -156,7 +169,23 @@ def main(argv: list[str] | None = None) -> int:
         "fuzzed_specs": fuzz.get("InferenceService", 0)
         + fuzz.get("InferenceBenchmark", 0)
         + e2e.get("applied", 0),
-        "objects_lost": fuzz.get("objects_lost", 0),
+        "objects_lost": fuzz.get("objects_lost", 0) + kill.get("objects_missing", 0),
+        "operator_kill": {
+            key: kill.get(key)
+            for key in (
+                "operations",
+                "kills",
+                "objects_missing",
+                "objects_duplicated",
+                "objects_orphaned",
+                "objects_stale",
+                "recovery_seconds_max",
+                "recovery_seconds_median",
+                "sweep_outcome",
+            )
+        },
+        "ha_takeover_seconds": ha.get("ha_takeover_seconds"),
+        "ha_double_writes": ha.get("double_writes"),
         # A crash is a failing fuzz example (an exception or a broken invariant) or a handler
         # exception in the operator's log during the e2e sample.
         "crashes": fuzz_failures + e2e.get("handler_exceptions", 0),
@@ -174,13 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "replica_changes_on_metrics_faults": metrics.get("replica_changes"),
         "not_drilled": [
-            "operator SIGKILL during reconciles",
             "API-server / etcd restart",
             "fault-injecting API proxy (429/500/timeouts/dropped watches)",
             "engine faults (crash loops, Pending, node loss) with write-rate counts",
             "benchmark faults (killed engines, failing result write)",
             "activator faults",
-            "HA takeover",
             "30-minute churn of 1,000 services (RSS slope)",
         ],
         "drills": results,
