@@ -126,6 +126,16 @@ def _active_at(history: list[tuple[float, str]], died: float | None, t: float) -
     return state == "active"
 
 
+def _handler_runs(proc: OperatorProcess, namespace: str) -> list[tuple[float, str]]:
+    """(time, object name) of every handler this replica ran for an object in ``namespace``."""
+    return [
+        (rec["t"], str((rec.get("object") or {}).get("name")))
+        for rec in _lines(proc)
+        if (rec.get("object") or {}).get("namespace") == namespace
+        and "succeeded" in str(rec.get("message"))
+    ]
+
+
 def _writes(proc: OperatorProcess, namespace: str, name: str) -> list[tuple[float, int]]:
     prefix = SCALE_LINE.format(ns=namespace, name=name)
     return [
@@ -323,6 +333,11 @@ def test_active_replica_killed_under_load_standby_takes_over_without_double_writ
         (t, value, n) for t, value, n in writes
         if any(_active_at(history[o], died[o], t) for o in by_name if o != n)
     ]  # fmt: skip
+    # Handlers too: a replica runs none for this namespace while the other one acts.
+    handled_while_other_acted = [
+        (t, obj, n) for n, p in by_name.items() for t, obj in _handler_runs(p, namespace)
+        if any(_active_at(history[o], died[o], t) for o in by_name if o != n)
+    ]  # fmt: skip
     ours = [ch for ch in changes.changes if ch["owner"] == "tokenscale/scale"]
     unattributed = []
     for ch in ours:
@@ -340,12 +355,21 @@ def test_active_replica_killed_under_load_standby_takes_over_without_double_writ
         "replica_changes_watched": len(changes.changes),
         "replica_changes_via_scale": len(ours),
         "double_writes": len(double),
+        "handler_runs_while_the_other_acted": len(handled_while_other_acted),
+        "handler_runs_by_replica": {
+            n: len(_handler_runs(p, namespace)) for n, p in by_name.items()
+        },
         "unattributed_changes": len(unattributed),
         "takeover_bound_seconds": TAKEOVER_BOUND,
     }
     _record(figures)
     print(json.dumps(figures, indent=1))
     assert not double, double
+    assert not handled_while_other_acted, handled_while_other_acted
+    for i, t in enumerate(takeovers):  # the check above is not vacuous: the successor acted
+        assert f"ha-new-{i}" in {
+            obj for _, obj in _handler_runs(by_name[t["took_over"]], namespace)
+        }
     assert not unattributed, (unattributed, writes)
     assert ours, "the load never made the operator write /scale"
     for t in takeovers:
