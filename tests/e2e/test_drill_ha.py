@@ -38,9 +38,9 @@ from tests.e2e.helpers import apply, example, get, wait_condition, wait_for
 from tests.e2e.operator_proc import OperatorProcess, helm_template
 from tests.testbed.cluster import Cluster
 
-pytestmark = pytest.mark.e2e
-
 LONG = os.environ.get("TOKENSCALE_DRILL_LONG") == "1"
+# Longer than the suite's 600 s per test: a loaded 2-core machine stretches every step.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800 if LONG else 900)]
 TAKEOVERS = 3 if LONG else 1
 PEERING = "tokenscale-drill-ha"
 #: Kopf's peering lifetime (60 s) + its keep-alive interval and the pause/resume bookkeeping:

@@ -36,9 +36,9 @@ from tests.e2e.operator_proc import OperatorProcess
 from tests.testbed.cluster import Cluster
 from tokenscale import constants as c
 
-pytestmark = pytest.mark.e2e
-
 LONG = os.environ.get("TOKENSCALE_DRILL_LONG") == "1"
+# Longer than the suite's 600 s per test: a loaded 2-core machine stretches every step.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000 if LONG else 900)]
 OPERATIONS = 100 if LONG else 20
 KILLS = 12 if LONG else 3
 SEED = int(os.environ.get("TOKENSCALE_DRILL_SEED", "17"))
