@@ -29,7 +29,11 @@ GPUModel = Literal["MI210", "MI250X", "MI300A", "MI300X", "MI325X", "MI350X", "M
 DType = Literal["bf16", "fp16", "fp32", "fp8", "mxfp4", "fp6"]
 PartitionProfile = Literal["spx_nps1", "cpx_nps1", "cpx_nps4", "dpx_nps2", "qpx_nps1"]
 ScalingMetric = Literal[
-    "generationTokensPerSecond", "totalTokensPerSecond", "requestsInFlight", "kvCacheUsage"
+    "generationTokensPerSecond",
+    "totalTokensPerSecond",
+    "promptTokensPerSecond",
+    "requestsInFlight",
+    "kvCacheUsage",
 ]
 INT_OR_AUTO: dict[str, Any] = {
     "x-kubernetes-int-or-string": True,
@@ -268,7 +272,11 @@ class ScalingSpec(StrictModel):
     )
     metric: ScalingMetric = Field(
         default="generationTokensPerSecond",
-        description="Signal from vLLM's own counters that is compared with the target.",
+        description="Signal from vLLM's own counters that is compared with the target: "
+        "generation tokens/s (vllm:generation_tokens_total), total (plus prompt) tokens/s, "
+        "prompt tokens/s (vllm:prompt_tokens_total; what prefill engines of a disaggregated "
+        "service scale on), requests in flight, or KV-cache usage. With spec.disaggregation "
+        "each role uses its own (prefill: prompt, decode: generation tokens/s).",
     )
     target_per_replica: float | None = Field(
         default=None,
