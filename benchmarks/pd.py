@@ -46,7 +46,9 @@ def _engines(n: int, seed: int) -> list[Engine]:
     return [Engine(profile, seed=seed * 100_003 + i) for i in range(n)]
 
 
-def run(layout: tuple[int, int] | None, gpus: int, qps: float, args: argparse.Namespace) -> RunSummary:
+def run(
+    layout: tuple[int, int] | None, gpus: int, qps: float, args: argparse.Namespace
+) -> RunSummary:
     """One Server run: ``layout`` None is aggregated, else (prefill, decode) engines."""
     reqs = list(workload.poisson(qps, max(1, int(qps * args.duration)), args.seed))
     if layout is None:
@@ -59,7 +61,9 @@ def run(layout: tuple[int, int] | None, gpus: int, qps: float, args: argparse.Na
     return pd.summarise_pd(runs)
 
 
-def search(layout: tuple[int, int] | None, gpus: int, hi: float, args: argparse.Namespace) -> dict[str, Any]:
+def search(
+    layout: tuple[int, int] | None, gpus: int, hi: float, args: argparse.Namespace
+) -> dict[str, Any]:
     """Highest VALID QPS by bisection in (0, hi]; its run's figures and the trials."""
     lo, best, trials = 0.0, None, []
     for _ in range(args.iters):
