@@ -316,8 +316,8 @@ def test_operator_killed_at_random_points_loses_nothing(
     print(json.dumps(figures, indent=1))
 
     assert len(kills) == KILLS
-    assert not unrecovered, unrecovered
-    assert final_seconds is not None and final.clean, final
+    assert not unrecovered, (unrecovered, ops_log)  # the operations say how to reproduce it
+    assert final_seconds is not None and final.clean, (final, ops_log)
     for name, st in sweeps.items():
         if st["phase"] == "Failed":
             assert st.get("reasons"), (name, st)
