@@ -23,8 +23,17 @@ __all__ = ["Condition", "PoolObservation", "condition", "merge_conditions"]
 
 log = logging.getLogger(__name__)
 
-#: Waiting reasons that mean a container cannot start (not just slow to).
-BAD_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError"}
+#: Waiting reasons that mean a container cannot start (not just slow to). A missing ConfigMap,
+#: Secret or key is CreateContainerConfigError, a malformed image reference InvalidImageName: a
+#: pod stuck on either never starts, like one that cannot pull its image.
+BAD_WAITING = {
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerError",
+    "CreateContainerConfigError",
+}
 
 
 @dataclass(slots=True)
