@@ -67,13 +67,13 @@ def test_crash_loop_is_reported() -> None:
 def test_a_container_that_cannot_start_is_degraded_with_its_reason(reason: str) -> None:
     """A pod waiting on a missing Secret key (CreateContainerConfigError) never starts either;
     only CreateContainerError was listed before, so such a pod left Degraded at Healthy."""
-    waiting = {"reason": reason, "message": "secret \"hf\" not found"}
+    waiting = {"reason": reason, "message": 'secret "hf" not found'}
     pods = [_pod("a", containerStatuses=[{"state": {"waiting": waiting}}])]
     pool = observe.PoolObservation("a", "MI300X", desired=1)
     pool.problems = observe.pod_problems(pods)["a"]
     conds = _types(observe.service_conditions([pool], [], [], 3))
     assert conds[c.COND_DEGRADED] == ("True", "PodErrors")
-    assert pool.problems == [f"{reason}: secret \"hf\" not found"]
+    assert pool.problems == [f'{reason}: secret "hf" not found']
 
 
 @pytest.mark.parametrize(
