@@ -149,12 +149,15 @@ async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_:
     VERSION,
     SERVICES,
     interval=refresh.SETTLING_SECONDS,
-    initial_delay=refresh.SETTLING_SECONDS,
+    idle=refresh.SETTLING_SECONDS,
     when=lambda status, **_: refresh.settling(dict(status or {})),
 )
 async def settling(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Pods of this service are not all ready: have its status refreshed (a pod problem shows
-    up in no Deployment event). Only marks it, like :func:`child_changed`; writes nothing."""
+    up in no Deployment event). Only marks it, like :func:`child_changed`; writes nothing.
+
+    ``idle``: only once the service has gone unchanged that long, so a fleet ramping up (its
+    status moving with every Deployment event) adds no refreshes; a stuck one gets them."""
     meta = body["metadata"]
     memo.refreshes.mark((meta["namespace"], meta["name"]), full=False)
 
