@@ -243,7 +243,7 @@ def finish(
 
 
 def partial_note(merged: BenchResult) -> str | None:
-    """ "partial: ..." when some requests failed, naming how many and how; None otherwise.
+    """The note "partial: ..." when some requests failed, naming how many and how, else None.
 
     Why in reasons and the Event, not only ``results.partial``: without an SLA (verdict NoSLA)
     nothing else would say that the figures leave out the requests an engine never answered,
