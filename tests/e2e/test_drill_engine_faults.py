@@ -40,9 +40,10 @@ RUN_LABEL = {nodes.PROCESS_LABEL: nodes.PROCESS_LABEL_VALUE}
 BROKEN_IMAGE = "registry.invalid/tokenscale/engine:does-not-exist"
 
 #: Bounds, per service, over the window. A fault that persists changes nothing the operator
-#: owns, so no child write at all; status follows what the kubelet reports (a crash loop flips
-#: the pod between running and back-off, at most every 20 s with the process kubelet's cap),
-#: so a few status writes a minute, never one per reconcile or resync.
+#: owns, so no child write at all. Status follows what the pods report: a steady fault reads
+#: the same from one refresh to the next (a crash loop too, waiting or running between
+#: restarts), so writes come only from a message that really changes (the scheduler's, as
+#: nodes come and go): a few a minute at most, never one per reconcile or refresh.
 MAX_CHILD_WRITES = 0
 MAX_STATUS_WRITES_PER_MINUTE = 8.0
 MAX_EVENTS_PER_MINUTE = 4.0
