@@ -349,7 +349,34 @@ class ScalingSpec(StrictModel):
 class BenchmarkOnRollout(StrictModel):
     """Run a benchmark automatically after each completed rollout."""
 
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "!self.rollback || self.enabled",
+                "rollback needs enabled: true (the benchmark after the rollout is the gate)",
+            ),
+        )
+    }
+
     enabled: bool = Field(default=False, description="Create a benchmark after each rollout.")
+    rollback: bool = Field(
+        default=False,
+        description="Make the benchmark a gate: when the new version fails spec.sla (verdict "
+        "Fail), restore each pool's previous version (its previous ReplicaSet, as kubectl "
+        "rollout undo), with a RolledBack Event and Progressing=False reason RolledBack. The "
+        "spec is left as written; the failed change stays held until the spec changes again. "
+        "Needs spec.sla. See docs/rollouts.md.",
+    )
+
+    @model_validator(mode="after")
+    def _rollback_needs_enabled(self) -> Self:
+        if self.rollback and not self.enabled:
+            raise ValueError(
+                "rollback needs enabled: true (the benchmark after the rollout is the gate); "
+                "fix: set benchmarkOnRollout.enabled: true or drop rollback"
+            )
+        return self
+
     scenario: Literal["offline", "server", "interactive"] = Field(
         default="server", description="Scenario of the automatic benchmark."
     )
@@ -379,6 +406,12 @@ class InferenceServiceSpec(StrictModel):
             (
                 "self.pools.all(p, self.pools.exists_one(q, q.name == p.name))",
                 "pool names must be unique",
+            ),
+            (
+                "!has(self.benchmarkOnRollout) || !self.benchmarkOnRollout.rollback "
+                "|| has(self.sla)",
+                "benchmarkOnRollout.rollback needs spec.sla: the SLA is what the new version "
+                "is benchmarked against; set sla (preset or ttftP99Ms and tpotP99Ms)",
             ),
             (
                 "!has(self.routing) || self.routing.mode != 'router' || !has(self.scaling) "
@@ -443,6 +476,16 @@ class InferenceServiceSpec(StrictModel):
             raise ValueError(
                 "routing.mode router cannot be combined with scaling.scaleToZero yet (the router "
                 "cannot wake a sleeping service); fix: use routing.mode service for scale to zero"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rollback_needs_sla(self) -> Self:
+        auto = self.benchmark_on_rollout
+        if auto is not None and auto.rollback and self.sla is None:
+            raise ValueError(
+                "benchmarkOnRollout.rollback needs spec.sla: the SLA is what the new version is "
+                "benchmarked against; fix: set sla (preset or ttftP99Ms and tpotP99Ms)"
             )
         return self
 
