@@ -1,6 +1,7 @@
 """The SLA gate (benchmarkOnRollout.rollback): a new version whose post-rollout benchmark fails
 the SLA gets its pool's previous ReplicaSet template back, says so (Event, Progressing), keeps
-it while the spec still asks for the failed version, and rolls any other change as usual."""
+it while the spec still asks for the failed version, and rolls any other change as usual.
+And multi-pool services: a change to several pools rolls one pool at a time."""
 
 from __future__ import annotations
 
@@ -11,9 +12,18 @@ from typing import Any
 import pytest
 
 from tests.unit.fakekube import FakeKube
-from tests.unit.test_rollout import _cluster, _deployment, _doc, _pass, _running, _template_hash
+from tests.unit.test_rollout import (
+    _cluster,
+    _deployment,
+    _doc,
+    _node,
+    _pass,
+    _running,
+    _template_hash,
+)
 from tokenscale import constants as c
-from tokenscale.controller.rollout import previous_template, rollout_benchmark_name
+from tokenscale.autoscale.rollout import one_pool_at_a_time
+from tokenscale.controller.rollout import mid_rollout, previous_template, rollout_benchmark_name
 from tokenscale.validation import InvalidManifest, parse_manifest
 
 GATE = {"enabled": True, "qps": 2, "rollback": True}
@@ -185,3 +195,99 @@ def test_rollback_without_its_prerequisites_names_the_fix(
     with pytest.raises(InvalidManifest) as err:
         parse_manifest(doc)
     assert field in str(err.value) and words in str(err.value) and "fix:" in str(err.value)
+
+
+# --- multi-pool services roll one pool at a time -----------------------------------------------
+
+
+def test_one_pool_at_a_time_decision() -> None:
+    assert one_pool_at_a_time("a", set()) is None
+    assert one_pool_at_a_time("a", {"a"}) is None  # its own rollout is no reason to wait
+    wait = one_pool_at_a_time("b", {"a", "c"})
+    assert wait is not None and (wait.strategy, wait.reason) == ("wait", "OtherPoolRolling")
+    assert "pool a, c is still rolling out" in wait.message
+
+
+def _dep(want: int, **status: int) -> dict[str, Any]:
+    return {"metadata": {"generation": 2}, "spec": {"replicas": want}, "status": status}
+
+
+def _recorded(workload: dict[str, Any]) -> dict[str, Any]:
+    record = json.dumps({"strategy": "inPlace", "reason": "NoFreeGPU", "revision": "x"})
+    workload["metadata"]["annotations"] = {c.ANNOTATION_ROLLOUT: record}
+    return workload
+
+
+@pytest.mark.parametrize(
+    ("workload", "rolling"),
+    [
+        (None, False),
+        (_dep(2, observedGeneration=2, replicas=2, updatedReplicas=2, readyReplicas=2), False),
+        (_dep(2, observedGeneration=1, replicas=2, updatedReplicas=2, readyReplicas=2), True),
+        (_dep(2, observedGeneration=2, replicas=3, updatedReplicas=1, readyReplicas=2), True),
+        (_dep(2, observedGeneration=2, replicas=2, updatedReplicas=1, readyReplicas=2), True),
+        # all new but one not ready: rolling only after a change of ours (a record)
+        (_dep(2, observedGeneration=2, replicas=2, updatedReplicas=2, readyReplicas=1), False),
+        (
+            _recorded(
+                _dep(2, observedGeneration=2, replicas=2, updatedReplicas=2, readyReplicas=1)
+            ),
+            True,
+        ),
+    ],
+)
+def test_mid_rollout(workload: dict[str, Any] | None, rolling: bool) -> None:
+    assert mid_rollout(workload) is rolling
+
+
+def _two_pools(image: str) -> dict[str, Any]:
+    doc = _doc(image)
+    pool = dict(doc["spec"]["pools"][0])
+    doc["spec"]["pools"] = [pool, {**pool, "name": "b"}]
+    return doc
+
+
+def _settle(kube: FakeKube, name: str) -> None:
+    """The Deployment controller finished: every replica new and ready."""
+    dep = kube.get("Deployment", "ns", name)
+    assert dep is not None
+    n = dep["spec"]["replicas"]
+    dep["status"] = {"replicas": n, "readyReplicas": n, "updatedReplicas": n}
+    kube.put(dep)
+
+
+def test_two_changed_pools_roll_one_after_the_other() -> None:
+    kube = FakeKube()
+    kube.put(_node("n1", 8))
+    _pass(kube, _two_pools("example.com/vllm:1"))
+    for name in ("llm-a", "llm-b"):
+        _settle(kube, name)
+    before = {n: _template_hash(_get(kube, n)) for n in ("llm-a", "llm-b")}
+
+    out = _pass(kube, _two_pools("example.com/vllm:2"))
+    assert _template_hash(_get(kube, "llm-a")) != before["llm-a"]  # a rolls
+    assert _template_hash(_get(kube, "llm-b")) == before["llm-b"]  # b keeps its version
+    waits = [e for e in out.events if e[0] == "RolloutWait"]
+    assert len(waits) == 1 and "pool b waits (OtherPoolRolling)" in waits[0].message
+    assert waits[0].type == "Normal"  # sequencing, not a problem
+    rollouts = {p["name"]: p["rollout"] for p in out.status["pools"]}
+    assert rollouts["b"]["reason"] == "OtherPoolRolling"
+
+    # a is mid-rollout (an old pod left): b still waits
+    a = _get(kube, "llm-a")
+    a["status"] = {"replicas": 3, "readyReplicas": 2, "updatedReplicas": 1}
+    kube.put(a)
+    _pass(kube, _two_pools("example.com/vllm:2"))
+    assert _template_hash(_get(kube, "llm-b")) == before["llm-b"]
+
+    # a is done: b rolls
+    _settle(kube, "llm-a")
+    out = _pass(kube, _two_pools("example.com/vllm:2"))
+    assert _template_hash(_get(kube, "llm-b")) != before["llm-b"]
+    assert {p["name"]: p["rollout"]["reason"] for p in out.status["pools"]}["b"] == "CapacityFree"
+
+
+def _get(kube: FakeKube, name: str) -> dict[str, Any]:
+    found = kube.get("Deployment", "ns", name)
+    assert found is not None
+    return found

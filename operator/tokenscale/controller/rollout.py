@@ -178,12 +178,18 @@ def choose(
     ready = sum(int((d.get("status") or {}).get("readyReplicas") or 0) for d in engines if d)
     floor = decision.sla_floor(old.metrics, svc.spec.scaling.metric, ready, now)
     by_plan = {p.pool: p for p in plans}
+    rolling = {
+        p.name
+        for p in svc.spec.pools
+        if p.name not in pending
+        and mid_rollout(live.get(names.pool_workload(meta["name"], p.name)))
+    }
     for pool in svc.spec.pools:
         if pool.name not in pending:
             continue
         obj, current, new_hash = pending[pool.name]
         plan = by_plan.get(pool.name)
-        choice = decision.decide(
+        choice = decision.one_pool_at_a_time(pool.name, rolling) or decision.decide(
             decision.RolloutInput(
                 pin=svc.spec.rollout.strategy,
                 gpus_per_replica=plan.gpus_per_replica if plan else 0,
@@ -194,6 +200,8 @@ def choose(
                 pool_ready=int((current.get("status") or {}).get("readyReplicas") or 0),
             )
         )
+        if choice.strategy != "wait":
+            rolling.add(pool.name)  # the next pending pool follows this one
         before = recorded(current)
         same = (
             before is not None
@@ -213,7 +221,8 @@ def choose(
             dep.set_rollout(obj, choice.strategy, _record(chosen))
         if same:
             continue
-        kind: Literal["Normal", "Warning"] = "Warning" if choice.strategy == "wait" else "Normal"
+        held = choice.strategy == "wait" and choice.reason != "OtherPoolRolling"
+        kind: Literal["Normal", "Warning"] = "Warning" if held else "Normal"
         verb = "waits" if choice.strategy == "wait" else f"rolls out {choice.strategy}"
         events.append(
             Event(
@@ -223,6 +232,23 @@ def choose(
             )
         )
     return events
+
+
+def mid_rollout(workload: Mapping[str, Any] | None) -> bool:
+    """Whether a pool's Deployment is still replacing pods: its controller has not seen the last
+    change, pods of an older template remain, or (after a change of ours) not all are ready."""
+    if workload is None:
+        return False
+    spec, status = workload.get("spec") or {}, workload.get("status") or {}
+    want = int(spec.get("replicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    generation = int((workload.get("metadata") or {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or generation) < generation:
+        return True
+    if updated < want or int(status.get("replicas") or 0) > updated:
+        return True
+    changed = recorded(workload) is not None
+    return changed and int(status.get("readyReplicas") or 0) < want
 
 
 def _roll_back(
