@@ -23,6 +23,8 @@ from tests.unit.test_rollout import (
 )
 from tokenscale import constants as c
 from tokenscale.autoscale.rollout import one_pool_at_a_time
+from tokenscale.controller import observe
+from tokenscale.controller.reconcile import rollout_benchmark
 from tokenscale.controller.rollout import mid_rollout, previous_template, rollout_benchmark_name
 from tokenscale.validation import InvalidManifest, parse_manifest
 
@@ -159,6 +161,14 @@ def test_a_first_version_failing_the_gate_has_nothing_to_restore() -> None:
     assert not [e for e in out.events if e[0] == "RolledBack"]
 
 
+def test_offline_gate_benchmark_keeps_its_concurrency() -> None:
+    doc = _doc(benchmarkOnRollout={"enabled": True, "scenario": "offline", "concurrency": 2})
+    doc["metadata"] |= {"generation": 3, "uid": "u1"}
+    bench = rollout_benchmark(doc, parse_manifest(doc))
+    assert bench["metadata"]["name"] == "llm-rollout-3"
+    assert bench["spec"]["scenario"] == "offline" and bench["spec"]["load"]["concurrency"] == 2
+
+
 def test_previous_template_is_the_newest_other_revision_of_that_deployment() -> None:
     _, v1 = _cluster(gpus=3)
     old = _replicaset(v1, 1)
@@ -183,6 +193,11 @@ def test_previous_template_is_the_newest_other_revision_of_that_deployment() -> 
             {"benchmarkOnRollout": {"rollback": True}, "sla": SLA},
             "spec.benchmarkOnRollout",
             "rollback needs enabled: true",
+        ),
+        (
+            {"benchmarkOnRollout": {"enabled": True, "qps": 2, "concurrency": 2}, "sla": SLA},
+            "spec.benchmarkOnRollout",
+            "concurrency applies to scenario offline only",
         ),
     ],
 )
@@ -291,3 +306,21 @@ def _get(kube: FakeKube, name: str) -> dict[str, Any]:
     found = kube.get("Deployment", "ns", name)
     assert found is not None
     return found
+
+
+def test_a_change_the_deployment_controller_has_not_seen_yet_is_rolling_not_stable() -> None:
+    """Found by the gate drill: the pass that applies a rollout read the Deployment's old status
+    (all updated) as settled and started the post-rollout benchmark against the old version."""
+    stale = {
+        "metadata": {"generation": 3},
+        "status": {"observedGeneration": 2, "replicas": 2, "readyReplicas": 2,
+                   "updatedReplicas": 2},
+    }  # fmt: skip
+    obs = observe.observe_workload("a", "MI300X", 2, stale)
+    conds = observe.service_conditions([obs], [], [], 3, [], None)
+    progressing = next(x for x in conds if x.type == c.COND_PROGRESSING)
+    assert (progressing.status, progressing.reason) == ("True", "RollingOut")
+    stale["status"]["observedGeneration"] = 3
+    obs = observe.observe_workload("a", "MI300X", 2, stale)
+    conds = observe.service_conditions([obs], [], [], 3, [], None)
+    assert next(x for x in conds if x.type == c.COND_PROGRESSING).reason == "Stable"

@@ -355,6 +355,10 @@ class BenchmarkOnRollout(StrictModel):
                 "!self.rollback || self.enabled",
                 "rollback needs enabled: true (the benchmark after the rollout is the gate)",
             ),
+            (
+                "!has(self.concurrency) || self.scenario == 'offline'",
+                "concurrency applies to scenario offline only; set scenario: offline or use qps",
+            ),
         )
     }
 
@@ -369,6 +373,15 @@ class BenchmarkOnRollout(StrictModel):
     )
 
     @model_validator(mode="after")
+    def _concurrency_is_offline(self) -> Self:
+        if self.concurrency is not None and self.scenario != "offline":
+            raise ValueError(
+                f"concurrency applies to scenario offline only (got {self.scenario}); fix: set "
+                "scenario: offline, or drop concurrency and use qps"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _rollback_needs_enabled(self) -> Self:
         if self.rollback and not self.enabled:
             raise ValueError(
@@ -381,6 +394,15 @@ class BenchmarkOnRollout(StrictModel):
         default="server", description="Scenario of the automatic benchmark."
     )
     qps: float | None = Field(default=None, gt=0, description="Server/interactive QPS.")
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Offline scenario: requests in flight (default: as many as the client can "
+        "open). A few measure the new version's per-request latency without saturating it, and "
+        "a closed loop has no send schedule to fall behind (an open-loop run on a busy client "
+        "can come out Invalid, which the rollback gate does not act on).",
+    )
     duration_seconds: int = Field(default=120, ge=10, le=86400, description="Run length.")
 
 

@@ -57,6 +57,12 @@ def observe_workload(
     obs.replicas = int(status.get("replicas") or 0)
     obs.ready = int(status.get("readyReplicas") or 0)
     obs.updated = int(status.get("updatedReplicas") or 0)
+    generation = int((workload.get("metadata") or {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or generation) < generation:
+        # the controller has not seen the change just applied: none of its pods are updated
+        # yet (else the pass applying a rollout reads the old status as settled, and the
+        # benchmark after the rollout runs against the old version)
+        obs.updated = 0
     return obs
 
 

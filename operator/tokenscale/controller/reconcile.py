@@ -456,6 +456,8 @@ def rollout_benchmark(body: dict[str, Any], svc: InferenceService) -> dict[str, 
         spec["load"]["qps"] = auto.qps
     elif auto.scenario != "offline":
         spec["scenario"] = "offline"
+    if spec["scenario"] == "offline" and auto.concurrency is not None:
+        spec["load"]["concurrency"] = auto.concurrency
     name = rollout.rollout_benchmark_name(meta)
     return {
         "apiVersion": "tokenscale.dev/v1alpha1",
