@@ -46,8 +46,22 @@ def remove_nodes(cluster: Cluster, names: list[str]) -> None:
     nodes.delete_nodes(cluster.api_client(), names)
 
 
-def service(tag: str, strategy: str = "auto") -> dict[str, Any]:
-    """Two replicas of two MI350X GPUs, simulated; only the image tag changes between versions."""
+#: The SLA the gate drill's post-rollout benchmark judges against: the simulated MI355X answers
+#: at about 5 ms per output token, ``--speed 0.2`` (five times slower) at about 25 ms.
+GATE_SLA = {"ttftP99Ms": 5000, "tpotP99Ms": 12}
+
+
+def service(
+    tag: str,
+    strategy: str = "auto",
+    *,
+    gate: bool = False,
+    speed: float | None = None,
+    replicas: int = 2,
+) -> dict[str, Any]:
+    """Two replicas of two MI350X GPUs, simulated; only the image tag changes between versions.
+    ``gate``: benchmark every rollout against GATE_SLA and roll back on Fail; ``speed``: the
+    simulator's simulated seconds per wall second (below 1: a slower engine version)."""
     doc = example("simulated-llama2-70b.yaml")
     doc["metadata"]["name"] = NAME
     doc["spec"]["engine"] = {
@@ -59,13 +73,27 @@ def service(tag: str, strategy: str = "auto") -> dict[str, Any]:
         "args": ["--startup-seconds", "3", "--gpu", "MI355X"],
     }
     doc["spec"]["pools"] = [
-        {"name": "mi350x", "gpu": "MI350X", "gpusPerReplica": 2, "minReplicas": 2,
-         "maxReplicas": 2}
+        {"name": "mi350x", "gpu": "MI350X", "gpusPerReplica": 2, "minReplicas": replicas,
+         "maxReplicas": replicas}
     ]  # fmt: skip
     doc["spec"]["scaling"] = {"mode": "off"}
-    doc["spec"]["replicas"] = 2
+    doc["spec"]["replicas"] = replicas
     doc["spec"]["rollout"] = {"strategy": strategy}
     doc["spec"]["podTemplate"] = {"labels": RUN_LABEL}
+    if speed is not None:  # the same 3 s of loading in wall time (the last value wins)
+        doc["spec"]["engine"]["args"] += ["--speed", f"{speed:g}", "--startup-seconds",
+                                          f"{3 * speed:g}"]  # fmt: skip
+    if gate:
+        doc["spec"]["sla"] = dict(GATE_SLA)
+        # closed loop, two in flight: per-request latency, and no send schedule that a busy
+        # 2-core test bed could fall behind (an Invalid verdict is never acted on)
+        doc["spec"]["benchmarkOnRollout"] = {
+            "enabled": True,
+            "scenario": "offline",
+            "concurrency": 2,
+            "durationSeconds": 10,
+            "rollback": True,
+        }
     return doc
 
 
@@ -490,3 +518,73 @@ def _condition(cluster: Cluster, namespace: str, type_: str) -> dict[str, Any]:
             found: dict[str, Any] = cond
             return found
     return {}
+
+
+# ---- the SLA gate -------------------------------------------------------------------------------
+
+
+@dataclass
+class GateDrill:
+    """A slower version rolled out behind the SLA gate: the gate's verdicts and the rollback."""
+
+    passed: dict[str, Any]  # the first version's post-rollout benchmark status
+    failed: dict[str, Any]  # the slower version's
+    rollout_seconds: float  # change applied -> the slower version rolled out
+    rollback_seconds: float  # change applied -> the previous version back, rolled out
+    events: list[str]  # RolledBack Events, "reason: message"
+    progressing: dict[str, Any]
+    rolled_back_from: str | None
+
+
+def _generation(cluster: Cluster, namespace: str) -> int:
+    svc = get(cluster, "tsvc", NAME, "-n", namespace) or {}
+    return int((svc.get("metadata") or {}).get("generation") or 0)
+
+
+def _gate_result(cluster: Cluster, namespace: str, generation: int) -> dict[str, Any]:
+    name = f"{NAME}-rollout-{generation}"
+    done = poll(
+        lambda: (
+            (b := get(cluster, "tsbench", name, "-n", namespace))
+            and (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            and b
+        ),
+        timeout=150,
+        what=f"post-rollout benchmark {name}",
+    )
+    status: dict[str, Any] = done["status"]
+    return status
+
+
+def sla_gate(
+    cluster: Cluster, namespace: str, good: str, slow: str, replicas: int = 1
+) -> GateDrill:
+    """``good`` passes the gate; ``slow`` (the simulator at a fifth of the speed) fails it and
+    is rolled back to ``good``. The caller provides the nodes; the service is (re)applied."""
+    apply(cluster, namespace, service(good, gate=True, replicas=replicas))
+    poll(lambda: rolled_out(deployment(cluster, namespace), f"{IMAGE}:{good}"), 120, "v1 ready")
+    passed = _gate_result(cluster, namespace, _generation(cluster, namespace))
+    started = time.monotonic()
+    apply(cluster, namespace, service(slow, gate=True, speed=0.2, replicas=replicas))
+    poll(lambda: rolled_out(deployment(cluster, namespace), f"{IMAGE}:{slow}"), 150, "slow out")
+    rollout_seconds = time.monotonic() - started
+    failed = _gate_result(cluster, namespace, _generation(cluster, namespace))
+    poll(
+        lambda: rolled_out(deployment(cluster, namespace), f"{IMAGE}:{good}"),
+        timeout=150,
+        what=f"rolled back to {good}",
+    )
+    rollback_seconds = time.monotonic() - started
+    found = get(cluster, "events", "-n", namespace, "--field-selector", "reason=RolledBack") or {}
+    events = [f"{e['reason']}: {e['message']}" for e in found.get("items") or []]
+    svc = get(cluster, "tsvc", NAME, "-n", namespace) or {}
+    pool = ((svc.get("status") or {}).get("pools") or [{}])[0]
+    return GateDrill(
+        passed=passed,
+        failed=failed,
+        rollout_seconds=rollout_seconds,
+        rollback_seconds=rollback_seconds,
+        events=events,
+        progressing=progressing(cluster, namespace),
+        rolled_back_from=(pool.get("rollout") or {}).get("rolledBackFrom"),
+    )

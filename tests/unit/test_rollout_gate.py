@@ -324,3 +324,44 @@ def test_a_change_the_deployment_controller_has_not_seen_yet_is_rolling_not_stab
     obs = observe.observe_workload("a", "MI300X", 2, stale)
     conds = observe.service_conditions([obs], [], [], 3, [], None)
     assert next(x for x in conds if x.type == c.COND_PROGRESSING).reason == "Stable"
+
+
+def test_a_failed_gate_rolls_back_only_the_pools_this_generation_changed() -> None:
+    kube = FakeKube()
+    kube.put(_node("n1", 8))
+
+    def doc(generation: int, image: str, label: str | None = None) -> dict[str, Any]:
+        out = _two_pools(image)
+        out["spec"] |= {"benchmarkOnRollout": GATE, "sla": SLA}
+        out["metadata"]["generation"] = generation
+        if label:  # a change to pool a only
+            out["spec"]["pools"][0]["podTemplate"] = {"labels": {"team": label}}
+        return out
+
+    _pass(kube, doc(1, "example.com/vllm:1"))
+    for name in ("llm-a", "llm-b"):
+        _settle(kube, name)
+        kube.put(_owned_replicaset(_get(kube, name), 1))
+    for _ in range(2):  # generation 2 changes both pools: a, then b
+        _pass(kube, doc(2, "example.com/vllm:2"))
+        for name in ("llm-a", "llm-b"):
+            _settle(kube, name)
+    b2 = _template_hash(_get(kube, "llm-b"))
+    for name in ("llm-a", "llm-b"):
+        kube.put(_owned_replicaset(_get(kube, name), 2))
+    _pass(kube, doc(3, "example.com/vllm:2", label="x"))  # generation 3: pool a only
+    _settle(kube, "llm-a")
+    a3 = _template_hash(_get(kube, "llm-a"))
+    _benchmarked(kube, "Fail", "llm-rollout-3")
+    out = _pass(kube, doc(3, "example.com/vllm:2", label="x"))
+    assert _template_hash(_get(kube, "llm-a")) != a3  # rolled back
+    assert _template_hash(_get(kube, "llm-b")) == b2  # not changed by generation 3: kept
+    assert [e.message.split(":")[0] for e in out.events if e[0] == "RolledBack"] == ["pool a"]
+
+
+def _owned_replicaset(dep: dict[str, Any], revision: int) -> dict[str, Any]:
+    rs = _replicaset(dep, revision)
+    name = dep["metadata"]["name"]
+    rs["metadata"] |= {"name": f"{name}-h{revision}",
+                       "ownerReferences": [{"kind": "Deployment", "name": name}]}  # fmt: skip
+    return rs

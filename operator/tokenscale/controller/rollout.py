@@ -157,8 +157,14 @@ def choose(
             dep.hold_template(obj, current, _record(before))
             continue
         if dep.rendered_hash(current) == new_hash:
-            if gate is not None and before is not None and before.revision == new_hash:
-                # only a version a rollout of ours brought (its decision names it)
+            if (
+                gate is not None
+                and before is not None
+                and before.revision == new_hash
+                and before.generation == meta.get("generation")
+            ):
+                # only a version the benchmarked generation's rollout brought (its decision
+                # names it): a pool this generation did not change keeps what it runs
                 rolled = _roll_back(obj, current, pool.name, new_hash, gate, listed, now)
                 if rolled is not None:
                     events.append(rolled)
@@ -214,6 +220,7 @@ def choose(
             message=choice.message,
             revision=new_hash,
             decided_at=before.decided_at if same and before is not None else now,
+            generation=before.generation if same and before is not None else meta.get("generation"),
         )
         if choice.strategy == "wait":
             dep.hold_template(obj, current, _record(chosen))
