@@ -26,6 +26,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -171,10 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=5, help="Ready->not->Ready cycles per kind")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"lws-latency-{uuid.uuid4().hex[:6]}"
-    work.mkdir(parents=True)
     started = time.monotonic()
-    result = run(args.trials, work)
+    with tempfile.TemporaryDirectory(prefix="lws-latency-") as work:
+        result = run(args.trials, Path(work))
     doc = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.lws_status_latency " + " ".join(argv or sys.argv[1:]),
