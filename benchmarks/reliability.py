@@ -61,6 +61,32 @@ E2E_DRILLS: dict[str, tuple[list[str], str]] = {
         "a planted secret scanned for in log/status/Events/report; generated specs applied to "
         "the API server with the operator watching",
     ),
+    "operator_kill": (
+        ["-m", "e2e", "tests/e2e/test_drill_operator_kill.py"],
+        "the operator SIGKILLed at random points while services are created, updated, scaled "
+        "and deleted, with a benchmark and a replica sweep in flight: no child missing, "
+        "duplicated, orphaned or stale after restart; the sweep ends with /scale given back",
+    ),
+    "ha_takeover": (
+        ["-m", "e2e", "tests/e2e/test_drill_ha.py"],
+        "two peered operator replicas under load, the active one SIGKILLed: the standby takes "
+        "over within a bound, no /scale write by two replicas (their logs vs a watch)",
+    ),
+    "engine_faults": (
+        ["-m", "e2e", "tests/e2e/test_drill_engine_faults.py"],
+        "crash loop, unpullable image, no room, node deleted: Degraded names each cause; API "
+        "writes per service during the fault counted from watches (no child write)",
+    ),
+    "benchmark_faults": (
+        ["-m", "e2e", "tests/e2e/test_drill_benchmark_faults.py"],
+        "target never Ready, engines killed mid-run, HTTP 500s, load pod killed, every result "
+        "write refused 3 times: Failed with a reason or partial, no false pass, no result lost",
+    ),
+    "activator_faults": (
+        ["-m", "e2e", "tests/e2e/test_drill_activator_faults.py"],
+        "a flood over two activators, SIGTERM while requests wait, a wake that times out: every "
+        "client gets an answer, the service wakes once",
+    ),
     "memory_churn": (
         ["-m", "e2e", "tests/e2e/test_drill_churn.py"],
         "services created/edited/deleted for minutes (1,000 for 30 min with "
@@ -113,6 +139,14 @@ def run_drill(name: str, args: list[str], env: dict[str, str]) -> dict[str, Any]
         return result
 
 
+def activator_unanswered(figures: dict[str, Any]) -> int | None:
+    """Requests of the activator drill that got neither a response nor an error they can act
+    on (a dropped connection, a hang): the drill's own count per case, summed."""
+    if not figures:
+        return None
+    return sum(int(case.get("unanswered", 0)) for case in figures.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="5,000 specs per kind, and --e2e")
@@ -159,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     metrics = results.get("metrics_faults", {}).get("metrics_faults", {})
     e2e = results.get("security_e2e", {}).get("security_e2e", {})
     churn = results.get("memory_churn", {}).get("memory_churn", {})
+    kill = results.get("operator_kill", {}).get("operator_kill", {})
+    ha = results.get("ha_takeover", {}).get("ha_takeover", {})
+    engine = results.get("engine_faults", {}).get("engine_faults", {})
+    bench = results.get("benchmark_faults", {}).get("benchmark_faults", {})
+    activator = results.get("activator_faults", {}).get("activator_faults", {})
     fuzz_failures = results.get("fuzz_specs", {}).get("failures", 0) + results.get(
         "hostile_cli_input", {}
     ).get("failures", 0)
@@ -171,7 +210,23 @@ def main(argv: list[str] | None = None) -> int:
         "fuzzed_specs": fuzz.get("InferenceService", 0)
         + fuzz.get("InferenceBenchmark", 0)
         + e2e.get("applied", 0),
-        "objects_lost": fuzz.get("objects_lost", 0),
+        "objects_lost": fuzz.get("objects_lost", 0) + kill.get("objects_missing", 0),
+        "operator_kill": {
+            key: kill.get(key)
+            for key in (
+                "operations",
+                "kills",
+                "objects_missing",
+                "objects_duplicated",
+                "objects_orphaned",
+                "objects_stale",
+                "recovery_seconds_max",
+                "recovery_seconds_median",
+                "sweep_outcome",
+            )
+        },
+        "ha_takeover_seconds": ha.get("ha_takeover_seconds"),
+        "ha_double_writes": ha.get("double_writes"),
         # A crash is a failing fuzz example (an exception or a broken invariant) or a handler
         # exception in the operator's log during the e2e sample.
         "crashes": fuzz_failures + e2e.get("handler_exceptions", 0),
@@ -228,8 +283,14 @@ def main(argv: list[str] | None = None) -> int:
             if "deleted_services_with_series_after_drain" in churn
             else None
         ),
+        # issue 17's engine, benchmark and activator fault drills (None: not run)
+        "engine_faults_child_writes": engine.get("child_writes"),
+        "engine_faults_max_status_writes_per_minute": engine.get("max_status_writes_per_minute"),
+        "benchmark_faults_false_passes": bench.get("false_passes"),
+        "benchmark_faults_results_lost": bench.get("results_lost"),
+        "activator_faults_wakes_per_flood": (activator.get("flood") or {}).get("wake_events"),
+        "activator_faults_requests_unanswered": activator_unanswered(activator),
         "not_drilled": [
-            "operator SIGKILL during reconciles",
             "API-server / etcd restart",
             "fault-injecting API proxy (429/500/timeouts/dropped watches)",
             "engine faults (crash loops, Pending, node loss) with write-rate counts",

@@ -13,12 +13,17 @@ free GPUs per model and the replicas the current load needs, so it picks per cha
 4. otherwise ``wait`` (the Deployment is paused on the old version) with the reason, and the
    decision is taken again on every pass until GPUs free up or the load drops.
 
+A service of several pools rolls one pool at a time (:func:`one_pool_at_a_time`): while one
+pool's Deployment replaces pods, a change to another pool waits, so the pools not being replaced
+carry the load at full strength (and the SLA floor, computed service-wide, stays true).
+
 Pure functions: the controller (:mod:`tokenscale.controller.rollout`) gathers the inputs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -120,6 +125,22 @@ def decide(inp: RolloutInput) -> RolloutDecision:
     )
 
 
+def one_pool_at_a_time(pool: str, rolling: Collection[str]) -> RolloutDecision | None:
+    """A ``wait`` for ``pool``'s change while another pool of the service still rolls out
+    (``rolling``: pools whose Deployment still replaces pods, or that this pass starts); None
+    when the pool may be decided now. The pools roll in spec order as each one finishes."""
+    others = sorted(set(rolling) - {pool})
+    if not others:
+        return None
+    names = ", ".join(others)
+    return RolloutDecision(
+        "wait",
+        "OtherPoolRolling",
+        f"one pool at a time: pool {names} is still rolling out; this pool follows once it is "
+        "done, so the other pools carry the load at full strength meanwhile",
+    )
+
+
 def load_value(metrics: MetricsStatus, metric: ScalingMetric, ready: int) -> float | None:
     """The service's current value of the scaling metric from status.metrics (None: unknown).
 
@@ -131,6 +152,8 @@ def load_value(metrics: MetricsStatus, metric: ScalingMetric, ready: int) -> flo
         if metrics.tokens_per_second is None:
             return None
         return metrics.tokens_per_second + (metrics.prompt_tokens_per_second or 0.0)
+    if metric == "promptTokensPerSecond":
+        return metrics.prompt_tokens_per_second
     if metric == "requestsInFlight":
         if metrics.requests_running is None:
             return None

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokenscale.api.config import OperatorConfig
-from tokenscale.controller import events, metrics, observe
+from tokenscale.controller import events, metrics, observe, statusorder
 from tokenscale.controller.reconcile import child_version, reconcile_service, refresh_status
 from tokenscale.controller.resync import LEDGER
 from tokenscale.k8s.kube import Kube, KubeError
@@ -130,14 +130,40 @@ def child_needs_reconcile(event_type: str | None, child: dict[str, Any]) -> bool
     return applied.get(key) != child_version(child)
 
 
+#: How often the status of a service whose pods are not all ready is looked at again.
+SETTLING_SECONDS = 10.0
+
+
+def settling(status: dict[str, Any] | None) -> bool:
+    """Replicas are wanted but not all ready: pods may be failing in ways no Deployment event
+    reports (a crash loop or an image pull error leaves the Deployment's status as it was).
+
+    The operator does not watch pods, so such a service's status is refreshed every
+    :data:`SETTLING_SECONDS` until it settles; the fleet-wide resync (5 min) is too slow for
+    the one moment a user watches. Found by the engine-fault drill (issue 17): a crash-looping
+    engine's service read Degraded False/Healthy for minutes."""
+    conds = {x.get("type"): x for x in (status or {}).get("conditions") or []}
+    ready, progressing = conds.get("Ready") or {}, conds.get("Progressing") or {}
+    if ready.get("status") == "False" and ready.get("reason") == "ReplicasNotReady":
+        return True
+    return progressing.get("status") == "True" and progressing.get("reason") == "RollingOut"
+
+
 def refresh_service(
     kube: Kube, cfg: OperatorConfig, namespace: str, name: str, *, full: bool = True
 ) -> None:
     """Re-run the service's reconcile outside its own handler and patch its status.
 
     ``full=False`` asks only for a status refresh; it is done only when the spec's generation
-    was observed and the ledger knows the service, else the reconcile runs in full.
+    was observed and the ledger knows the service, else the reconcile runs in full. It takes
+    its turn with the service's handlers (:mod:`statusorder`): the status it writes is never
+    overwritten by one a handler read earlier.
     """
+    with statusorder.held(namespace, name):
+        _refresh(kube, cfg, namespace, name, full)
+
+
+def _refresh(kube: Kube, cfg: OperatorConfig, namespace: str, name: str, full: bool) -> None:
     owner = kube.get("InferenceService", namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         metrics.remove_service(namespace, name)

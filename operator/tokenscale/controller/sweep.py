@@ -115,13 +115,30 @@ def step(
     name, namespace, gen = meta["name"], meta["namespace"], meta.get("generation")
     service = svc_body["metadata"]["name"]
     n = sweep.levels[sweep.index]
-
-    if svc_body["spec"].get("replicas") != n:
+    job_name = f"{name}-run-r{n}"
+    holding = (svc_body["metadata"].get("annotations") or {}).get(
+        c.ANNOTATION_SCALING_HOLD
+    ) == hold_value(name)
+    if not holding:
+        # /scale is not ours any more: either this sweep gave it back (restored the replicas)
+        # and the operator died before the terminal status, or someone else lifted the hold.
+        # Never write /scale without the hold (nobody would give that count back): finish from
+        # the last level's Job, or stop with the reason.
+        job = kube.get("Job", namespace, job_name)
+        state = job_state(job)[0] if job is not None else None
+        last = sweep.index + 1 == len(sweep.levels)
+        if state is None or (state == "complete" and not last):
+            text = (
+                f"the scaling hold on {service} ({c.ANNOTATION_SCALING_HOLD}) was lifted "
+                f"before level {sweep.index + 1}/{len(sweep.levels)} ({n} replica(s)) finished; "
+                f"the sweep stopped without writing {service}'s /scale again"
+            )
+            return fail(body, "HoldLost", text, now)
+    elif svc_body["spec"].get("replicas") != n:
         kube.patch_merge("InferenceService", namespace, service, {"spec": {"replicas": n}}, "scale")
         msg = f"level {sweep.index + 1}/{len(sweep.levels)}: scaling {service} to {n} replica(s)"
         return _progress(body, sweep, msg, gen, now, ("SweepScaled", msg), waiting_since=now)
 
-    job_name = f"{name}-run-r{n}"
     job = kube.get("Job", namespace, job_name)
     if job is None:
         ready, present = _engine_pods(kube, namespace, service)
