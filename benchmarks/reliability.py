@@ -291,12 +291,6 @@ def main(argv: list[str] | None = None) -> int:
         "activator_faults_wakes_per_flood": (activator.get("flood") or {}).get("wake_events"),
         "activator_faults_requests_unanswered": activator_unanswered(activator),
         "not_drilled": [
-            "API-server / etcd restart",
-            "fault-injecting API proxy (429/500/timeouts/dropped watches)",
-            "engine faults (crash loops, Pending, node loss) with write-rate counts",
-            "benchmark faults (killed engines, failing result write)",
-            "activator faults",
-            "HA takeover",
             *(
                 [
                     f"churn at 1,000 services for 30 min (the last long run: "
