@@ -44,6 +44,10 @@ class FaultPlan:
     """Per-request probabilities of each fault kind (their sum at most 1)."""
 
     rates: dict[str, float] = field(default_factory=dict)
+    #: Only requests whose path starts with one of these (and, if set, whose method is one of
+    #: ``methods``) are candidates; empty: every request. A sustained refusal of one object.
+    paths: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
     retry_after_seconds: int = 1
     hold_seconds: float = 40.0
     drop_after: tuple[float, float] = (0.5, 3.0)
@@ -183,9 +187,13 @@ class FaultProxy:
         return [r for r in self.snapshot() if start <= r.start < end]
 
     # -- the proxy ------------------------------------------------------------------
-    def _draw(self, watch: bool) -> str:
+    def _draw(self, method: str, path: str, watch: bool) -> str:
         with self._lock:
             plan, roll = self.plan, self._rng.random()
+        if plan.paths and not path.startswith(plan.paths):
+            return ""
+        if plan.methods and method not in plan.methods:
+            return ""
         for kind in KINDS:
             rate = plan.rates.get(kind, 0.0)
             if kind == "drop_watch" and not watch:
@@ -214,7 +222,7 @@ class FaultProxy:
                 query = parse_qs(parts.query)
                 watch = (query.get("watch") or [""])[0] in ("true", "1")
                 rec = Record(time.monotonic(), method, parts.path, watch)
-                rec.fault = self._draw(watch)
+                rec.fault = self._draw(method, parts.path, watch)
                 with self._lock:
                     self.records.append(rec)
                 try:

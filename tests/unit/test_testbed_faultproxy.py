@@ -134,6 +134,26 @@ def test_answers_injected_errors_as_api_status(
     assert [r.fault for r in proxy.snapshot()] == [str(code), ""]
 
 
+def test_a_plan_can_target_one_path_and_method(
+    certs: pki.Pki, upstream: ThreadingHTTPServer
+) -> None:
+    plan = FaultPlan({"500": 1.0}, paths=("/apis/x/",), methods=("PATCH",))
+    proxy = _proxy(certs, upstream.server_address[1], plan)
+    try:
+        conn = _client(certs, proxy)
+        for method, path in [("PATCH", "/apis/x/y"), ("GET", "/apis/x/y"), ("PATCH", "/api/v1/z")]:
+            body = b"{}" if method == "PATCH" else None
+            conn.request(method, path, body=body)
+            conn.getresponse().read()
+    finally:
+        proxy.stop()
+    assert [(r.method, r.path, r.status) for r in proxy.snapshot()] == [
+        ("PATCH", "/apis/x/y", 500),
+        ("GET", "/apis/x/y", 200),
+        ("PATCH", "/api/v1/z", 200),
+    ]
+
+
 def test_drops_a_watch_stream_mid_way_but_not_plain_requests(
     certs: pki.Pki, upstream: ThreadingHTTPServer
 ) -> None:
