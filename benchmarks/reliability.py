@@ -61,6 +61,18 @@ E2E_DRILLS: dict[str, tuple[list[str], str]] = {
         "a planted secret scanned for in log/status/Events/report; generated specs applied to "
         "the API server with the operator watching",
     ),
+    "apiserver_restart": (
+        ["-m", "e2e", "tests/e2e/test_drill_apiserver.py"],
+        "the API server, then etcd, restarted under the operator (behind a counting proxy): "
+        "changes made around the outage reach the children through resumed watches, same "
+        "operator process, requests per second during the outage bounded",
+    ),
+    "api_faults": (
+        ["-m", "e2e", "tests/e2e/test_drill_api_faults.py"],
+        "429 (Retry-After), 500, unanswered requests and cut watch streams injected by a proxy "
+        "in front of the API server: every fault retried, the faults named in conditions or "
+        "Events, no child lost or left over, every service converged",
+    ),
 }
 
 
@@ -144,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     fuzz = results.get("fuzz_specs", {}).get("fuzz_specs", {})
     metrics = results.get("metrics_faults", {}).get("metrics_faults", {})
     e2e = results.get("security_e2e", {}).get("security_e2e", {})
+    restart = results.get("apiserver_restart", {}).get("apiserver_restart", {})
+    faults = results.get("api_faults", {}).get("api_faults", {})
     fuzz_failures = results.get("fuzz_specs", {}).get("failures", 0) + results.get(
         "hostile_cli_input", {}
     ).get("failures", 0)
@@ -156,7 +170,43 @@ def main(argv: list[str] | None = None) -> int:
         "fuzzed_specs": fuzz.get("InferenceService", 0)
         + fuzz.get("InferenceBenchmark", 0)
         + e2e.get("applied", 0),
-        "objects_lost": fuzz.get("objects_lost", 0),
+        "objects_lost": fuzz.get("objects_lost", 0)
+        + sum(run.get("objects_lost", 0) for run in faults.values()),
+        # Per restarted component: the operator's requests per second to the API server while
+        # it was down (after the first second of failing in-flight calls), and the seconds
+        # until every change made around the outage had reached the children.
+        "apiserver_restart": {
+            component: {
+                key: figures.get(key)
+                for key in (
+                    "outage_seconds",
+                    "requests_per_second_after_first_second",
+                    "convergence_seconds_after_restart",
+                    "updates_lost",
+                )
+            }
+            for component, figures in restart.items()
+        },
+        # Per fault run and kind: requests injected, retries observed, objects lost, seconds to
+        # converge.
+        "api_faults": {
+            label: {
+                "objects_lost": run.get("objects_lost"),
+                "convergence_seconds": run.get("convergence_seconds"),
+                "kinds": {
+                    kind: {
+                        k: per.get(k)
+                        for k in (
+                            "requests_injected",
+                            "retries_observed",
+                            "median_retry_delay_seconds",
+                        )
+                    }
+                    for kind, per in (run.get("kinds") or {}).items()
+                },
+            }
+            for label, run in faults.items()
+        },
         # A crash is a failing fuzz example (an exception or a broken invariant) or a handler
         # exception in the operator's log during the e2e sample.
         "crashes": fuzz_failures + e2e.get("handler_exceptions", 0),
@@ -175,8 +225,6 @@ def main(argv: list[str] | None = None) -> int:
         "replica_changes_on_metrics_faults": metrics.get("replica_changes"),
         "not_drilled": [
             "operator SIGKILL during reconciles",
-            "API-server / etcd restart",
-            "fault-injecting API proxy (429/500/timeouts/dropped watches)",
             "engine faults (crash loops, Pending, node loss) with write-rate counts",
             "benchmark faults (killed engines, failing result write)",
             "activator faults",
