@@ -218,3 +218,22 @@ def test_a_refused_apply_counts_as_an_error_and_is_retried_with_its_status_writt
     degraded = next(x for x in patch["status"]["conditions"] if x["type"] == "Degraded")
     assert degraded["reason"] == "ApplyFailed" and "exceeded quota" in degraded["message"]
     assert any(r == "ApplyFailed" for r, _, _ in kube.events)
+
+
+def test_kopf_retries_api_errors_for_ever_with_a_capped_backoff() -> None:
+    """Regression (API-server restart drill): Kopf gave up after 54 s of API errors, and a
+    watch that gave up killed its watcher for good (the operator stayed blind to that kind)."""
+    import itertools
+
+    import kopf
+
+    from tokenscale.controller import handlers
+
+    settings = kopf.OperatorSettings()
+    handlers.tune_networking(settings)
+    backoffs = settings.networking.error_backoffs
+    assert not isinstance(backoffs, (int, float))
+    first = list(itertools.islice(iter(backoffs), 12))
+    assert first == [1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30]
+    assert list(itertools.islice(iter(backoffs), 3)) == [1, 1, 2]  # afresh for each request
+    assert not hasattr(backoffs, "__len__")  # Kopf then never runs out of attempts
