@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             }
             for component, figures in restart.items()
+            if isinstance(figures, dict)
         },
         # Per fault run and kind: requests injected, retries observed, objects lost, seconds to
         # converge.
@@ -220,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             **metrics.get("crashed", {}),
             "benchmark of an invalid target (ValidationError), cases": fuzz.get(
                 "benchmark_invalid_target_crashes", 0
+            ),
+            # xfail(strict) in the long form: a child deleted while a watch reconnects after a
+            # long API-server outage is missed until the resync (docs/reliability.md).
+            "API-server restart (30 s outage): rounds with a lost child deletion": restart.get(
+                "unconverged_after_outage", 0
             ),
         },
         "replica_changes_on_metrics_faults": metrics.get("replica_changes"),

@@ -91,10 +91,39 @@ def _converged(cluster: Cluster, namespace: str, service: str, replicas: int) ->
     )
 
 
+def _describe(cluster: Cluster, namespace: str) -> str:
+    """Each service's Deployments and conditions, for a failure message."""
+    lines = []
+    for svc in (get(cluster, "tsvc", "-n", namespace) or {}).get("items") or []:
+        name = svc["metadata"]["name"]
+        deps = [
+            (d["metadata"]["name"], d["spec"].get("replicas"), (d.get("status") or {}))
+            for d in _deployments(cluster, namespace, name)
+        ]
+        conds = {x["type"]: (x["status"], x.get("reason")) for x in svc["status"]["conditions"]}
+        lines.append(f"{name}: spec.replicas={svc['spec'].get('replicas')} deployments={deps} "
+                     f"conditions={conds}")  # fmt: skip
+    pods = get(cluster, "pods", "-n", namespace) or {}
+    for pod in pods.get("items") or []:
+        lines.append(f"pod {pod['metadata']['name']}: {pod['status'].get('phase')} "
+                     f"node={pod['spec'].get('nodeName')}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _rate(records: list[Record], seconds: float) -> float:
     return round(len(records) / seconds, 2) if seconds > 0 else 0.0
 
 
+@pytest.mark.xfail(
+    LONG,
+    strict=True,
+    reason="known, not fixed (found by the long form, 30 s outage, 2026-12-03): a Deployment "
+    "deleted while the operator's Deployment watch was still reconnecting (its 9th attempt, "
+    "~54 s) was never recreated within 120 s: the watch resumed from a resourceVersion the "
+    "restarted API server no longer had, Kopf re-listed, and a re-list carries no DELETED "
+    "event; only the 300 s resync would repair it. The test bed's KWOK nodes also went "
+    "NotReady (40 s leases) so pods were unready for minutes. Short form (8 s) passes.",
+)
 def test_restarts_lose_no_update_and_retry_with_backoff(
     cluster: Cluster,
     proxied: tuple[FaultProxy, OperatorProcess],
@@ -141,10 +170,17 @@ def _restart_round(
     apply(cluster, namespace, _service(after, want[after]))
     (victim,) = _deployments(cluster, namespace, deleted)
     cluster.kubectl("delete", "deployment", victim["metadata"]["name"], "-n", namespace)
-    wait_for(
-        lambda: all(_converged(cluster, namespace, n, r) for n, r in want.items()),
-        timeout=CONVERGE_SECONDS, what=f"every change converged after the {component} restart",
-    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: all(_converged(cluster, namespace, n, r) for n, r in want.items()),
+            timeout=CONVERGE_SECONDS, what=f"every change converged after the {component} restart",
+        )  # fmt: skip
+    except AssertionError as exc:
+        FIGURES["unconverged_after_outage"] = FIGURES.get("unconverged_after_outage", 0) + 1
+        _record()
+        raise AssertionError(
+            f"{exc}\nwanted {want}; found:\n{_describe(cluster, namespace)}"
+        ) from None
     converge = time.monotonic() - outage_end
     recreated = _deployments(cluster, namespace, deleted)[0]
     assert recreated["metadata"]["uid"] != victim["metadata"]["uid"]

@@ -257,6 +257,8 @@ class FaultProxy:
                     rec.end = time.monotonic()
         except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ValueError):
             return
+        except asyncio.CancelledError:  # stop(): the connection goes with the proxy
+            return
         finally:
             if upstream is not None:
                 upstream[1].close()
