@@ -69,6 +69,7 @@ demo-down: $(STAMP) ## Remove the demo cluster and everything in it
 bench: $(STAMP) testbed-build ## Run the benchmarks; results land in benchmarks/results/
 	$(PY) benchmarks/autoscale_trace.py
 	$(PY) benchmarks/sim_calibration.py
+	$(PY) benchmarks/pd.py
 	$(PY) benchmarks/fleet_scale.py
 	$(PY) benchmarks/loadgen_per_core.py
 	$(PY) -m benchmarks.reconcile_scale

@@ -466,3 +466,81 @@ CASES += [
         "cannot be combined with scaling.scaleToZero",
     ),
 ]
+
+
+def pd_service(**changes: Any) -> dict[str, Any]:
+    """A valid disaggregated service (router mode, one prefill and one decode pool) with
+    ``changes`` merged into spec.disaggregation (None removes a key)."""
+    pd: dict[str, Any] = {
+        "prefill": {"pools": ["prefill"], "targetPerReplica": 20000},
+        "decode": {"pools": ["decode"], "targetPerReplica": 5000},
+    }
+    for key, value in changes.items():
+        if value is None:
+            pd.pop(key, None)
+        else:
+            pd[key] = value
+    return service(
+        pools=[
+            {"name": "prefill", "gpu": "MI355X", "minReplicas": 1, "maxReplicas": 4},
+            {"name": "decode", "gpu": "MI355X", "minReplicas": 1, "maxReplicas": 8},
+        ],
+        routing={"mode": "router"},
+        disaggregation=pd,
+    )
+
+
+def _pd_without_router() -> dict[str, Any]:
+    doc = pd_service()
+    del doc["spec"]["routing"]
+    return doc
+
+
+def _pd_extra_pool() -> dict[str, Any]:
+    doc = pd_service()
+    doc["spec"]["pools"].append({"name": "spare", "gpu": "MI355X", "maxReplicas": 2})
+    return doc
+
+
+def _pd_cpu() -> dict[str, Any]:
+    doc = pd_service()
+    doc["spec"]["pools"][0]["gpu"] = "CPU"
+    return doc
+
+
+#: spec.disaggregation (prefill/decode roles).
+CASES += [
+    Case("pd-without-router", _pd_without_router(), "spec.disaggregation", "routing.mode"),
+    Case(
+        "pd-unknown-pool",
+        pd_service(prefill={"pools": ["nope"], "targetPerReplica": 1}),
+        "spec.disaggregation.prefill.pools[0]",
+        "no pool named",
+    ),
+    Case(
+        "pd-pool-in-both-roles",
+        pd_service(decode={"pools": ["decode", "prefill"], "targetPerReplica": 1}),
+        "spec.disaggregation",
+        "both roles",
+    ),
+    Case("pd-pool-without-role", _pd_extra_pool(), "spec.pools[2]", "neither"),
+    Case(
+        "pd-role-without-target",
+        pd_service(decode={"pools": ["decode"]}),
+        "spec.disaggregation.decode.targetPerReplica",
+        "generation tokens/s",
+    ),
+    Case(
+        "pd-unknown-connector",
+        pd_service(kvConnector="mooncake"),
+        "spec.disaggregation.kvConnector",
+        "one of",
+    ),
+    Case("pd-cpu-pool", _pd_cpu(), "spec.pools[0].gpu", "KV connectors", server=False),
+    Case(
+        "pd-pool-twice-in-role",
+        pd_service(prefill={"pools": ["prefill", "prefill"], "targetPerReplica": 1}),
+        "spec.disaggregation.prefill",
+        "listed twice",
+    ),
+]

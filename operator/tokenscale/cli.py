@@ -18,7 +18,7 @@ from tokenscale import __version__
 #: name → (module, attribute) of subcommands that live next to their area.
 _LAZY: dict[str, tuple[str, str]] = {
     "render": ("tokenscale.render.cli", "render_command"),
-    "plan": ("tokenscale.render.cli", "plan_command"),
+    "plan": ("tokenscale.plancmd", "plan_command"),
     "sim": ("tokenscale.sim.cli", "sim_group"),
     "bench": ("tokenscale.bench.cli", "bench_command"),
     "run": ("tokenscale.controller.cli", "run_command"),

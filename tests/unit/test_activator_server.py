@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
@@ -472,3 +473,44 @@ async def test_kube_backend_reads_wakes_and_lists_serving_pods() -> None:
     assert woken is not None and woken["spec"]["replicas"] == 1
     assert [reason for reason, _, _ in kube.events] == ["WokeFromZero"]
     assert await backend.ready_ips("ns", "llama") == ["10.0.0.1", "10.0.0.2"]
+
+
+async def test_requests_waiting_at_shutdown_get_a_503_to_retry_before_the_grace_ends() -> None:
+    """Regression (issue 17, activator-fault drill): SIGTERM while requests waited for a slow
+    engine dropped their connections without an answer once the shutdown grace ran out
+    ("Server disconnected without sending a response"). Now, ``drain_seconds`` into the
+    shutdown, each gets a 503 naming the service and saying to retry, with Retry-After."""
+    cluster = FakeCluster(services={("ns", "llama"): _service(0)}, ready_after=10**9)
+    app = create_app(cluster, timeout_seconds=60, poll_seconds=0.01, drain_seconds=0.3)
+    runner = web.AppRunner(app, shutdown_timeout=5, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+
+    async def one(session: aiohttp.ClientSession) -> tuple[int, str, dict[str, Any]]:
+        async with session.post(
+            "/v1/completions", json={"prompt": "hi"}, headers={"Host": HOST}
+        ) as resp:
+            return resp.status, resp.headers.get("Retry-After", ""), await resp.json()
+
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", trust_env=False) as session:
+        waiting = [asyncio.create_task(one(session)) for _ in range(3)]
+        for _ in range(500):  # every request inside the shared wait
+            if app[ACTIVATOR].gate.waiting() and cluster.polls >= 3:
+                break
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stopping = asyncio.create_task(runner.cleanup())  # what SIGTERM runs
+        answers = await asyncio.gather(*waiting)
+        took = loop.time() - started
+        await stopping
+    assert cluster.wakes == [("ns", "llama")]
+    for status, retry_after, body in answers:
+        assert (status, retry_after) == (503, "1")
+        message = body["error"]["message"]
+        assert "activator is shutting down" in message and "ns/llama" in message
+        assert "retry" in message
+    assert 0.3 <= took < 5  # after the drain, before the grace
+    samples = _samples(generate_latest(app[ACTIVATOR].metrics.registry).decode())
+    assert _requests(samples, "shutting_down") == 3

@@ -23,6 +23,8 @@ from tokenscale.controller.benchmark import reconcile_benchmark
 from tokenscale.controller.benchrun import (
     EngineIdentity,
     engine_identity,
+    partial_note,
+    results_from,
     service_summary,
 )
 from tokenscale.render import benchmark_job
@@ -463,3 +465,40 @@ def test_a_sweep_level_that_never_gets_its_replicas_fails_and_restores() -> None
     svc = kube.get("InferenceService", "ns", "llama2-70b")
     assert svc is not None and svc["spec"]["replicas"] == 3
     assert c.ANNOTATION_SCALING_HOLD not in (svc["metadata"].get("annotations") or {})
+
+
+def test_requests_lost_mid_run_mark_the_results_partial() -> None:
+    """Regression (issue 17, benchmark-fault drill): engines killed mid-run failed some
+    requests, and without an SLA the benchmark ended Succeeded/NoSLA with nothing saying the
+    figures left those requests out. Now results.partial, the first reason and a Warning Event
+    say how many failed and how."""
+    kube = FakeKube()
+    body = benchmark(target={"url": "http://127.0.0.1:1"})
+    body["metadata"] = {"name": "b", "namespace": "ns"}
+    bench = kube.put(body)
+    out = reconcile_benchmark(bench, kube, CFG)
+    kube.objects[("Job", "ns", "b-run")]["status"] = {
+        "conditions": [{"type": "Complete", "status": "True"}]
+    }
+    records = [r for r in make_records(40, seed=3) if r.error is None][:20]
+    cut = {"ttft_s": None, "e2e_s": None, "output_tokens": 0, "chunks": 0, "error": "reset"}
+    records[-5:] = [r.model_copy(update=cut) for r in records[-5:]]
+    result = as_result(records, [], 1_700_000_000.0, 1, 0)
+    resultchannel.publish(kube, "ns", "b", "uid", 0, result.model_dump_json(), run="b-run")
+    bench["status"] = out.status
+    out = reconcile_benchmark(copy.deepcopy(bench), kube, CFG)
+    assert out.status["phase"] == "Succeeded" and out.status["verdict"] == "NoSLA"
+    assert out.status["results"]["partial"] is True
+    assert out.status["results"]["errors"] == 5 and out.status["results"]["requests"] == 15
+    assert out.status["reasons"][0] == (
+        "partial: 5 of 20 requests failed (reset: 5); the figures cover the 15 that completed"
+    )
+    assert [(e.reason, e.type) for e in out.events] == [("Finished", "Warning")]
+    assert "partial: 5 of 20" in out.events[0].message
+
+
+def test_a_complete_run_is_not_partial() -> None:
+    records = [r for r in make_records(40, seed=3) if r.error is None][:20]
+    merged = as_result(records, [], 1_700_000_000.0, 1, 0)
+    assert merged.metrics.requests_failed == 0
+    assert partial_note(merged) is None and results_from(merged).partial is False

@@ -60,6 +60,57 @@ def test_crash_loop_is_reported() -> None:
     assert observe.pod_problems(pods) == {"a": ["CrashLoopBackOff: x"]}
 
 
+def _looping(state: dict[str, Any], *, ready: bool = False, code: int = 2) -> dict[str, Any]:
+    return {
+        "name": "engine",
+        "ready": ready,
+        "restartCount": 4,
+        "state": state,
+        "lastState": {"terminated": {"exitCode": code, "reason": "Error"}},
+    }
+
+
+def test_a_crash_loop_reads_the_same_whether_it_waits_or_runs_between_restarts() -> None:
+    """Regression (issue 17, engine-fault drill): a refresh that caught a crash-looping engine
+    in its moment of running read Healthy, and each back-off step changed the message, so the
+    service's status flipped (3 writes and 1.6 Events a minute)."""
+    waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting"}}
+    running = {"running": {"startedAt": "2026-12-03T07:00:00Z"}}
+    seen = [
+        observe.pod_problems([_pod("a", containerStatuses=[_looping(state)])])
+        for state in (waiting, running, {"waiting": {"reason": "CrashLoopBackOff",
+                                                     "message": "back-off 40s restarting"}})
+    ]  # fmt: skip
+    expected = {"a": ["CrashLoopBackOff: container engine keeps exiting (exit code 2)"]}
+    assert seen == [expected] * 3
+    oom = _looping(running, code=137)
+    oom["lastState"]["terminated"]["reason"] = "OOMKilled"
+    assert observe.pod_problems([_pod("a", containerStatuses=[oom])]) == {
+        "a": ["CrashLoopBackOff: container engine keeps exiting (exit code 137, OOMKilled)"]
+    }
+    # ready again after a crash long ago, or a clean exit: no problem
+    assert (
+        observe.pod_problems([_pod("a", containerStatuses=[_looping(running, ready=True)])]) == {}
+    )
+    assert observe.pod_problems([_pod("a", containerStatuses=[_looping(running, code=0)])]) == {}
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"],
+)
+def test_a_container_that_cannot_start_is_degraded_with_its_reason(reason: str) -> None:
+    """A pod waiting on a missing Secret key (CreateContainerConfigError) never starts either;
+    only CreateContainerError was listed before, so such a pod left Degraded at Healthy."""
+    waiting = {"reason": reason, "message": 'secret "hf" not found'}
+    pods = [_pod("a", containerStatuses=[{"state": {"waiting": waiting}}])]
+    pool = observe.PoolObservation("a", "MI300X", desired=1)
+    pool.problems = observe.pod_problems(pods)["a"]
+    conds = _types(observe.service_conditions([pool], [], [], 3))
+    assert conds[c.COND_DEGRADED] == ("True", "PodErrors")
+    assert pool.problems == [f'{reason}: secret "hf" not found']
+
+
 @pytest.mark.parametrize(
     ("ready", "desired", "expected_ready", "progressing"),
     [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed.kubelet.imagemap import ImageMap, ImageMapError
+from tests.testbed.kubelet.imagemap import ImageMap, ImageMapError, unpullable
 from tests.testbed.kubelet.nsexec import __file__ as NSEXEC
 from tests.testbed.kubelet.proxy import AddressPool, ServiceProxy, claim_block
 from tests.testbed.kubelet.volumes import render_hosts, write_in_place
@@ -212,3 +212,13 @@ async def test_backends_are_ready_selected_process_pods_with_resolved_ports(
     assert k.backends("ns", {"app": "web"}, {"port": 9000}, False) == [("127.31.0.2", 9000)]
     k._pod_claim.close()
     k._svc_claim.close()
+
+
+def test_an_image_from_an_invalid_registry_cannot_be_pulled() -> None:
+    """``.invalid`` (RFC 2606) never resolves: such an image waits in ErrImagePull, as on a node;
+    any other image (mapped or not) is not a pull failure."""
+    failed = unpullable("registry.invalid/tokenscale/engine:does-not-exist")
+    assert failed is not None and "lookup registry.invalid: no such host" in failed
+    assert unpullable("registry.invalid:5000/x") is not None
+    for fine in ("ghcr.io/tokenscale/tokenscale:0.1.0", "busybox", "invalid/x", "localhost/x"):
+        assert unpullable(fine) is None, fine

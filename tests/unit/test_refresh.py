@@ -225,3 +225,57 @@ def test_refresh_service_asks_for_a_retry_when_the_status_patch_fails() -> None:
     assert refresh.refresh_service(kube, CFG, "ns", "llm", full=False) is True
     kube.failing = True
     assert refresh.refresh_service(kube, CFG, "ns", "llm", full=False) is False
+
+
+def test_a_service_whose_pods_are_not_all_ready_is_settling_until_ready() -> None:
+    """Regression (issue 17, engine-fault drill): a crash loop changes no Deployment status, and
+    the operator does not watch pods, so the service read Degraded False/Healthy until the 5-min
+    resync. A service whose replicas are not all ready is now refreshed every SETTLING_SECONDS
+    (the Kopf timer's ``when``), and the refresh names the crash loop."""
+    kube = CountingKube()
+    body = _reconciled(kube)
+    assert refresh.settling(body["status"])  # created, nothing ready yet
+    pool = body["spec"]["pools"][0]["name"]
+    waiting = {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting engine"}
+    kube.put({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "llm-a", "namespace": "ns",
+                     "labels": {**_engine_labels(kube), "tokenscale.dev/pool": pool}},
+        "status": {"phase": "Running", "containerStatuses": [{"state": {"waiting": waiting}}]},
+    })  # fmt: skip
+    out = refresh_status(body, kube, CFG)
+    degraded = next(x for x in out.status["conditions"] if x["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "PodErrors")
+    assert "CrashLoopBackOff" in degraded["message"]
+    assert refresh.settling(out.status)
+    assert kube.applies == []  # a status refresh writes no child
+
+    _mark_ready(kube)
+    kube.objects.pop(("Pod", "ns", "llm-a"))
+    out = refresh_status(body, kube, CFG)
+    assert _ready({"status": out.status}) == "True"
+    assert not refresh.settling(out.status)
+
+
+def test_settling_reads_only_ready_and_progressing() -> None:
+    def conds(**by_type: tuple[str, str]) -> dict[str, Any]:
+        return {"conditions": [{"type": t, "status": s, "reason": r} for t, (s, r) in
+                               by_type.items()]}  # fmt: skip
+
+    assert refresh.settling(conds(Ready=("False", "ReplicasNotReady")))
+    assert refresh.settling(conds(Ready=("True", "ReplicasReady"),
+                                  Progressing=("True", "RollingOut")))  # fmt: skip
+    assert not refresh.settling(conds(Ready=("True", "ScaledToZero")))
+    assert not refresh.settling(conds(Ready=("False", "PlanFailed")))  # no pods to look at
+    assert not refresh.settling(conds(Ready=("True", "ReplicasReady"),
+                                      Progressing=("False", "Stable")))  # fmt: skip
+    assert not refresh.settling(None) and not refresh.settling({})
+
+
+def _engine_labels(kube: FakeKube) -> dict[str, str]:
+    """The labels the service's Deployment gives its pods (what status lists pods by)."""
+    for (kind, _, _), obj in kube.objects.items():
+        if kind == "Deployment":
+            labels: dict[str, str] = obj["spec"]["template"]["metadata"]["labels"]
+            return labels
+    raise AssertionError("no Deployment rendered")

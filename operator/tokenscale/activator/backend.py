@@ -28,9 +28,9 @@ class Backend(Protocol):
         """The InferenceService object as the API returns it, or None if it does not exist."""
         ...
 
-    async def wake(self, body: dict[str, Any]) -> str:
+    async def wake(self, body: dict[str, Any]) -> str | None:
         """Scale the service (``body`` as from :meth:`get_service`) up from zero; returns the
-        message of the Event that says so."""
+        message of the Event that says so, or None if another writer woke it first."""
         ...
 
     async def ready_ips(self, namespace: str, name: str) -> list[str]:
@@ -48,7 +48,7 @@ class KubeBackend:
     async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self.kube.get, "InferenceService", namespace, name)
 
-    async def wake(self, body: dict[str, Any]) -> str:
+    async def wake(self, body: dict[str, Any]) -> str | None:
         spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
         return await asyncio.to_thread(wake.wake, self.kube, body, spec, WAKE_REASON)
 

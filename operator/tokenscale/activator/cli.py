@@ -9,6 +9,9 @@ import click
 #: Under Kubernetes' default 30 s termination grace: in-flight streams get this long to finish
 #: after SIGTERM before they are cut, so the pod never gets SIGKILLed mid-cleanup.
 SHUTDOWN_SECONDS = 20.0
+#: Requests still waiting for an engine this long after SIGTERM get a 503 saying to retry,
+#: inside SHUTDOWN_SECONDS, rather than a connection closed without an answer.
+DRAIN_SECONDS = 15.0
 
 
 @click.command("activator")
@@ -48,7 +51,9 @@ def activator_command(host: str, port: int, timeout: float, poll: float) -> None
         kube = Kube()  # in-cluster service account, else the current kubeconfig
     except ConfigException as exc:
         raise click.ClickException(f"no Kubernetes configuration: {exc}") from None
-    app = create_app(KubeBackend(kube), timeout_seconds=timeout, poll_seconds=poll)
+    app = create_app(
+        KubeBackend(kube), timeout_seconds=timeout, poll_seconds=poll, drain_seconds=DRAIN_SECONDS
+    )
     logging.getLogger(__name__).info(
         "activator listening on %s:%d (timeout %g s, poll %g s)", host, port, timeout, poll
     )

@@ -115,6 +115,9 @@ class Gate:
         except Exception as exc:
             log.warning("could not wake %s/%s: %s", namespace, name, exc)
             raise WakeFailed(f"could not wake InferenceService {namespace}/{name}: {exc}") from exc
+        if message is None:
+            log.info("%s/%s: already woken by another writer", namespace, name)
+            return
         self.metrics.wakes.labels(namespace, name).inc()
         log.info("%s/%s: %s", namespace, name, message)
 

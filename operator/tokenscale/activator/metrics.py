@@ -18,6 +18,7 @@ OUTCOMES = (
     "wake_failed",
     "api_error",
     "client_gone",
+    "shutting_down",
 )
 
 #: Waits are model loads: seconds when warm, many minutes for a 405B model pulled cold.

@@ -10,9 +10,11 @@ pod IP it was never told about.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -41,6 +43,10 @@ UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 UPSTREAM_KEEPALIVE = 4.0
 
 
+class ShuttingDown(RuntimeError):
+    """The activator is stopping and the service is still not ready: the request must go."""
+
+
 class Activator:
     """Per-application state: the backend, the shared waits, round-robin counters, metrics."""
 
@@ -52,9 +58,12 @@ class Activator:
         poll_seconds: float,
         engine_port: int,
         metrics: Metrics,
+        drain_seconds: float = 15.0,
     ) -> None:
         self.backend = backend
         self.timeout_seconds = timeout_seconds
+        self.drain_seconds = drain_seconds
+        self._leaving: asyncio.Event | None = None
         self.engine_port = engine_port
         self.metrics = metrics
         self.gate = Gate(backend, metrics, poll_seconds)
@@ -78,12 +87,22 @@ class Activator:
             auto_decompress=False,  # relay the engine's bytes as they are, Content-Encoding too
             skip_auto_headers=(hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE),
         )
+        self._leaving = asyncio.Event()
         try:
             yield
         finally:
             await self.gate.close()
             await self._session.close()
             self._session = None
+
+    async def draining(self, _app: web.Application) -> None:
+        """aiohttp on_shutdown (SIGTERM: a pod deleted, a rollout): requests still waiting for
+        an engine ``drain_seconds`` later get a 503 that says to retry, before the shutdown
+        grace ends and aiohttp would drop their connections without a word (found by the
+        activator-fault drill, issue 17: "Server disconnected without sending a response")."""
+        leaving = self._leaving
+        if leaving is not None:
+            asyncio.get_running_loop().call_later(self.drain_seconds, leaving.set)
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -126,7 +145,14 @@ class Activator:
         if not ips:
             started = asyncio.get_running_loop().time()
             try:
-                ips = await self.gate.ready_ips(namespace, name, service, self.timeout_seconds)
+                ips = await self._wait(namespace, name, service)
+            except ShuttingDown:
+                return self._fail(
+                    namespace, name, "shutting_down", 503, "service_unavailable_error",
+                    f"the activator is shutting down (restart or scale-in) and InferenceService "
+                    f"{namespace}/{name} is not ready yet; it has been woken: retry the request",
+                    retry_after=1,
+                )  # fmt: skip
             except TimeoutError:
                 self.metrics.wait_seconds.observe(asyncio.get_running_loop().time() - started)
                 return self._fail(
@@ -153,6 +179,24 @@ class Activator:
         self.metrics.request(namespace, name, outcome)
         return relayed.response
 
+    async def _wait(self, namespace: str, name: str, service: dict[str, Any]) -> list[str]:
+        """The gate's wait, cut short by :meth:`draining` (raises ShuttingDown then)."""
+        waiting = asyncio.ensure_future(
+            self.gate.ready_ips(namespace, name, service, self.timeout_seconds)
+        )
+        leaving = asyncio.ensure_future((self._leaving or asyncio.Event()).wait())
+        try:
+            done, _ = await asyncio.wait({waiting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+        if waiting in done:
+            return waiting.result()
+        raise ShuttingDown
+
     async def _ready_now(self, namespace: str, name: str) -> list[str]:
         """Ready engines without waiting (the Service not switched back yet); [] on an API
         error, which sends the request to the gate's patient polling instead of failing it."""
@@ -168,16 +212,29 @@ class Activator:
         return ips[start:] + ips[:start]
 
     def _fail(
-        self, namespace: str, name: str, outcome: str, status: int, kind: str, message: str
+        self,
+        namespace: str,
+        name: str,
+        outcome: str,
+        status: int,
+        kind: str,
+        message: str,
+        retry_after: int | None = None,
     ) -> web.Response:
         self.metrics.request(namespace, name, outcome)
         log.info("%s %s: %s", status, f"{namespace}/{name}" if name else "-", message)
-        return error_response(status, kind, message)
+        return error_response(status, kind, message, retry_after)
 
 
-def error_response(status: int, kind: str, message: str) -> web.Response:
-    """An error in OpenAI's shape, so SDK clients show our message instead of a parse error."""
-    return web.json_response({"error": {"message": message, "type": kind}}, status=status)
+def error_response(
+    status: int, kind: str, message: str, retry_after: int | None = None
+) -> web.Response:
+    """An error in OpenAI's shape, so SDK clients show our message instead of a parse error;
+    ``retry_after`` (seconds) as the header OpenAI's SDKs honour for their retries."""
+    headers = {hdrs.RETRY_AFTER: str(retry_after)} if retry_after is not None else None
+    return web.json_response(
+        {"error": {"message": message, "type": kind}}, status=status, headers=headers
+    )
 
 
 ACTIVATOR = web.AppKey("activator", Activator)
@@ -190,18 +247,24 @@ def create_app(
     poll_seconds: float = 1.0,
     engine_port: int = ENGINE_PORT,
     metrics: Metrics | None = None,
+    drain_seconds: float = 15.0,
 ) -> web.Application:
-    """The activator application; ``app[ACTIVATOR]`` is its state (metrics, gate)."""
+    """The activator application; ``app[ACTIVATOR]`` is its state (metrics, gate).
+
+    ``drain_seconds``: after a shutdown starts, how long waiting requests keep waiting before
+    they get a 503 (keep it below the server's shutdown timeout)."""
     activator = Activator(
         backend,
         timeout_seconds=timeout_seconds,
         poll_seconds=poll_seconds,
         engine_port=engine_port,
         metrics=metrics or Metrics(),
+        drain_seconds=drain_seconds,
     )
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[ACTIVATOR] = activator
     app.cleanup_ctx.append(activator.lifecycle)
+    app.on_shutdown.append(activator.draining)
     app.router.add_get(HEALTH_PATH, activator.health)
     app.router.add_get(METRICS_PATH, activator.scrape)
     app.router.add_route("*", "/{tail:.*}", activator.handle)

@@ -177,6 +177,11 @@ class BenchmarkResults(StrictModel):
     goodput: float = Field(description="Requests/s that met the SLA.")
     requests: int = Field(description="Completed requests.")
     errors: int = Field(default=0, description="Failed requests.")
+    partial: bool = Field(
+        default=False,
+        description="Some requests failed (errors > 0): the figures describe only the requests "
+        "that completed, and status.reasons says how many failed and how.",
+    )
     ttft_ms: LatencySummary = Field(description="Time to first token.")
     tpot_ms: LatencySummary = Field(description="Time per output token (per request).")
     itl_ms: LatencySummary = Field(description="Inter-token latency (every gap).")

@@ -14,6 +14,7 @@ from tokenscale.api.base import (
     cel,
     list_map,
 )
+from tokenscale.api.disaggregation import PD_ROLES, DisaggregationSpec
 from tokenscale.api.podtemplate import (
     PodTemplate,
     PoolPodTemplate,
@@ -28,7 +29,11 @@ GPUModel = Literal["MI210", "MI250X", "MI300A", "MI300X", "MI325X", "MI350X", "M
 DType = Literal["bf16", "fp16", "fp32", "fp8", "mxfp4", "fp6"]
 PartitionProfile = Literal["spx_nps1", "cpx_nps1", "cpx_nps4", "dpx_nps2", "qpx_nps1"]
 ScalingMetric = Literal[
-    "generationTokensPerSecond", "totalTokensPerSecond", "requestsInFlight", "kvCacheUsage"
+    "generationTokensPerSecond",
+    "totalTokensPerSecond",
+    "promptTokensPerSecond",
+    "requestsInFlight",
+    "kvCacheUsage",
 ]
 INT_OR_AUTO: dict[str, Any] = {
     "x-kubernetes-int-or-string": True,
@@ -260,15 +265,6 @@ class ParallelismSpec(StrictModel):
 class ScalingSpec(StrictModel):
     """The built-in autoscaler's policy (or hand-off to an external scaler)."""
 
-    model_config = StrictModel.model_config | {
-        "json_schema_extra": cel(
-            (
-                "self.targetFromBenchmark || has(self.targetPerReplica) || self.mode != 'builtin'",
-                "set targetPerReplica or targetFromBenchmark when mode is builtin",
-            )
-        )
-    }
-
     mode: Literal["builtin", "external", "off"] = Field(
         default="builtin",
         description="builtin: tokenscale scales pools; external: HPA/KEDA drive /scale and "
@@ -276,7 +272,11 @@ class ScalingSpec(StrictModel):
     )
     metric: ScalingMetric = Field(
         default="generationTokensPerSecond",
-        description="Signal from vLLM's own counters that is compared with the target.",
+        description="Signal from vLLM's own counters that is compared with the target: "
+        "generation tokens/s (vllm:generation_tokens_total), total (plus prompt) tokens/s, "
+        "prompt tokens/s (vllm:prompt_tokens_total; what prefill engines of a disaggregated "
+        "service scale on), requests in flight, or KV-cache usage. With spec.disaggregation "
+        "each role uses its own (prefill: prompt, decode: generation tokens/s).",
     )
     target_per_replica: float | None = Field(
         default=None,
@@ -332,18 +332,14 @@ class ScalingSpec(StrictModel):
         default=600, ge=0, le=86400, description="Idle time before scaling to zero."
     )
 
-    @model_validator(mode="after")
-    def _has_target(self) -> Self:
-        if (
+    def needs_target(self) -> bool:
+        """Builtin scaling without a service-wide target (checked by the spec, which knows
+        whether per-role targets of spec.disaggregation stand in for it)."""
+        return (
             self.mode == "builtin"
             and not self.target_from_benchmark
             and (self.target_per_replica is None)
-        ):
-            raise ValueError(
-                "builtin scaling needs a target; fix: set targetPerReplica (e.g. 2500) or "
-                "targetFromBenchmark: true"
-            )
-        return self
+        )
 
 
 class BenchmarkOnRollout(StrictModel):
@@ -379,6 +375,31 @@ class InferenceServiceSpec(StrictModel):
             (
                 "self.pools.all(p, self.pools.exists_one(q, q.name == p.name))",
                 "pool names must be unique",
+            ),
+            (
+                "!has(self.scaling) || !has(self.scaling.mode) || self.scaling.mode != 'builtin' "
+                "|| (has(self.scaling.targetFromBenchmark) && self.scaling.targetFromBenchmark) "
+                "|| has(self.scaling.targetPerReplica) || has(self.disaggregation)",
+                "set scaling.targetPerReplica or scaling.targetFromBenchmark when scaling.mode is "
+                "builtin",
+            ),
+            (
+                "!has(self.disaggregation) || (has(self.routing) && self.routing.mode == 'router')",
+                "disaggregation needs routing.mode: router (vLLM's router in P/D mode fronts the "
+                "roles)",
+            ),
+            (
+                "!has(self.disaggregation) || !has(self.scaling) || !has(self.scaling.mode) || "
+                "self.scaling.mode != 'builtin' || (has(self.disaggregation.prefill."
+                "targetPerReplica) && has(self.disaggregation.decode.targetPerReplica))",
+                "builtin scaling of a disaggregated service needs disaggregation.prefill."
+                "targetPerReplica and disaggregation.decode.targetPerReplica",
+            ),
+            (
+                "!has(self.disaggregation) || self.pools.all(p, p.name in "
+                "self.disaggregation.prefill.pools || p.name in self.disaggregation.decode.pools)",
+                "with disaggregation every pool must be in disaggregation.prefill.pools or "
+                "disaggregation.decode.pools",
             ),
             (
                 "!has(self.routing) || self.routing.mode != 'router' || !has(self.scaling) "
@@ -436,6 +457,70 @@ class InferenceServiceSpec(StrictModel):
         description="How requests reach the engines: a plain Service (default), vLLM's router, "
         "or an InferencePool for an inference gateway. See docs/routing.md.",
     )
+
+    disaggregation: DisaggregationSpec | None = Field(
+        default=None,
+        description="Prefill/decode disaggregation: the pools split into prefill and decode "
+        "roles, KV moved between them by a KV connector (moriio or nixl), vLLM's router in P/D "
+        "mode in front (needs routing.mode router). Omit for aggregated serving. See "
+        "docs/disaggregation.md.",
+    )
+
+    @model_validator(mode="after")
+    def _scaling_target(self) -> Self:
+        if self.disaggregation is None and self.scaling.needs_target():
+            raise field_error(
+                ".scaling",
+                "builtin scaling needs a target; fix: set targetPerReplica (e.g. 2500) or "
+                "targetFromBenchmark: true",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _disaggregation(self) -> Self:
+        pd = self.disaggregation
+        if pd is None:
+            return self
+        if self.routing.mode != "router":
+            raise field_error(
+                ".disaggregation",
+                f"needs routing.mode router (it is {self.routing.mode}): vLLM's router in P/D "
+                "mode sends each request to a prefill engine, then to a decode engine; fix: set "
+                "routing.mode: router",
+            )
+        names = {p.name for p in self.pools}
+        for role in PD_ROLES:
+            for i, name in enumerate(pd.role(role).pools):
+                if name not in names:
+                    raise field_error(
+                        f".disaggregation.{role}.pools[{i}]",
+                        f"no pool named {name!r} in spec.pools (have {sorted(names)}); fix: "
+                        "use one of those names",
+                    )
+        for i, pool in enumerate(self.pools):
+            if pd.role_of(pool.name) is None:
+                raise field_error(
+                    f".pools[{i}]",
+                    f"pool {pool.name} is in neither disaggregation.prefill.pools nor "
+                    "disaggregation.decode.pools; fix: add it to one role",
+                )
+            if pool.gpu == "CPU":
+                raise field_error(
+                    f".pools[{i}].gpu",
+                    "KV connectors move KV between GPUs; a CPU pool cannot take a P/D role; "
+                    "fix: use a GPU pool (engine.mode simulated runs without real GPUs)",
+                )
+        if self.scaling.mode == "builtin":
+            for role in PD_ROLES:
+                if pd.role(role).target_per_replica is None:
+                    raise field_error(
+                        f".disaggregation.{role}.targetPerReplica",
+                        f"builtin scaling of a disaggregated service scales each role on its own "
+                        f"signal; fix: set the {role} target ("
+                        + ("prompt" if role == "prefill" else "generation")
+                        + " tokens/s per replica; `tokenscale plan` proposes one)",
+                    )
+        return self
 
     @model_validator(mode="after")
     def _router_without_scale_to_zero(self) -> Self:

@@ -36,6 +36,7 @@ _EPS = 1e-9
 UNITS: dict[str, str] = {
     "generationTokensPerSecond": "tok/s",
     "totalTokensPerSecond": "tok/s",
+    "promptTokensPerSecond": "prompt tok/s",
     "requestsInFlight": "requests",
     "kvCacheUsage": "KV fraction",
 }

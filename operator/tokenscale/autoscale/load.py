@@ -14,7 +14,7 @@ from tokenscale.api.service import ScalingMetric
 from tokenscale.autoscale.rates import PoolSignal, Sample
 from tokenscale.autoscale.state import PoolInput
 
-TOKEN_METRICS = ("generationTokensPerSecond", "totalTokensPerSecond")
+TOKEN_METRICS = ("generationTokensPerSecond", "totalTokensPerSecond", "promptTokensPerSecond")
 TREND_SECONDS = 300.0
 """Span of the load-trend fit; long enough that noise does not look like a ramp."""
 
@@ -25,6 +25,8 @@ def signal_value(signal: PoolSignal, metric: ScalingMetric) -> float:
         return signal.generation_tps
     if metric == "totalTokensPerSecond":
         return signal.generation_tps + signal.prompt_tps
+    if metric == "promptTokensPerSecond":
+        return signal.prompt_tps
     if metric == "requestsInFlight":
         return signal.requests_running + signal.requests_waiting
     return signal.kv_cache_usage_sum

@@ -131,6 +131,8 @@ def load_value(metrics: MetricsStatus, metric: ScalingMetric, ready: int) -> flo
         if metrics.tokens_per_second is None:
             return None
         return metrics.tokens_per_second + (metrics.prompt_tokens_per_second or 0.0)
+    if metric == "promptTokensPerSecond":
+        return metrics.prompt_tokens_per_second
     if metric == "requestsInFlight":
         if metrics.requests_running is None:
             return None

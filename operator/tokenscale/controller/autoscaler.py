@@ -30,7 +30,7 @@ from tokenscale.api.status import (
     ScalingStatus,
 )
 from tokenscale.api.wire import merge_patch
-from tokenscale.autoscale import capacity, collector, decision, dra, targets, writers
+from tokenscale.autoscale import capacity, collector, decision, dra, pdrole, targets, writers
 from tokenscale.autoscale.dra import DraView
 from tokenscale.autoscale.poolweight import measured_watts_per_gpu, replica_hour_weight
 from tokenscale.autoscale.rates import Sample
@@ -311,7 +311,7 @@ async def decide(
 ) -> Decision:
     """The pure decision; before a scale-up, decided again with what the cluster can place."""
     policy = seen.policy
-    verdict = decision.decide(list(loop.window), policy, seen.inputs, seen.state, now)
+    verdict = _decide(seen, loop, now)
     wants_more = any(p.desired > p.current for p in verdict.pools)
     if wants_more and policy.mode == "builtin":
         nodes = await asyncio.to_thread(kube.list, "Node", None)
@@ -320,8 +320,16 @@ async def decide(
         seen.inputs = with_allocatable(
             seen.inputs, seen.svc, cfg, seen.plans, nodes, all_pods, dra_view
         )
-        verdict = decision.decide(list(loop.window), policy, seen.inputs, seen.state, now)
+        verdict = _decide(seen, loop, now)
     return verdict
+
+
+def _decide(seen: Observation, loop: LoopState, now: float) -> Decision:
+    """One decision for the service, or one per P/D role merged (autoscale/pdrole.py)."""
+    disagg = seen.svc.spec.disaggregation
+    if disagg is not None:
+        return pdrole.decide(list(loop.window), seen.policy, seen.inputs, disagg, seen.state, now)
+    return decision.decide(list(loop.window), seen.policy, seen.inputs, seen.state, now)
 
 
 def publish(body: dict[str, Any], seen: Observation, now: datetime) -> InferenceServiceStatus:

@@ -113,6 +113,9 @@ def _wake(
     (requests from outside go through the activator, which does the same)."""
     bench = body["metadata"]["name"]
     message = wake.wake(kube, svc_body, svc_spec, f"for benchmark {bench}")
+    if message is None:  # another writer woke it between our read and our write
+        name = svc_body["metadata"]["name"]
+        return wait(body, f"waiting for InferenceService {name}, woken by another", now, timeout)
     outcome = wait(body, message, now, timeout)
     outcome.events.append(Event("WokeTarget", message))
     return outcome

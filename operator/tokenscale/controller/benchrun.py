@@ -89,6 +89,7 @@ def results_from(result: BenchResult) -> BenchmarkResults:
         goodput=round(s.goodput_requests_per_s or 0.0, 4),
         requests=result.metrics.requests_ok,
         errors=result.metrics.requests_failed,
+        partial=result.metrics.requests_failed > 0,
         ttft_ms=LatencySummary(p50=_ms(s.ttft_p50_s), p90=_ms(s.ttft_p90_s), p99=_ms(s.ttft_p99_s)),
         tpot_ms=LatencySummary(p50=_ms(s.tpot_p50_s), p90=_ms(s.tpot_p90_s), p99=_ms(s.tpot_p99_s)),
         itl_ms=LatencySummary(p50=_ms(s.itl_p50_s), p90=_ms(s.itl_p90_s), p99=_ms(s.itl_p99_s)),
@@ -202,12 +203,13 @@ def finish(
         failed.status["results"] = merge_patch(results)
         return failed
     verdict = VERDICTS[merged.verdict.status]
+    partial = partial_note(merged)
     status = InferenceBenchmarkStatus(
         phase="Succeeded",
         completion_time=now,
         results=results,
         verdict=verdict,
-        reasons=list(merged.verdict.reasons),
+        reasons=[*([partial] if partial else []), *merged.verdict.reasons],
         report=store_report(kube, body, merged),
     )
     if sweep is not None:
@@ -216,7 +218,10 @@ def finish(
         f"{verdict}: {results.tokens_per_second:,.0f} tok/s, p99 TTFT "
         f"{results.ttft_ms.p99} ms, p99 TPOT {results.tpot_ms.p99} ms"
     )
-    events = [Event("Finished", message, "Normal" if verdict in ("Pass", "NoSLA") else "Warning")]
+    if partial:
+        message = f"{message} ({partial})"
+    healthy = verdict in ("Pass", "NoSLA") and not partial
+    events = [Event("Finished", message, "Normal" if healthy else "Warning")]
     outcome = BenchOutcome(
         with_conditions(body, status, "Finished", message, meta.get("generation"), now),
         events,
@@ -235,6 +240,22 @@ def finish(
             outcome.events.append(Event("Regression", text, "Warning"))
             kube.event(svc_body, "Regression", text, "Warning")
     return outcome
+
+
+def partial_note(merged: BenchResult) -> str | None:
+    """The note "partial: ..." when some requests failed, naming how many and how, else None.
+
+    Why in reasons and the Event, not only ``results.partial``: without an SLA (verdict NoSLA)
+    nothing else would say that the figures leave out the requests an engine never answered,
+    e.g. while its pods were killed mid-run."""
+    m = merged.metrics
+    if m.requests_failed <= 0:
+        return None
+    kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(m.errors.items()))
+    return (
+        f"partial: {m.requests_failed} of {m.requests_total} requests failed"
+        f"{f' ({kinds})' if kinds else ''}; the figures cover the {m.requests_ok} that completed"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,6 +169,24 @@ async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_:
     memo.refreshes.mark((namespace, name), full=refresh.child_needs_reconcile(type, dict(body)))
 
 
+@kopf.timer(
+    GROUP,
+    VERSION,
+    SERVICES,
+    interval=refresh.SETTLING_SECONDS,
+    idle=refresh.SETTLING_SECONDS,
+    when=lambda status, **_: refresh.settling(dict(status or {})),
+)
+async def settling(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Pods of this service are not all ready: have its status refreshed (a pod problem shows
+    up in no Deployment event). Only marks it, like :func:`child_changed`; writes nothing.
+
+    ``idle``: only once the service has gone unchanged that long, so a fleet ramping up (its
+    status moving with every Deployment event) adds no refreshes; a stuck one gets them."""
+    meta = body["metadata"]
+    memo.refreshes.mark((meta["namespace"], meta["name"]), full=False)
+
+
 def _loop_wanted(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> bool:
     mode = str((spec.get("scaling") or {}).get("mode", "off"))
     return loop_wanted(mode, memo.get("config"))

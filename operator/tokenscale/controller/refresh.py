@@ -193,6 +193,25 @@ def child_needs_reconcile(event_type: str | None, child: dict[str, Any]) -> bool
     return applied.get(key) != child_version(child)
 
 
+#: How often the status of a service whose pods are not all ready is looked at again.
+SETTLING_SECONDS = 10.0
+
+
+def settling(status: dict[str, Any] | None) -> bool:
+    """Replicas are wanted but not all ready: pods may be failing in ways no Deployment event
+    reports (a crash loop or an image pull error leaves the Deployment's status as it was).
+
+    The operator does not watch pods, so such a service's status is refreshed every
+    :data:`SETTLING_SECONDS` until it settles; the fleet-wide resync (5 min) is too slow for
+    the one moment a user watches. Found by the engine-fault drill (issue 17): a crash-looping
+    engine's service read Degraded False/Healthy for minutes."""
+    conds = {x.get("type"): x for x in (status or {}).get("conditions") or []}
+    ready, progressing = conds.get("Ready") or {}, conds.get("Progressing") or {}
+    if ready.get("status") == "False" and ready.get("reason") == "ReplicasNotReady":
+        return True
+    return progressing.get("status") == "True" and progressing.get("reason") == "RollingOut"
+
+
 def refresh_service(
     kube: Kube, cfg: OperatorConfig, namespace: str, name: str, *, full: bool = True
 ) -> bool:

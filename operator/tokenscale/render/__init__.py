@@ -18,7 +18,16 @@ from tokenscale.api.config import Allocation, OperatorConfig
 from tokenscale.api.service import GPUPool, InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.render import deployment as deployment_mod
-from tokenscale.render import dra, gpuplacement, names, pdb, pod, podtemplate, servicemonitor
+from tokenscale.render import (
+    dra,
+    gpuplacement,
+    names,
+    pdb,
+    pdrouter,
+    pod,
+    podtemplate,
+    servicemonitor,
+)
 from tokenscale.render import inferencepool as inferencepool_mod
 from tokenscale.render import leaderworkerset as lws_mod
 from tokenscale.render import router as router_mod
@@ -169,7 +178,10 @@ def render_all(
     by_pool = {p.pool: p for p in plans}
     labels = names.common_labels(svc)
     result = RenderResult()
-    if service.spec.routing.mode == "router":
+    if service.spec.disaggregation is not None:
+        # vLLM's router in P/D mode (needs routing.mode router); docs/disaggregation.md.
+        result.objects += pdrouter.render(service, config.pods.bind_address)
+    elif service.spec.routing.mode == "router":
         # The router takes the stable Service name; docs/routing.md.
         result.objects += router_mod.render(service, config.pods.bind_address)
     else:

@@ -17,7 +17,7 @@ from tokenscale.api.service import GPUPool, InferenceService
 from tokenscale.api.status import PoolPlan
 from tokenscale.plan import planner
 from tokenscale.render import args as vargs
-from tokenscale.render import gpuplacement, names, patches
+from tokenscale.render import gpuplacement, names, patches, pd
 
 Obj = dict[str, Any]
 
@@ -86,6 +86,13 @@ def _builtin_env(
     return env
 
 
+def _with_role_args(args: list[str], role_args: list[str], user: list[str]) -> list[str]:
+    """``role_args`` before the user's ``spec.engine.args`` (the tail of ``args``), so a user
+    flag still overrides ours (vLLM's last-wins parsing)."""
+    cut = len(args) - len(user) if user and args[len(args) - len(user) :] == user else len(args)
+    return [*args[:cut], *role_args, *args[cut:]]
+
+
 def checkpoint_size_gib(service: InferenceService, plan: PoolPlan) -> float:
     """What the engine downloads: the planned weights, or BF16 (2 B/param) when the user
     quantizes on load (``--quantization`` in spec.engine.args)."""
@@ -120,11 +127,14 @@ def pod_template(
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": cmd.command,
-        "args": cmd.args,
-        "ports": [{"name": c.ENGINE_PORT_NAME, "containerPort": c.ENGINE_PORT, "protocol": "TCP"}],
+        "args": _with_role_args(cmd.args, pd.engine_args(service, pool, role), spec.engine.args),
+        "ports": [
+            {"name": c.ENGINE_PORT_NAME, "containerPort": c.ENGINE_PORT, "protocol": "TCP"},
+            *pd.engine_ports(service, pool, role),
+        ],
     }
     pod: Obj = {"containers": [container], "restartPolicy": "Always"}
-    env = _builtin_env(service, role, gpu, config)
+    env = _builtin_env(service, role, gpu, config) | pd.engine_env(service, pool, role)
     checkpoint_gib: float | None = None
     if spec.engine.mode == "vllm":  # the simulator reads no weights: no volume to wait for
         patches.model_source(pod, container, env, spec.model, config)
@@ -148,7 +158,12 @@ def pod_template(
     annotations[c.ANNOTATION_GPU] = pool.gpu
     template: Obj = {
         "metadata": {
-            "labels": names.pod_labels(service.metadata.name, pool.name, role, config.pods.labels),
+            "labels": names.pod_labels(
+                service.metadata.name,
+                pool.name,
+                role,
+                {**config.pods.labels, **pd.pod_labels(service, pool)},
+            ),
             "annotations": annotations,
         },
         "spec": pod,

@@ -20,10 +20,10 @@ from pathlib import Path
 import click
 from aiohttp import web
 
-from . import exporter
+from . import exporter, pd
 from .model import Engine
 from .profiles import ProfileError, get_profile
-from .server import Endpoint, EngineHost, Fleet, SimClock
+from .server import Endpoint, EngineHost, Fleet, PDRole, SimClock
 
 log = logging.getLogger("tokenscale.sim")
 
@@ -110,6 +110,19 @@ def sim_group() -> None:
     help="`namespace` label (env POD_NAMESPACE).",
 )
 @click.option("--exporter-container", default="vllm", show_default=True, help="`container` label.")
+@click.option(
+    "--pd-role",
+    type=click.Choice(["prefill", "decode"]),
+    help="Prefill/decode disaggregation (docs/disaggregation.md): prefill answers a request "
+    "with kv_transfer_params.do_remote_decode by handing its KV over; decode admits a request "
+    "with do_remote_prefill after the transfer time, its prompt already computed.",
+)
+@click.option(
+    "--kv-transfer-gbps",
+    default=50.0,
+    show_default=True,
+    help="KV link bandwidth in GB/s for --pd-role (transfer time = KV bytes / this).",
+)
 @click.option("--strict-args", is_flag=True, help="Reject unknown (vLLM-only) arguments.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.pass_context
@@ -141,6 +154,8 @@ def engine_command(
     exporter_pod: str,
     exporter_namespace: str,
     exporter_container: str,
+    pd_role: str | None,
+    kv_transfer_gbps: float,
     strict_args: bool,
     log_level: str,
 ) -> None:
@@ -156,6 +171,15 @@ def engine_command(
         profile = get_profile(gpu, model, profiles_path).scaled(tensor_parallel_size)
     except ProfileError as err:
         raise click.ClickException(str(err)) from err
+    role = None
+    if pd_role is not None:
+        if kv_transfer_gbps <= 0:
+            raise click.BadParameter("--kv-transfer-gbps must be > 0")
+        try:
+            per_token = pd.kv_bytes_per_token(model, profile.precision, tensor_parallel_size)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from err
+        role = PDRole(pd_role, per_token, kv_transfer_gbps)
     addresses = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else [host]
     first_port = port if port_base is None else port_base
     name = served_model_name or model
@@ -197,6 +221,7 @@ def engine_command(
                     on_step=exporter.StepPower(power, meters[i], engine.max_num_seqs)
                     if power
                     else None,
+                    pd_role=role,
                 )
                 fleet_hosts.append(host_)
             if power:

@@ -138,6 +138,8 @@ class EngineMetrics:
         }
         self.created = time.time()
         self.prompt_tokens = 0
+        #: prompt tokens whose KV came from a prefill engine (P/D decode side)
+        self.prompt_tokens_external = 0
         self.generation_tokens = 0
         self.num_preemptions = 0
         # Automatic prefix caching, in tokens (sim/prefix_cache.py).
@@ -220,6 +222,18 @@ class EngineCollector:
         yield self._counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", m.prompt_tokens
         )
+        by_source = CounterMetricFamily(
+            "vllm:prompt_tokens_by_source",
+            "Number of prompt tokens by source.",
+            labels=["engine", "model_name", "source"],
+        )
+        engine_label, model_label = self._values
+        for source, count in (
+            ("local_compute", m.prompt_tokens - m.prompt_tokens_external),
+            ("external_kv_transfer", m.prompt_tokens_external),
+        ):
+            by_source.add_metric([engine_label, model_label, source], count, created=m.created)
+        yield by_source
         yield self._counter(
             "vllm:generation_tokens", "Number of generation tokens processed.", m.generation_tokens
         )

@@ -67,6 +67,8 @@ class Seq:
     """Chained hashes of the prompt's full blocks (prefix caching; empty: never cached)."""
     cached_blocks: int = 0
     """Leading prompt blocks already inserted into the engine's prefix cache."""
+    kv_transferred: int = 0
+    """Prompt tokens whose KV a prefill engine computed and handed over (P/D decode side)."""
 
     @property
     def done(self) -> bool:
@@ -163,8 +165,12 @@ class Engine:
         ignore_eos: bool = False,
         min_tokens: int = 0,
         block_hashes: tuple[int, ...] = (),
+        kv_transferred: int = 0,
     ) -> Seq:
         """Queue a request arriving at ``now``; its output length is drawn here, seeded.
+
+        ``kv_transferred`` (P/D decode engines, :mod:`.pd`): that many prompt tokens arrive with
+        their KV computed elsewhere; they take KV space at admission but no prefill compute.
 
         With ``ignore_eos`` the output is exactly ``max_tokens`` ("length"); otherwise a
         log-normal "natural" length (profile ``output_len_mean``) floored at ``min_tokens`` and
@@ -196,6 +202,7 @@ class Engine:
         if not self.has_work():
             self.clock = max(self.clock, now)  # an idle engine starts its next step on arrival
         seq = Seq(self._next_rid, prompt_tokens, n, reason, now, block_hashes=block_hashes)
+        seq.kv_transferred = max(0, min(kv_transferred, prompt_tokens - 1))
         self._next_rid += 1
         self.waiting.append(seq)
         return seq
@@ -234,6 +241,7 @@ class Engine:
         self._release(seq)
         seq.computed = 0
         seq.cached_blocks = 0
+        seq.kv_transferred = 0  # the handed-over KV is dropped too: recomputed here
         seq.state = "waiting"
         seq.preemptions += 1
         self.metrics.num_preemptions += 1
@@ -300,19 +308,25 @@ class Engine:
             seq = self.waiting[0]
             total = seq.prompt_tokens + seq.generated
             hit = cache.peek(seq.block_hashes, seq.prompt_tokens) if cache else 0
+            hit = max(hit, seq.kv_transferred)
             first_chunk = min(total - hit, budget)
             # Cached tokens skip prefill but their KV still counts against the budget (no
             # sharing modelled, see prefix_cache.py).
             if self.kv_capacity - self.kv_used < hit + first_chunk:
                 break
             self.waiting.popleft()
+            transferred = seq.kv_transferred
             if cache is not None:  # vLLM queries the cache each time it schedules a request
                 hit = cache.lookup(seq.block_hashes, seq.prompt_tokens)
                 self.metrics.prefix_cache_queries = cache.queries
                 self.metrics.prefix_cache_hits = cache.hits
-                seq.computed = hit
                 seq.cached_blocks = hit // cache.block_size
+                hit = max(hit, transferred)
+                seq.computed = hit
                 self.kv_used += hit
+            elif transferred:
+                seq.computed = transferred
+                self.kv_used += transferred
             seq.state = "prefill"
             if seq.scheduled_at < 0:
                 seq.scheduled_at = start
@@ -366,6 +380,7 @@ class Engine:
             if seq.generated == 1:
                 seq.first_token_at = end
                 m.prompt_tokens += seq.prompt_tokens
+                m.prompt_tokens_external += seq.kv_transferred
                 m.ttft.observe(end - seq.arrival)
                 result.first_tokens.append(seq)
             else:

@@ -55,6 +55,8 @@ class Params:
     min_tokens: int
     prompt_text: str = ""
     """The prompt as text (chat: rendered messages); prefix caching hashes its blocks."""
+    kv_transfer_params: dict[str, Any] | None = None
+    """vLLM's P/D hand-over fields (what vllm-router sends in P/D mode), when present."""
 
 
 def _int_field(body: dict[str, Any], name: str, default: int | None) -> int | None:
@@ -165,6 +167,9 @@ def parse(body: Any, chat: bool) -> Params:
     if not isinstance(options, dict):
         raise BadRequest("stream_options must be an object")
     model = body.get("model")
+    transfer = body.get("kv_transfer_params")
+    if transfer is not None and not isinstance(transfer, dict):
+        raise BadRequest("kv_transfer_params must be an object")
     return Params(
         chat=chat,
         model=model if isinstance(model, str) else None,
@@ -175,6 +180,7 @@ def parse(body: Any, chat: bool) -> Params:
         ignore_eos=bool(body.get("ignore_eos", False)),
         min_tokens=_int_field(body, "min_tokens", 0) or 0,
         prompt_text=prompt_text,
+        kv_transfer_params=transfer,
     )
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import openai, workload
+from . import openai, pd, workload
 from .metrics import EngineCollector, exposition, new_registry
 from .model import Engine, RequestError, Seq, StepResult
 
@@ -81,6 +81,19 @@ class Endpoint:
     model: str
 
 
+@dataclass(frozen=True)
+class PDRole:
+    """This engine's side of prefill/decode disaggregation (``--pd-role``, sim/pd.py)."""
+
+    role: str  # prefill | decode
+    kv_bytes_per_token: float
+    gbytes_per_s: float
+
+
+#: NIXL's default side-channel port, reported in the hand-over like vLLM's prefill engines.
+NIXL_SIDE_CHANNEL_PORT = 5600
+
+
 class EngineHost:
     """One engine: its model, its stepping task and its aiohttp application."""
 
@@ -94,8 +107,11 @@ class EngineHost:
         background_seed: int = 0,
         max_lag_s: float = 0.25,
         on_step: Callable[[StepResult], None] | None = None,
+        pd_role: PDRole | None = None,
     ) -> None:
         self.engine = engine
+        self.pd_role = pd_role
+        self.engine_id = uuid.uuid4().hex
         self.on_step = on_step  # e.g. the simulated exporter's power meter
         self.clock = clock
         self.endpoint = endpoint
@@ -198,6 +214,7 @@ class EngineHost:
         name = self.endpoint.served_model_name
         if params.model is not None and params.model != name:
             return self._error(f"The model `{params.model}` does not exist.", 404, "NotFoundError")
+        handed = await self._receive_kv(params)
         try:
             seq = self.engine.submit(
                 params.prompt_tokens,
@@ -206,6 +223,7 @@ class EngineHost:
                 ignore_eos=params.ignore_eos,
                 min_tokens=params.min_tokens,
                 block_hashes=self.engine.prompt_blocks(params.prompt_text),
+                kv_transferred=handed,
             )
         except RequestError as err:
             return self._error(str(err), 400)
@@ -227,6 +245,9 @@ class EngineHost:
             body = openai.completion_body(
                 params, request_id, self._created, name, seq.rid, seq.generated, seq.finish_reason
             )
+            handover = self._handover(params)
+            if handover is not None:
+                body["kv_transfer_params"] = handover
             return web.json_response(body)
         finally:
             self.in_flight -= 1
@@ -234,6 +255,39 @@ class EngineHost:
             self._streams.discard(waiter)
             if not seq.done:
                 self.engine.abort(seq, self.clock.now())
+
+    async def _receive_kv(self, params: openai.Params) -> int:
+        """Decode role, request handed over by a prefill engine: wait the KV transfer time
+        (simulated) and return how many prompt tokens arrive computed; else 0."""
+        transfer = params.kv_transfer_params or {}
+        if self.pd_role is None or self.pd_role.role != "decode":
+            return 0
+        if not transfer.get("do_remote_prefill"):
+            return 0
+        delay = pd.transfer_seconds(
+            params.prompt_tokens, self.pd_role.kv_bytes_per_token, self.pd_role.gbytes_per_s
+        )
+        await self.clock.sleep_until(self.clock.now() + delay)
+        return pd.handed_over(params.prompt_tokens)
+
+    def _handover(self, params: openai.Params) -> dict[str, object] | None:
+        """Prefill role asked to leave decoding to another engine: the fields a decode engine
+        needs to pull the KV, shaped as vLLM's NixlConnector answers them."""
+        transfer = params.kv_transfer_params or {}
+        if self.pd_role is None or self.pd_role.role != "prefill":
+            return None
+        if not transfer.get("do_remote_decode"):
+            return None
+        blocks = -(-params.prompt_tokens // 16)
+        return {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_engine_id": self.engine_id,
+            "remote_block_ids": list(range(blocks)),
+            "remote_host": self.endpoint.host,
+            "remote_port": NIXL_SIDE_CHANNEL_PORT,
+            "tp_size": 1,
+        }
 
     async def _stream(
         self, request: web.Request, params: openai.Params, waiter: _Waiter, request_id: str

@@ -53,6 +53,23 @@ ROUTER_IMAGE = "ghcr.io/tokenscale/vllm-router"
 ROUTER_BIN_PROVIDER = "tests.testbed.vllm_router:ensure_bin_dir"
 
 
+#: A registry in the ``.invalid`` top-level domain (RFC 2606: never resolves) stands for an image
+#: that cannot be pulled: the pod waits in ErrImagePull / ImagePullBackOff as on a real node.
+UNPULLABLE_TLD = ".invalid"
+
+
+def unpullable(image: str) -> str | None:
+    """The pull error a real kubelet would report for ``image``, or None if it can be pulled."""
+    first, sep, _ = image.partition("/")
+    host = first.split(":")[0] if sep and ("." in first or ":" in first) else ""
+    if not host.endswith(UNPULLABLE_TLD):
+        return None
+    return (
+        f'Failed to pull image "{image}": failed to resolve reference "{image}": '
+        f"dial tcp: lookup {host}: no such host"
+    )
+
+
 class ImageMapError(LookupError):
     """No usable mapping for an image."""
 

@@ -22,7 +22,7 @@ import aiohttp
 from . import process
 from .api import Api, ApiError, event_body, pod_path
 from .container import Conditions, Container, now, pod_status, pre_stop, probe_loop
-from .imagemap import ImageMap, ImageMapError
+from .imagemap import ImageMap, ImageMapError, unpullable
 from .security import verify_run_as_non_root
 from .spec import SpecError, build_env, resolve_argv, restart_wanted
 from .volumes import PodVolumes, fetch_env_data, render_hosts, render_resolv, write_in_place
@@ -30,6 +30,10 @@ from .volumes import PodVolumes, fetch_env_data, render_hosts, render_resolv, wr
 log = logging.getLogger(__name__)
 Obj = Mapping[str, Any]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class _PullRetry(Exception):
+    """The image cannot be pulled (yet): wait, then try the whole start again."""
 
 
 class Host(Protocol):
@@ -212,11 +216,20 @@ class PodWorker:
         self.write_hosts()
         write_in_place(self.root / "etc" / "resolv.conf", render_resolv(self.ns))
         await self.push()
+        pulls = 0
         while not self.stopping.is_set():  # config errors: retry like the kubelet does
             try:
                 await self.volumes.prepare()
                 self.env_data = await fetch_env_data(self.host.api, self.pod)
                 for c in [*self.inits, *self.containers]:
+                    failed = unpullable(str(c.spec.get("image", "")))
+                    if failed:  # as a kubelet whose runtime cannot pull: ErrImagePull, back-off
+                        c.waiting = ("ImagePullBackOff" if pulls else "ErrImagePull", failed)
+                        pulls += 1
+                        self.note(failed, "Failed", warning=True)
+                        await self.push()
+                        await self._sleep(min(5.0 * pulls, 20.0))
+                        raise _PullRetry
                     # a bin provider may build a venv first (minutes): keep the loop responsive
                     entry = self.host.image_map.lookup(str(c.spec.get("image", "")))
                     await asyncio.to_thread(entry.bin_dir)
@@ -227,6 +240,8 @@ class PodWorker:
                         raise SpecError(refused)
                     self._exec_plan(c)
                 break
+            except _PullRetry:
+                continue
             except (SpecError, ImageMapError, ApiError) as exc:
                 for c in [*self.inits, *self.containers]:
                     c.waiting = ("CreateContainerConfigError", str(exc))
