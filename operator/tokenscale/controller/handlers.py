@@ -55,6 +55,8 @@ class EndlessBackoffs:
 def tune_networking(settings: kopf.OperatorSettings) -> None:
     """API retries that outlast an API-server outage (see :class:`EndlessBackoffs`)."""
     settings.networking.error_backoffs = EndlessBackoffs()
+    if resync.TROUBLE not in logging.getLogger("kopf").handlers:
+        logging.getLogger("kopf").addHandler(resync.TROUBLE)  # a pass once an outage is over
 
 
 @kopf.on.startup()
