@@ -76,18 +76,34 @@ def _deployments(cluster: Cluster, namespace: str, service: str) -> list[dict[st
     return list((found or {}).get("items") or [])
 
 
-def _converged(cluster: Cluster, namespace: str, service: str, replicas: int) -> bool:
+def _converged(
+    cluster: Cluster, namespace: str, service: str, replicas: int, *, ready: bool = True
+) -> bool:
+    """The operator's part: one Deployment at the wanted count and a status that has seen the
+    spec and that Deployment. ``ready`` also asks for ready pods, which after an outage depends
+    on the test bed, not the operator: the fake nodes' 40 s leases expire while the API server
+    is away (on a loaded machine its restart alone takes 30-40 s), the node controller marks
+    the nodes and their pods NotReady, and KWOK brings them back when it gets to it."""
     deps = _deployments(cluster, namespace, service)
     if len(deps) != 1:
         return False
     dep = deps[0]
-    svc = get(cluster, "tsvc", service, "-n", namespace)
-    return (
+    svc = get(cluster, "tsvc", service, "-n", namespace) or {}
+    status = svc.get("status") or {}
+    pools = status.get("pools") or []
+    seen = (
         dep["spec"].get("replicas") == replicas
+        and status.get("observedGeneration") == svc["metadata"].get("generation")
+        and sum(p.get("desiredReplicas", 0) for p in pools) == replicas
+        and sum(p.get("replicas", 0) for p in pools) == replicas
+    )
+    if not ready:
+        return bool(seen)
+    return bool(
+        seen
         and (dep.get("status") or {}).get("readyReplicas") == replicas
         and condition(svc, "Ready").get("status") == "True"
-        and sum(p.get("readyReplicas", 0) for p in (svc or {})["status"].get("pools", []))
-        == replicas
+        and sum(p.get("readyReplicas", 0) for p in pools) == replicas
     )
 
 
@@ -114,16 +130,6 @@ def _rate(records: list[Record], seconds: float) -> float:
     return round(len(records) / seconds, 2) if seconds > 0 else 0.0
 
 
-@pytest.mark.xfail(
-    LONG,
-    strict=True,
-    reason="known, not fixed (found by the long form, 30 s outage, 2026-12-03): a Deployment "
-    "deleted while the operator's Deployment watch was still reconnecting (its 9th attempt, "
-    "~54 s) was never recreated within 120 s: the watch resumed from a resourceVersion the "
-    "restarted API server no longer had, Kopf re-listed, and a re-list carries no DELETED "
-    "event; only the 300 s resync would repair it. The test bed's KWOK nodes also went "
-    "NotReady (40 s leases) so pods were unready for minutes. Short form (8 s) passes.",
-)
 def test_restarts_lose_no_update_and_retry_with_backoff(
     cluster: Cluster,
     proxied: tuple[FaultProxy, OperatorProcess],
@@ -172,7 +178,9 @@ def _restart_round(
     cluster.kubectl("delete", "deployment", victim["metadata"]["name"], "-n", namespace)
     try:
         wait_for(
-            lambda: all(_converged(cluster, namespace, n, r) for n, r in want.items()),
+            lambda: all(
+                _converged(cluster, namespace, n, r, ready=False) for n, r in want.items()
+            ),
             timeout=CONVERGE_SECONDS, what=f"every change converged after the {component} restart",
         )  # fmt: skip
     except AssertionError as exc:
