@@ -76,7 +76,6 @@ bench: $(STAMP) testbed-build ## Run the benchmarks; results land in benchmarks/
 
 drills: $(STAMP) testbed-build ## Reliability drills, long form (5,000 specs per kind, e2e): benchmarks/results/reliability.json
 	TOKENSCALE_DRILL_LONG=1 $(PY) benchmarks/reliability.py --full
-	TOKENSCALE_E2E_MULTINODE=1 $(PY) -m pytest -m e2e tests/e2e/test_multinode.py
 
 testbed-up: testbed-build ## Start a local control plane with fake AMD GPU nodes (prints the kubeconfig)
 	$(PY) -m tests.testbed up

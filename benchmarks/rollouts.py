@@ -9,7 +9,16 @@ through each change:
 - ``free_gpus_surge``: a third node frees a replica's worth of GPUs: the same change surges;
 - ``broken_image``: the new image cannot start; ``rollout_seconds`` is the time until the
   operator reports the rollout stuck (Progressing=False), the load keeps running on the old
-  replicas, then the spec is reverted (``rollback_seconds``).
+  replicas, then the spec is reverted (``rollback_seconds``);
+- ``node_drain``: ``kubectl drain`` of a node with a replica (eviction API, the PDB) under load;
+  ``rollout_seconds`` runs from the load's start (3 s before the drain) to two ready replicas
+  off that node;
+- ``amd_dcm_taint``: the GPU Operator's ``amd-dcm=up:NoExecute`` on a node with a replica, the
+  same measure; then, with no node left, ``Degraded`` is recorded and the time for the replica
+  to come back once the taint is removed (``came_back_seconds``);
+- ``sla_gate_rollback``: a version five times slower (the simulator's ``--speed 0.2``) behind
+  ``benchmarkOnRollout.rollback``: ``rollout_seconds`` to the slow version rolled out,
+  ``rollback_seconds`` to the previous one back; requests are the failing gate benchmark's.
 
 Usage: ``.venv/bin/python -m benchmarks.rollouts [--out benchmarks/results/rollouts.json]``
 Writes ``{"cases": {name: {rollout_seconds, requests_total, requests_failed, ...}}}``.
@@ -64,6 +73,34 @@ def run(load_seconds: int) -> dict[str, Any]:
             }
             for name, case in (("full_fleet_in_place", full), ("free_gpus_surge", free)):
                 cases[name]["load_covered_rollout"] = case.load_covered_rollout
+            drained = drill.drain_under_load(cluster, namespace, load_seconds=20)
+            for name, case in (("node_drain", drained.drain), ("amd_dcm_taint", drained.taint)):
+                cases[name] = {**case.numbers(), "event": case.strategy}
+                del cases[name]["strategy"], cases[name]["reason"]
+            cases["amd_dcm_taint"]["no_capacity"] = {
+                "condition": f"Degraded=True {drained.unschedulable['reason']}: "
+                f"{drained.unschedulable['message']}",
+                "ready_replicas_meanwhile": drained.ready_while_unschedulable,
+                "came_back_seconds": round(drained.came_back_seconds, 1),
+            }
+            gate = drill.sla_gate(cluster, namespace, "v4", "v5", replicas=2)
+            results = gate.failed.get("results") or {}
+            cases["sla_gate_rollback"] = {
+                "rollout_seconds": round(gate.rollout_seconds, 1),
+                "requests_total": int(results.get("requests") or 0)
+                + int(results.get("errors") or 0),
+                "requests_failed": int(results.get("errors") or 0),
+                "rollback_seconds": round(gate.rollback_seconds, 1),
+                "verdict_before": gate.passed.get("verdict"),
+                "verdict_slow": gate.failed.get("verdict"),
+                "tpot_p99_ms_before": ((gate.passed.get("results") or {}).get("tpotMs") or {}).get(
+                    "p99"
+                ),
+                "tpot_p99_ms_slow": (results.get("tpotMs") or {}).get("p99"),
+                "sla": drill.GATE_SLA,
+                "event": gate.events[0] if gate.events else None,
+                "progressing": f"{gate.progressing.get('reason')}",
+            }
         finally:
             operator.stop()
     return cases
@@ -90,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             "engine_startup_seconds": 3,
             "prestop_sleep_seconds": 1,
             "shutdown_timeout_seconds": 60,
+            "drain_load": "the same at 20 s per case; 3 nodes, one free",
+            "gate": "benchmarkOnRollout offline, 2 in flight, 10 s, default dataset, SLA "
+            f"{drill.GATE_SLA}; the slow version runs the simulator with --speed 0.2",
         },
         "cases": cases,
     }

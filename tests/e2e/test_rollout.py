@@ -81,12 +81,8 @@ def test_full_fleet_replaces_in_place_without_failures_free_gpus_surge_and_broke
     finally:
         cluster.kubectl("delete", "tsvc", drill.NAME, "-n", namespace, "--wait=false", check=False)
         drill.remove_nodes(cluster, names)
-    lost = full.requests_failed + free.requests_failed
-    if lost:  # every other check above passed; this one is the goal, reported, never hidden
-        pytest.xfail(
-            f"found by this drill: {full.requests_failed} (in place) + {free.requests_failed} "
-            f"(surge) of {full.requests_total + free.requests_total} requests failed; seen in 2 "
-            "of 6 runs, not yet isolated: likely the race between a draining engine closing "
-            "idle keep-alive connections and the load generator sending on its pooled one "
-            "(bench/httpclient.py does not retry a request the server never read)"
-        )
+    # The goal: a rollout under load loses no request. The load generator resends a request
+    # only when a reused keep-alive connection was closed before any answer (the drain's
+    # stale-connection race, bench/httpclient.py); counted, and printed above.
+    assert full.requests_failed == 0, full
+    assert free.requests_failed == 0, free

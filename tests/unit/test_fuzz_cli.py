@@ -100,14 +100,16 @@ def test_hostile_manifest_is_refused_quickly_naming_the_part(
 ) -> None:
     data, fragment = HOSTILE[case]
     path = _write(tmp_path, case, data)
-    start = time.perf_counter()
+    # CPU time, not wall time: the bound is about the work done (an expanded alias bomb burns
+    # minutes of CPU), and a machine shared with other test beds stretches wall time only.
+    start = time.process_time()
     result = CliRunner().invoke(main, [command, str(path)])
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert result.exit_code == 1, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit), result.exception  # no traceback
     FIGURES["cases"] += 1
     FIGURES["max_seconds"] = max(FIGURES["max_seconds"], round(elapsed, 4))
-    assert elapsed < 1.0, f"{command} {case}: {elapsed:.2f}s"
+    assert elapsed < 1.0, f"{command} {case}: {elapsed:.2f} CPU s"
     out = result.output
     assert "Traceback" not in out and "pydantic" not in out.lower(), out
     assert f"{path}: " in out, out  # every line starts with the file

@@ -37,6 +37,7 @@ Need = tuple[str, str, str]  # (apiGroup, resource, verb)
 #: kind -> (apiGroup, plural), for the kinds the operator's code names.
 RESOURCES = {
     "Deployment": ("apps", "deployments"),
+    "ReplicaSet": ("apps", "replicasets"),
     "Service": ("", "services"),
     "ConfigMap": ("", "configmaps"),
     "Pod": ("", "pods"),

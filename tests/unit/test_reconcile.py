@@ -211,11 +211,13 @@ def test_a_refused_apply_counts_as_an_error_and_is_retried_with_its_status_writt
     errors = metrics.RECONCILES.labels("InferenceService", "error")
     oks = metrics.RECONCILES.labels("InferenceService", "ok")
     before_err, before_ok = errors._value.get(), oks._value.get()
-    patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError, match="exceeded quota"):
-        handlers._run(kopf.Body(body), patch, memo)
+        handlers._run(kopf.Body(body), memo)
     assert errors._value.get() == before_err + 1 and oks._value.get() == before_ok
-    degraded = next(x for x in patch["status"]["conditions"] if x["type"] == "Degraded")
+    meta = body["metadata"]
+    written = kube.get("InferenceService", meta["namespace"], meta["name"])
+    assert written is not None
+    degraded = next(x for x in written["status"]["conditions"] if x["type"] == "Degraded")
     assert degraded["reason"] == "ApplyFailed" and "exceeded quota" in degraded["message"]
     assert any(r == "ApplyFailed" for r, _, _ in kube.events)
 

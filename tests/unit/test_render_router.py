@@ -81,3 +81,46 @@ def test_the_process_kubelet_maps_the_router_image_to_vllm_router() -> None:
     entry = ImageMap(default_entries()).lookup(image)
     assert entry.entrypoint == ["vllm-router"] and entry.bin == ROUTER_BIN_PROVIDER
     assert entry.user != "0"  # the image runs as non-root, like images/router/Dockerfile
+
+
+def _engine_args(policy: str, engine_args: list[str], cpu: bool = True) -> list[str]:
+    """The rendered engine container's args of a router-mode service (CPU image: vLLM 0.32)."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
+    doc["spec"]["routing"] = {"mode": "router", "router": {"policy": policy}}
+    doc["spec"]["engine"]["args"] = engine_args
+    if not cpu:
+        doc = yaml.safe_load((ROOT / "examples" / "llama2-70b-router.yaml").read_text())
+    from tokenscale.api.service import InferenceService
+
+    svc = InferenceService.model_validate(doc)
+    result, _ = render_cli.render_service(svc, OperatorConfig.load(None), {})
+    engines = [
+        o
+        for o in result.objects
+        if o["kind"] == "Deployment" and "router" not in o["metadata"]["name"]
+    ]
+    args: list[str] = engines[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_cache_aware_engines_serve_the_render_endpoints_the_router_asks_for() -> None:
+    """vLLM 0.32 answers /v1/*/render with 403 without --enable-scale-out, and the router then
+    routes blind (docs/routing.md): cache_aware engines get the flag, before the user's args."""
+    args = _engine_args("cache_aware", ["--max-num-seqs", "16"])
+    assert args.count(router_mod.ENABLE_SCALE_OUT) == 1
+    assert args.index(router_mod.ENABLE_SCALE_OUT) < args.index("--max-num-seqs")
+
+
+def test_only_cache_aware_on_a_known_recent_vllm_gets_the_scale_out_flag() -> None:
+    assert router_mod.ENABLE_SCALE_OUT not in _engine_args("round_robin", [])
+    # The user's own flag is not repeated.
+    assert (
+        _engine_args("cache_aware", [router_mod.ENABLE_SCALE_OUT]).count(
+            router_mod.ENABLE_SCALE_OUT
+        )
+        == 1
+    )
+    # The ROCm example's image is vLLM 0.23: an engine that may not know the flag is not given it.
+    assert router_mod.ENABLE_SCALE_OUT not in _engine_args("cache_aware", [], cpu=False)

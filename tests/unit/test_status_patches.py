@@ -10,6 +10,7 @@ through the fake's ``patch_merge`` the way the handlers send it, where
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,9 +91,30 @@ def test_reconcile_refresh_and_invalid_spec_patches_validate() -> None:
     assert ready["status"] == "True"
     assert ready["lastTransitionTime"] == "2026-11-28T12:00:12Z"
 
+    v1 = copy.deepcopy(next(o for o in kube.objects.values() if o["kind"] == "Deployment"))
     body["spec"]["engine"] = {"image": "example.com/vllm:2"}  # replaces pods: a rollout decision
     out = reconcile_service(body, kube, CFG, T0 + timedelta(seconds=12))
     assert out.status["pools"][0]["rollout"]["strategy"] in ("surge", "inPlace", "wait")
+    body = _write_service(kube, out.status)
+
+    # the SLA gate: the new version rolled out, its post-rollout benchmark failed: v1 is back
+    body["spec"]["engine"] = {"image": "example.com/vllm:2"}
+    body["spec"]["rollout"] = {"strategy": "inPlace"}
+    body["spec"]["benchmarkOnRollout"]["rollback"] = True
+    body = kube.put(body)
+    body = _write_service(
+        kube, reconcile_service(body, kube, CFG, T0 + timedelta(seconds=13)).status
+    )
+    kube.put({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "rs-v1", "namespace": "ns", "labels": v1["metadata"]["labels"],
+                     "ownerReferences": [{"kind": "Deployment", "name": v1["metadata"]["name"]}]},
+        "spec": {"template": v1["spec"]["template"]},
+    })  # fmt: skip
+    body["status"]["benchmark"] = {"name": "llm-rollout-1", "verdict": "Fail"}
+    body = kube.put(body)
+    out = reconcile_service(body, kube, CFG, T0 + timedelta(seconds=14))
+    assert out.status["pools"][0]["rollout"]["rolledBackFrom"], out.status["pools"]
     body = _write_service(kube, out.status)
 
     body["spec"]["pools"][0]["maxReplicas"] = 0  # operator-judged: max below min

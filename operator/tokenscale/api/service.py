@@ -345,11 +345,60 @@ class ScalingSpec(StrictModel):
 class BenchmarkOnRollout(StrictModel):
     """Run a benchmark automatically after each completed rollout."""
 
+    model_config = StrictModel.model_config | {
+        "json_schema_extra": cel(
+            (
+                "!self.rollback || self.enabled",
+                "rollback needs enabled: true (the benchmark after the rollout is the gate)",
+            ),
+            (
+                "!has(self.concurrency) || self.scenario == 'offline'",
+                "concurrency applies to scenario offline only; set scenario: offline or use qps",
+            ),
+        )
+    }
+
     enabled: bool = Field(default=False, description="Create a benchmark after each rollout.")
+    rollback: bool = Field(
+        default=False,
+        description="Make the benchmark a gate: when the new version fails spec.sla (verdict "
+        "Fail), restore each pool's previous version (its previous ReplicaSet, as kubectl "
+        "rollout undo), with a RolledBack Event and Progressing=False reason RolledBack. The "
+        "spec is left as written; the failed change stays held until the spec changes again. "
+        "Needs spec.sla. See docs/rollouts.md.",
+    )
+
+    @model_validator(mode="after")
+    def _concurrency_is_offline(self) -> Self:
+        if self.concurrency is not None and self.scenario != "offline":
+            raise ValueError(
+                f"concurrency applies to scenario offline only (got {self.scenario}); fix: set "
+                "scenario: offline, or drop concurrency and use qps"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rollback_needs_enabled(self) -> Self:
+        if self.rollback and not self.enabled:
+            raise ValueError(
+                "rollback needs enabled: true (the benchmark after the rollout is the gate); "
+                "fix: set benchmarkOnRollout.enabled: true or drop rollback"
+            )
+        return self
+
     scenario: Literal["offline", "server", "interactive"] = Field(
         default="server", description="Scenario of the automatic benchmark."
     )
     qps: float | None = Field(default=None, gt=0, description="Server/interactive QPS.")
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Offline scenario: requests in flight (default: as many as the client can "
+        "open). A few measure the new version's per-request latency without saturating it, and "
+        "a closed loop has no send schedule to fall behind (an open-loop run on a busy client "
+        "can come out Invalid, which the rollback gate does not act on).",
+    )
     duration_seconds: int = Field(default=120, ge=10, le=86400, description="Run length.")
 
 
@@ -375,6 +424,12 @@ class InferenceServiceSpec(StrictModel):
             (
                 "self.pools.all(p, self.pools.exists_one(q, q.name == p.name))",
                 "pool names must be unique",
+            ),
+            (
+                "!has(self.benchmarkOnRollout) || !self.benchmarkOnRollout.rollback "
+                "|| has(self.sla)",
+                "benchmarkOnRollout.rollback needs spec.sla: the SLA is what the new version "
+                "is benchmarked against; set sla (preset or ttftP99Ms and tpotP99Ms)",
             ),
             (
                 "!has(self.scaling) || !has(self.scaling.mode) || self.scaling.mode != 'builtin' "
@@ -528,6 +583,16 @@ class InferenceServiceSpec(StrictModel):
             raise ValueError(
                 "routing.mode router cannot be combined with scaling.scaleToZero yet (the router "
                 "cannot wake a sleeping service); fix: use routing.mode service for scale to zero"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rollback_needs_sla(self) -> Self:
+        auto = self.benchmark_on_rollout
+        if auto is not None and auto.rollback and self.sla is None:
+            raise ValueError(
+                "benchmarkOnRollout.rollback needs spec.sla: the SLA is what the new version is "
+                "benchmarked against; fix: set sla (preset or ttftP99Ms and tpotP99Ms)"
             )
         return self
 

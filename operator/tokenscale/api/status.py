@@ -40,6 +40,17 @@ class PoolRollout(StrictModel):
     message: str = Field(default="", description="Why, in words.")
     revision: str = Field(default="", description="Hash of the pod template being rolled out.")
     decided_at: Timestamp | None = Field(default=None, description="When it was decided.")
+    generation: int | None = Field(
+        default=None,
+        description="The spec generation whose change this is (the SLA gate rolls back only a "
+        "version the benchmarked generation brought).",
+    )
+    rolled_back_from: str | None = Field(
+        default=None,
+        description="Hash of the version that failed the SLA benchmark after its rollout and "
+        "was rolled back (benchmarkOnRollout.rollback); while the spec still asks for it, the "
+        "pool keeps the previous version (revision).",
+    )
 
 
 class PoolStatus(StrictModel):

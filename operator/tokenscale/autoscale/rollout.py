@@ -13,12 +13,17 @@ free GPUs per model and the replicas the current load needs, so it picks per cha
 4. otherwise ``wait`` (the Deployment is paused on the old version) with the reason, and the
    decision is taken again on every pass until GPUs free up or the load drops.
 
+A service of several pools rolls one pool at a time (:func:`one_pool_at_a_time`): while one
+pool's Deployment replaces pods, a change to another pool waits, so the pools not being replaced
+carry the load at full strength (and the SLA floor, computed service-wide, stays true).
+
 Pure functions: the controller (:mod:`tokenscale.controller.rollout`) gathers the inputs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -117,6 +122,22 @@ def decide(inp: RolloutInput) -> RolloutDecision:
         f"no {gpus} GPUs free for a surge replica, and replacing one of {inp.ready} ready "
         f"replicas would leave {left}, below the {inp.floor} the current load needs; waiting for "
         "free GPUs or less load (pin spec.rollout.strategy: inPlace to replace anyway)",
+    )
+
+
+def one_pool_at_a_time(pool: str, rolling: Collection[str]) -> RolloutDecision | None:
+    """A ``wait`` for ``pool``'s change while another pool of the service still rolls out
+    (``rolling``: pools whose Deployment still replaces pods, or that this pass starts); None
+    when the pool may be decided now. The pools roll in spec order as each one finishes."""
+    others = sorted(set(rolling) - {pool})
+    if not others:
+        return None
+    names = ", ".join(others)
+    return RolloutDecision(
+        "wait",
+        "OtherPoolRolling",
+        f"one pool at a time: pool {names} is still rolling out; this pool follows once it is "
+        "done, so the other pools carry the load at full strength meanwhile",
     )
 
 

@@ -9,6 +9,17 @@ straight into :class:`~tokenscale.bench.sse.SSEStream`. No task per request on a
 
 Scope is deliberately narrow: ``POST`` with a JSON body, response bodies chunked, sized or
 read-to-close; TLS via ``ssl=``; no redirects, no proxies, no compression.
+
+One retry, and only one kind: a request sent on a *reused* keep-alive connection that the server
+closed (EOF or reset) before any byte of a response arrived is sent once more on a fresh
+connection. That is the stale-connection race of HTTP/1.1 (RFC 9112 section 9.3.1): a server
+closes an idle keep-alive connection (an engine draining on SIGTERM does, as vLLM's server and
+the simulator do) while the client's next request is already on its way, so the server never
+read it. Go's net/http, curl and urllib3 resend in the same case. A completion has no side
+effect but its compute, so a resend can at worst duplicate work the server then discards; it is
+counted (``ConnectionPool.resent``, the run's ``self_check.requests_resent``) and the latency
+still runs from the first send. Nothing else is retried: a fresh connection that fails, a
+response cut after its first byte, a timeout and every HTTP status stay failures.
 """
 
 from __future__ import annotations
@@ -30,10 +41,12 @@ _MAX_HEAD: Final = 64 * 1024
 class Exchange:
     """One request's outcome, filled in by the connection as bytes arrive."""
 
-    __slots__ = ("end", "error_kind", "error_text", "status", "stream", "t_sent")
+    __slots__ = ("end", "error_kind", "error_text", "resent", "status", "stream", "t_sent")
 
     def __init__(self, t_sent: float) -> None:
         self.t_sent = t_sent
+        #: sent once more on a fresh connection after a stale keep-alive one (module docstring)
+        self.resent = False
         self.status = 0
         self.stream = SSEStream()
         self.end = 0.0
@@ -143,6 +156,11 @@ class _Conn(asyncio.Protocol):
         self._skip = 0
         self._keep_alive = True
         self._error_body = b""
+        self._request = b""
+        #: exchanges completed on this connection: > 0 means the next one reuses it
+        self._served = 0
+        #: whether any byte of the current exchange's response has arrived
+        self._answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses
@@ -156,6 +174,7 @@ class _Conn(asyncio.Protocol):
         self._ex, self._done = ex, done
         self._state, self._raw, self._left = _HEAD, b"", 0  # _skip may carry a late CRLF
         self._error_body = b""
+        self._request, self._answered = request, False
         self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
@@ -170,6 +189,7 @@ class _Conn(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()  # unsolicited bytes: connection is unusable
             return
+        self._answered = True
         now = time.perf_counter()
         state = self._state
         if state == _CHUNKED:
@@ -282,6 +302,7 @@ class _Conn(asyncio.Protocol):
         ex, done = self._ex, self._done
         assert ex is not None and done is not None
         self._ex = self._done = None
+        self._served += 1
         ex.end = now
         ex.stream.finish(now)
         if ex.status != 200:
@@ -315,7 +336,14 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._pool.forget(self)
-        if self._ex is None:
+        ex, done = self._ex, self._done
+        if ex is None or done is None:
+            return
+        if self._served and not self._answered and not ex.resent:
+            # The stale keep-alive race (module docstring): the server closed this idle
+            # connection as the request went out, so it never read it; once more, fresh.
+            self._ex = self._done = None
+            self._pool.resend(self._request, ex, done)
             return
         if self._state == _TO_EOF and exc is None:
             self._finish(time.perf_counter())
@@ -334,6 +362,8 @@ class ConnectionPool:
         self._all: set[_Conn] = set()
         self._pending: set[asyncio.Task[None]] = set()
         self.opened = 0
+        #: requests sent again after a stale keep-alive connection (module docstring)
+        self.resent = 0
 
     def submit(self, request: bytes, done: DoneCallback) -> Exchange:
         """Send ``request`` now; ``done`` is called exactly once with the filled exchange."""
@@ -351,10 +381,20 @@ class ConnectionPool:
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.start(request, ex, finished)
                 return ex
-        task = loop.create_task(self._open_and_start(request, ex, finished))
+        self._connect(request, ex, finished)
+        return ex
+
+    def _connect(self, request: bytes, ex: Exchange, done: DoneCallback) -> None:
+        task = asyncio.get_running_loop().create_task(self._open_and_start(request, ex, done))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
-        return ex
+
+    def resend(self, request: bytes, ex: Exchange, done: DoneCallback) -> None:
+        """Send ``request`` again on a new connection (never a pooled one, which could be just
+        as stale); called by a connection only for the stale keep-alive case."""
+        ex.resent = True
+        self.resent += 1
+        self._connect(request, ex, done)
 
     def _conn_factory(self) -> _Conn:
         return _Conn(self)

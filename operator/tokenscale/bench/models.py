@@ -133,6 +133,11 @@ class SelfCheck(_Strict):
     offered_rps: float | None = Field(default=None, description="Planned send rate (req/s).")
     delivered_rps: float | None = Field(default=None, description="Achieved send rate (req/s).")
     connections_opened: int = Field(description="TCP connections the client opened.")
+    requests_resent: int = Field(
+        default=0,
+        description="Requests sent again on a fresh connection because the server had closed "
+        "the reused keep-alive one before answering (bench/httpclient.py); not failures.",
+    )
     valid: bool = Field(description="False when the client was (or may have been) saturated.")
     reasons: list[str] = Field(default_factory=list, description="Why valid is false.")
 

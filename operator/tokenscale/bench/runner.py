@@ -52,6 +52,7 @@ class RunOutput:
     mean_in_flight: float
     connections_opened: int
     open_loop: bool
+    requests_resent: int = 0
 
 
 class _State:
@@ -144,6 +145,7 @@ async def execute(
         max_in_flight=st.max_in_flight,
         mean_in_flight=st.area / wall if wall > 0 else 0.0,
         connections_opened=pool.opened,
+        requests_resent=pool.resent,
         open_loop=open_loop,
     )
 
@@ -243,6 +245,7 @@ def self_check(out: RunOutput, thresholds: Thresholds) -> SelfCheck:
         offered_rps=offered,
         delivered_rps=delivered,
         connections_opened=out.connections_opened,
+        requests_resent=out.requests_resent,
         valid=not reasons,
         reasons=reasons,
     )

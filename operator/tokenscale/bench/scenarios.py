@@ -314,6 +314,7 @@ def _merge_checks(checks: Sequence[SelfCheck], records: Sequence[RequestRecord])
         offered_rps=sum(offered) if offered else None,
         delivered_rps=sum(delivered) if delivered else None,
         connections_opened=sum(c.connections_opened for c in checks),
+        requests_resent=sum(c.requests_resent for c in checks),
         valid=all(c.valid for c in checks),
         reasons=reasons,
     )

@@ -21,7 +21,16 @@ from tokenscale import constants as c
 from tokenscale.api.benchmark import FINISHED
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import source_for
-from tokenscale.controller import energy, events, hold, metrics, refresh, resync, watches
+from tokenscale.controller import (
+    energy,
+    events,
+    hold,
+    metrics,
+    refresh,
+    resync,
+    statusorder,
+    watches,
+)
 from tokenscale.controller.autoscaler import LoopState, loop_wanted, run_pass
 from tokenscale.controller.benchmark import reconcile_benchmark, update_target
 from tokenscale.controller.reconcile import (
@@ -119,29 +128,40 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
         refreshes.close()
 
 
-def _write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome, kube: Kube) -> None:
-    """A reconcile's outcome through Kopf's patch (one status write with the handler's own)."""
-    patch.status.update(outcome.status)
+def _write(body: kopf.Body, outcome: Outcome, kube: Kube) -> None:
+    """A reconcile's outcome: its status patch, written now (not with Kopf's patch after the
+    handler returns) so that it lands inside :func:`statusorder.held`, before any refresh that
+    observed the children later."""
     meta = body["metadata"]
+    kube.patch_merge(
+        "InferenceService", meta["namespace"], meta["name"], {"status": outcome.status}, "status"
+    )
     metrics.record_pools(meta["namespace"], meta["name"], outcome.status.get("pools", []))
     events.post(kube, dict(body), outcome.events)
 
 
-def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
-    """Reconcile with metrics; an API error becomes Kopf's retry, the ledger learns the children."""
-    started = time.perf_counter()
-    try:
-        outcome = reconcile_service(dict(body), memo.kube, memo.config)
-    except KubeError as exc:
-        metrics.RECONCILES.labels("InferenceService", "error").inc()
-        raise kopf.TemporaryError(f"API error: {exc}", delay=10) from exc
-    metrics.RECONCILE_SECONDS.labels("InferenceService").observe(time.perf_counter() - started)
-    result = "invalid" if outcome.invalid else "error" if outcome.apply_failures else "ok"
-    metrics.RECONCILES.labels("InferenceService", result).inc()
-    _write(body, patch, outcome, memo.kube)
-    if outcome.children is not None:
-        resync.LEDGER.record(body["metadata"].get("uid"), outcome.children)
-    if outcome.apply_failures:  # status and Events are written with this patch; retry later
+def _run(body: kopf.Body, memo: kopf.Memo) -> Outcome:
+    """Reconcile with metrics; an API error becomes Kopf's retry, the ledger learns the children.
+
+    Observation and status write run under :func:`statusorder.held`, like a refresh's."""
+    meta = body["metadata"]
+    with statusorder.held(meta["namespace"], meta["name"]):
+        started = time.perf_counter()
+        try:
+            outcome = reconcile_service(dict(body), memo.kube, memo.config)
+        except KubeError as exc:
+            metrics.RECONCILES.labels("InferenceService", "error").inc()
+            raise kopf.TemporaryError(f"API error: {exc}", delay=10) from exc
+        metrics.RECONCILE_SECONDS.labels("InferenceService").observe(time.perf_counter() - started)
+        result = "invalid" if outcome.invalid else "error" if outcome.apply_failures else "ok"
+        metrics.RECONCILES.labels("InferenceService", result).inc()
+        if outcome.children is not None:
+            resync.LEDGER.record(meta.get("uid"), outcome.children)
+        try:
+            _write(body, outcome, memo.kube)
+        except KubeError as exc:
+            raise kopf.TemporaryError(f"status not written: {exc}", delay=10) from exc
+    if outcome.apply_failures:  # status and Events are written already; retry later
         raise kopf.TemporaryError("apply refused: " + "; ".join(outcome.apply_failures), delay=30)
     return outcome
 
@@ -149,9 +169,9 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
 @kopf.on.resume(GROUP, VERSION, SERVICES)
 @kopf.on.create(GROUP, VERSION, SERVICES)
 @kopf.on.update(GROUP, VERSION, SERVICES, field="spec")
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Spec changed (or the operator restarted): converge children and status."""
-    outcome = _run(body, patch, memo)
+    outcome = _run(body, memo)
     if outcome.error is not None:
         raise kopf.PermanentError(outcome.error)
 

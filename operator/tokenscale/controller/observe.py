@@ -51,6 +51,8 @@ class PoolObservation:
     stuck: tuple[str, str] | None = None
     #: why a change waits to roll out (a ``wait`` decision), None when it does not wait
     waiting: str | None = None
+    #: the SLA gate rolled this pool back (benchmarkOnRollout.rollback): why, in words
+    rolled_back: str | None = None
 
 
 def observe_workload(
@@ -64,6 +66,12 @@ def observe_workload(
     obs.replicas = int(status.get("replicas") or 0)
     obs.ready = int(status.get("readyReplicas") or 0)
     obs.updated = int(status.get("updatedReplicas") or 0)
+    generation = int((workload.get("metadata") or {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or generation) < generation:
+        # the controller has not seen the change just applied: none of its pods are updated
+        # yet (else the pass applying a rollout reads the old status as settled, and the
+        # benchmark after the rollout runs against the old version)
+        obs.updated = 0
     return obs
 
 
@@ -296,6 +304,7 @@ def service_conditions(
     rolling = [p for p in pools if p.ready < p.desired or p.updated < p.replicas]
     stuck = [p.stuck for p in pools if p.stuck is not None]
     waiting = [f"pool {p.name}: {p.waiting}" for p in pools if p.waiting]
+    rolled_back = [f"pool {p.name}: {p.rolled_back}" for p in pools if p.rolled_back]
     if stuck and not blocking:
         reason = stuck[0][0] if len({s[0] for s in stuck}) == 1 else "RolloutStuck"
         msg = "; ".join(s[1] for s in stuck)
@@ -303,6 +312,9 @@ def service_conditions(
     elif waiting and not blocking:
         msg = "; ".join(waiting)
         conds.append(condition(c.COND_PROGRESSING, False, "RolloutWaiting", msg, generation))
+    elif rolled_back and not blocking:
+        msg = "; ".join(rolled_back)
+        conds.append(condition(c.COND_PROGRESSING, False, "RolledBack", msg, generation))
     elif rolling and not blocking:
         parts = ", ".join(f"{p.name} {p.ready}/{p.desired}" for p in rolling)
         conds.append(condition(c.COND_PROGRESSING, True, "RollingOut", parts, generation))

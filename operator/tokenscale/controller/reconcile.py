@@ -376,6 +376,9 @@ def _status(
         obs.waiting = (
             waiting.message if waiting is not None and waiting.strategy == "wait" else None
         )
+        obs.rolled_back = (
+            waiting.message if waiting is not None and waiting.rolled_back_from else None
+        )
         pools.append(obs)
         allocation[pool.name] = devices.workload_allocation(workload)
     plan_problems = [p.message for p in plans if not p.fits]
@@ -453,7 +456,9 @@ def rollout_benchmark(body: dict[str, Any], svc: InferenceService) -> dict[str, 
         spec["load"]["qps"] = auto.qps
     elif auto.scenario != "offline":
         spec["scenario"] = "offline"
-    name = f"{meta['name'][:28]}-rollout-{meta.get('generation', 0)}"
+    if spec["scenario"] == "offline" and auto.concurrency is not None:
+        spec["load"]["concurrency"] = auto.concurrency
+    name = rollout.rollout_benchmark_name(meta)
     return {
         "apiVersion": "tokenscale.dev/v1alpha1",
         "kind": "InferenceBenchmark",

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokenscale.api.config import OperatorConfig
-from tokenscale.controller import events, metrics, observe
+from tokenscale.controller import events, metrics, observe, statusorder
 from tokenscale.controller.reconcile import child_version, reconcile_service, refresh_status
 from tokenscale.controller.resync import LEDGER
 from tokenscale.k8s.kube import Kube, KubeError
@@ -218,10 +218,16 @@ def refresh_service(
     """Re-run the service's reconcile outside its own handler and patch its status.
 
     ``full=False`` asks only for a status refresh; it is done only when the spec's generation
-    was observed and the ledger knows the service, else the reconcile runs in full. False
-    when it must run again: an apply was refused or the status patch failed (an API error
-    before that raises :class:`KubeError`).
+    was observed and the ledger knows the service, else the reconcile runs in full. It takes
+    its turn with the service's handlers (:mod:`statusorder`): the status it writes is never
+    overwritten by one a handler read earlier. False when it must run again: an apply was
+    refused or the status patch failed (an API error before that raises :class:`KubeError`).
     """
+    with statusorder.held(namespace, name):
+        return _refresh(kube, cfg, namespace, name, full)
+
+
+def _refresh(kube: Kube, cfg: OperatorConfig, namespace: str, name: str, full: bool) -> bool:
     owner = kube.get("InferenceService", namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         metrics.remove_service(namespace, name)

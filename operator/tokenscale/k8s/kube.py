@@ -49,6 +49,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "Deployment": Kind("apps/v1", "deployments"),
+    "ReplicaSet": Kind("apps/v1", "replicasets"),
     "Service": Kind("v1", "services"),
     "ConfigMap": Kind("v1", "configmaps"),
     "Pod": Kind("v1", "pods"),

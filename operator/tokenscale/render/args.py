@@ -20,6 +20,7 @@ from tokenscale.api.config import OperatorConfig
 from tokenscale.api.service import GPUPool, InferenceService, ModelSpec
 from tokenscale.api.status import PoolPlan
 from tokenscale.plan import catalog, planner
+from tokenscale.render import router
 
 #: Mount point of a PVC holding the weights.
 MODELS_MOUNT = "/models"
@@ -194,6 +195,7 @@ def vllm_command(
         )
     if role in (c.ROLE_LEADER, c.ROLE_WORKER):
         args += multinode_args(plan, leader=role == c.ROLE_LEADER)
+    args += router.engine_args(service, version)
     args += service.spec.engine.args
     return EngineCommand(command, args, warnings)
 

