@@ -72,6 +72,18 @@ E2E_DRILLS: dict[str, tuple[list[str], str]] = {
         "two peered operator replicas under load, the active one SIGKILLed: the standby takes "
         "over within a bound, no /scale write by two replicas (their logs vs a watch)",
     ),
+    "apiserver_restart": (
+        ["-m", "e2e", "tests/e2e/test_drill_apiserver.py"],
+        "the API server, then etcd, restarted under the operator (behind a counting proxy): "
+        "changes made around the outage reach the children through resumed watches, same "
+        "operator process, requests per second during the outage bounded",
+    ),
+    "api_faults": (
+        ["-m", "e2e", "tests/e2e/test_drill_api_faults.py"],
+        "429 (Retry-After), 500, unanswered requests and cut watch streams injected by a proxy "
+        "in front of the API server: every fault retried, the faults named in conditions or "
+        "Events, no child lost or left over, every service converged",
+    ),
     "engine_faults": (
         ["-m", "e2e", "tests/e2e/test_drill_engine_faults.py"],
         "crash loop, unpullable image, no room, node deleted: Degraded names each cause; API "
@@ -195,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     churn = results.get("memory_churn", {}).get("memory_churn", {})
     kill = results.get("operator_kill", {}).get("operator_kill", {})
     ha = results.get("ha_takeover", {}).get("ha_takeover", {})
+    restart = results.get("apiserver_restart", {}).get("apiserver_restart", {})
+    faults = results.get("api_faults", {}).get("api_faults", {})
     engine = results.get("engine_faults", {}).get("engine_faults", {})
     bench = results.get("benchmark_faults", {}).get("benchmark_faults", {})
     activator = results.get("activator_faults", {}).get("activator_faults", {})
@@ -210,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         "fuzzed_specs": fuzz.get("InferenceService", 0)
         + fuzz.get("InferenceBenchmark", 0)
         + e2e.get("applied", 0),
-        "objects_lost": fuzz.get("objects_lost", 0) + kill.get("objects_missing", 0),
+        "objects_lost": fuzz.get("objects_lost", 0)
+        + kill.get("objects_missing", 0)
+        + sum(run.get("objects_lost", 0) for run in faults.values()),
         "operator_kill": {
             key: kill.get(key)
             for key in (
@@ -227,6 +243,42 @@ def main(argv: list[str] | None = None) -> int:
         },
         "ha_takeover_seconds": ha.get("ha_takeover_seconds"),
         "ha_double_writes": ha.get("double_writes"),
+        # Per restarted component: the operator's requests per second to the API server while
+        # it was down (after the first second of failing in-flight calls), and the seconds
+        # until every change made around the outage had reached the children.
+        "apiserver_restart": {
+            component: {
+                key: figures.get(key)
+                for key in (
+                    "outage_seconds",
+                    "requests_per_second_after_first_second",
+                    "convergence_seconds_after_restart",
+                    "updates_lost",
+                )
+            }
+            for component, figures in restart.items()
+            if isinstance(figures, dict)
+        },
+        # Per fault run and kind: requests injected, retries observed, objects lost, seconds to
+        # converge.
+        "api_faults": {
+            label: {
+                "objects_lost": run.get("objects_lost"),
+                "convergence_seconds": run.get("convergence_seconds"),
+                "kinds": {
+                    kind: {
+                        k: per.get(k)
+                        for k in (
+                            "requests_injected",
+                            "retries_observed",
+                            "median_retry_delay_seconds",
+                        )
+                    }
+                    for kind, per in (run.get("kinds") or {}).items()
+                },
+            }
+            for label, run in faults.items()
+        },
         # A crash is a failing fuzz example (an exception or a broken invariant) or a handler
         # exception in the operator's log during the e2e sample.
         "crashes": fuzz_failures + e2e.get("handler_exceptions", 0),
@@ -264,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
                 and churn.get("deleted_services_lingering_beyond_bound", 0)
                 + churn.get("deleted_services_with_series_after_drain", 0)
                 else {}
+            ),
+            # Restart rounds whose changes did not converge within the bound (a failing drill).
+            "API-server/etcd restart rounds not converged": restart.get(
+                "unconverged_after_outage", 0
             ),
         },
         "replica_changes_on_metrics_faults": metrics.get("replica_changes"),

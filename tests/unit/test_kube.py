@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from kubernetes import client
 
+from tokenscale.k8s import kube as kube_module
 from tokenscale.k8s import peering
 from tokenscale.k8s.kube import Kube, KubeError
 
@@ -37,8 +38,15 @@ class FakeApi:
 
     routes: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
+    #: Answers given once each, in order, before ``routes`` (status, body, headers).
+    once: dict[tuple[str, str], list[tuple[int, Any, dict[str, str]]]] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
     def answer(self, method: str, path: str) -> tuple[int, Any]:
+        self.headers = {}
+        if self.once.get((method, path)):
+            status, body, self.headers = self.once[(method, path)].pop(0)
+            return status, body
         if (method, path) in self.routes:
             return self.routes[(method, path)]
         if path == "/version":
@@ -66,6 +74,8 @@ def api(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[tuple[FakeAp
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            for name, value in fake.headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -130,7 +140,9 @@ def test_list_get_delete_patch_and_paging(api: tuple[FakeApi, Kube]) -> None:
     assert _work(fake)[-1].content_type == "application/merge-patch+json"
 
 
-def test_api_errors_carry_status_and_the_servers_message(api: tuple[FakeApi, Kube]) -> None:
+def test_api_errors_carry_status_and_the_servers_message(
+    api: tuple[FakeApi, Kube], monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake, kube = api
     path = "/api/v1/namespaces/ns/configmaps/c"
     fake.routes[("PATCH", path)] = (
@@ -143,9 +155,60 @@ def test_api_errors_carry_status_and_the_servers_message(api: tuple[FakeApi, Kub
         )
     assert info.value.status == 422
     fake.routes[("GET", path)] = (503, {"kind": "Status", "message": "etcd leader changed"})
+    monkeypatch.setattr(kube_module, "RETRY_DELAYS", (0.01, 0.01))
     with pytest.raises(KubeError, match="etcd leader changed") as info:
         kube.get("ConfigMap", "ns", "c")
     assert info.value.status == 503
+
+
+def _status(code: int, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "message": message, "code": code}
+
+
+def test_refused_for_now_is_retried_with_backoff_and_retry_after(
+    api: tuple[FakeApi, Kube], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (API-faults drill): one 429 or 500 in a reconcile's ten-odd requests failed
+    the whole reconcile; now the request is repeated (a 429 after its Retry-After), twice."""
+    fake, kube = api
+    sleeps: list[float] = []
+    monkeypatch.setattr(kube_module.time, "sleep", sleeps.append)
+    path = "/api/v1/namespaces/ns/configmaps/c"
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}}
+    fake.routes[("GET", path)] = fake.routes[("PATCH", path)] = (200, {"metadata": {"name": "c"}})
+    # (urllib3 itself repeats a GET's 429 that carries Retry-After; an apply it does not)
+    fake.once[("PATCH", path)] = [
+        (429, _status(429, "slow down"), {"Retry-After": "1"}),
+        (500, _status(500, "etcd hiccup"), {}),
+    ]
+    assert kube.apply(cm) == {"metadata": {"name": "c"}}
+    assert sleeps == [1.0, kube_module.RETRY_DELAYS[1]]  # Retry-After wins over 0.5 s
+    assert len([s for s in _work(fake) if s.path == path]) == 3
+
+    sleeps.clear()  # a POST that got a 500 may have landed: not repeated; a 429 is
+    events = "/api/v1/namespaces/ns/events"
+    fake.routes[("POST", events)] = (201, {})
+    fake.once[("POST", events)] = [(500, _status(500, "boom"), {})]
+    with pytest.raises(KubeError) as info:
+        kube.create({"apiVersion": "v1", "kind": "Event", "metadata": {"namespace": "ns"}})
+    assert info.value.status == 500 and sleeps == []
+    fake.once[("POST", events)] = [(429, _status(429, "slow down"), {})]
+    kube.create({"apiVersion": "v1", "kind": "Event", "metadata": {"namespace": "ns"}})
+    assert sleeps == [kube_module.RETRY_DELAYS[0]]
+
+    sleeps.clear()  # a long Retry-After and a final refusal go back to the caller
+    fake.once[("PATCH", path)] = [(429, _status(429, "later"), {"Retry-After": "60"})]
+    with pytest.raises(KubeError) as info:
+        kube.apply(cm)
+    assert (info.value.status, info.value.retry_after, sleeps) == (429, 60.0, [])
+    fake.once[("GET", path)] = [(503, _status(503, "down"), {})] * 3
+    with pytest.raises(KubeError, match="down"):
+        kube.get("ConfigMap", "ns", "c")
+    assert sleeps == list(kube_module.RETRY_DELAYS)
+    fake.once[("GET", path)] = [(403, _status(403, "forbidden"), {})]
+    with pytest.raises(KubeError, match="forbidden"):
+        kube.get("ConfigMap", "ns", "c")  # not transient: no retry
+    assert sleeps == list(kube_module.RETRY_DELAYS)
 
 
 def test_discovery_is_two_gets_once_never_per_kind(api: tuple[FakeApi, Kube]) -> None:

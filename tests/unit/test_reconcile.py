@@ -220,3 +220,69 @@ def test_a_refused_apply_counts_as_an_error_and_is_retried_with_its_status_writt
     degraded = next(x for x in written["status"]["conditions"] if x["type"] == "Degraded")
     assert degraded["reason"] == "ApplyFailed" and "exceeded quota" in degraded["message"]
     assert any(r == "ApplyFailed" for r, _, _ in kube.events)
+
+
+def test_kopf_retries_api_errors_for_ever_with_a_capped_backoff() -> None:
+    """Regression (API-server restart drill): Kopf gave up after 54 s of API errors, and a
+    watch that gave up killed its watcher for good (the operator stayed blind to that kind)."""
+    import itertools
+
+    import kopf
+
+    from tokenscale.controller import handlers
+
+    settings = kopf.OperatorSettings()
+    handlers.tune_networking(settings)
+    backoffs = settings.networking.error_backoffs
+    assert not isinstance(backoffs, (int, float))
+    first = list(itertools.islice(iter(backoffs), 12))
+    assert first == [1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30]
+    assert list(itertools.islice(iter(backoffs), 3)) == [1, 1, 2]  # afresh for each request
+    assert not hasattr(backoffs, "__len__")  # Kopf then never runs out of attempts
+
+
+def test_a_resync_pass_runs_soon_after_an_api_outage_ends(monkeypatch: Any) -> None:
+    """Regression (API-server restart drill): a child deleted while a watch was reconnecting
+    after an outage was missed (Kopf re-lists; a re-list has no DELETED event) until the
+    regular pass five minutes later. Kopf's failed-attempt log lines now start a pass once
+    they have been quiet for longer than its longest backoff."""
+    import logging
+    import threading
+    import time
+
+    import kopf
+
+    from tokenscale.controller import handlers, resync
+
+    handlers.tune_networking(kopf.OperatorSettings())
+    resync.TROUBLE.clear()
+    logging.getLogger("kopf._cogs.clients.watching").error(
+        "Request attempt #3 failed; will retry: GET https://x/apis/apps/v1/deployments?watch=true"
+    )
+    failed = resync.TROUBLE.last_failure
+    assert failed > 0
+    assert not resync.TROUBLE.outage_over(failed + resync.AFTER_OUTAGE_SECONDS - 1)
+    assert resync.TROUBLE.outage_over(failed + resync.AFTER_OUTAGE_SECONDS)
+
+    passes: list[float] = []
+    monkeypatch.setattr(resync, "TICK_SECONDS", 0.01)
+    monkeypatch.setattr(resync, "AFTER_OUTAGE_SECONDS", 0.1)
+    monkeypatch.setattr(resync, "RESYNC_SECONDS", 1000.0)
+    monkeypatch.setattr(resync, "kind_available", lambda *_: False)
+    monkeypatch.setattr(resync, "resync_pass", lambda *a, **k: passes.append(time.monotonic()))
+    stop = threading.Event()
+    resync.TROUBLE.last_failure = time.monotonic()
+    thread = threading.Thread(
+        target=resync.resync_forever,
+        args=(FakeKube(), OperatorConfig(), [], stop, lambda ns, n: None),
+        daemon=True,
+    )
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not passes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    stop.set()
+    thread.join(5)
+    assert len(passes) == 1, passes  # once, then the regular 1000 s period
+    assert resync.TROUBLE.last_failure == 0.0

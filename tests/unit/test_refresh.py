@@ -11,6 +11,7 @@ full.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from tests.factories import service
@@ -18,6 +19,7 @@ from tests.unit.fakekube import FakeKube
 from tokenscale.api.config import OperatorConfig
 from tokenscale.controller import refresh, resync
 from tokenscale.controller.reconcile import reconcile_service, refresh_status
+from tokenscale.k8s.kube import KubeError
 
 CFG = OperatorConfig()
 
@@ -160,6 +162,69 @@ def test_refresh_service_applies_only_when_needed() -> None:
     kube.objects[("InferenceService", "ns", "llm")]["metadata"]["generation"] = 2
     refresh.refresh_service(kube, CFG, "ns", "llm", full=False)
     assert kube.applies, "a spec generation not yet observed is reconciled in full"
+
+
+def test_a_failed_refresh_runs_again_after_a_backoff(monkeypatch: Any) -> None:
+    """Regression (API-faults drill): a refresh that hit an API error, a refused apply or a
+    failed status patch was logged and dropped, leaving a stale status (Ready False on a ready
+    service) or a deleted child missing until the 300 s resync."""
+    monkeypatch.setattr(refresh, "RETRY_DELAYS", (0.05, 0.1))
+    queue = refresh.RefreshQueue()
+    calls: list[tuple[str, bool, float]] = []
+    done = threading.Event()
+    results: dict[str, list[Any]] = {
+        "api-error": [KubeError(500, "injected"), True],
+        "refused": [False, False, True],
+        "bug": [RuntimeError("a bug is not retried")],
+    }
+
+    def work(namespace: str, name: str, full: bool) -> bool:
+        calls.append((name, full, time.monotonic()))
+        result = results[name].pop(0)
+        if isinstance(result, Exception):
+            raise result
+        if not any(results.values()):
+            done.set()
+        return bool(result)
+
+    refresh.start(queue, work, threads=1)
+    for name in results:
+        queue.mark(("ns", name), full=name != "refused")
+    assert done.wait(5), calls
+    time.sleep(0.3)  # nothing more comes: successes and bugs are not retried
+    queue.close()
+    by_name = {n: [(f, t) for m, f, t in calls if m == n] for n in results}
+    assert [f for f, _ in by_name["api-error"]] == [True, True]  # the full flag is kept
+    assert len(by_name["refused"]) == 3 and len(by_name["bug"]) == 1
+    gaps = [b[1] - a[1] for a, b in zip(by_name["refused"], by_name["refused"][1:], strict=False)]
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1, gaps  # backoff grows
+
+
+def test_a_mark_while_a_retry_waits_refreshes_at_once_and_keeps_full() -> None:
+    queue = refresh.RefreshQueue()
+    assert queue.retry(("ns", "a"), full=True) == refresh.RETRY_DELAYS[0]
+    assert queue.take(0) is None  # not due yet
+    queue.mark(("ns", "a"), full=False)  # an event: now, and still a full reconcile
+    assert queue.take(0) == (("ns", "a"), True)
+
+
+def test_refresh_service_asks_for_a_retry_when_the_status_patch_fails() -> None:
+    class FailingStatus(CountingKube):
+        failing = False
+
+        def patch_merge(
+            self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], sub: str = ""
+        ) -> dict[str, Any]:
+            if self.failing and sub == "status":
+                raise KubeError(500, "injected")
+            return super().patch_merge(kind, namespace, name, patch, sub)
+
+    kube = FailingStatus()
+    _reconciled(kube)
+    _mark_ready(kube)
+    assert refresh.refresh_service(kube, CFG, "ns", "llm", full=False) is True
+    kube.failing = True
+    assert refresh.refresh_service(kube, CFG, "ns", "llm", full=False) is False
 
 
 def test_a_service_whose_pods_are_not_all_ready_is_settling_until_ready() -> None:

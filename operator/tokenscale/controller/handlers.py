@@ -7,9 +7,11 @@ functions in :mod:`reconcile` and turns their outcome into status patches and Ev
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -43,6 +45,30 @@ log = logging.getLogger(__name__)
 SERVICES = "inferenceservices"
 
 
+class EndlessBackoffs:
+    """Kopf's API-error backoffs (1, 1, 2, 3, 5, 8, 13, 21 s), then every 30 s for ever.
+
+    Kopf gives up on a request after its backoffs run out (54 s), and a watch stream whose
+    request gives up kills its watcher task for good: Kopf never starts it again, so an API
+    server unreachable for longer than that (a restart on a loaded control plane took 38-60 s)
+    left the operator running but blind to every later change of that kind (found by the
+    API-server restart drill, ``tests/e2e/test_drill_apiserver.py``). Iterable again for each
+    request; not ``Sized``, so Kopf counts attempts without a total."""
+
+    FIRST = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0)
+    CAP = 30.0
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain(self.FIRST, itertools.repeat(self.CAP))
+
+
+def tune_networking(settings: kopf.OperatorSettings) -> None:
+    """API retries that outlast an API-server outage (see :class:`EndlessBackoffs`)."""
+    settings.networking.error_backoffs = EndlessBackoffs()
+    if resync.TROUBLE not in logging.getLogger("kopf").handlers:
+        logging.getLogger("kopf").addHandler(resync.TROUBLE)  # a pass once an outage is over
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Load operator config, create the API client, tune Kopf for a fleet-sized operator."""
@@ -59,6 +85,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     )
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    tune_networking(settings)
     settings.execution.max_workers = int(memo.get("workers") or 8)
     # Every object gets its own event worker at once (Kopf's default; a limit makes the events of
     # objects beyond it wait, bodies and all, until a slot frees), and a worker leaves soon after

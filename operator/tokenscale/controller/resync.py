@@ -34,6 +34,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,43 @@ log = logging.getLogger(__name__)
 
 #: How often the safety net looks at the whole fleet.
 RESYNC_SECONDS = 300.0
+#: A pass also runs this long after Kopf last logged a failed API request (an outage ended):
+#: longer than Kopf's longest retry backoff (30 s, ``handlers.EndlessBackoffs``), so every
+#: watch has reconnected by then and whatever it missed meanwhile is caught here.
+AFTER_OUTAGE_SECONDS = 35.0
+#: How often the loop looks at the clock (the regular pass and the after-outage pass).
+TICK_SECONDS = 5.0
+
+
+class ApiTrouble(logging.Handler):
+    """Remembers when Kopf last logged a failed API request attempt.
+
+    Why: a watch that reconnects after an API-server outage resumes from its last
+    resourceVersion; a restarted API server no longer has it, so Kopf re-lists, and a re-list
+    carries no DELETED event. A child deleted during (or just after) the outage went unseen
+    until the regular pass, five minutes later (found by the API-server restart drill,
+    ``tests/e2e/test_drill_apiserver.py``). Kopf offers no hook for a re-list; its log line
+    for every failed attempt ("Request attempt #N failed; ...") is what it does offer."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last_failure = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = str(record.msg)
+        if message.startswith("Request attempt") and "failed" in message:
+            self.last_failure = time.monotonic()
+
+    def outage_over(self, now: float) -> bool:
+        """An outage happened and has been quiet for :data:`AFTER_OUTAGE_SECONDS`."""
+        return bool(self.last_failure) and now - self.last_failure >= AFTER_OUTAGE_SECONDS
+
+    def clear(self) -> None:
+        self.last_failure = 0.0
+
+
+#: Installed on Kopf's logger by ``handlers.startup``.
+TROUBLE = ApiTrouble()
 #: Objects per list page: bounds the memory a pass holds at once.
 PAGE_SIZE = 100
 
@@ -281,7 +319,17 @@ def resync_forever(
     def wanted(namespace: str) -> bool:
         return exact or any(namespace_matches(namespace, p) for p in patterns)
 
-    while not stop.wait(RESYNC_SECONDS):
+    next_pass = time.monotonic() + RESYNC_SECONDS
+    while not stop.wait(TICK_SECONDS):
+        now = time.monotonic()
+        after_outage = TROUBLE.outage_over(now)
+        if now < next_pass and not after_outage:
+            continue
+        if after_outage:
+            TROUBLE.clear()
+            log.info("resync: API requests failed until %.0f s ago; checking the fleet now",
+                     AFTER_OUTAGE_SECONDS)  # fmt: skip
+        next_pass = now + RESYNC_SECONDS
         if peering is not None and not is_active(kube, peering):
             log.debug("resync skipped: standby replica")
             continue

@@ -16,6 +16,7 @@ import builtins
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,12 +80,42 @@ KINDS: dict[str, Kind] = {
 }
 
 
+#: Waits before the second and third attempt of a request the API server turned away for now
+#: (429, 500, 502, 503, 504). Without them one refused request in the ten or so of a
+#: reconcile fails the whole reconcile, so at a few percent of errors most reconciles failed
+#: and waited out Kopf's 10-30 s retry (found by the API-faults drill).
+RETRY_DELAYS = (0.5, 2.0)
+#: Longest ``Retry-After`` obeyed in place; a longer one is left to the caller's own retry.
+MAX_RETRY_AFTER = 5.0
+_TRANSIENT = frozenset({500, 502, 503, 504})
+
+
 class KubeError(RuntimeError):
     """An API call failed; ``status`` is the HTTP status (0 when no response)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         self.status = status
+        self.retry_after = retry_after
         super().__init__(message)
+
+
+def retry_wait(exc: KubeError, method: str, attempt: int) -> float | None:
+    """Seconds to wait before attempt ``attempt + 2`` of a failed request; None: give up.
+
+    A 429 is always safe to repeat (the API server's priority and fairness refused it before
+    it ran) and waits at least its ``Retry-After``; a 5xx is repeated only for methods whose
+    repetition converges to the same state (GET, server-side apply, merge patch, DELETE), not
+    for a POST that may have landed."""
+    if attempt >= len(RETRY_DELAYS):
+        return None
+    delay = RETRY_DELAYS[attempt]
+    if exc.status == 429:
+        if exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER:
+            return None
+        return max(delay, exc.retry_after or 0.0)
+    if exc.status in _TRANSIENT and method != "POST":
+        return delay
+    return None
 
 
 class Kube:
@@ -114,6 +145,27 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return self._call_once(method, path, body, query, content_type)
+            except KubeError as exc:
+                wait = retry_wait(exc, method, attempt)
+                if wait is None:
+                    raise
+                log.debug("%s %s: %s (HTTP %s); retry in %.1f s", method, path, exc, exc.status,
+                          wait)  # fmt: skip
+                time.sleep(wait)
+                attempt += 1
+
+    def _call_once(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: list[tuple[str, str]] | None,
+        content_type: str,
+    ) -> Any:
         try:
             response = self._dynamic().request(
                 method,
@@ -129,7 +181,9 @@ class Kube:
         except ApiException as exc:
             if not exc.status:
                 raise KubeError(0, f"{method} {path}: {exc}") from None
-            raise KubeError(exc.status, _reason(exc.body, exc.reason)) from None
+            raise KubeError(
+                exc.status, _reason(exc.body, exc.reason), _retry_after(exc.headers)
+            ) from None
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise KubeError(0, f"{method} {path}: {exc}") from None
         return json.loads(raw) if raw else None
@@ -251,6 +305,13 @@ class Kube:
             self._call("POST", KINDS["Event"].path(meta["namespace"]), body)
         except KubeError as exc:
             log.warning("could not post event %s: %s", reason, exc)
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        return float(headers["Retry-After"]) if headers and "Retry-After" in headers else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _reason(raw: str | bytes | None, fallback: str | None) -> str:
