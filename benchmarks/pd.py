@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+try:
+    from benchmarks.qps_search import highest_valid_qps
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from qps_search import highest_valid_qps  # type: ignore[no-redef]
 from tokenscale.plan import pd as pdplan
 from tokenscale.sim import pd, replay, workload
 from tokenscale.sim.model import Engine
@@ -65,31 +69,14 @@ def search(
     layout: tuple[int, int] | None, gpus: int, hi: float, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Highest VALID QPS by bisection in (0, hi]; its run's figures and the trials."""
-    lo, best, trials = 0.0, None, []
-    for _ in range(args.iters):
-        qps = (lo + hi) / 2
-        stats = run(layout, gpus, qps, args)
-        ok = stats.meets(TTFT_LIMIT, TPOT_LIMIT)
-        trials.append(
-            {
-                "qps": round(qps, 2),
-                "tokens_per_s": round(stats.tokens_per_s),
-                "ttft_p99_s": round(stats.ttft_p99_s, 3),
-                "tpot_p99_s": round(stats.tpot_p99_s, 4),
-                "valid": ok,
-            }
-        )
-        name = "aggregated" if layout is None else f"{layout[0]}P:{layout[1]}D"
-        print(
-            f"  {name:10} qps={qps:7.1f} tok/s={stats.tokens_per_s:8.0f} "
-            f"p99 ttft={stats.ttft_p99_s:7.3f} tpot={stats.tpot_p99_s:6.3f} "
-            f"{'VALID' if ok else 'invalid'}",
-            flush=True,
-        )
-        if ok:
-            lo, best = qps, (qps, stats)
-        else:
-            hi = qps
+    best, trials = highest_valid_qps(
+        lambda qps: run(layout, gpus, qps, args),
+        0.0,
+        hi,
+        args.iters,
+        lambda stats: stats.meets(TTFT_LIMIT, TPOT_LIMIT),
+        label="aggregated" if layout is None else f"{layout[0]}P:{layout[1]}D",
+    )
     if best is None:
         return {"qps": 0.0, "goodput_per_gpu": 0.0, "trials": trials}
     qps, stats = best

@@ -159,6 +159,11 @@ def activator_unanswered(figures: dict[str, Any]) -> int | None:
     return sum(int(case.get("unanswered", 0)) for case in figures.values())
 
 
+def _pick(figures: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The named figures of a drill for the summary (None where the drill did not record one)."""
+    return {key: figures.get(key) for key in keys}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="5,000 specs per kind, and --e2e")
@@ -227,35 +232,31 @@ def main(argv: list[str] | None = None) -> int:
         "objects_lost": fuzz.get("objects_lost", 0)
         + kill.get("objects_missing", 0)
         + sum(run.get("objects_lost", 0) for run in faults.values()),
-        "operator_kill": {
-            key: kill.get(key)
-            for key in (
-                "operations",
-                "kills",
-                "objects_missing",
-                "objects_duplicated",
-                "objects_orphaned",
-                "objects_stale",
-                "recovery_seconds_max",
-                "recovery_seconds_median",
-                "sweep_outcome",
-            )
-        },
+        "operator_kill": _pick(
+            kill,
+            "operations",
+            "kills",
+            "objects_missing",
+            "objects_duplicated",
+            "objects_orphaned",
+            "objects_stale",
+            "recovery_seconds_max",
+            "recovery_seconds_median",
+            "sweep_outcome",
+        ),
         "ha_takeover_seconds": ha.get("ha_takeover_seconds"),
         "ha_double_writes": ha.get("double_writes"),
         # Per restarted component: the operator's requests per second to the API server while
         # it was down (after the first second of failing in-flight calls), and the seconds
         # until every change made around the outage had reached the children.
         "apiserver_restart": {
-            component: {
-                key: figures.get(key)
-                for key in (
-                    "outage_seconds",
-                    "requests_per_second_after_first_second",
-                    "convergence_seconds_after_restart",
-                    "updates_lost",
-                )
-            }
+            component: _pick(
+                figures,
+                "outage_seconds",
+                "requests_per_second_after_first_second",
+                "convergence_seconds_after_restart",
+                "updates_lost",
+            )
             for component, figures in restart.items()
             if isinstance(figures, dict)
         },
@@ -266,14 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                 "objects_lost": run.get("objects_lost"),
                 "convergence_seconds": run.get("convergence_seconds"),
                 "kinds": {
-                    kind: {
-                        k: per.get(k)
-                        for k in (
-                            "requests_injected",
-                            "retries_observed",
-                            "median_retry_delay_seconds",
-                        )
-                    }
+                    kind: _pick(
+                        per, "requests_injected", "retries_observed", "median_retry_delay_seconds"
+                    )
                     for kind, per in (run.get("kinds") or {}).items()
                 },
             }

@@ -37,6 +37,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+try:
+    from benchmarks.qps_search import highest_valid_qps
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from qps_search import highest_valid_qps  # type: ignore[no-redef]
 from tokenscale.sim import loadgen, workload
 from tokenscale.sim.model import Engine
 from tokenscale.sim.profiles import Profile, get_profile
@@ -68,32 +72,13 @@ def offline_run(profile: Profile, seed: int) -> RunSummary:
 
 def search_qps(profile: Profile, capacity_qps: float, seed: int, iters: int) -> dict[str, Any]:
     """Bisection on QPS in [0.8, 1.02] x the Offline capacity; keeps the best VALID run."""
-    lo, hi = 0.8 * capacity_qps, 1.02 * capacity_qps
-    best: tuple[float, RunSummary] | None = None
-    trials = []
-    for _ in range(iters):
-        qps = (lo + hi) / 2
-        stats = server_run(profile, qps, 600.0, seed)
-        ok = stats.meets(TTFT_LIMIT, TPOT_LIMIT)
-        trials.append(
-            {
-                "qps": round(qps, 2),
-                "tokens_per_s": round(stats.tokens_per_s),
-                "ttft_p99_s": round(stats.ttft_p99_s, 3),
-                "tpot_p99_s": round(stats.tpot_p99_s, 4),
-                "valid": ok,
-            }
-        )
-        verdict = "VALID" if ok else "invalid"
-        print(
-            f"    qps={qps:7.2f} tok/s={stats.tokens_per_s:8.0f} "
-            f"p99 ttft={stats.ttft_p99_s:7.3f} tpot={stats.tpot_p99_s:6.3f} {verdict}",
-            flush=True,
-        )
-        if ok:
-            lo, best = qps, (qps, stats)
-        else:
-            hi = qps
+    best, trials = highest_valid_qps(
+        lambda qps: server_run(profile, qps, 600.0, seed),
+        0.8 * capacity_qps,
+        1.02 * capacity_qps,
+        iters,
+        lambda stats: stats.meets(TTFT_LIMIT, TPOT_LIMIT),
+    )
     if best is None:
         raise SystemExit(f"{profile.gpu}: no valid QPS found")
     qps, stats = best

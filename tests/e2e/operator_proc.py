@@ -7,6 +7,7 @@ every e2e test also proves the chart's RBAC is sufficient.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,39 @@ class OperatorProcess:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def peered_replicas(
+    cluster: Cluster, operator: OperatorProcess, peering: str, prefix: str
+) -> Iterator[list[OperatorProcess]]:
+    """The session's standalone operator steps aside; two replicas peered through ``peering``
+    (the chart's peering CRDs and RBAC applied first) take its place, and it comes back after."""
+    manifests = helm_template(
+        cluster,
+        "templates/peering-crds.yaml",
+        "templates/serviceaccount.yaml",
+        "templates/rbac.yaml",
+        values={"peering.enabled": True},
+    )
+    path = cluster.work_dir / f"{prefix}-peering.yaml"
+    path.write_text(manifests)
+    cluster.kubectl("apply", "-f", str(path))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s"
+    )
+    operator.stop()
+    replicas = [
+        OperatorProcess(
+            cluster, extra_args=["--peering", peering, "--log-format", "json"], name=f"{prefix}-{x}"
+        )
+        for x in ("a", "b")
+    ]
+    try:
+        for proc in replicas:
+            proc.start()
+        yield replicas
+    finally:
+        for proc in replicas:
+            proc.stop()
+        operator.start()

@@ -35,7 +35,7 @@ import pytest
 from kubernetes import client, watch
 
 from tests.e2e.helpers import apply, example, get, wait_condition, wait_for
-from tests.e2e.operator_proc import OperatorProcess, helm_template
+from tests.e2e.operator_proc import OperatorProcess, peered_replicas
 from tests.testbed.cluster import Cluster
 
 LONG = os.environ.get("TOKENSCALE_DRILL_LONG") == "1"
@@ -58,35 +58,8 @@ def _record(figures: dict[str, Any]) -> None:
 
 @pytest.fixture
 def pair(cluster: Cluster, operator: OperatorProcess) -> Iterator[list[OperatorProcess]]:
-    """The session's standalone operator steps aside; two peered replicas take its place."""
-    manifests = helm_template(
-        cluster,
-        "templates/peering-crds.yaml",
-        "templates/serviceaccount.yaml",
-        "templates/rbac.yaml",
-        values={"peering.enabled": True},
-    )
-    path = cluster.work_dir / "drill-peering.yaml"
-    path.write_text(manifests)
-    cluster.kubectl("apply", "-f", str(path))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s"
-    )
-    operator.stop()
-    replicas = [
-        OperatorProcess(
-            cluster, extra_args=["--peering", PEERING, "--log-format", "json"], name=f"drill-{x}"
-        )
-        for x in ("a", "b")
-    ]
-    try:
-        for proc in replicas:
-            proc.start()
+    with peered_replicas(cluster, operator, PEERING, "drill") as replicas:
         yield replicas
-    finally:
-        for proc in replicas:
-            proc.stop()
-        operator.start()
 
 
 def _lines(proc: OperatorProcess) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.helpers import apply, example, get, wait_condition, wait_for
-from tests.e2e.operator_proc import OperatorProcess, helm_template
+from tests.e2e.operator_proc import OperatorProcess, peered_replicas
 from tests.testbed.cluster import Cluster
 
 pytestmark = pytest.mark.e2e
@@ -28,36 +28,8 @@ def _service(name: str) -> dict:  # type: ignore[type-arg]
 
 @pytest.fixture
 def replicas(cluster: Cluster, operator: OperatorProcess) -> Iterator[list[OperatorProcess]]:
-    """The session's standalone operator steps aside; two peered replicas take its place."""
-    values = {"peering.enabled": True}
-    manifests = helm_template(
-        cluster,
-        "templates/peering-crds.yaml",
-        "templates/serviceaccount.yaml",
-        "templates/rbac.yaml",
-        values=values,
-    )
-    path = cluster.work_dir / "peering.yaml"
-    path.write_text(manifests)
-    cluster.kubectl("apply", "-f", str(path))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s"
-    )
-    operator.stop()
-    pair = [
-        OperatorProcess(
-            cluster, extra_args=["--peering", PEERING, "--log-format", "json"], name=f"operator-{x}"
-        )
-        for x in ("a", "b")
-    ]
-    try:
-        for proc in pair:
-            proc.start()
-        yield pair
-    finally:
-        for proc in pair:
-            proc.stop()
-        operator.start()
+    with peered_replicas(cluster, operator, PEERING, "operator") as replicas:
+        yield replicas
 
 
 def _peers(cluster: Cluster) -> dict[str, dict]:  # type: ignore[type-arg]
