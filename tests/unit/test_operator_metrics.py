@@ -183,11 +183,39 @@ async def test_the_autoscaling_loop_removes_its_series_when_it_stops() -> None:
 
 
 def test_a_deleted_event_drops_the_series_unless_the_name_was_created_again() -> None:
-    kube = FakeKube()
+    """The deleted object is told from a newer one of the same name by uid (no API call)."""
+    pools = [{"name": "p", "desiredReplicas": 1}]
+    metrics.record_pools("m-event", "gone", pools, "uid-gone")
     _fill("m-event", "gone")
-    assert handlers.forget_deleted(kube, "m-event", "gone")  # type: ignore[arg-type]
+    assert metrics.forget_deleted("m-event", "gone", "uid-gone")
     assert _series_of("m-event") == set()
-    _put(kube, "m-event", "again")  # deleted, then created again under the same name
-    _fill("m-event", "again")
-    assert not handlers.forget_deleted(kube, "m-event", "again")  # type: ignore[arg-type]
+    # deleted, created again under the same name, and the new object published first
+    metrics.record_pools("m-event", "again", pools, "uid-new")
+    assert not metrics.forget_deleted("m-event", "again", "uid-old")
     assert {s for _, s, _ in _series_of("m-event")} == {"again"}
+    assert metrics.forget_deleted("m-event", "again", "uid-new")
+    assert _series_of("m-event") == set()
+
+
+def test_a_publish_that_lost_the_race_with_the_deletion_adds_nothing() -> None:
+    """A refresh whose status patch landed just before its service was deleted publishes after
+    the DELETED event was handled: the deleted uid publishes nothing, a newer object does."""
+    pools = [{"name": "p", "desiredReplicas": 2}]
+    metrics.record_pools("m-race", "llm", pools, "uid-1")
+    metrics.forget_deleted("m-race", "llm", "uid-1")
+    metrics.record_pools("m-race", "llm", pools, "uid-1")  # the late publish
+    assert _series_of("m-race") == set()
+    metrics.record_pools("m-race", "llm", pools, "uid-2")
+    assert {s for _, s, _ in _series_of("m-race")} == {"llm"}
+
+
+async def test_the_deleted_handler_drops_the_series_without_reading_the_api() -> None:
+    class NoReads(FakeKube):
+        def get(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the deleted handler must not read the API server")
+
+    metrics.record_pools("m-handler", "llm", [{"name": "p"}], "uid-h")
+    body = {"metadata": {"namespace": "m-handler", "name": "llm", "uid": "uid-h"}}
+    memo = kopf.Memo(config=CFG, kube=NoReads(), http=None)
+    await handlers.service_deleted(body=body, memo=memo)  # type: ignore[arg-type]
+    assert _series_of("m-handler") == set()

@@ -6,7 +6,6 @@ functions in :mod:`reconcile` and turns their outcome into status patches and Ev
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import threading
@@ -137,7 +136,9 @@ def _write(body: kopf.Body, outcome: Outcome, kube: Kube) -> None:
     kube.patch_merge(
         "InferenceService", meta["namespace"], meta["name"], {"status": outcome.status}, "status"
     )
-    metrics.record_pools(meta["namespace"], meta["name"], outcome.status.get("pools", []))
+    metrics.record_pools(
+        meta["namespace"], meta["name"], outcome.status.get("pools", []), meta.get("uid")
+    )
     events.post(kube, dict(body), outcome.events)
 
 
@@ -192,31 +193,21 @@ async def child_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_:
     memo.refreshes.mark((namespace, name), full=refresh.child_needs_reconcile(type, dict(body)))
 
 
-def forget_deleted(kube: Kube, namespace: str, name: str) -> bool:
-    """Drop a deleted service's series, unless a service of that name exists again (created
-    since: its series are its own). Returns whether they were dropped."""
-    if kube.get("InferenceService", namespace, name) is not None:
-        return False
-    metrics.remove_service(namespace, name)
-    return True
-
-
 def _deleted(type: str | None, **_: Any) -> bool:
     return type == "DELETED"
 
 
 @kopf.on.event(GROUP, VERSION, SERVICES, when=_deleted)
-async def service_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def service_deleted(body: kopf.Body, **_: Any) -> None:
     """A service is gone: its series go now, not when its children's deletion is noticed.
 
     Kopf handles one object's events in order, so a reconcile in flight when the service was
-    deleted (which publishes gauges) has finished before this runs. Filtered with ``when`` so
-    that the fleet's other events do not each run (and log) a handler."""
+    deleted (which publishes gauges) has finished before this runs; a refresh thread's late
+    publish is refused by uid (:func:`metrics.forget_deleted`). No API call and no thread:
+    under a backlog this must not queue behind the reconciles. Filtered with ``when`` so that
+    the fleet's other events do not each run (and log) a handler."""
     meta = body["metadata"]
-    try:
-        await asyncio.to_thread(forget_deleted, memo.kube, meta["namespace"], meta["name"])
-    except KubeError as exc:  # the resync pass removes them later
-        log.info("series of deleted %s/%s kept for now: %s", meta["namespace"], meta["name"], exc)
+    metrics.forget_deleted(meta["namespace"], meta["name"], str(meta.get("uid") or ""))
 
 
 @kopf.timer(

@@ -6,6 +6,8 @@ deleted service stops exporting its last value instead of reporting it forever.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -159,22 +161,61 @@ def _remove(
                 metric.remove(*values)
 
 
-def record_pools(namespace: str, service: str, pools: list[dict[str, object]]) -> None:
-    """Publish per-pool replica gauges; a pool no longer in ``pools`` loses its series."""
-    current = {str(pool.get("name")) for pool in pools}
-    for pool in pools:
-        labels = (namespace, service, str(pool.get("name")))
-        DESIRED_REPLICAS.labels(*labels).set(float(str(pool.get("desiredReplicas", 0))))
-        READY_REPLICAS.labels(*labels).set(float(str(pool.get("readyReplicas", 0))))
-    for gauge in (DESIRED_REPLICAS, READY_REPLICAS):
-        for ns, svc, name in _series(gauge, ("namespace", "service", "pool")):
-            if (ns, svc) == (namespace, service) and name not in current:
-                gauge.remove(ns, svc, name)
+#: Which object (uid) of a (namespace, service) last published its replica gauges, and the uids
+#: of services seen deleted (the newest :data:`GONE_REMEMBERED`): a deletion then needs no API
+#: call to tell the deleted object from a newer one of the same name, and a publish that loses
+#: the race with its service's deletion (a refresh's status patch landed just before it) adds
+#: nothing. Guarded by ``_OWNERS_LOCK`` (refresh threads, handler threads and the event loop).
+_OWNERS: dict[tuple[str, str], str] = {}
+_GONE: OrderedDict[str, None] = OrderedDict()
+GONE_REMEMBERED = 10_000
+_OWNERS_LOCK = threading.RLock()
+
+
+def record_pools(
+    namespace: str, service: str, pools: list[dict[str, object]], uid: str | None = None
+) -> None:
+    """Publish per-pool replica gauges; a pool no longer in ``pools`` loses its series. Nothing
+    is published for a service object (``uid``) already seen deleted."""
+    with _OWNERS_LOCK:
+        if uid and uid in _GONE:
+            return
+        if uid:
+            _OWNERS[(namespace, service)] = uid
+        current = {str(pool.get("name")) for pool in pools}
+        for pool in pools:
+            labels = (namespace, service, str(pool.get("name")))
+            DESIRED_REPLICAS.labels(*labels).set(float(str(pool.get("desiredReplicas", 0))))
+            READY_REPLICAS.labels(*labels).set(float(str(pool.get("readyReplicas", 0))))
+        for gauge in (DESIRED_REPLICAS, READY_REPLICAS):
+            for ns, svc, name in _series(gauge, ("namespace", "service", "pool")):
+                if (ns, svc) == (namespace, service) and name not in current:
+                    gauge.remove(ns, svc, name)
+
+
+def forget_deleted(namespace: str, service: str, uid: str) -> bool:
+    """The service object ``uid`` was deleted: drop its series, unless a newer object of that
+    name published since (its series are its own). Returns whether they were dropped.
+
+    Why not ask the API server: under a backlog that read waited behind every queued reconcile
+    (the churn drill saw series of deleted services linger for up to 25 minutes)."""
+    with _OWNERS_LOCK:
+        if uid:
+            _GONE[uid] = None
+            while len(_GONE) > GONE_REMEMBERED:
+                _GONE.popitem(last=False)
+        owner = _OWNERS.get((namespace, service))
+        if owner is not None and uid and owner != uid:
+            return False
+        remove_service(namespace, service)
+        return True
 
 
 def remove_service(namespace: str, service: str) -> None:
     """Drop every series of one service (it was deleted)."""
-    _remove(lambda labels: (labels["namespace"], labels["service"]) != (namespace, service))
+    with _OWNERS_LOCK:
+        _OWNERS.pop((namespace, service), None)
+        _remove(lambda labels: (labels["namespace"], labels["service"]) != (namespace, service))
 
 
 def remove_loop_series(namespace: str, service: str) -> None:
@@ -195,4 +236,7 @@ def remove_services(gone: Iterable[tuple[str, str]]) -> None:
     before it listed the fleet and were not in the listing: this catches deletions no handler
     saw, and never touches a service created while the pass ran."""
     drop = set(gone)
-    _remove(lambda labels: (labels["namespace"], labels["service"]) not in drop)
+    with _OWNERS_LOCK:
+        for key in drop:
+            _OWNERS.pop(key, None)
+        _remove(lambda labels: (labels["namespace"], labels["service"]) not in drop)

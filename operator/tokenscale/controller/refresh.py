@@ -254,6 +254,6 @@ def _refresh(kube: Kube, cfg: OperatorConfig, namespace: str, name: str, full: b
         return False
     # The replica gauges follow the status this refresh wrote (pods becoming ready arrive here,
     # not in a handler); after the patch, so a service deleted meanwhile gets no new series.
-    metrics.record_pools(namespace, name, outcome.status.get("pools", []))
+    metrics.record_pools(namespace, name, outcome.status.get("pools", []), meta.get("uid"))
     events.post(kube, owner, outcome.events)
     return not outcome.apply_failures
