@@ -120,6 +120,17 @@ def _junit(path: Path) -> dict[str, int]:
     }
 
 
+def _failures(path: Path, keep: int = 40) -> list[str]:
+    """Where each failed test failed: its traceback's last ``keep`` lines (from the junit XML;
+    the output's tail is mostly the test bed's logs printed by the fixtures' teardown)."""
+    out = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        for failed in [*case.iter("failure"), *case.iter("error")]:
+            lines = (failed.text or failed.get("message", "")).splitlines()
+            out += [f"{case.get('name')}:", *lines[-keep:]]
+    return out
+
+
 def run_drill(name: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"reliability-{name}-") as scratch:
         junit = Path(scratch) / "junit.xml"
@@ -146,6 +157,8 @@ def run_drill(name: str, args: list[str], env: dict[str, str]) -> dict[str, Any]
         result["passed"] = proc.returncode == 0
         if not result["passed"]:
             result["output_tail"] = proc.stdout.splitlines()[-15:]
+            if junit.exists():
+                result["failure"] = _failures(junit)
         for figures in sorted(Path(scratch).glob("*.json")):
             result[figures.stem] = json.loads(figures.read_text())
         return result
