@@ -46,9 +46,12 @@ def parse_exporter(text: str) -> list[GpuReading]:
     """Readings from one exporter ``/metrics`` body.
 
     Raises :class:`EnergyParseError` when the body does not parse or has no energy series (an
-    HTML error page, a truncated answer, another program on the port). NaN and negative values
-    become ``None`` (unknown) rather than numbers.
+    HTML error page, a truncated answer, another program on the port). A body without its final
+    line feed was cut: its last value may be a counter's first digits, which would read as a
+    reset. NaN, infinite and negative values become ``None`` (unknown) rather than numbers.
     """
+    if text and not text.endswith("\n"):
+        raise EnergyParseError("truncated exporter body (no final line feed)")
     watts: dict[tuple[str, str], float | None] = {}
     package: dict[tuple[str, str], float | None] = {}
     energy: dict[tuple[str, str], float | None] = {}
