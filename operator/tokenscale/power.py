@@ -50,8 +50,6 @@ def parse_exporter(text: str) -> list[GpuReading]:
     line feed was cut: its last value may be a counter's first digits, which would read as a
     reset. NaN, infinite and negative values become ``None`` (unknown) rather than numbers.
     """
-    if text and not text.endswith("\n"):
-        raise EnergyParseError("truncated exporter body (no final line feed)")
     watts: dict[tuple[str, str], float | None] = {}
     package: dict[tuple[str, str], float | None] = {}
     energy: dict[tuple[str, str], float | None] = {}
@@ -69,6 +67,8 @@ def parse_exporter(text: str) -> list[GpuReading]:
                     who[key] = (labels["pod"], labels.get("namespace", ""))
     except (ValueError, IndexError) as err:
         raise EnergyParseError(f"unparsable exporter body: {err}") from err
+    if text and not text.endswith("\n"):  # checked after parsing: an HTML page is not "cut"
+        raise EnergyParseError("truncated exporter body (no final line feed)")
     if not energy:
         raise EnergyParseError(f"no {ENERGY} series in the exporter body; not the exporter?")
     out = []

@@ -147,7 +147,7 @@ ENERGY_REASON = {
     "timeout": "timeout",
     "connection refused (exporter gone)": "ConnectError",
     "http 500": "http 500",
-    "html page": "ExporterGarbage",
+    "html page": "ExporterGarbage: exporter-0: unparsable",
     "empty body": "ExporterGarbage",
     "truncated body (inside an energy counter)": "truncated",
     "one exporter down (node n1)": "ConnectError",
@@ -186,7 +186,11 @@ def _router(total: Callable[[float], float]) -> Handler:
 
 ROUTER_FAULTS: dict[str, Handler] = {
     **transport_faults("router"),
-    "truncated body": lambda _, t: httpx.Response(200, text=router_body(t)[:-9]),
+    "truncated body (inside a label)": lambda _, t: httpx.Response(200, text=router_body(t)[:-9]),
+    # cut after the last value's first digit: every line parses, the end is missing
+    "truncated body (last line feed lost)": lambda _, t: httpx.Response(
+        200, text=router_body(t)[:-1]
+    ),
     "an engine's port, not a router's": lambda _, t: httpx.Response(
         200, text="# TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total 5\n"
     ),
@@ -202,9 +206,10 @@ ROUTER_REASON = {
     "timeout": "RouterMetricsUnreachable",
     "connection refused (router gone)": "ConnectError",
     "http 500": "HTTP 500",
-    "html page": "RouterMetricsGarbage",
+    "html page": "RouterMetricsGarbage: not a Prometheus exposition",
     "empty body": "RouterMetricsGarbage",
-    "truncated body": "truncated",
+    "truncated body (inside a label)": "RouterMetricsGarbage: not a Prometheus exposition",
+    "truncated body (last line feed lost)": "RouterMetricsGarbage: truncated",
     "an engine's port, not a router's": "not a vllm-router",
     "NaN requests counter": "nan",
     "+Inf requests counter": "inf",
