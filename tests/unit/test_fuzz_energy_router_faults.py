@@ -62,14 +62,15 @@ ENERGY_CFG = OperatorConfig.model_validate(
 )
 EXPORTER_LABELS = dict(CFG.energy.scrape.selector)
 
-#: body(t, skip) of one exporter: every GPU's energy counter (µJ) and power, in the exporter's
-#: label shape; ``energy``/``watts`` give a GPU's value at t (default: the true one).
+#: A GPU's value at (t, node, gpu_id); None leaves its series out of the body.
 Value = Callable[[float, str, str], float | None]
 
 
 def exporter_body(
     ip: str, t: float, energy: Value | None = None, watts: Value | None = None
 ) -> str:
+    """One exporter's body at t: every GPU's energy counter (µJ) and power in the exporter's
+    label shape; ``energy``/``watts`` replace the true values."""
     node, gpus = EXPORTERS[ip]
     power = ["# HELP gpu_power_usage power usage", "# TYPE gpu_power_usage gauge"]
     joules = ["# HELP gpu_energy_consumed energy consumed", "# TYPE gpu_energy_consumed gauge"]
