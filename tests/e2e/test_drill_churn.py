@@ -198,38 +198,6 @@ def _wait(check: Any, timeout: float, what: str) -> float:
         time.sleep(2)
 
 
-#: Found by the long form on two cores shared with other test beds (load average 15-40; the
-#: operator's first reconcile of 200 services took 733 s, up to ~100 of them behind at once):
-#: 200 services, 0.25 steps/s, 28.3 min of churn (stopped by the deadline): 124 deleted services
-#: still had series more than 30 s after deletion (the longest 1,485 s), 6 after the drain; RSS
-#: slope 79.0 MiB/h after a 5-minute warm-up (bound 1.9), RSS 143 MiB after the fill, 158.9 at
-#: the fit's start, 189.5 at its end, flat (184-189 MiB) in its last 13 minutes once the lag had
-#: cleared. Cause not isolated (the resync pass, which removes missed series, refreshes stale
-#: services one by one, so under lag it comes round only after many minutes). Strict: a long
-#: run without either failure must fail until this entry is removed.
-KNOWN_UNDER_LAG = (
-    "series of deleted services linger and RSS grows while the operator lags (200 services, "
-    "28.3 min: 124 deleted services with series beyond 30 s, longest 1,485 s, 6 after the "
-    "drain; RSS slope 79.0 MiB/h against a bound of 1.9)"
-)
-
-
-def _known_under_lag(figures: dict[str, Any]) -> None:
-    """xfail(strict) for the long form's known failures, with this run's numbers."""
-    leaked = (
-        figures["deleted_services_lingering_beyond_bound"]
-        + figures["deleted_services_with_series_after_drain"]
-    )
-    steep = figures["rss_slope_mib_per_hour"] > figures["rss_slope_bound_mib_per_hour"]
-    if not leaked and not steep:
-        pytest.fail(f"XPASS(strict): remove KNOWN_UNDER_LAG ({KNOWN_UNDER_LAG})")
-    pytest.xfail(
-        f"known: {KNOWN_UNDER_LAG}; this run: {leaked} services leaked series, RSS slope "
-        f"{figures['rss_slope_mib_per_hour']} MiB/h "
-        f"(bound {figures['rss_slope_bound_mib_per_hour']})"
-    )
-
-
 def _fit_figures(rss: list[tuple[float, float]], figures: dict[str, Any]) -> None:
     """The RSS slope and its bound, added to ``figures`` (also for a run that failed late)."""
     if len(rss) < 3:
@@ -387,8 +355,6 @@ def test_churn_memory_and_series(bed: Bed) -> None:
     assert len(seen_live) >= 0.5 * churner.counts["created"], (len(seen_live), churner.counts)
     assert not stray_pools, f"series of removed pools: {dict(list(stray_pools.items())[:20])}"
     assert figures["rss_mib_max"] < figures["rss_limit_mib"], figures
-    if LONG and KNOWN_UNDER_LAG:
-        _known_under_lag(figures)
     assert not leaks, f"series of deleted services beyond {LINGER_SECONDS:.0f} s: {leaks}"
     assert not after_drain, f"series left after the drain: {sorted(after_drain)[:20]}"
     if LONG:

@@ -13,6 +13,7 @@ empty default. Lists are replaced whole by a merge patch, so their items are com
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -55,3 +56,28 @@ def merge_patch(model: BaseModel) -> dict[str, Any]:
 def _whole(item: BaseModel) -> dict[str, Any]:
     """A list item as Kubernetes stores it: every field, camelCase, no nulls."""
     return item.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def would_change(
+    current: Mapping[str, Any] | None, patch: Mapping[str, Any], ignore: frozenset[str]
+) -> bool:
+    """Whether the merge patch ``patch`` would change ``current``, keys named in ``ignore``
+    (at any depth, e.g. ``observedAt``) aside.
+
+    Why: a loop that republishes the same figures with a new timestamp every few seconds makes
+    a write, a watch event for every watcher and a resourceVersion each time; a caller can skip
+    such a write and only refresh the timestamps now and then."""
+    have = current or {}
+    for key, value in patch.items():
+        if key in ignore:
+            continue
+        old = have.get(key)
+        if value is None:
+            if old is not None:
+                return True
+        elif isinstance(value, Mapping):
+            if would_change(old if isinstance(old, Mapping) else None, value, ignore):
+                return True
+        elif old != value:
+            return True
+    return False
