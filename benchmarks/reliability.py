@@ -50,9 +50,11 @@ DRILLS: dict[str, tuple[list[str], str]] = {
         "on Secrets",
     ),
     "metrics_faults": (
-        ["tests/unit/test_fuzz_metrics_faults.py"],
+        ["tests/unit/test_fuzz_metrics_faults.py", "tests/unit/test_fuzz_energy_router_faults.py"],
         "engines that time out, answer HTML/truncated text, reset counters or vanish: replicas "
-        "held",
+        "held; the same faults (and counter resets, a missing GPU, NaN/Inf) from the energy "
+        "exporter and the router: scaling as with them healthy, their status unknown with the "
+        "fault named, never a wrong figure, figures back after recovery",
     ),
 }
 E2E_DRILLS: dict[str, tuple[list[str], str]] = {
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fuzz = results.get("fuzz_specs", {}).get("fuzz_specs", {})
     metrics = results.get("metrics_faults", {}).get("metrics_faults", {})
+    side_faults = results.get("metrics_faults", {}).get("energy_router_faults", {})
     e2e = results.get("security_e2e", {}).get("security_e2e", {})
     churn = results.get("memory_churn", {}).get("memory_churn", {})
     kill = results.get("operator_kill", {}).get("operator_kill", {})
@@ -290,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         # A crash is a failing fuzz example (an exception or a broken invariant) or a handler
         # exception in the operator's log during the e2e sample.
-        "crashes": fuzz_failures + e2e.get("handler_exceptions", 0),
+        "crashes": fuzz_failures
+        + e2e.get("handler_exceptions", 0)
+        + sum(int(kind.get("crashes", 0)) for kind in side_faults.values()),
         "crashes_known_unfixed": sum(
             1 for why in metrics.get("crashed", {}).values() if not why.startswith("Assertion")
         )
@@ -332,6 +337,23 @@ def main(argv: list[str] | None = None) -> int:
             ),
         },
         "replica_changes_on_metrics_faults": metrics.get("replica_changes"),
+        # The energy exporter's and the router's faults with healthy engines (None: not run):
+        # faults injected, pass crashes, replica changes, passes whose decision differed from
+        # the run with a healthy exporter/router.
+        **{
+            f"{kind}_faults": _pick(
+                side_faults.get(kind) or {},
+                "faults",
+                "crashes",
+                "replica_changes",
+                "scaled_to_zero",
+                "decisions_differing_from_healthy_run",
+                "recovered",
+            )
+            if side_faults.get(kind)
+            else None
+            for kind in ("energy", "router")
+        },
         # What ran (the long form is 1,000 services for 30 minutes; the short one is make test's).
         "memory_churn_ran": (
             f"{churn['form']} form: {churn['population']} services, "

@@ -46,8 +46,9 @@ def parse_exporter(text: str) -> list[GpuReading]:
     """Readings from one exporter ``/metrics`` body.
 
     Raises :class:`EnergyParseError` when the body does not parse or has no energy series (an
-    HTML error page, a truncated answer, another program on the port). NaN and negative values
-    become ``None`` (unknown) rather than numbers.
+    HTML error page, a truncated answer, another program on the port). A body without its final
+    line feed was cut: its last value may be a counter's first digits, which would read as a
+    reset. NaN, infinite and negative values become ``None`` (unknown) rather than numbers.
     """
     watts: dict[tuple[str, str], float | None] = {}
     package: dict[tuple[str, str], float | None] = {}
@@ -66,6 +67,8 @@ def parse_exporter(text: str) -> list[GpuReading]:
                     who[key] = (labels["pod"], labels.get("namespace", ""))
     except (ValueError, IndexError) as err:
         raise EnergyParseError(f"unparsable exporter body: {err}") from err
+    if text and not text.endswith("\n"):  # checked after parsing: an HTML page is not "cut"
+        raise EnergyParseError("truncated exporter body (no final line feed)")
     if not energy:
         raise EnergyParseError(f"no {ENERGY} series in the exporter body; not the exporter?")
     out = []

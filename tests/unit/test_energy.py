@@ -20,6 +20,8 @@ from tests.unit.test_autoscaler_loop import SteadyLoad, _cluster
 from tokenscale import constants as c
 from tokenscale import power
 from tokenscale.api.config import OperatorConfig
+from tokenscale.api.status import InferenceServiceStatus
+from tokenscale.api.wire import merge_patch
 from tokenscale.autoscale import energy as pure
 from tokenscale.autoscale.collector import CollectResult
 from tokenscale.autoscale.rates import PoolSignal, Sample
@@ -70,6 +72,9 @@ def test_parse_reads_the_simulated_exporter() -> None:
         "",
         '# TYPE gpu_power_usage gauge\ngpu_power_usage{gpu_id="0"} 300\n',
         '# TYPE gpu_energy_consumed gauge\ngpu_energy_consumed{gpu_id="0",pod="a"',  # truncated
+        # cut two digits into a counter (found by the faults drill): it parsed as 12 µJ, a
+        # counter "reset", and a bogus tokens/J
+        '# TYPE gpu_energy_consumed gauge\ngpu_energy_consumed{gpu_id="0",pod="a"} 12',
     ],
 )
 def test_garbage_bodies_raise_parse_errors(text: str) -> None:
@@ -104,14 +109,20 @@ def test_tracker_tokens_per_joule_over_the_window_with_a_reset() -> None:
     assert fig.tokens_per_joule == pytest.approx(0.125)
     assert fig.joules_per_token == pytest.approx(8.0)
     assert fig.watts == 1000.0 and fig.gpus == 2
-    # GPU 1's counter resets to 1,000 J: that GPU counts 1,000 J for this interval
+    # GPU 1's counter resets to 1,000 J somewhere in the interval: the energy it used before
+    # the reset is unknown, so the pool sits this pass out (counting 1,000 J against 2,000
+    # tokens would make tokens/J too good) and counts again from the next one
     tracker.update(20.0, _readings({"0": 8e9, "1": 1e9}), pods, "ns", {"p": 200.0})
     fig = tracker.figures("p")
-    assert fig.joules == pytest.approx(8000 + 2000 + 1000)
+    assert fig.joules == pytest.approx(8000.0) and fig.output_tokens == pytest.approx(1000.0)
+    assert fig.reason == ""
+    tracker.update(30.0, _readings({"0": 9e9, "1": 3e9}), pods, "ns", {"p": 200.0})
+    fig = tracker.figures("p")
+    assert fig.joules == pytest.approx(8000 + 1000 + 2000)
     assert fig.output_tokens == pytest.approx(1000 + 2000)
     # the first pass leaves the 60 s window
-    tracker.update(75.0, _readings({"0": 8e9, "1": 1e9}), pods, "ns", {"p": 0.0})
-    assert tracker.figures("p").joules == pytest.approx(3000.0)  # 20 s pass + idle (0 J) pass
+    tracker.update(75.0, _readings({"0": 9e9, "1": 3e9}), pods, "ns", {"p": 0.0})
+    assert tracker.figures("p").joules == pytest.approx(3000.0)  # 10 s pass + idle (0 J) pass
 
 
 def test_tracker_ignores_other_namespaces_and_unknown_pods() -> None:
@@ -371,3 +382,79 @@ async def test_scaling_off_and_energy_off_runs_no_loop() -> None:
     assert isinstance(kube, WriteLog)
     verdict = await run_pass(body, kube, OperatorConfig(), SteadyLoad(9000.0), LoopState(), T0)
     assert verdict is None and kube.writes == []
+
+
+# -- found by the energy/router faults drill (tests/unit/test_fuzz_energy_router_faults.py) ---
+
+
+def test_tracker_a_gpu_missing_from_the_exporter_makes_its_pool_unknown() -> None:
+    """A GPU the exporter stops naming while its pod runs: summing the others made the pool's
+    joules too small (tokens/J twice too good with one of two GPUs) and its watts too low."""
+    tracker = pure.EnergyTracker()
+    pods = {"llm-a": "p"}
+    for t in (0.0, 10.0):
+        tracker.update(t, _readings({"0": t * 1e9, "1": t * 1e9}), pods, "ns", {"p": 100.0})
+    assert tracker.figures("p").tokens_per_joule == pytest.approx(0.05)
+    tracker.update(20.0, _readings({"0": 20e9}), pods, "ns", {"p": 100.0})
+    for fig in (tracker.figures("p"), tracker.figures()):
+        assert fig.reason == "GpuMissing: GPU 1 on n0 (pod llm-a) is missing from the exporter"
+        assert fig.tokens_per_joule is None and fig.watts is None and fig.joules is None
+    tracker.update(30.0, _readings({"0": 20e9}), pods, "ns", {"p": 100.0})  # still missing
+    assert tracker.figures("p").reason.startswith("GpuMissing")
+    tracker.update(40.0, _readings({"0": 40e9}), {}, "ns", {"p": 100.0})  # the pod is gone
+    assert not tracker.figures("p").reason.startswith("GpuMissing")
+
+
+def test_tracker_unusable_energy_names_the_gpu_and_power_nan_is_not_zero() -> None:
+    tracker = pure.EnergyTracker()
+    pods = {"llm-a": "p"}
+    for t in (0.0, 10.0):
+        tracker.update(t, _readings({"0": t * 1e9, "1": t * 1e9}), pods, "ns", {"p": 100.0})
+    # NaN/Inf/negative energy parse to None: the figures are unknown and say which GPU
+    bad = [*_readings({"0": 20e9}), power.GpuReading("n0", "1", "llm-a", "ns", 500.0, None)]
+    tracker.update(20.0, bad, pods, "ns", {"p": 100.0})
+    fig = tracker.figures("p")
+    assert fig.reason.startswith("EnergyUnknown: GPU 1 on n0 (pod llm-a)")
+    assert fig.tokens_per_joule is None
+    # power unknown (NaN): watts absent (it was summed as 0 W), tokens/J still measured
+    tracker.update(30.0, _readings({"0": 30e9, "1": 30e9}), pods, "ns", {"p": 100.0})
+    nan_power = [*_readings({"0": 40e9}), power.GpuReading("n0", "1", "llm-a", "ns", None, 40e9)]
+    tracker.update(40.0, nan_power, pods, "ns", {"p": 100.0})
+    fig = tracker.figures("p")
+    assert fig.reason == "" and fig.watts is None and fig.gpus == 2
+    assert fig.tokens_per_joule == pytest.approx(0.05)
+
+
+async def test_exporter_failure_blanks_the_stored_figures_and_the_gauges() -> None:
+    """The status is a merge patch: a failure that set only ``reason`` left the last pass's
+    tokens/J in status beside it, and the pool gauges kept their last values."""
+    kube, body = _cluster()
+    _exporter_pod(kube, "exp-n0", "127.20.0.1")
+    good, bad = _ok(0.0), httpx.ConnectError("refused")
+    statuses = await _observe(kube, body, [good, _ok(6000e6), bad], 3)
+    stored: dict[str, Any] = {}
+    for status in statuses:
+        kube.put({**body, "status": {"energy": stored}})
+        patch = {"status": merge_patch(InferenceServiceStatus(energy=status))}
+        kube.patch_merge("InferenceService", "ns", "llm", patch, "status")
+        stored = (kube.get("InferenceService", "ns", "llm") or {})["status"]["energy"]
+    assert stored["reason"].startswith("ExporterUnreachable")
+    assert set(stored) == {"reason", "pools", "observedAt"}, stored
+    assert stored["pools"] == [{"name": "mi300x", "gpus": 0, "reason": stored["reason"]}]
+    pool = {"namespace": "ns", "service": "llm", "pool": "mi300x"}
+    for name in ("tokenscale_pool_tokens_per_joule", "tokenscale_pool_power_watts"):
+        assert metrics.REGISTRY.get_sample_value(name, pool) is None, name
+
+
+async def test_after_an_exporter_outage_the_first_reading_does_not_span_it() -> None:
+    """Without a reading in between, the next difference covers the whole outage while its
+    tokens come from one pass's rate: the tracker starts the interval over instead."""
+    kube, body = _cluster()
+    _exporter_pod(kube, "exp-n0", "127.20.0.1")
+    answers: list[httpx.Response | Exception] = [
+        _ok(0.0), httpx.ConnectError("refused"), httpx.ConnectError("refused"),
+        _ok(30000e6), _ok(36000e6),
+    ]  # fmt: skip
+    *_, back, after = await _observe(kube, body, answers, 5)
+    assert back is not None and back.reason.startswith("Warming")
+    assert after is not None and after.tokens_per_joule == pytest.approx(10000 / 6000, rel=1e-3)

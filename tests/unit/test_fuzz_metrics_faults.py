@@ -85,13 +85,22 @@ def _raise(exc: type[httpx.HTTPError]) -> Handler:
     return handler
 
 
+def transport_faults(gone: str) -> dict[str, Handler]:
+    """The faults any /metrics port can show, whoever serves it (engine, energy exporter,
+    router); ``gone`` names what a refused connection means."""
+    return {
+        "timeout": _raise(httpx.ReadTimeout),
+        f"connection refused ({gone} gone)": _raise(httpx.ConnectError),
+        "http 500": lambda _, t: httpx.Response(500, text="Internal Server Error"),
+        "html page": lambda _, t: httpx.Response(
+            200, text="<!doctype html><html><body><h1>502 Bad Gateway</h1></body></html>"
+        ),
+        "empty body": lambda _, t: httpx.Response(200, text=""),
+    }
+
+
 FAULTS: dict[str, Handler] = {
-    "timeout": _raise(httpx.ReadTimeout),
-    "connection refused (engine gone)": _raise(httpx.ConnectError),
-    "http 500": lambda _, t: httpx.Response(500, text="Internal Server Error"),
-    "html page": lambda _, t: httpx.Response(
-        200, text="<!doctype html><html><body><h1>502 Bad Gateway</h1></body></html>"
-    ),
+    **transport_faults("engine"),
     "truncated body (after the counters)": lambda _, t: httpx.Response(
         200, text=exposition(TOKENS_PER_POD * t)[: int(len(REAL) * 0.8)]
     ),
@@ -102,24 +111,27 @@ FAULTS: dict[str, Handler] = {
     "counters reset": lambda _, t: httpx.Response(200, text=exposition(TOKENS_PER_POD * (t - 40))),
     "NaN counter": lambda _, t: httpx.Response(200, text=exposition(math.nan)),
     "+Inf counter": lambda _, t: httpx.Response(200, text=exposition(math.inf)),
-    "empty body": lambda _, t: httpx.Response(200, text=""),
 }
 FIGURES: dict[str, Any] = {}
 
 
-def _cluster() -> FakeKube:
+def _cluster(**spec: Any) -> FakeKube:
+    """The drill's service (``spec`` replaces top-level spec keys), its nodes and engine pods."""
     kube = FakeKube()
     doc = service(
-        scaling={
-            "mode": "builtin",
-            "targetPerReplica": 1000,
-            "windowSeconds": 10,
-            "scaleToZero": True,
-            "scaleToZeroGraceSeconds": 30,
-            "scaleDownStabilizationSeconds": 10,
-        },
-        pools=[{"name": "mi300x", "gpu": "MI300X", "minReplicas": 0, "maxReplicas": 8}],
-        replicas=2,
+        **{
+            "scaling": {
+                "mode": "builtin",
+                "targetPerReplica": 1000,
+                "windowSeconds": 10,
+                "scaleToZero": True,
+                "scaleToZeroGraceSeconds": 30,
+                "scaleDownStabilizationSeconds": 10,
+            },
+            "pools": [{"name": "mi300x", "gpu": "MI300X", "minReplicas": 0, "maxReplicas": 8}],
+            "replicas": 2,
+            **spec,
+        }
     )
     doc["metadata"] = {"name": "llm", "namespace": "ns"}
     doc["status"] = {
@@ -148,8 +160,9 @@ def _cluster() -> FakeKube:
 class Drill:
     """One service, one collector, a clock; ``handler`` answers every scrape."""
 
-    def __init__(self) -> None:
-        self.kube = _cluster()
+    def __init__(self, cfg: OperatorConfig = CFG, **spec: Any) -> None:
+        self.cfg = cfg
+        self.kube = _cluster(**spec)
         self.loop = LoopState()
         self.t = 0.0
         self.handler: Handler = healthy
@@ -177,7 +190,7 @@ class Drill:
             body = self.kube.get("InferenceService", "ns", "llm")
             assert body is not None
             await run_pass(
-                body, self.kube, CFG, self.source, self.loop, T0 + timedelta(seconds=self.t)
+                body, self.kube, self.cfg, self.source, self.loop, T0 + timedelta(seconds=self.t)
             )
             seen.append(self.replicas())
         return seen

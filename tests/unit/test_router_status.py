@@ -204,6 +204,22 @@ async def test_reader_partial_failure_keeps_figures_but_no_rate() -> None:
     assert "RouterMetricsUnreachable" in half.reason
 
 
+async def test_a_failed_reading_clears_the_last_figures_in_the_patch() -> None:
+    """Found by the energy/router faults drill: the status is a merge patch, and a reading that
+    failed set only its reason, so the stored status kept the last requestsTotal, rate and
+    workers beside it; the recovered reading then kept the fault's reason."""
+    kube = FakeKube()
+    _router_pod(kube, "r0", "127.30.0.1")
+    first = await _observe(kube, _by_ip({"127.30.0.1": exposition(10, 0, 1)}))
+    failed = await _observe(kube, _by_ip({"127.30.0.1": 0}), first, T0 + timedelta(seconds=10))
+    patch = merge_patch(failed)
+    for key in ("requestsTotal", "requestsPerSecond", "requestsRunning"):
+        assert key in patch and patch[key] is None, key
+    assert patch["workers"] == [] and patch["reason"].startswith("RouterMetricsUnreachable")
+    back = await _observe(kube, _by_ip({"127.30.0.1": exposition(20, 0, 1)}), failed)
+    assert merge_patch(back)["reason"] == "" and merge_patch(back)["requestsTotal"] == 20
+
+
 async def test_no_ready_router_and_other_modes() -> None:
     kube = FakeKube()
     _router_pod(kube, "r0", "127.30.0.1", ready=False)

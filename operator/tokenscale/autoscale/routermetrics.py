@@ -53,8 +53,6 @@ def parse_router_metrics(text: str, names: RouterMetricNames = DEFAULT_NAMES) ->
     """Raises :class:`RouterMetricsError` when the text does not parse, is truncated (no final
     line feed), carries a non-finite value, or has no ``requests_total`` family at all (not a
     vllm-router on that port)."""
-    if text and not text.endswith("\n"):
-        raise RouterMetricsError("truncated exposition (no final line feed)")
     out = RouterScrape()
     seen = False
     try:
@@ -83,6 +81,8 @@ def parse_router_metrics(text: str, names: RouterMetricNames = DEFAULT_NAMES) ->
         if isinstance(err, RouterMetricsError):
             raise
         raise RouterMetricsError(f"not a Prometheus exposition: {err}") from err
+    if text and not text.endswith("\n"):  # checked after parsing: an HTML page is not "cut"
+        raise RouterMetricsError("truncated exposition (no final line feed)")
     if not seen:
         raise RouterMetricsError(f"no {names.requests_total}: not a vllm-router metrics port")
     return out

@@ -5,7 +5,7 @@ Why in the autoscaler pass: the output tokens of the pass interval are already i
 sample, and reading the exporter at the same moment gives joules over the same interval. Why
 apart from the decision: nothing here may change scaling. :func:`observe` never raises; every
 failure (exporter down, HTML, truncated bodies, Prometheus errors, a bug) becomes
-``status.energy.reason``.
+``status.energy.reason`` with no figure beside it, and the pool gauges lose their series.
 """
 
 from __future__ import annotations
@@ -152,20 +152,42 @@ def status_from(tracker: EnergyTracker, pools: Sequence[str], now: datetime) -> 
     )
 
 
+def unknown_status(reason: str, pools: Sequence[str], now: datetime) -> EnergyStatus:
+    """The status when nothing could be read this pass (pure). Every field is set: the status
+    is written as a merge patch, and a field left out would keep the last pass's figures beside
+    the new reason, stale numbers that look current."""
+    return EnergyStatus(
+        watts=None,
+        joules=None,
+        window_seconds=None,
+        tokens_per_joule=None,
+        joules_per_token=None,
+        reason=reason,
+        pools=[PoolEnergy(name=p, reason=reason) for p in pools],
+        observed_at=now,
+    )
+
+
 def _publish(namespace: str, service: str, status: EnergyStatus) -> None:
+    """Set the energy gauges from the status; a figure that is unknown (or a pool that is no
+    longer listed) loses its series rather than keep showing its last value."""
     metrics.ENERGY_UNKNOWN.labels(namespace, service).set(1.0 if status.reason else 0.0)
-    for pool in status.pools:
-        labels = (namespace, service, pool.name)
-        for gauge, value in (
-            (metrics.POWER_WATTS, pool.watts),
-            (metrics.TOKENS_PER_JOULE, pool.tokens_per_joule),
-            (metrics.JOULES_PER_TOKEN, pool.joules_per_token),
-        ):
-            if value is None:
-                if labels in _labels(gauge):
-                    gauge.remove(*labels)
-            else:
+    pools = {pool.name: pool for pool in status.pools}
+    for gauge, attr in (
+        (metrics.POWER_WATTS, "watts"),
+        (metrics.TOKENS_PER_JOULE, "tokens_per_joule"),
+        (metrics.JOULES_PER_TOKEN, "joules_per_token"),
+    ):
+        for labels in _labels(gauge):
+            if labels[:2] == (namespace, service) and labels[2] not in pools:
+                gauge.remove(*labels)
+        for name, pool in pools.items():
+            labels = (namespace, service, name)
+            value = getattr(pool, attr)
+            if value is not None:
                 gauge.labels(*labels).set(value)
+            elif labels in _labels(gauge):
+                gauge.remove(*labels)
 
 
 def _labels(gauge: Any) -> set[tuple[str, ...]]:
@@ -209,10 +231,13 @@ async def observe(
         tracker.update(now.timestamp(), readings, pod_pool, namespace, tps)
         status = status_from(tracker, pools, now)
     except ExporterError as err:
-        status = EnergyStatus(reason=str(err), observed_at=now)
+        if (namespace, name) in _TRACKERS:
+            _TRACKERS[(namespace, name)].gap()
+        status = unknown_status(str(err), pools, now)
     except Exception as err:  # energy must never break the scaling pass
         log.warning("energy for %s/%s failed: %s", namespace, name, err, exc_info=True)
-        status = EnergyStatus(reason=f"Error: {type(err).__name__}: {err}", observed_at=now)
+        _TRACKERS.pop((namespace, name), None)  # start over rather than trust a half update
+        status = unknown_status(f"Error: {type(err).__name__}: {err}", pools, now)
     try:
         _publish(namespace, name, status)
     except Exception as err:  # metrics must not break the pass either

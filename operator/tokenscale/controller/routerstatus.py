@@ -57,7 +57,7 @@ def figures_status(
 ) -> RouterStatus:
     """The status from the router pods and what each ready one answered (pure)."""
     ready = len(bodies)
-    status = RouterStatus(replicas=len(pods), ready_replicas=ready, observed_at=now)
+    status = _blank((len(pods), ready), now)
     if ready == 0:
         status.reason = (
             f"NoReadyRouter: 0 of {len(pods)} router pod(s) ready; "
@@ -111,6 +111,24 @@ def figures_status(
     return status
 
 
+def _blank(pods: tuple[int, int] | None, now: datetime) -> RouterStatus:
+    """A status with every figure unknown; ``pods``: (router pods, ready ones), None when they
+    could not be listed (the patch then leaves the last counts). Every figure is set on
+    purpose: the status is written as a merge patch, and a field left out would keep the last
+    pass's figures (or reason) beside this pass's, stale numbers that look current."""
+    counts = {} if pods is None else {"replicas": pods[0], "ready_replicas": pods[1]}
+    return RouterStatus(
+        **counts,
+        requests_total=None,
+        requests_per_second=None,
+        requests_running=None,
+        workers=[],
+        scrape_errors=0,
+        reason="",
+        observed_at=now,
+    )
+
+
 async def observe(
     meta: Mapping[str, Any],
     svc: InferenceService,
@@ -138,7 +156,9 @@ async def observe(
         return figures_status(pods, bodies, previous, now, router_name(name))
     except Exception as err:  # router figures must never break the scaling pass
         log.warning("router status of %s/%s failed: %s", namespace, name, err, exc_info=True)
-        return RouterStatus(reason=f"Error: {type(err).__name__}: {err}", observed_at=now)
+        status = _blank(None, now)
+        status.reason = f"Error: {type(err).__name__}: {err}"
+        return status
 
 
 async def _body(client: httpx.AsyncClient, ip: str) -> str | ScrapeFailed:
