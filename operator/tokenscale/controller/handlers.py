@@ -25,6 +25,7 @@ from tokenscale.controller import (
     energy,
     events,
     hold,
+    memtrim,
     metrics,
     refresh,
     resync,
@@ -102,6 +103,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         lambda ns, name, full: refresh.refresh_service(kube, cfg, ns, name, full=full),
     )
     memo.resync_stop = threading.Event()
+    memtrim.start(memo.resync_stop)  # stopped with the resync loop
     threading.Thread(
         target=resync.resync_forever,
         args=(
@@ -119,7 +121,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync loop and the refresh threads."""
+    """Stop the resync loop, the heap trimmer and the refresh threads."""
     stop = memo.get("resync_stop")
     if stop is not None:
         stop.set()
