@@ -45,6 +45,7 @@ from benchmarks.churn import (
     Churner,
     fit_slope,
     lingering,
+    make_up,
     pools_by_service,
     series_by_service,
 )
@@ -261,6 +262,7 @@ def test_churn_memory_and_series(bed: Bed) -> None:
         rss_filled = rss_mb(pid)
         figures["rss_mib_after_fill"] = round(rss_filled, 1)
 
+        figures["make_up_at_churn_start"] = make_up(churner.live.values())
         churn_start = time.monotonic()
         next_rss = next_scrape = churn_start
         steps = scrapes = 0
@@ -291,6 +293,7 @@ def test_churn_memory_and_series(bed: Bed) -> None:
         rss.append((churned, rss_mb(pid)))
         figures.update(
             churn_seconds=round(churned, 1),
+            make_up_at_churn_end=make_up(churner.live.values()),
             churn_stopped_early_by_deadline=churned < CHURN_SECONDS - 1,
             steps=steps,
             **churner.counts,
