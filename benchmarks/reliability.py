@@ -389,6 +389,15 @@ def main(argv: list[str] | None = None) -> int:
                 or churn.get("churn_seconds", 0) < 1800
                 else []
             ),
+            *(
+                [
+                    "churn at 1,000 services for 30 min with a steady fleet make-up (the last "
+                    "long run drew new services one-pool, a third autoscaled: its fleet grew "
+                    "busier as it ran)"
+                ]
+                if churn.get("form") == "long" and "make_up_at_churn_start" not in churn
+                else []
+            ),
         ],
         "drills": results,
     }
