@@ -213,9 +213,7 @@ def forget_deleted(namespace: str, service: str, uid: str) -> bool:
 
 def remove_service(namespace: str, service: str) -> None:
     """Drop every series of one service (it was deleted)."""
-    with _OWNERS_LOCK:
-        _OWNERS.pop((namespace, service), None)
-        _remove(lambda labels: (labels["namespace"], labels["service"]) != (namespace, service))
+    remove_services([(namespace, service)])
 
 
 def remove_loop_series(namespace: str, service: str) -> None:

@@ -67,16 +67,16 @@ class ClusterGPUs:
     #: A GPU model's identity (device ids, product names) -> its usable nodes. One snapshot
     #: serves every reconcile until the next resync pass, and matching a model scans every label
     #: of every node (several lookups per pool per reconcile), so each model is matched once.
-    _usable: dict[tuple[tuple[str, ...], ...], list[NodeGPUs]] = field(
+    _usable: dict[tuple[tuple[str, ...], ...], tuple[NodeGPUs, ...]] = field(
         default_factory=dict, compare=False, hash=False, repr=False
     )
 
-    def usable(self, gpu: GPUSpec) -> list[NodeGPUs]:
+    def usable(self, gpu: GPUSpec) -> tuple[NodeGPUs, ...]:
         """Nodes carrying ``gpu`` that engines may be placed on (not cordoned, no taint)."""
         key = (tuple(sorted(gpu.device_ids)), tuple(sorted(gpu.product_names)))
         found = self._usable.get(key)
         if found is None:
-            found = [n for n in self.nodes if not n.blocked and node_has_gpu(n.labels, gpu)]
+            found = tuple(n for n in self.nodes if not n.blocked and node_has_gpu(n.labels, gpu))
             self._usable[key] = found
         return found
 
