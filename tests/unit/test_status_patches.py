@@ -354,6 +354,44 @@ async def test_a_steady_loop_writes_status_once_then_only_at_the_heartbeat() -> 
     assert tps["tokensPerSecond"] > 3500.0
 
 
+async def test_a_loop_behind_its_own_writes_does_not_write_every_pass() -> None:
+    """Kopf holds an object's events while a handler of that object runs, so behind a backlog
+    the daemon's body stays the one it started with (no status at all). Compared with that
+    body every pass looked new and wrote, and each write queued one more whole body behind the
+    blocked handler (the churn drill's memory peak). Behind its own writes the loop writes
+    only what is new, no heartbeat; once the body shows its last write, the heartbeat is back."""
+    kube = FakeKube()
+    stale = copy.deepcopy(_autoscaled(kube, "external", {}))
+    loop = LoopState()
+
+    async def passes(load: float, seconds: range, body: dict[str, Any] | None = None) -> int:
+        before = len(kube.status_patches)
+        for second in seconds:
+            await run_pass(body or stale, kube, CFG, SteadyLoad(load), loop, T0 + timedelta(
+                seconds=second))  # fmt: skip
+        return len(kube.status_patches) - before
+
+    heartbeat = int(STATUS_HEARTBEAT_SECONDS)
+    assert await passes(3500.0, range(0, 4 * heartbeat, 5)) == 1  # was one a pass: 24
+    assert await passes(7000.0, range(4 * heartbeat, 4 * heartbeat + 10, 5)) >= 1  # new figures
+    fresh = kube.get("InferenceService", "ns", "llm")
+    assert fresh is not None and fresh["status"]["metrics"]["tokensPerSecond"] > 3500.0
+    start = 5 * heartbeat
+    assert await passes(7000.0, range(start, start + heartbeat + 10, 5), fresh) == 1  # heartbeat
+
+
+def test_status_write_due_compares_a_stale_body_with_the_last_write() -> None:
+    now = datetime(2026, 11, 28, 12, 10, 0, tzinfo=UTC)
+    mine = {"metrics": {"tokensPerSecond": 1.5, "observedAt": "2026-11-28T12:00:00Z"}}
+    older = {"metrics": {"tokensPerSecond": 9.0, "observedAt": "2026-11-28T11:59:00Z"}}
+    same = {"metrics": {"tokensPerSecond": 1.5, "observedAt": "2026-11-28T12:10:00Z"}}
+    assert not status_write_due(older, same, now, mine)  # 10 min on, but not back yet
+    assert not status_write_due(None, same, now, mine)
+    assert status_write_due(older, {"metrics": {"tokensPerSecond": 2.0}}, now, mine)
+    assert status_write_due(mine, same, now, mine)  # back: the heartbeat counts from it
+    assert not status_write_due(mine, same, now - timedelta(minutes=9, seconds=50), mine)
+
+
 def test_status_write_due_compares_what_a_merge_patch_would_change() -> None:
     at = "2026-11-28T12:00:00Z"
     current = {"metrics": {"tokensPerSecond": 1.5, "observedAt": at}, "scaling": {"able": True}}

@@ -62,6 +62,8 @@ class LoopState:
     last_state_json: str = ""
     #: the first pass of this loop (autoscaler turned on, operator restarted) has run
     started: bool = False
+    #: the status merge patch this loop last wrote successfully (see :func:`status_write_due`)
+    last_written: dict[str, Any] | None = None
 
 
 def pool_targets(
@@ -259,14 +261,18 @@ async def run_pass(
     if router is not None or seen.status.router is not None:
         patch.router = router  # None deletes it once the service leaves router mode
     written = merge_patch(patch)
-    if status_write_due(body.get("status"), written, wall_now):
+    if status_write_due(body.get("status"), written, wall_now, loop.last_written):
         await asyncio.to_thread(kube.patch_merge, "InferenceService", meta["namespace"],
                                 meta["name"], {"status": written}, "status")  # fmt: skip
+        loop.last_written = written
     return verdict
 
 
 def status_write_due(
-    current: dict[str, Any] | None, written: dict[str, Any], now: datetime
+    current: dict[str, Any] | None,
+    written: dict[str, Any],
+    now: datetime,
+    last_written: dict[str, Any] | None = None,
 ) -> bool:
     """Write the pass's status only when it says something new, or its timestamps are
     :data:`STATUS_HEARTBEAT_SECONDS` old.
@@ -275,15 +281,29 @@ def status_write_due(
     watch event per autoscaled service every scrape interval, whatever happened — 67 writes/s
     at 1,000 services with a third autoscaled, each event parsed by the operator's own watch
     and held in memory while it lagged (the churn drill, ``tests/e2e/test_drill_churn.py``).
+
+    ``current`` is the object as Kopf last delivered it, and Kopf delivers an object's events
+    in order, holding them while a handler of that object runs: behind a backlog (1,000
+    services applied at once, or an operator restart) it can predate this loop's own last
+    write. Compared with such a stale body every pass looked new and wrote, each write queued
+    one more event behind the blocked handler: thousands of whole bodies held at once, the
+    operator's memory peak (churn drill, issue 17). So while ``current`` does not yet show
+    ``last_written``, the pass is compared with ``last_written`` instead, and no write is made
+    for the heartbeat alone: the last one has not even come back yet.
     """
+    if last_written is not None and _observed_at(current) != _observed_at(last_written):
+        return would_change(last_written, written, TIMESTAMP_KEYS)
     if would_change(current, written, TIMESTAMP_KEYS):
         return True
-    seen = ((current or {}).get("metrics") or {}).get("observedAt")
     try:
-        age = (now - datetime.fromisoformat(str(seen))).total_seconds()
+        age = (now - datetime.fromisoformat(str(_observed_at(current)))).total_seconds()
     except ValueError:
         return True
     return age >= STATUS_HEARTBEAT_SECONDS
+
+
+def _observed_at(status: dict[str, Any] | None) -> Any:
+    return ((status or {}).get("metrics") or {}).get("observedAt")
 
 
 async def collect(
