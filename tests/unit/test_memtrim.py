@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -54,3 +56,36 @@ def test_without_malloc_trim_the_loop_returns_at_once(monkeypatch: pytest.Monkey
     started = time.monotonic()
     memtrim.trim_forever(threading.Event(), 60.0)
     assert time.monotonic() - started < 1.0
+
+
+_ARENAS_SCRIPT = """
+import ctypes, sys, threading
+from tokenscale.controller import memtrim
+if sys.argv[1] == "limit":
+    assert memtrim.limit_arenas()
+alive = threading.Barrier(8)
+def work():
+    junk = [bytearray(2000) for _ in range(2000)]
+    alive.wait()  # all eight threads alive at once, as the operator's are
+    del junk
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+def _arenas(mode: str) -> int:
+    """Heaps glibc made for a process with 8 live threads that allocated (malloc_stats counts)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _ARENAS_SCRIPT, mode], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return sum(1 for line in done.stderr.splitlines() if line.startswith("Arena "))
+
+
+def test_limit_arenas_keeps_threads_to_two_heaps() -> None:
+    if memtrim.trimmer() is None:
+        pytest.skip("not glibc")
+    assert _arenas("default") > memtrim.ARENAS  # the test can fail: threads spread otherwise
+    assert _arenas("limit") <= memtrim.ARENAS

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import kopf
 
+from tokenscale.controller import memtrim
 from tokenscale.k8s import peering as k8s_peering
 from tokenscale.k8s.kube import Kube, KubeError
 
@@ -80,6 +81,7 @@ def run_command(
     from tokenscale.render.cli import load_config
 
     load_config(config_path)  # a bad file stops here naming the field, not in a Kopf traceback
+    memtrim.limit_arenas()  # before Kopf starts its threads
     # Imported here, not at the top: importing handlers registers them with Kopf, which only
     # running the operator should do.
     from tokenscale.controller import handlers  # noqa: F401

@@ -25,6 +25,31 @@ log = logging.getLogger(__name__)
 
 #: Seconds between trims: each walks the free chunks of every heap (a few ms at 100 MB).
 TRIM_SECONDS = 60.0
+#: glibc's ``mallopt`` parameter for the number of heaps ("arenas") threads may spread over.
+M_ARENA_MAX = -8
+#: Heaps the operator's threads share (glibc's default is eight per core).
+ARENAS = 2
+
+
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """Have glibc keep at most ``arenas`` heaps, as ``MALLOC_ARENA_MAX`` would; call it before
+    the threads start. False where the C library has no ``mallopt`` (musl, macOS).
+
+    Why: glibc gives a thread that finds the heaps busy a heap of its own, and a chunk freed in
+    one heap is reused only there. The operator's two dozen threads each take JSON bodies of
+    every size in turn, so free space piled up in heaps other threads could not use: in the
+    churn drill (1,000 services) the heaps grew from 74 to 104 MB in five minutes while the
+    memory in use stayed at 40 MB. Fewer heaps means more lock waits between threads, which
+    here are mostly waiting on the API server anyway.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, arenas))
 
 
 def trimmer() -> Callable[[], bool] | None:
