@@ -312,16 +312,19 @@ def test_scale_up_on_dra_nodes_stops_at_the_free_devices_without_pending_pods(
         "windowSeconds": 6,
     }
     apply(cluster, namespace, doc)
+    # Two writers: the autoscaler's pass writes status.scaling right after it scales (the
+    # capped decision can scale 1 -> 2 in the same pass), the refresh that follows the
+    # Deployment writes status.replicas; wait for both, not for the first.
     blocked = wait_for(
         lambda: (
             (o := get(cluster, "tsvc", name, "-n", namespace))
             and ((o.get("status") or {}).get("scaling") or {}).get("reason") == "InsufficientGPU"
+            and (o.get("status") or {}).get("replicas") == 2
             and o
         ),
         timeout=120,
-        what="scale-up capped with InsufficientGPU",
+        what="scale-up capped with InsufficientGPU at 2 replicas",
     )
-    assert blocked["status"]["replicas"] == 2, blocked["status"]
     ups = [d for d in blocked["status"]["scalingHistory"] if d["toReplicas"] > d["fromReplicas"]]
     assert ups and max(d["toReplicas"] for d in ups) == 2
     for _ in range(3):  # a few autoscaler passes later: still 2 replicas, nothing Pending

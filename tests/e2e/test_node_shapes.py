@@ -152,8 +152,18 @@ def test_every_shape_places_its_pool_with_the_right_resource(
     assert "Insufficient amd.com/spx_nps1" in stuck_whole
     stuck_355 = next(_unschedulable(p) for p in by_pool["mi355x"] if _unschedulable(p))
     assert "untolerated taint" in stuck_355
+    # The condition follows the pods through a status refresh: the first Unschedulable one may
+    # name only the pool whose pod the scheduler reported first; wait until it names both.
     degraded = wait_condition(
-        cluster, namespace, "shapes", "Degraded", lambda cd: cd.get("reason") == "Unschedulable"
+        cluster,
+        namespace,
+        "shapes",
+        "Degraded",
+        lambda cd: (
+            cd.get("reason") == "Unschedulable"
+            and "pool whole" in cd.get("message", "")
+            and "pool mi355x" in cd.get("message", "")
+        ),
     )
     assert "pool whole" in degraded["message"] and "pool mi355x" in degraded["message"]
 
