@@ -20,6 +20,7 @@ import ctypes.util
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +43,26 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     while the memory in use stayed at 40 MB. Fewer heaps means more lock waits between
     threads, which here are mostly waiting on the API server anyway.
     """
-    name = ctypes.util.find_library("c")
+    mallopt = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, arenas))
+
+
+def _libc_function(name: str, argtypes: list[Any]) -> Any | None:
+    """A function of this process's C library, typed ``argtypes -> int``; None where the
+    library or the function is missing (musl, macOS)."""
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
     except (OSError, AttributeError, TypeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, arenas))
+        return None
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function
 
 
 def trimmer() -> Callable[[], bool] | None:
     """``malloc_trim(0)`` of this process's C library, or None where there is none."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return lambda: bool(trim(0))
+    trim = _libc_function("malloc_trim", [ctypes.c_size_t])
+    return None if trim is None else lambda: bool(trim(0))
 
 
 def trim_forever(stop: threading.Event, every: float = TRIM_SECONDS) -> None:
