@@ -173,29 +173,22 @@ def _publish(namespace: str, service: str, status: EnergyStatus) -> None:
     longer listed) loses its series rather than keep showing its last value."""
     metrics.ENERGY_UNKNOWN.labels(namespace, service).set(1.0 if status.reason else 0.0)
     pools = {pool.name: pool for pool in status.pools}
+    held = metrics.series_of(namespace, service)
     for gauge, attr in (
         (metrics.POWER_WATTS, "watts"),
         (metrics.TOKENS_PER_JOULE, "tokens_per_joule"),
         (metrics.JOULES_PER_TOKEN, "joules_per_token"),
     ):
-        for labels in _labels(gauge):
-            if labels[:2] == (namespace, service) and labels[2] not in pools:
+        for labels in held.get(gauge, set()):
+            if labels[2] not in pools:
                 gauge.remove(*labels)
         for name, pool in pools.items():
             labels = (namespace, service, name)
             value = getattr(pool, attr)
             if value is not None:
                 gauge.labels(*labels).set(value)
-            elif labels in _labels(gauge):
+            elif labels in held.get(gauge, set()):
                 gauge.remove(*labels)
-
-
-def _labels(gauge: Any) -> set[tuple[str, ...]]:
-    return {
-        (s.labels["namespace"], s.labels["service"], s.labels["pool"])
-        for family in gauge.collect()
-        for s in family.samples
-    }
 
 
 async def observe(
