@@ -75,9 +75,14 @@ class FakeKube:
         ]
 
     def list_pages(
-        self, kind: str, namespace: str | None, selector: str = "", limit: int = 100
+        self,
+        kind: str,
+        namespace: str | None,
+        selector: str = "",
+        limit: int = 100,
+        field: str = "",
     ) -> Iterator[list[dict[str, Any]]]:
-        found = self.list(kind, namespace, selector)
+        found = self.list(kind, namespace, selector, field)
         for start in range(0, len(found), limit):
             yield found[start : start + limit]
 

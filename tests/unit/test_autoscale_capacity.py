@@ -21,6 +21,7 @@ from tokenscale.autoscale.capacity import (
     free_per_node,
     node_matches,
     parse_count,
+    placement_fields,
     pod_request,
     replicas_that_fit,
     resource_name,
@@ -96,6 +97,44 @@ def test_free_gpus_subtract_bound_non_terminated_pods() -> None:
     assert replicas_that_fit({"a": 8, "b": 8, "c": 4}, 16, nodes_per_replica=2) == 1
     assert replicas_that_fit({"a": 8, "b": 8, "c": 8, "d": 8}, 16, nodes_per_replica=2) == 2
     assert replicas_that_fit(free, 0) == 0
+
+
+def _whole(reduced: dict[str, Any], name: str) -> dict[str, Any]:
+    """A pod as the API returns it: the fields capacity reads plus the bulk it does not."""
+    whole = {
+        "metadata": {"name": name, "labels": {"app": name}, "managedFields": [{"f": "x" * 500}]},
+        "spec": {**reduced["spec"], "volumes": [{"name": "cache"}], "tolerations": []},
+        "status": {**reduced["status"], "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    for container in whole["spec"]["containers"]:
+        container.update(name="vllm", image="rocm/vllm", env=[{"name": "HF_TOKEN", "value": "s"}])
+    return whole
+
+
+def test_capacity_counts_the_same_on_pods_reduced_to_placement_fields() -> None:
+    """The cluster-wide pod list behind a count keeps only ``placement_fields``: the count must
+    not change, and what is kept must not carry the pod's bulk (or a secret in its env)."""
+    mi355 = {"amd.com/gpu.device-id": "75a3"}
+    nodes = [node("n1", mi355), node("n2", mi355), node("n3", mi355, gpus="4")]
+    shapes = [
+        pod("n1", 2),
+        pod("n1", 1, init=4),
+        pod("n2", 8, phase="Succeeded"),
+        pod("n2", 3, phase="Pending"),
+        pod("n3", 1),
+        {"spec": {"nodeName": "n3", "containers": [{}]}, "status": {}},  # no resources
+        {"spec": {"containers": [{"resources": {"requests": {"amd.com/gpu": "2"}}}]}, "status": {}},
+    ]
+    whole = [_whole(shape, f"p{i}") for i, shape in enumerate(shapes)]
+    reduced = [placement_fields(p) for p in whole]
+    assert free_per_node(nodes, reduced, MI355X) == free_per_node(nodes, whole, MI355X)
+    assert free_per_node(nodes, reduced, MI355X) == {"n1": 2, "n2": 5, "n3": 3}
+    assert all(
+        pod_request(r, "amd.com/gpu") == pod_request(w, "amd.com/gpu")
+        for r, w in zip(reduced, whole, strict=True)
+    )
+    kept = str(reduced)
+    assert "managedFields" not in kept and "HF_TOKEN" not in kept and "image" not in kept
 
 
 def test_partition_resources_and_quantities() -> None:

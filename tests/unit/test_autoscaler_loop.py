@@ -14,7 +14,7 @@ from tokenscale import constants as c
 from tokenscale.api.config import OperatorConfig
 from tokenscale.autoscale.collector import CollectResult, EnginePod
 from tokenscale.autoscale.rates import PoolSignal, Sample
-from tokenscale.controller.autoscaler import LoopState, run_pass
+from tokenscale.controller.autoscaler import POD_PAGE, LoopState, cluster_pods, run_pass
 
 CFG = OperatorConfig()
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -201,3 +201,34 @@ def test_foreign_write_ignores_the_operator_and_wakes_from_zero() -> None:
     assert foreign_write(meta("kubectl"), 2, None) is None  # the autoscaler has not decided yet
     unknown = foreign_write({}, 5, {"a": 2, "b": 1})
     assert unknown is not None and unknown.manager == "an unknown writer" and unknown.at is None
+
+
+def test_the_cluster_wide_pod_list_is_paged_and_reduced() -> None:
+    """A capacity count reads every pod of the cluster: in pages, kept reduced (a whole list
+    of a busy cluster held tens of MB at once; see ``capacity.placement_fields``)."""
+    pages: list[tuple[str, str | None, int, str]] = []
+
+    class Recording(FakeKube):
+        def list_pages(self, kind: str, namespace: str | None, selector: str = "",
+                       limit: int = 100, field: str = "") -> Any:  # fmt: skip
+            for page in super().list_pages(kind, namespace, selector, limit, field):
+                pages.append((kind, namespace, limit, field))
+                yield page
+
+    kube = Recording()
+    for i in range(600):
+        kube.put({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"p{i}", "namespace": f"ns{i % 3}", "labels": {"a": "b"}},
+            "spec": {"nodeName": "n0", "containers": [
+                {"name": "c", "image": "i", "resources": {"limits": {c.RESOURCE_GPU: "1"}}}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"},
+        })  # fmt: skip
+    pods = cluster_pods(kube)
+    assert len(pods) == 600
+    assert pages == [("Pod", None, POD_PAGE, "status.phase!=Succeeded")] * 3
+    assert pods[0] == {
+        "spec": {"nodeName": "n0", "containers": [{"resources": {"limits": {c.RESOURCE_GPU: "1"}}}],
+                 "initContainers": []},
+        "status": {"phase": "Running"},
+    }  # fmt: skip

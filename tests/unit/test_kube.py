@@ -131,6 +131,12 @@ def test_list_get_delete_patch_and_paging(api: tuple[FakeApi, Kube]) -> None:
     }
     assert list(kube.list_pages("Pod", "ns", limit=5)) == [[{"metadata": {"name": "p"}}]]
     assert _work(fake)[-1].query == {"limit": "5"}
+    assert list(kube.list_pages("Pod", "ns", "a=b", 5, "status.phase!=Succeeded"))
+    assert _work(fake)[-1].query == {
+        "limit": "5",
+        "labelSelector": "a=b",
+        "fieldSelector": "status.phase!=Succeeded",
+    }
     assert kube.get("Node", None, "gone") is None  # 404 is an answer, not an error
     kube.delete("ConfigMap", "ns", "gone")  # already gone is fine
     assert _work(fake)[-1].body == {"propagationPolicy": "Background"}

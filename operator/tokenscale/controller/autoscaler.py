@@ -131,6 +131,20 @@ def pool_inputs(
     return out
 
 
+#: Pods per page of the cluster-wide list behind a capacity count.
+POD_PAGE = 250
+
+
+def cluster_pods(kube: Kube) -> list[dict[str, Any]]:
+    """Every pod of the cluster that may hold GPUs, reduced to what a capacity count reads
+    (:func:`capacity.placement_fields`) one page at a time: never the whole list at once."""
+    return [
+        capacity.placement_fields(pod)
+        for page in kube.list_pages("Pod", None, "", POD_PAGE, "status.phase!=Succeeded")
+        for pod in page
+    ]
+
+
 def with_allocatable(
     inputs: list[PoolInput],
     svc: InferenceService,
@@ -363,7 +377,7 @@ async def decide(
     wants_more = any(p.desired > p.current for p in verdict.pools)
     if wants_more and policy.mode == "builtin":
         nodes = await asyncio.to_thread(kube.list, "Node", None)
-        all_pods = await asyncio.to_thread(kube.list, "Pod", None, "", "status.phase!=Succeeded")
+        all_pods = await asyncio.to_thread(cluster_pods, kube)
         dra_view = await asyncio.to_thread(devices.dra_view, kube, cfg, seen.svc)
         seen.inputs = with_allocatable(
             seen.inputs, seen.svc, cfg, seen.plans, nodes, all_pods, dra_view

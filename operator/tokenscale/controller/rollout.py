@@ -31,7 +31,7 @@ from tokenscale.api.status import BenchmarkSummary, InferenceServiceStatus, Pool
 from tokenscale.autoscale import rollout as decision
 from tokenscale.autoscale.state import PoolInput
 from tokenscale.controller import devices
-from tokenscale.controller.autoscaler import with_allocatable
+from tokenscale.controller.autoscaler import cluster_pods, with_allocatable
 from tokenscale.controller.events import Event
 from tokenscale.k8s.kube import Kube
 from tokenscale.render import deployment as dep
@@ -314,7 +314,7 @@ def _free_replicas(
         for p in wanted
     ]
     nodes = kube.list("Node", None)
-    all_pods = kube.list("Pod", None, "", "status.phase!=Succeeded")
+    all_pods = cluster_pods(kube)
     view = devices.dra_view(kube, cfg, svc)
     counted = with_allocatable(inputs, svc, cfg, plans, nodes, all_pods, view)
     return {i.name: i.allocatable_replicas for i in counted}

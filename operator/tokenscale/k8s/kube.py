@@ -228,7 +228,12 @@ class Kube:
         return items
 
     def list_pages(
-        self, kind: str, namespace: str | None, selector: str = "", limit: int = 100
+        self,
+        kind: str,
+        namespace: str | None,
+        selector: str = "",
+        limit: int = 100,
+        field: str = "",
     ) -> Iterator[builtins.list[dict[str, Any]]]:
         """Like :meth:`list`, in pages of ``limit`` (bounded memory for fleet-wide lists)."""
         token = ""
@@ -236,6 +241,8 @@ class Kube:
             query = [("limit", str(limit))]
             if selector:
                 query.append(("labelSelector", selector))
+            if field:
+                query.append(("fieldSelector", field))
             if token:
                 query.append(("continue", token))
             found = self._call("GET", KINDS[kind].path(namespace), None, query)
