@@ -290,7 +290,11 @@ def test_the_service_index_agrees_with_the_registry(ops: list[tuple[str, str, li
 
 def test_the_service_index_agrees_with_the_registry_under_threads() -> None:
     """Refresh threads publish while the event loop removes: no series without an index entry
-    (it would never be removed) and no index entry without a series."""
+    (it would never be removed) and no index entry without a series.
+
+    It catches an index that the threads' removals and publishes skip. It does not reliably catch
+    a missing lock: with the lock taken out, three runs still passed, because the race needs a
+    thread switch inside one ``labels``/``remove`` call. The lock is there for that race."""
     ns = "m-threads"
 
     def publish(svc: str) -> None:
