@@ -16,10 +16,11 @@ from prometheus_client.metrics import MetricWrapperBase
 
 REGISTRY = CollectorRegistry()
 
-Service = tuple[str, str]
+#: (namespace, service name)
+ServiceKey = tuple[str, str]
 #: (namespace, service) -> {metric: label values of each of its series}. Kept by
 #: :class:`ByService`; guarded by ``_SERIES_LOCK``.
-_SERIES: dict[Service, dict[MetricWrapperBase, set[tuple[str, ...]]]] = {}
+_SERIES: dict[ServiceKey, dict[MetricWrapperBase, set[tuple[str, ...]]]] = {}
 _SERIES_LOCK = threading.RLock()
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -194,7 +195,7 @@ LOOP_METRICS: tuple[ByService, ...] = (
 )
 
 
-def _remove(services: Iterable[Service], only: tuple[ByService, ...] = PER_SERVICE) -> None:
+def _remove(services: Iterable[ServiceKey], only: tuple[ByService, ...] = PER_SERVICE) -> None:
     """Remove every series of the given services (of the metrics ``only``)."""
     for namespace, service in services:
         for metric, series in series_of(namespace, service).items():
