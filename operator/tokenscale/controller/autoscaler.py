@@ -197,6 +197,22 @@ def with_allocatable(
     return out
 
 
+def count_allocatable(
+    inputs: list[PoolInput],
+    svc: InferenceService,
+    cfg: OperatorConfig,
+    plans: Sequence[PoolPlan],
+    kube: Kube,
+) -> list[PoolInput]:
+    """:func:`with_allocatable` over what the cluster holds now: its Nodes, its pods
+    (:func:`cluster_pods`) and its DRA devices. The one way the autoscaler and a rollout's surge
+    check read the cluster for a capacity count."""
+    nodes = kube.list("Node", None)
+    pods = cluster_pods(kube)
+    dra_view = devices.dra_view(kube, cfg, svc)
+    return with_allocatable(inputs, svc, cfg, plans, nodes, pods, dra_view)
+
+
 def current_split(status: InferenceServiceStatus) -> dict[str, int]:
     """The per-pool desired replicas the reconcile last applied (status.pools)."""
     return {p.name: p.desired_replicas for p in status.pools}
@@ -376,11 +392,8 @@ async def decide(
     verdict = _decide(seen, loop, now)
     wants_more = any(p.desired > p.current for p in verdict.pools)
     if wants_more and policy.mode == "builtin":
-        nodes = await asyncio.to_thread(kube.list, "Node", None)
-        all_pods = await asyncio.to_thread(cluster_pods, kube)
-        dra_view = await asyncio.to_thread(devices.dra_view, kube, cfg, seen.svc)
-        seen.inputs = with_allocatable(
-            seen.inputs, seen.svc, cfg, seen.plans, nodes, all_pods, dra_view
+        seen.inputs = await asyncio.to_thread(
+            count_allocatable, seen.inputs, seen.svc, cfg, seen.plans, kube
         )
         verdict = _decide(seen, loop, now)
     return verdict

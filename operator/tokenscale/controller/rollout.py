@@ -30,8 +30,7 @@ from tokenscale.api.service import InferenceService
 from tokenscale.api.status import BenchmarkSummary, InferenceServiceStatus, PoolPlan, PoolRollout
 from tokenscale.autoscale import rollout as decision
 from tokenscale.autoscale.state import PoolInput
-from tokenscale.controller import devices
-from tokenscale.controller.autoscaler import cluster_pods, with_allocatable
+from tokenscale.controller.autoscaler import count_allocatable
 from tokenscale.controller.events import Event
 from tokenscale.k8s.kube import Kube
 from tokenscale.render import deployment as dep
@@ -313,8 +312,5 @@ def _free_replicas(
         )
         for p in wanted
     ]
-    nodes = kube.list("Node", None)
-    all_pods = cluster_pods(kube)
-    view = devices.dra_view(kube, cfg, svc)
-    counted = with_allocatable(inputs, svc, cfg, plans, nodes, all_pods, view)
+    counted = count_allocatable(inputs, svc, cfg, plans, kube)
     return {i.name: i.allocatable_replicas for i in counted}
